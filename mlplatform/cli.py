@@ -1,0 +1,273 @@
+"""The `mlplatform` command. Exit codes: 0 ok, 1 a gate blocked or an operation was refused, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.settings import Settings
+
+EXIT_OK, EXIT_BLOCKED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A refusal or failure to report as one line with exit code 1."""
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _print_json(value) -> None:
+    json.dump(value, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
+
+
+def _lake(home: PlatformHome):
+    from mlplatform.core.lake import Lake
+
+    return Lake.from_settings(home, Settings.load(home.settings_file))
+
+
+# ---- run / demo / status / ui --------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.runner import run_pending
+
+    report = run_pending(home, say=_progress)
+    for blocked in report.blocked:
+        print(f"blocked: {blocked.asset}: {blocked.reason}")
+    if not report.blocked:
+        print(
+            f"ok: {len(report.accepted)} drop(s) accepted, {len(report.materialized)} asset(s) materialized"
+        )
+    return report.exit_code
+
+
+def cmd_demo(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.synthetic import write_demo_drops
+
+    lake = _lake(home)
+    with tempfile.TemporaryDirectory() as scratch:
+        files = write_demo_drops(Path(scratch), n_drops=args.drops, rows_per_drop=args.rows, seed=args.seed)
+        for result in lake.land(files):
+            _progress(f"landed {result.name}  {result.hash[:12]}  {result.status}")
+    return cmd_run(args, home)
+
+
+def _latest_versions_and_checks(home: PlatformHome) -> dict:
+    import dagster as dg
+
+    from mlplatform.definitions import build_definitions
+    from mlplatform.instance import open_instance
+
+    instance = open_instance(home)
+    graph = build_definitions(home).resolve_asset_graph()
+    check_keys = list(graph.asset_check_keys)
+    latest_checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        event = instance.get_latest_materialization_event(key)
+        version = None
+        if event is not None and event.dagster_event is not None:
+            version = event.dagster_event.step_materialization_data.materialization.tags.get(
+                "dagster/data_version"
+            )
+        checks = {}
+        for check_key in (c for c in check_keys if c.asset_key == key):
+            record = latest_checks.get(check_key)
+            evaluation = None
+            if record is not None and record.event is not None and record.event.dagster_event is not None:
+                data = record.event.dagster_event.event_specific_data
+                evaluation = data if isinstance(data, dg.AssetCheckEvaluation) else None
+            checks[check_key.name] = {
+                "passed": None if evaluation is None else evaluation.passed,
+                "severity": None if evaluation is None else evaluation.severity.value,
+                "description": None if evaluation is None else evaluation.description,
+            }
+        assets[key.to_user_string()] = {
+            "version": version,
+            "materialized_at": None if event is None else event.timestamp,
+            "checks": checks,
+        }
+    return assets
+
+
+def cmd_status(args: argparse.Namespace, home: PlatformHome) -> int:
+    drops = [drop.to_dict() for drop in _lake(home).drops()]
+    assets = _latest_versions_and_checks(home)
+    if args.json:
+        _print_json({"home": str(home.root), "drops": drops, "assets": assets})
+        return EXIT_OK
+    print(f"home: {home.root}")
+    print(f"\ndrops ({len(drops)}):")
+    _table(
+        [
+            [d["hash"][:12], d["state"], ", ".join(d["names"]), d["landed_at"], d.get("reason") or ""]
+            for d in drops
+        ],
+        ["HASH", "STATE", "NAMES", "LANDED", "REASON"],
+    )
+    print("\nassets:")
+    rows = []
+    for key, info in assets.items():
+        failed = [name for name, c in info["checks"].items() if c["passed"] is False]
+        checks = "no checks" if not info["checks"] else ("failed: " + ", ".join(failed) if failed else "ok")
+        rows.append([key, (info["version"] or "-")[:12], checks])
+    _table(rows, ["ASSET", "VERSION", "CHECKS"])
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.instance import prepare_instance
+
+    dagster_home = prepare_instance(home)
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "MLPLATFORM_HOME": str(home.root)}
+    argv = [dagster, "dev", "-m", "mlplatform.definitions", "--port", str(args.port), "--host", args.host]
+    _progress(f"Dagster UI on http://{args.host}:{args.port} (home {home.root})")
+    os.execvpe(argv[0], argv, env)
+    return EXIT_OK  # not reached
+
+
+# ---- lake ----------------------------------------------------------------------------------------
+
+
+def cmd_lake_land(args: argparse.Namespace, home: PlatformHome) -> int:
+    files = [Path(name) for name in args.files]
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise CommandError(f"not a file: {', '.join(missing)}")
+    for result in _lake(home).land(files):
+        note = f" (same bytes already {result.existing_state})" if result.status == "duplicate" else ""
+        print(f"{result.hash}  {result.name}  {result.status}{note}")
+    return EXIT_OK
+
+
+def cmd_lake_checkout(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.artifacts import ArtifactStore
+
+    store = ArtifactStore(home.artifacts)
+
+    def resolve(dataset: str, version: str | None):
+        artifact = store.latest(dataset) if version is None else store.get(dataset, version)
+        return artifact.version, store.root / artifact.path
+
+    checkout = _lake(home).checkout(
+        args.dataset,
+        reader=args.reader,
+        purpose=args.purpose,
+        version=args.version,
+        dest=Path(args.to) if args.to else None,
+        resolver=resolve,
+    )
+    where = checkout.copied_to or checkout.source_path
+    print(f"{checkout.dataset} {checkout.version} -> {where}")
+    return EXIT_OK
+
+
+def cmd_lake_audit(args: argparse.Namespace, home: PlatformHome) -> int:
+    entries = [entry.to_dict() for entry in _lake(home).audit()]
+    if args.json:
+        _print_json(entries)
+        return EXIT_OK
+    _table(
+        [
+            [
+                e["time"],
+                e["consumer"],
+                e["dataset"],
+                (e["version"] or "-")[:12],
+                "yes" if e["allowed"] else "DENIED",
+                e["purpose"],
+            ]
+            for e in entries
+        ],
+        ["TIME", "CONSUMER", "DATASET", "VERSION", "ALLOWED", "PURPOSE"],
+    )
+    return EXIT_OK
+
+
+# ---- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlplatform", description=__doc__)
+    parser.add_argument("--home", help="platform home (default: $MLPLATFORM_HOME or ./.mlplatform)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="process everything pending once (exit 1 when a gate blocked)")
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser("demo", help="land generated sample drops and run the pipeline")
+    demo.add_argument("--drops", type=int, default=3)
+    demo.add_argument("--rows", type=int, default=1500, help="rows per drop")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(handler=cmd_demo)
+
+    status = sub.add_parser("status", help="drops and the latest version of each asset with its checks")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    ui = sub.add_parser("ui", help="the Dagster UI with its daemon on this home")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(handler=cmd_ui)
+
+    lake = sub.add_parser("lake", help="the data lake: land, checkout, audit")
+    lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="ACTION")
+    land = lake_sub.add_parser("land", help="land drops atomically into lake/landing/reviews")
+    land.add_argument("files", nargs="+")
+    land.set_defaults(handler=cmd_lake_land)
+    checkout = lake_sub.add_parser("checkout", help="governed read of a dataset version (recorded)")
+    checkout.add_argument("dataset", help="raw_reviews, or an asset such as reviews, review_splits")
+    checkout.add_argument("--version")
+    checkout.add_argument("--as", dest="reader", required=True, help="who reads")
+    checkout.add_argument("--purpose", required=True, help="why")
+    checkout.add_argument("--to", help="copy the bytes into this directory")
+    checkout.set_defaults(handler=cmd_lake_checkout)
+    audit = lake_sub.add_parser("audit", help="the checkout ledger")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(handler=cmd_lake_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage line
+        return EXIT_USAGE if exc.code else EXIT_OK
+    home = PlatformHome(Path(args.home).resolve()) if args.home else PlatformHome.from_env()
+    os.environ["MLPLATFORM_HOME"] = str(home.root)
+    try:
+        return args.handler(args, home)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BLOCKED
+    except Exception as exc:
+        from mlplatform.errors import one_line
+
+        print(f"error: {one_line(exc, home.root / 'logs')}", file=sys.stderr)
+        return EXIT_BLOCKED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""Content-addressed, immutable artifact store: every materialization of every asset, by version.
+
+A value is encoded once into deterministic bytes (`encode`): the same value gives the same bytes, and
+so the same sha256, in any process. The store keeps those bytes at
+
+    <root>/<asset>/[<partition>/]<sha256>.<ext>
+
+never overwriting a file, appends a version record to `<root>/<asset>/versions.jsonl` (under an
+exclusive flock) and moves the pointer `<root>/<asset>/[<partition>/]LATEST` by atomic rename.
+Every earlier version stays readable, and every read verifies the hash.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+FORMAT_PARQUET = "parquet"
+FORMAT_JSON = "json"
+FORMAT_BINARY = "bin"
+FORMAT_TAR = "tar"
+FORMATS = (FORMAT_PARQUET, FORMAT_JSON, FORMAT_BINARY, FORMAT_TAR)
+
+# Fixed so that the bytes, and therefore the version, depend on the data alone.
+PARQUET_COMPRESSION = "zstd"
+PARQUET_COMPRESSION_LEVEL = 3
+TAR_MEMBER_MODE = 0o644
+
+VERSIONS_FILE = "versions.jsonl"
+LATEST_FILE = "LATEST"
+LOCK_FILE = ".lock"
+MIN_PREFIX_LENGTH = 8
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,199}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_ARTIFACT_FILE = re.compile(r"^[0-9a-f]{64}\.[a-z]+$")
+_RESERVED_NAMES = frozenset({VERSIONS_FILE, LATEST_FILE, LOCK_FILE})
+
+
+class ArtifactError(Exception):
+    """Base class of the artifact store's errors."""
+
+
+class ArtifactNotFound(ArtifactError, LookupError):
+    """No stored version matches the request."""
+
+
+class AmbiguousVersion(ArtifactError, LookupError):
+    """A version prefix matches more than one stored version."""
+
+
+class IntegrityError(ArtifactError):
+    """Stored bytes do not have the hash they are recorded under."""
+
+
+class UnsafeName(ArtifactError, ValueError):
+    """An asset key, partition key or bundle member name that could escape its directory."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A multi-file artifact (e.g. candidate ONNX models with their metrics), stored as one tar."""
+
+    files: Mapping[str, bytes]
+
+    def __post_init__(self) -> None:
+        for name, content in self.files.items():
+            validate_member_name(name)
+            if not isinstance(content, bytes):
+                raise TypeError(f"bundle member {name!r} must be bytes, got {type(content).__name__}")
+        object.__setattr__(self, "files", dict(sorted(self.files.items())))
+
+
+@dataclass(frozen=True)
+class EncodedValue:
+    """A value encoded once: its bytes, format, content hash and (for tables) rows and schema."""
+
+    payload: bytes = field(repr=False)
+    fmt: str
+    sha256: str
+    rows: int | None = None
+    schema: list[tuple[str, str]] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """One stored version of an asset (or of one partition of it)."""
+
+    asset: str
+    partition: str | None
+    version: str
+    path: Path
+    relative_path: str
+    size: int
+    fmt: str
+    rows: int | None
+    schema: list[tuple[str, str]] | None
+    created_at: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-serialisable version record (as written to versions.jsonl)."""
+        return {
+            "asset": self.asset,
+            "partition": self.partition,
+            "version": self.version,
+            "path": self.relative_path,
+            "size": self.size,
+            "format": self.fmt,
+            "rows": self.rows,
+            "schema": [list(column) for column in self.schema] if self.schema is not None else None,
+            "created_at": self.created_at,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_record(cls, root: Path, record: Mapping[str, Any]) -> StoredArtifact:
+        schema = record.get("schema")
+        return cls(
+            asset=record["asset"],
+            partition=record["partition"],
+            version=record["version"],
+            path=root / record["path"],
+            relative_path=record["path"],
+            size=record["size"],
+            fmt=record["format"],
+            rows=record.get("rows"),
+            schema=[(name, dtype) for name, dtype in schema] if schema is not None else None,
+            created_at=record["created_at"],
+            extra=record.get("extra") or {},
+        )
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode(value: Any) -> EncodedValue:
+    """Encode a value into deterministic bytes: DataFrame -> Parquet, dict/list -> canonical JSON,
+    bytes -> bin, Bundle -> tar. Raises TypeError for any other type."""
+    if isinstance(value, pl.DataFrame):
+        payload = _parquet_bytes(value)
+        schema = [(name, str(dtype)) for name, dtype in value.schema.items()]
+        return EncodedValue(payload, FORMAT_PARQUET, sha256_hex(payload), value.height, schema)
+    if isinstance(value, dict | list):
+        payload = _canonical_json_bytes(value)
+        rows = len(value) if isinstance(value, list) else None
+        return EncodedValue(payload, FORMAT_JSON, sha256_hex(payload), rows)
+    if isinstance(value, bytes | bytearray | memoryview):
+        payload = bytes(value)
+        return EncodedValue(payload, FORMAT_BINARY, sha256_hex(payload))
+    if isinstance(value, Bundle):
+        payload = _tar_bytes(value)
+        return EncodedValue(payload, FORMAT_TAR, sha256_hex(payload))
+    raise TypeError(
+        f"cannot store a value of type {type(value).__module__}.{type(value).__qualname__}: "
+        "supported are polars.DataFrame, dict, list, bytes and artifacts.Bundle"
+    )
+
+
+def decode(payload_or_path: bytes | Path, fmt: str) -> Any:
+    """The inverse of `encode`: bytes (or the file at a path) in format `fmt` back to a value."""
+    payload = payload_or_path.read_bytes() if isinstance(payload_or_path, Path) else payload_or_path
+    if fmt == FORMAT_PARQUET:
+        return pl.read_parquet(io.BytesIO(payload))
+    if fmt == FORMAT_JSON:
+        return json.loads(payload.decode("utf-8"))
+    if fmt == FORMAT_BINARY:
+        return bytes(payload)
+    if fmt == FORMAT_TAR:
+        return _bundle_from_tar(payload)
+    raise ValueError(f"unknown artifact format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(
+        buffer, compression=PARQUET_COMPRESSION, compression_level=PARQUET_COMPRESSION_LEVEL, statistics=True
+    )
+    return buffer.getvalue()
+
+
+def _canonical_json_bytes(value: dict | list) -> bytes:
+    _check_json_value(value, "$")
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
+
+
+def _check_json_value(value: Any, where: str) -> None:
+    """Refuse what JSON would change or lose: NaN/infinity, non-string keys, non-JSON types."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON artifact key {key!r} at {where} is {type(key).__name__}, not str")
+            _check_json_value(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{where}[{index}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"JSON artifact holds a non-finite number ({value}) at {where}")
+    elif value is not None and not isinstance(value, str | int | bool):
+        raise TypeError(f"JSON artifact holds a {type(value).__name__} at {where}; use str, int, float, bool")
+
+
+def _tar_bytes(bundle: Bundle) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for name in sorted(bundle.files):
+            content = bundle.files[name]
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = TAR_MEMBER_MODE
+            info.type = tarfile.REGTYPE
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _bundle_from_tar(payload: bytes) -> Bundle:
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:") as archive:
+        for member in archive.getmembers():
+            if not member.isreg():
+                raise IntegrityError(f"bundle member {member.name!r} is not a regular file")
+            extracted = archive.extractfile(member)
+            if extracted is None:
+                raise IntegrityError(f"bundle member {member.name!r} cannot be read")
+            files[member.name] = extracted.read()
+    return Bundle(files)
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def validate_member_name(name: str) -> str:
+    """A bundle member name: relative, '/'-separated, no '..', '.', or empty parts."""
+    if not isinstance(name, str) or not name:
+        raise UnsafeName(f"bundle member name must be a non-empty string, got {name!r}")
+    if name.startswith("/") or "\\" in name or "\x00" in name:
+        raise UnsafeName(f"bundle member name {name!r} must be a relative POSIX path")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise UnsafeName(f"bundle member name {name!r} must not contain '..', '.' or empty parts")
+    return name
+
+
+def _validate_segment(segment: str, what: str) -> str:
+    if not isinstance(segment, str) or not _SAFE_NAME.match(segment) or segment in _RESERVED_NAMES:
+        raise UnsafeName(
+            f"{what} {segment!r} is not a safe file name "
+            "(letters, digits, '_', '.', '=', '+', '-'; not starting with '.'; at most 200 characters)"
+        )
+    if _ARTIFACT_FILE.match(segment):
+        raise UnsafeName(f"{what} {segment!r} looks like a stored artifact file name")
+    return segment
+
+
+def validate_asset_key(asset: str) -> str:
+    """An asset key: one or more safe names joined by '/' (a multi-part key maps to nested dirs)."""
+    if not isinstance(asset, str) or not asset:
+        raise UnsafeName(f"asset key must be a non-empty string, got {asset!r}")
+    for part in asset.split("/"):
+        _validate_segment(part, f"asset key part of {asset!r}:")
+    return asset
+
+
+def validate_partition_key(partition: str) -> str:
+    """A partition key: one safe file name (a 64-hex drop hash qualifies)."""
+    return _validate_segment(partition, "partition key")
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+class ArtifactStore:
+    """Immutable, content-addressed storage of asset versions under `root` (PlatformHome.artifacts)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # paths
+
+    def _asset_dir(self, asset: str) -> Path:
+        return self.root.joinpath(*validate_asset_key(asset).split("/"))
+
+    def _version_dir(self, asset: str, partition: str | None) -> Path:
+        asset_dir = self._asset_dir(asset)
+        return asset_dir if partition is None else asset_dir / validate_partition_key(partition)
+
+    @contextmanager
+    def _locked(self, asset: str, exclusive: bool) -> Iterator[Path]:
+        """Hold a lock on the asset's index; yields the versions.jsonl path."""
+        asset_dir = self._asset_dir(asset)
+        asset_dir.mkdir(parents=True, exist_ok=True)
+        with open(asset_dir / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield asset_dir / VERSIONS_FILE
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # writing
+
+    def put(
+        self,
+        asset: str,
+        partition: str | None,
+        encoded: EncodedValue,
+        extra: Mapping[str, Any] | None = None,
+    ) -> StoredArtifact:
+        """Store `encoded` as a version of `asset` (and `partition`) and make it the latest.
+
+        Never overwrites: an existing file of the same name must already hold these bytes. Putting
+        the version that is already the latest is a no-op that returns the stored record.
+        """
+        if sha256_hex(encoded.payload) != encoded.sha256:
+            raise IntegrityError(
+                f"encoded value for {asset!r} does not match its own sha256 {encoded.sha256}"
+            )
+        if encoded.fmt not in FORMATS:
+            raise ValueError(f"unknown artifact format {encoded.fmt!r} (known: {', '.join(FORMATS)})")
+        version_dir = self._version_dir(asset, partition)
+        with self._locked(asset, exclusive=True) as index:
+            current = self._read_pointer(version_dir)
+            if current is not None and current.version == encoded.sha256:
+                return current
+            target = version_dir / f"{encoded.sha256}.{encoded.fmt}"
+            self._write_immutable(target, encoded)
+            artifact = StoredArtifact(
+                asset=asset,
+                partition=partition,
+                version=encoded.sha256,
+                path=target,
+                relative_path=target.relative_to(self.root).as_posix(),
+                size=encoded.size,
+                fmt=encoded.fmt,
+                rows=encoded.rows,
+                schema=encoded.schema,
+                created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+                extra=dict(extra or {}),
+            )
+            line = json.dumps(artifact.to_record(), sort_keys=True, allow_nan=False) + "\n"
+            with open(index, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _atomic_write(version_dir / LATEST_FILE, line.encode("utf-8"), read_only=False)
+        return artifact
+
+    def _write_immutable(self, target: Path, encoded: EncodedValue) -> None:
+        if target.exists():
+            found = sha256_hex(target.read_bytes())
+            if found != encoded.sha256:
+                raise IntegrityError(f"{target} exists but holds sha256 {found}, not {encoded.sha256}")
+            return
+        _atomic_write(target, encoded.payload, read_only=True)
+
+    # reading the index
+
+    def _read_pointer(self, version_dir: Path) -> StoredArtifact | None:
+        pointer = version_dir / LATEST_FILE
+        if not pointer.exists():
+            return None
+        return StoredArtifact.from_record(self.root, json.loads(pointer.read_text(encoding="utf-8")))
+
+    def _records(self, asset: str) -> list[StoredArtifact]:
+        if not (self._asset_dir(asset) / VERSIONS_FILE).exists():
+            raise ArtifactNotFound(f"asset {asset!r} has no stored versions under {self.root}")
+        with self._locked(asset, exclusive=False) as index:
+            lines = index.read_text(encoding="utf-8").splitlines()
+        return [StoredArtifact.from_record(self.root, json.loads(line)) for line in lines if line.strip()]
+
+    def latest(self, asset: str, partition: str | None = None) -> StoredArtifact:
+        """The latest stored version of `asset` (of `partition` if given)."""
+        artifact = self._read_pointer(self._version_dir(asset, partition))
+        if artifact is None:
+            where = f"asset {asset!r}" + (f" partition {partition!r}" if partition is not None else "")
+            raise ArtifactNotFound(f"{where} has no stored version under {self.root}")
+        return artifact
+
+    def versions(self, asset: str, partition: str | None = None) -> list[StoredArtifact]:
+        """Every put of `asset`, oldest first: unpartitioned (None), one partition, or all ("*").
+
+        A version put again after another one became the latest appears again (it became latest again).
+        """
+        if partition is not None and partition != "*":
+            validate_partition_key(partition)
+        records = self._records(asset)
+        if partition == "*":
+            return records
+        return [record for record in records if record.partition == partition]
+
+    def get(self, asset: str, version: str, partition: str | None = "*") -> StoredArtifact:
+        """The stored version whose sha256 is `version` or starts with it (at least 8 hex characters).
+
+        `partition` narrows the search: None = unpartitioned only, "*" (default) = any partition.
+        """
+        version = version.lower()
+        if len(version) < MIN_PREFIX_LENGTH or not re.fullmatch(r"[0-9a-f]+", version):
+            raise ValueError(f"version {version!r} must be at least {MIN_PREFIX_LENGTH} hex characters")
+        matches = {r.version: r for r in self.versions(asset, partition) if r.version.startswith(version)}
+        if not matches:
+            raise ArtifactNotFound(f"asset {asset!r} has no stored version matching {version!r}")
+        if len(matches) > 1:
+            raise AmbiguousVersion(
+                f"version {version!r} of asset {asset!r} is ambiguous: {', '.join(sorted(matches))}"
+            )
+        return next(iter(matches.values()))
+
+    def assets(self) -> list[str]:
+        """Every asset key with at least one stored version, sorted."""
+        if not self.root.exists():
+            return []
+        return sorted(
+            index.parent.relative_to(self.root).as_posix() for index in self.root.rglob(VERSIONS_FILE)
+        )
+
+    def partitions(self, asset: str) -> list[str]:
+        """The partition keys of `asset` that have a stored version, sorted."""
+        return sorted({r.partition for r in self._records(asset) if r.partition is not None})
+
+    # reading the bytes
+
+    def read_verified(self, artifact: StoredArtifact) -> bytes:
+        """The artifact's bytes, after checking they still have its sha256."""
+        try:
+            payload = artifact.path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"stored file {artifact.path} of {artifact.asset!r} is missing") from None
+        found = sha256_hex(payload)
+        if found != artifact.version:
+            raise IntegrityError(
+                f"{artifact.path} of {artifact.asset!r} is corrupt: sha256 {found}, expected {artifact.version}"
+            )
+        return payload
+
+    def load(self, artifact: StoredArtifact) -> Any:
+        """The decoded value of a stored version (hash verified first)."""
+        return decode(self.read_verified(artifact), artifact.fmt)
+
+    def restore(self, asset: str, version: str, dest: Path) -> Path:
+        """Copy a stored version (full hash or unique prefix, any partition) to `dest`, byte for byte.
+
+        `dest` is an existing directory (the file keeps its stored name) or a file path. An existing
+        file at the destination is left alone when identical and refused otherwise.
+        """
+        artifact = self.get(asset, version)
+        payload = self.read_verified(artifact)
+        dest = Path(dest)
+        target = dest / artifact.path.name if dest.is_dir() else dest
+        if target.exists():
+            if sha256_hex(target.read_bytes()) == artifact.version:
+                return target
+            raise FileExistsError(f"{target} exists with different content; restore will not overwrite it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(target, payload, read_only=False)
+        if sha256_hex(target.read_bytes()) != artifact.version:
+            raise IntegrityError(f"restored copy {target} does not have sha256 {artifact.version}")
+        return target
+
+
+def _atomic_write(target: Path, payload: bytes, read_only: bool) -> None:
+    """Write via a temp file in the same directory, fsync, rename: readers never see a partial file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(payload)
+            temp.flush()
+            os.fsync(temp.fileno())
+        if read_only:
+            os.chmod(temp_name, 0o444)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = [
+    "AmbiguousVersion",
+    "ArtifactError",
+    "ArtifactNotFound",
+    "ArtifactStore",
+    "Bundle",
+    "EncodedValue",
+    "IntegrityError",
+    "StoredArtifact",
+    "UnsafeName",
+    "decode",
+    "encode",
+    "sha256_hex",
+]

@@ -1,0 +1,93 @@
+"""The platform home: every path a deployment owns, derived from one root."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "MLPLATFORM_HOME"
+DEFAULT_HOME = ".mlplatform"
+
+
+@dataclass(frozen=True)
+class PlatformHome:
+    """Layout of `MLPLATFORM_HOME` (see DESIGN.md, "Home and storage")."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> PlatformHome:
+        environ = os.environ if environ is None else environ
+        base = Path(cwd) if cwd is not None else Path.cwd()
+        raw = environ.get(HOME_ENV) or DEFAULT_HOME
+        root = Path(raw).expanduser()
+        if not root.is_absolute():
+            root = base / root
+        return cls(root.resolve())
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def landing(self) -> Path:
+        return self.lake / "landing" / "reviews"
+
+    @property
+    def raw(self) -> Path:
+        return self.lake / "raw"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.lake / "quarantine"
+
+    @property
+    def batch(self) -> Path:
+        return self.lake / "batch"
+
+    @property
+    def audit(self) -> Path:
+        return self.lake / "audit"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def capture(self) -> Path:
+        return self.root / "capture"
+
+    @property
+    def alerts(self) -> Path:
+        return self.root / "alerts"
+
+    @property
+    def dagster(self) -> Path:
+        return self.root / "dagster"
+
+    @property
+    def settings_file(self) -> Path:
+        """Deployment overrides of the packaged defaults (same keys as config/platform.toml)."""
+        return self.root / "platform.toml"
+
+    def ensure(self) -> PlatformHome:
+        for path in (
+            self.landing,
+            self.raw,
+            self.quarantine,
+            self.batch,
+            self.audit,
+            self.artifacts,
+            self.registry,
+            self.capture,
+            self.alerts,
+            self.dagster,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,793 @@
+"""Batch scoring with the registered ONNX model: a verified model, streaming files in chunks.
+
+ONNX Runtime's string operators (StringNormalizer, Tokenizer, TfIdfVectorizer) run row by row, so a
+plain session scores a TF-IDF + linear model about five times slower than scikit-learn scores the
+same model in batches. `ScoringModel` therefore has a vectorised fast path that runs the very same
+ONNX graph from its own contents: it reads the vocabulary, n-gram range, token pattern, idf weights,
+normalisation and linear weights out of the graph's nodes and computes the same arithmetic with
+polars (tokenising) and scipy/numpy (sparse TF-IDF, linear scores). The registered ONNX file stays
+the one artifact that is scored, and the fast path is parity-gated against ONNX Runtime itself:
+
+- on load, a probe set built from the model's vocabulary (plus empty, punctuation-only, non-ASCII and
+  very long texts) is scored both ways; any label difference or a probability difference above
+  `parity_atol` disables the fast path (logged, with the reason);
+- `score_file` repeats that check on a sample of each file's first chunk;
+- rows whose two best class scores are within `tie_margin`, and rows containing the only non-ASCII
+  characters whose lower case is ASCII (so lowercasing could differ between libraries), are scored
+  by ONNX Runtime itself;
+- a graph the fast path does not understand is scored by ONNX Runtime, chunks run in parallel.
+
+Supported graph shape (what skl2onnx emits for TfidfVectorizer/CountVectorizer + a linear classifier):
+[Reshape/Flatten/Identity] -> [StringNormalizer LOWER|NONE, no stopwords] -> Tokenizer (a regex that
+is one ASCII character class with a repeat, no separators, no marks) -> [Flatten] -> TfIdfVectorizer
+(mode TF, string pool, no skips) -> [Mul by a constant] -> [Normalizer L1|L2] -> LinearClassifier
+(3+ classes, post_transform NONE|SOFTMAX|LOGISTIC) -> [Normalizer L1] for the probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import polars as pl
+import pyarrow.parquet as pq
+from onnx import numpy_helper
+from scipy import sparse
+
+from mlplatform.core.features import model_text
+from mlplatform.core.registry import verify_file
+from mlplatform.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLASS_LABELS = ("negative", "neutral", "positive")
+PROBABILITY_COLUMNS = tuple(f"p_{label}" for label in CLASS_LABELS)
+OUTPUT_COLUMNS = ("row_id", "label", *PROBABILITY_COLUMNS, "model_version")
+CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# (title, review text) column names: as published, and as normalised by the lake.
+TEXT_COLUMN_PAIRS = (("Title", "Review Text"), ("title", "review_text"))
+ID_COLUMNS = ("id", "review_id")
+# Non-ASCII characters whose lower case contains an ASCII letter (U+0130 -> "i", KELVIN SIGN -> "k"):
+# the only ones where two lowercasing implementations could disagree about ASCII tokens.
+CASE_AMBIGUOUS_CHARACTERS = "\u0130\u212a"
+_SIMPLE_TOKEN_PATTERN = re.compile(
+    r"^\[(?:[A-Za-z0-9_]-[A-Za-z0-9_]|[A-Za-z0-9_])+\](?:\{\d+,\d*\}|\{\d+\}|\+)$"
+)
+_SHAPE_ONLY_OPS = ("Identity", "Flatten", "Reshape")
+_SUPPORTED_POST_TRANSFORMS = ("NONE", "SOFTMAX", "LOGISTIC")
+
+
+class ScoringError(RuntimeError):
+    """Scoring failed (one-line message)."""
+
+
+class ScoringInputError(ScoringError):
+    """The input file cannot be scored: unreadable, unknown format or no text column."""
+
+
+class UnsupportedGraph(ValueError):
+    """The ONNX graph has a shape the vectorised fast path does not implement."""
+
+
+@dataclass(frozen=True)
+class ScoringRules:
+    """Scoring tunables from settings `[scoring]`."""
+
+    chunk_rows: int
+    fast_path: bool
+    parity_atol: float
+    parity_probe_rows: int
+    fast_path_min_rows: int
+    tie_margin: float
+    onnx_threads: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScoringRules:
+        section = settings.section("scoring")
+        return cls(
+            chunk_rows=int(section["chunk_rows"]),
+            fast_path=bool(section["fast_path"]),
+            parity_atol=float(section["parity_atol"]),
+            parity_probe_rows=int(section["parity_probe_rows"]),
+            fast_path_min_rows=int(section["fast_path_min_rows"]),
+            tie_margin=float(section["tie_margin"]),
+            onnx_threads=int(section["onnx_threads"]),
+        )
+
+    @property
+    def parallel_runs(self) -> int:
+        return self.onnx_threads if self.onnx_threads > 0 else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What one `score_file` run did."""
+
+    rows_in: int
+    rows_out: int
+    seconds: float
+    output_path: Path
+    engine: str
+
+
+# -- the fast path: the graph's own arithmetic, vectorised -------------------------------------------
+
+
+@dataclass(frozen=True)
+class NgramTable:
+    """Pool n-grams of one length n, as sorted integer keys over pool token ids -> feature column."""
+
+    keys: np.ndarray
+    columns: np.ndarray
+
+
+@dataclass(frozen=True)
+class LinearTextPlan:
+    """Everything the fast path needs, read out of the ONNX graph."""
+
+    lowercase: bool
+    token_pattern: str
+    min_token_chars: int
+    pool_tokens: pl.Series
+    unigram_columns: np.ndarray | None
+    ngram_tables: dict[int, NgramTable]
+    n_features: int
+    column_scale: np.ndarray | None
+    feature_norm: str | None
+    weights: np.ndarray
+    intercepts: np.ndarray
+    class_labels: tuple[str, ...]
+    post_transform: str
+    probability_norm: str | None
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    values = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [item.decode() for item in value]
+        values[attribute.name] = value
+    return values
+
+
+class _GraphWalk:
+    """Follows the one chain of nodes from the text input, recording the nodes it understood."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        self.outputs = {output.name for output in graph.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.node_count = len(graph.node)
+        self.used: set[int] = set()
+        inputs = [value.name for value in graph.input if value.name not in self.constants]
+        if inputs != ["text"]:
+            raise UnsupportedGraph(f"graph inputs are {inputs}, expected exactly ['text']")
+
+    def next_node(self, tensor: str) -> onnx.NodeProto:
+        """The single node consuming `tensor`, after skipping row-preserving shape-only nodes."""
+        while True:
+            nodes = self.consumers.get(tensor, [])
+            if len(nodes) != 1:
+                raise UnsupportedGraph(f"tensor {tensor!r} feeds {len(nodes)} nodes, expected one")
+            node = nodes[0]
+            if node.op_type not in _SHAPE_ONLY_OPS:
+                return node
+            self._check_row_preserving(node)
+            self.take(node)
+            tensor = node.output[0]
+
+    def end_at_output(self, tensor: str, name: str) -> None:
+        """Require `tensor` to reach the graph output `name`, through shape-only nodes at most."""
+        while tensor != name:
+            if tensor in self.outputs:
+                raise UnsupportedGraph(f"graph output {tensor!r} is not one of label/probabilities")
+            node = self.next_node(tensor)
+            raise UnsupportedGraph(f"unexpected {node.op_type} node before output {name!r}")
+
+    def _check_row_preserving(self, node: onnx.NodeProto) -> None:
+        if node.op_type == "Flatten" and _attributes(node).get("axis", 1) != 1:
+            raise UnsupportedGraph("Flatten with axis other than 1 would merge rows")
+        if node.op_type == "Reshape":
+            shape = self.constants.get(node.input[1])
+            if shape is None or shape.tolist() not in ([-1], [-1, 1]):
+                raise UnsupportedGraph("Reshape to a shape other than [-1] or [-1, 1]")
+
+    def take(self, node: onnx.NodeProto) -> None:
+        self.used.add(id(node))
+
+    def constant(self, node: onnx.NodeProto, tensor: str) -> np.ndarray:
+        others = [name for name in node.input if name != tensor]
+        if len(others) != 1 or others[0] not in self.constants:
+            raise UnsupportedGraph(f"{node.op_type} node is not a multiplication by a constant")
+        return self.constants[others[0]]
+
+
+def _token_stage(walk: _GraphWalk, node: onnx.NodeProto) -> tuple[bool, str, int, onnx.NodeProto]:
+    """StringNormalizer (optional) and Tokenizer -> (lowercase, pattern, min chars, next node)."""
+    lowercase = False
+    if node.op_type == "StringNormalizer":
+        attrs = _attributes(node)
+        if attrs.get("stopwords"):
+            raise UnsupportedGraph("StringNormalizer with stopwords")
+        action = attrs.get("case_change_action", "NONE")
+        if action not in ("LOWER", "NONE"):
+            raise UnsupportedGraph(f"StringNormalizer case_change_action {action}")
+        lowercase = action == "LOWER"
+        walk.take(node)
+        node = walk.next_node(node.output[0])
+    if node.op_type != "Tokenizer":
+        raise UnsupportedGraph(f"expected a Tokenizer, found {node.op_type}")
+    attrs = _attributes(node)
+    pattern = attrs.get("tokenexp", "")
+    if attrs.get("separators") or attrs.get("mark", 0) != 0:
+        raise UnsupportedGraph("Tokenizer with separators or marks")
+    if not _SIMPLE_TOKEN_PATTERN.match(pattern):
+        raise UnsupportedGraph(f"token pattern {pattern!r} is not one ASCII character class with a repeat")
+    if re.fullmatch(pattern, attrs.get("pad_value", "#")):
+        raise UnsupportedGraph("the Tokenizer's pad value is itself a token")
+    walk.take(node)
+    return lowercase, pattern, int(attrs.get("mincharnum", 1)), walk.next_node(node.output[0])
+
+
+def _ngram_stage(walk: _GraphWalk, node: onnx.NodeProto) -> dict[str, Any]:
+    """TfIdfVectorizer -> pool tokens, per-length n-gram tables and feature count."""
+    if node.op_type != "TfIdfVectorizer":
+        raise UnsupportedGraph(f"expected a TfIdfVectorizer, found {node.op_type}")
+    attrs = _attributes(node)
+    if attrs.get("mode") != "TF" or attrs.get("max_skip_count", 0) != 0 or attrs.get("pool_int64s"):
+        raise UnsupportedGraph("TfIdfVectorizer other than mode TF over a string pool without skips")
+    pool, starts, indexes = (
+        attrs["pool_strings"],
+        list(attrs["ngram_counts"]),
+        np.asarray(attrs["ngram_indexes"]),
+    )
+    pool_tokens = sorted(set(pool))
+    token_id = {token: index for index, token in enumerate(pool_tokens)}
+    n_ids = max(len(pool_tokens), 1)
+    max_gram = int(attrs["max_gram_length"])
+    if n_ids**max_gram >= 2**62:
+        raise UnsupportedGraph("n-gram keys would overflow 64-bit integers")
+    bounds = [*starts, len(pool)]
+    tables: dict[int, NgramTable] = {}
+    unigram_columns = None
+    ngram_offset = 0
+    for length in range(1, len(starts) + 1):
+        grams = np.asarray(
+            [token_id[token] for token in pool[bounds[length - 1] : bounds[length]]], dtype=np.int64
+        )
+        grams = grams.reshape(-1, length)
+        columns = indexes[ngram_offset : ngram_offset + len(grams)].astype(np.int64)
+        ngram_offset += len(grams)
+        if not int(attrs["min_gram_length"]) <= length <= max_gram:
+            continue
+        if length == 1:
+            unigram_columns = np.full(n_ids, -1, dtype=np.int64)
+            unigram_columns[grams[:, 0]] = columns
+            continue
+        keys = np.zeros(len(grams), dtype=np.int64)
+        for position in range(length):
+            keys = keys * n_ids + grams[:, position]
+        order = np.argsort(keys)
+        tables[length] = NgramTable(keys=keys[order], columns=columns[order])
+    walk.take(node)
+    return {
+        "pool_tokens": pl.Series("token", pool_tokens, dtype=pl.String),
+        "unigram_columns": unigram_columns,
+        "ngram_tables": tables,
+        "n_features": int(indexes.max()) + 1 if len(indexes) else 0,
+        "output": node.output[0],
+    }
+
+
+def _feature_stage(walk: _GraphWalk, tensor: str, n_features: int) -> tuple[Any, Any, onnx.NodeProto]:
+    """Optional Mul by a constant (idf) and Normalizer -> (column scale, norm, classifier node)."""
+    scale, norm = None, None
+    node = walk.next_node(tensor)
+    if node.op_type == "Mul":
+        scale = np.broadcast_to(walk.constant(node, tensor).astype(np.float64).ravel(), (n_features,)).copy()
+        walk.take(node)
+        node = walk.next_node(node.output[0])
+    if node.op_type == "Normalizer":
+        norm = _attributes(node).get("norm", "MAX")
+        if norm not in ("L1", "L2"):
+            raise UnsupportedGraph(f"feature Normalizer with norm {norm}")
+        walk.take(node)
+        node = walk.next_node(node.output[0])
+    return scale, norm, node
+
+
+def _classifier_stage(walk: _GraphWalk, node: onnx.NodeProto, n_features: int) -> dict[str, Any]:
+    """LinearClassifier and the optional L1 Normalizer of its scores."""
+    if node.op_type != "LinearClassifier":
+        raise UnsupportedGraph(f"expected a LinearClassifier, found {node.op_type}")
+    attrs = _attributes(node)
+    labels = tuple(attrs.get("classlabels_strings", ()))
+    post = attrs.get("post_transform", "NONE")
+    coefficients = np.asarray(attrs["coefficients"], dtype=np.float64)
+    if len(labels) < 3 or coefficients.size != len(labels) * n_features:
+        raise UnsupportedGraph("LinearClassifier is not a string-labelled classifier over 3+ classes")
+    if post not in _SUPPORTED_POST_TRANSFORMS:
+        raise UnsupportedGraph(f"LinearClassifier post_transform {post}")
+    intercepts = np.asarray(attrs.get("intercepts") or [0.0] * len(labels), dtype=np.float64)
+    walk.take(node)
+    walk.end_at_output(node.output[0], "label")
+    probability_norm = None
+    scores = node.output[1]
+    if scores != "probabilities":
+        follower = walk.next_node(scores)
+        if follower.op_type != "Normalizer" or _attributes(follower).get("norm") != "L1":
+            raise UnsupportedGraph(f"unexpected {follower.op_type} node after the classifier scores")
+        probability_norm = "L1"
+        walk.take(follower)
+        walk.end_at_output(follower.output[0], "probabilities")
+    return {
+        "weights": np.ascontiguousarray(coefficients.reshape(len(labels), n_features).T),
+        "intercepts": intercepts,
+        "class_labels": labels,
+        "post_transform": post,
+        "probability_norm": probability_norm,
+    }
+
+
+def linear_text_plan(model: onnx.ModelProto) -> LinearTextPlan:
+    """Read a TF-IDF + linear classifier graph into a LinearTextPlan; UnsupportedGraph says why not."""
+    walk = _GraphWalk(model)
+    lowercase, pattern, min_chars, node = _token_stage(walk, walk.next_node("text"))
+    ngrams = _ngram_stage(walk, node)
+    scale, norm, node = _feature_stage(walk, ngrams.pop("output"), ngrams["n_features"])
+    classifier = _classifier_stage(walk, node, ngrams["n_features"])
+    unused = walk.node_count - len(walk.used)
+    if unused:
+        raise UnsupportedGraph(f"{unused} graph node(s) outside the text -> linear classifier chain")
+    return LinearTextPlan(
+        lowercase=lowercase,
+        token_pattern=pattern,
+        min_token_chars=min_chars,
+        column_scale=scale,
+        feature_norm=norm,
+        **ngrams,
+        **classifier,
+    )
+
+
+def _token_frame(plan: LinearTextPlan, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(row index, pool token id or -1) for every token, in text order."""
+    normalised = texts.fill_null("")
+    if plan.lowercase:
+        normalised = normalised.str.to_lowercase()
+    frame = pl.DataFrame(
+        {
+            "row": np.arange(len(texts), dtype=np.int64),
+            "token": normalised.str.extract_all(plan.token_pattern),
+        }
+    )
+    tokens = frame.explode("token").drop_nulls("token")
+    if plan.min_token_chars > 1:
+        tokens = tokens.filter(pl.col("token").str.len_chars() >= plan.min_token_chars)
+    ids = tokens["token"].replace_strict(
+        plan.pool_tokens, pl.int_range(len(plan.pool_tokens), eager=True), default=-1, return_dtype=pl.Int64
+    )
+    return tokens["row"].to_numpy(), ids.to_numpy()
+
+
+def _ngram_entries(plan: LinearTextPlan, rows: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, feature column) for every pool n-gram occurrence; repeats are counted by the caller."""
+    found_rows, found_columns = [], []
+    if plan.unigram_columns is not None:
+        columns = np.where(ids >= 0, plan.unigram_columns[np.maximum(ids, 0)], -1)
+        found_rows.append(rows[columns >= 0])
+        found_columns.append(columns[columns >= 0])
+    n_ids = len(plan.pool_tokens)
+    for length, table in plan.ngram_tables.items():
+        starts = len(ids) - length + 1
+        if starts <= 0 or len(table.keys) == 0:
+            continue
+        # Rows are sorted, so first and last token of a window in the same row means one row.
+        valid = rows[:starts] == rows[length - 1 :]
+        keys = np.zeros(starts, dtype=np.int64)
+        for position in range(length):
+            window = ids[position : position + starts]
+            valid &= window >= 0
+            keys = keys * n_ids + np.maximum(window, 0)
+        keys, window_rows = keys[valid], rows[:starts][valid]
+        slots = np.minimum(np.searchsorted(table.keys, keys), len(table.keys) - 1)
+        hit = table.keys[slots] == keys
+        found_rows.append(window_rows[hit])
+        found_columns.append(table.columns[slots[hit]])
+    if not found_rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(found_rows), np.concatenate(found_columns)
+
+
+def _normalise_rows(matrix: sparse.csr_matrix, norm: str) -> None:
+    """In-place L1/L2 row normalisation; all-zero rows stay zero (as in ONNX Runtime's Normalizer)."""
+    values = np.abs(matrix.data) if norm == "L1" else matrix.data**2
+    totals = np.add.reduceat(values, matrix.indptr[:-1]) if len(values) else np.zeros(matrix.shape[0])
+    totals[np.diff(matrix.indptr) == 0] = 0.0
+    if norm == "L2":
+        totals = np.sqrt(totals)
+    totals[totals == 0] = 1.0
+    matrix.data /= np.repeat(totals, np.diff(matrix.indptr))
+
+
+def linear_scores(plan: LinearTextPlan, texts: pl.Series) -> np.ndarray:
+    """Raw class scores [N, K] of the graph's LinearClassifier, computed in bulk."""
+    rows, ids = _token_frame(plan, texts)
+    entry_rows, entry_columns = _ngram_entries(plan, rows, ids)
+    counts = sparse.csr_matrix(
+        (np.ones(len(entry_rows)), (entry_rows, entry_columns)), shape=(len(texts), plan.n_features)
+    )
+    counts.sum_duplicates()
+    if plan.column_scale is not None:
+        counts.data *= plan.column_scale[counts.indices]
+    if plan.feature_norm is not None:
+        _normalise_rows(counts, plan.feature_norm)
+    return np.asarray(counts @ plan.weights) + plan.intercepts
+
+
+def _post_transform(plan: LinearTextPlan, scores: np.ndarray) -> np.ndarray:
+    if plan.post_transform == "SOFTMAX":
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    elif plan.post_transform == "LOGISTIC":
+        probabilities = 1.0 / (1.0 + np.exp(-scores))
+    else:
+        probabilities = scores
+    if plan.probability_norm == "L1":
+        totals = np.abs(probabilities).sum(axis=1, keepdims=True)
+        probabilities = probabilities / np.where(totals == 0, 1.0, totals)
+    return probabilities.astype(np.float32)
+
+
+# -- the model --------------------------------------------------------------------------------------
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # One thread per run: the string operators are sequential anyway, and parallelism comes from
+    # running slices of a batch side by side (see ScoringModel._predict_onnxruntime).
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def parity_probe_texts(plan: LinearTextPlan, count: int, seed: int = 0) -> list[str]:
+    """Deterministic texts that exercise the model's vocabulary and the tokenizer's edge cases."""
+    rng = np.random.default_rng(seed)
+    vocabulary = plan.pool_tokens.to_list() or ["x"]
+    edge_cases = [
+        "",
+        "   ",
+        "!!! ... ???",
+        "a b c",
+        "ÀÉÎÕÜ ünïcödé naïve café crème",
+        "emoji 😀 and ☃ between words",
+        "UPPER Case MiXeD",
+        "tabs\tand\nnewlines\r\nhere",
+        "x" * 5000,
+    ]
+    separators = [" ", ", ", "! ", ". ", " - ", "\n", "é", " ’ "]
+    texts = list(edge_cases)
+    while len(texts) < count:
+        words = rng.choice(vocabulary, size=int(rng.integers(1, 80)))
+        words = [word.upper() if rng.random() < 0.1 else word for word in words]
+        gaps = rng.choice(separators, size=len(words))
+        texts.append("".join(f"{word}{gap}" for word, gap in zip(words, gaps, strict=True)))
+    return texts[:count]
+
+
+class ScoringModel:
+    """A verified ONNX sentiment model: `predict` returns (labels, probabilities [N, 3])."""
+
+    def __init__(self, path: Path, sha256: str, session: ort.InferenceSession, rules: ScoringRules) -> None:
+        self.path = path
+        self.sha256 = sha256
+        self.rules = rules
+        self.version: str | None = None
+        self._session = session
+        self._plan: LinearTextPlan | None = None
+        self.fast_path_reason = "disabled in settings"
+
+    @property
+    def engine(self) -> str:
+        """ "fast" when the parity-checked vectorised path is on, else "onnxruntime"."""
+        return "fast" if self._plan is not None else "onnxruntime"
+
+    def enable_fast_path(self, plan: LinearTextPlan) -> bool:
+        """Switch the fast path on when it agrees with ONNX Runtime on the probe texts."""
+        self._plan = plan
+        mismatch = self.check_parity(parity_probe_texts(plan, self.rules.parity_probe_rows))
+        if mismatch is not None:
+            self.disable_fast_path(f"parity probe failed: {mismatch}")
+            return False
+        self.fast_path_reason = ""
+        return True
+
+    def disable_fast_path(self, reason: str) -> None:
+        """Score with ONNX Runtime from now on, and log why."""
+        if self._plan is not None or self.fast_path_reason != reason:
+            log.warning("model %s: fast path off, scoring with onnxruntime: %s", self.path, reason)
+        self._plan = None
+        self.fast_path_reason = reason
+
+    def check_parity(self, texts: Sequence[str]) -> str | None:
+        """None when the fast path matches ONNX Runtime on `texts`, else what differed."""
+        if self._plan is None or not texts:
+            return None
+        series = pl.Series("text", list(texts), dtype=pl.String)
+        fast_labels, fast_probabilities = self._predict_fast(series)
+        labels, probabilities = self._predict_onnxruntime(series)
+        differing = int(np.sum(fast_labels != labels))
+        if differing:
+            return f"{differing} of {len(texts)} labels differ"
+        gap = float(np.max(np.abs(fast_probabilities - probabilities)))
+        if gap > self.rules.parity_atol:
+            return f"probabilities differ by up to {gap:.2e} (allowed {self.rules.parity_atol:.0e})"
+        return None
+
+    def predict(self, texts: Sequence[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (object array of str) and probabilities (float32 [N, 3], negative/neutral/positive)."""
+        series = texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.String)
+        if len(series) == 0:
+            return np.empty(0, dtype=object), np.empty((0, len(CLASS_LABELS)), dtype=np.float32)
+        if self._plan is None or len(series) < self.rules.fast_path_min_rows:
+            labels, probabilities = self._predict_onnxruntime(series)
+        else:
+            labels, probabilities = self._predict_fast(series)
+        if probabilities.shape != (len(series), len(CLASS_LABELS)) or len(labels) != len(series):
+            raise ScoringError(f"model {self.path} answered {probabilities.shape} for {len(series)} texts")
+        return labels, probabilities
+
+    def _predict_fast(self, series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        plan = self._plan
+        assert plan is not None
+        scores = linear_scores(plan, series)
+        labels = np.asarray(plan.class_labels, dtype=object)[np.argmax(scores, axis=1)]
+        probabilities = _post_transform(plan, scores)
+        top_two = np.sort(scores, axis=1)[:, -2:]
+        delegated = (top_two[:, 1] - top_two[:, 0]) < self.rules.tie_margin
+        if plan.lowercase:
+            delegated |= series.fill_null("").str.contains(f"[{CASE_AMBIGUOUS_CHARACTERS}]").to_numpy()
+        if delegated.any():
+            rows = np.flatnonzero(delegated)
+            labels[rows], probabilities[rows] = self._predict_onnxruntime(series.gather(rows))
+        return labels, probabilities
+
+    def _predict_onnxruntime(self, series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        texts = series.fill_null("").to_numpy().astype(object).reshape(-1, 1)
+        workers = min(self.rules.parallel_runs, max(1, len(texts) // max(self.rules.fast_path_min_rows, 1)))
+        if workers <= 1:
+            return self._run_session(texts)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(self._run_session, np.array_split(texts, workers)))
+        return np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
+
+    def _run_session(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels, probabilities = self._session.run(["label", "probabilities"], {"text": texts})
+        return np.asarray(labels, dtype=object), np.asarray(probabilities, dtype=np.float32)
+
+
+def load_model(path: Path, expected_sha256: str, rules: ScoringRules | None = None) -> ScoringModel:
+    """Verify the file's SHA-256 (IntegrityError), open it in ONNX Runtime and set up the fast path.
+
+    `rules` default to the packaged `[scoring]` settings. The fast path is used only when the graph
+    has a supported shape and passes the parity probe; `model.fast_path_reason` says why not.
+    """
+    rules = rules or ScoringRules.from_settings(Settings.load())
+    path = Path(path)
+    verify_file(path, expected_sha256, "model file")
+    try:
+        session = _session(path)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise ScoringError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+    output_names = [output.name for output in session.get_outputs()]
+    if [value.name for value in session.get_inputs()] != ["text"] or not {"label", "probabilities"} <= set(
+        output_names
+    ):
+        raise ScoringError(f"model {path} does not take 'text' and answer 'label' and 'probabilities'")
+    model = ScoringModel(path, expected_sha256, session, rules)
+    if rules.fast_path:
+        try:
+            plan = linear_text_plan(onnx.load(str(path)))
+        except UnsupportedGraph as exc:
+            model.disable_fast_path(f"unsupported graph: {exc}")
+        else:
+            model.enable_fast_path(plan)
+    return model
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+def _read_schema(input_path: Path) -> tuple[pl.LazyFrame, list[str]]:
+    suffix = input_path.suffix.lower()
+    if not input_path.is_file():
+        raise ScoringInputError(f"input {input_path} is not a readable file")
+    try:
+        if suffix in CSV_SUFFIXES:
+            names = pl.scan_csv(input_path, infer_schema=False).collect_schema().names()
+            # The published CSV's unnamed first column is the review's integer index.
+            overrides = {"": pl.Int64} if names and names[0] == "" else None
+            return pl.scan_csv(input_path, infer_schema=False, schema_overrides=overrides), names
+        if suffix in PARQUET_SUFFIXES:
+            frame = pl.scan_parquet(input_path)
+            return frame, frame.collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ScoringInputError(f"cannot read {input_path}: {_first_line(exc)}") from exc
+    raise ScoringInputError(f"input {input_path} must be .csv or .parquet")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _id_column(names: list[str]) -> str | None:
+    if names and names[0] == "":
+        return ""
+    return next((name for name in ID_COLUMNS if name in names), None)
+
+
+def scoring_frame(input_path: Path) -> pl.LazyFrame:
+    """The input as a lazy frame of `row_id` and `text` (the model's text), in input order."""
+    frame, names = _read_schema(input_path)
+    text_pair = next((pair for pair in TEXT_COLUMN_PAIRS if set(pair) <= set(names)), None)
+    if "text" in names:
+        text = pl.col("text").cast(pl.String).fill_null("")
+    elif text_pair is not None:
+        text = model_text(pl.col(text_pair[0]), pl.col(text_pair[1]))
+    else:
+        raise ScoringInputError(
+            f"input {input_path} has no text: expected a 'text' column or 'Title' and 'Review Text' (found {names})"
+        )
+    id_column = _id_column(names)
+    if id_column is None:
+        id_column = "__row_number"
+        frame = frame.with_row_index(id_column)
+    return frame.select(pl.col(id_column).alias("row_id"), text.alias("text"))
+
+
+class _ChunkWriter:
+    """Appends prediction chunks to a temp file (CSV or Parquet) that is renamed into place at the end."""
+
+    def __init__(self, output_path: Path) -> None:
+        suffix = output_path.suffix.lower()
+        if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES:
+            raise ScoringInputError(f"output {output_path} must end in .csv or .parquet")
+        self.output_path = output_path
+        self.parquet = suffix in PARQUET_SUFFIXES
+        self.temp_path = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")
+        self.rows = 0
+        self._csv = None
+        self._parquet: pq.ParquetWriter | None = None
+
+    def write(self, chunk: pl.DataFrame) -> None:
+        if self.parquet:
+            table = chunk.to_arrow()
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.temp_path, table.schema)
+            self._parquet.write_table(table)
+        else:
+            if self._csv is None:
+                self._csv = self.temp_path.open("wb")
+                chunk.write_csv(self._csv, include_header=True)
+            else:
+                chunk.write_csv(self._csv, include_header=False)
+        self.rows += chunk.height
+
+    def commit(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._csv is not None:
+            self._csv.flush()
+            os.fsync(self._csv.fileno())
+            self._csv.close()
+        os.replace(self.temp_path, self.output_path)
+
+    def abandon(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._csv is not None:
+            self._csv.close()
+        self.temp_path.unlink(missing_ok=True)
+
+
+def _prediction_frame(
+    chunk: pl.DataFrame, labels: np.ndarray, probabilities: np.ndarray, version: str
+) -> pl.DataFrame:
+    columns: dict[str, Any] = {
+        "row_id": chunk["row_id"],
+        "label": pl.Series("label", labels, dtype=pl.String),
+    }
+    for index, name in enumerate(PROBABILITY_COLUMNS):
+        columns[name] = pl.Series(name, probabilities[:, index], dtype=pl.Float32)
+    columns["model_version"] = pl.repeat(version, chunk.height, dtype=pl.String, eager=True)
+    return pl.DataFrame(columns)
+
+
+def score_file(
+    input_path: Path,
+    output_path: Path,
+    model: ScoringModel,
+    model_version: str,
+    chunk_rows: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ScoreSummary:
+    """Score a CSV/Parquet file in chunks into a CSV/Parquet file (by extension), rows in = rows out.
+
+    Input: the published reviews CSV (unnamed index, "Title", "Review Text", ...), normalised
+    title/review_text columns, or a plain `text` column; ids from the index, `id` or `review_id`,
+    else the 0-based row number. The output appears only when the whole file has been scored.
+    """
+    started = time.perf_counter()
+    input_path, output_path = Path(input_path), Path(output_path)
+    frame = scoring_frame(input_path)
+    writer = _ChunkWriter(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_in = 0
+    try:
+        for chunk in _chunks(frame, chunk_rows or model.rules.chunk_rows, input_path):
+            if rows_in == 0 and model.engine == "fast":
+                _check_file_parity(model, chunk["text"])
+            labels, probabilities = model.predict(chunk["text"])
+            writer.write(_prediction_frame(chunk, labels, probabilities, model_version))
+            rows_in += chunk.height
+            if on_progress is not None:
+                on_progress(rows_in)
+        if rows_in == 0:
+            writer.write(_empty_predictions(frame))
+        if writer.rows != rows_in:
+            raise ScoringError(f"scored {writer.rows} rows but read {rows_in} from {input_path}")
+        writer.commit()
+    except BaseException:
+        writer.abandon()
+        raise
+    engine = model.engine
+    return ScoreSummary(rows_in, writer.rows, time.perf_counter() - started, output_path, engine)
+
+
+def _chunks(frame: pl.LazyFrame, chunk_rows: int, input_path: Path):
+    batches = frame.collect_batches(chunk_size=chunk_rows, maintain_order=True)
+    while True:
+        try:
+            chunk = next(batches)
+        except StopIteration:
+            return
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ScoringInputError(f"cannot read {input_path}: {_first_line(exc)}") from exc
+        if chunk.height:
+            yield chunk
+
+
+def _check_file_parity(model: ScoringModel, texts: pl.Series) -> None:
+    sample = texts.head(model.rules.parity_probe_rows).to_list()
+    mismatch = model.check_parity(sample)
+    if mismatch is not None:
+        model.disable_fast_path(f"parity check on the input failed: {mismatch}")
+
+
+def _empty_predictions(frame: pl.LazyFrame) -> pl.DataFrame:
+    row_id_type = frame.collect_schema()["row_id"]
+    schema = {"row_id": row_id_type, "label": pl.String}
+    schema.update(dict.fromkeys(PROBABILITY_COLUMNS, pl.Float32))
+    schema["model_version"] = pl.String
+    return pl.DataFrame(schema=schema)

@@ -1,0 +1,44 @@
+"""The one place that assembles the platform's Definitions (loaded by workspace.yaml and the CLI)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.settings import Settings
+from mlplatform.defs.features import build_feature_assets
+from mlplatform.defs.ingest import DROPS, build_ingest_assets
+from mlplatform.defs.io_manager import VersionedIOManager
+from mlplatform.defs.resources import PlatformResource
+
+INGEST_JOB = "ingest_job"
+PIPELINE_JOB = "pipeline_job"
+
+
+def build_definitions(home: PlatformHome) -> dg.Definitions:
+    settings = Settings.load(home.settings_file)
+    assets = [*build_ingest_assets(settings), *build_feature_assets(settings)]
+    ingest_job = dg.define_asset_job(
+        INGEST_JOB,
+        selection=dg.AssetSelection.assets("raw_reviews"),
+        partitions_def=DROPS,
+        description="Validate one drop; accept it into lake/raw or quarantine it.",
+    )
+    pipeline_job = dg.define_asset_job(
+        PIPELINE_JOB,
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("raw_reviews"),
+        description="Everything downstream of the accepted drops, in dependency order.",
+    )
+    return dg.Definitions(
+        assets=assets,
+        jobs=[ingest_job, pipeline_job],
+        resources={
+            "io_manager": VersionedIOManager(home=str(home.root)),
+            "platform": PlatformResource(home=str(home.root)),
+        },
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(PlatformHome.from_env())

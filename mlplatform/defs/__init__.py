@@ -1,0 +1,1 @@
+"""Thin Dagster wiring: assets call core functions, attach metadata and return."""

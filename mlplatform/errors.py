@@ -1,0 +1,25 @@
+"""One line for the user, the traceback for the log: how the CLI reports a failure."""
+
+from __future__ import annotations
+
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def is_domain_error(exc: BaseException) -> bool:
+    """Errors raised on purpose by the platform's own code carry a message meant for the user."""
+    return type(exc).__module__.startswith("mlplatform.")
+
+
+def one_line(exc: BaseException, log_dir: Path) -> str:
+    """The message to print; unexpected errors get their traceback written under log_dir."""
+    if is_domain_error(exc):
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / "cli-errors.log"
+    with log_file.open("a", encoding="utf-8") as handle:
+        handle.write(f"--- {datetime.now(UTC).isoformat()}\n")
+        handle.write("".join(traceback.format_exception(exc)))
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"unexpected {type(exc).__name__}: {first} (traceback in {log_file})"

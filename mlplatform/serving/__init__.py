@@ -1,0 +1,1 @@
+"""The real-time endpoint (FastAPI on uvicorn, ONNX Runtime)."""

@@ -1,0 +1,420 @@
+"""Request/response capture: append-only JSON-lines segments under `capture/`, durable by group commit.
+
+Format: JSON lines, one line per review row of a 2xx inference request. A request of N reviews writes N
+lines that share its `request_id` and are numbered by `row` (0..N-1); a row is what monitoring joins with
+ground truth (by `review_id`), so one row per review keeps the file readable as a table with no
+unnesting. Columns: see `CAPTURE_COLUMNS`.
+
+Durability: `CaptureWriter.append` hands the request's lines to one writer thread and waits until they
+are written and fsync'ed. The thread writes whatever is pending in one `write` + one `fsync` (group
+commit), so under load many requests share an fsync, and a request waits at most for the fsync in
+progress plus its own (plus `fsync_max_delay_s` if configured to gather bigger groups).
+
+Segments: `<utc stamp>-<pid>-<seq>.jsonl.open` while written, sealed by an atomic rename to
+`<...>.jsonl` when the segment reaches its size or age limit and when the writer closes. A crash
+mid-append leaves at most a torn last line in the `.open` segment; `read_capture` skips it, and the
+next writer seals a dead process's segment after cutting the torn tail. After a failed write the
+segment is cut back to its last durable record and sealed, so a bad line never sits mid-file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+
+from mlplatform.core.features import LABELS
+
+log = logging.getLogger(__name__)
+
+OPEN_SUFFIX = ".open"
+SEALED_SUFFIX = ".jsonl"
+PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{label}" for label in LABELS)
+
+# The schema as written (time is an ISO-8601 UTC string in the file, a Datetime once read).
+_WRITTEN_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "time": pl.String(),
+    "route": pl.String(),
+    "model_version": pl.String(),
+    "row": pl.Int64(),
+    "text": pl.String(),
+    "product_id": pl.String(),
+    "review_id": pl.String(),
+    "label": pl.String(),
+    **{column: pl.Float64() for column in PROBABILITY_COLUMNS},
+    "latency_ms": pl.Float64(),
+}
+CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
+_TIME_DTYPE = pl.Datetime("us", "UTC")
+
+
+class CaptureError(RuntimeError):
+    """Capture records could not be written (or read back)."""
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Group-commit and rotation limits (keys `capture_*` of the `[serving]` settings)."""
+
+    fsync_max_delay_s: float
+    batch_max_records: int
+    segment_max_bytes: int
+    segment_max_age_s: float
+
+    @classmethod
+    def from_settings(cls, serving: Mapping[str, Any]) -> CaptureConfig:
+        return cls(
+            fsync_max_delay_s=float(serving["capture_fsync_max_delay_ms"]) / 1000.0,
+            batch_max_records=int(serving["capture_batch_max_records"]),
+            segment_max_bytes=int(serving["capture_segment_max_bytes"]),
+            segment_max_age_s=float(serving["capture_segment_max_age_s"]),
+        )
+
+
+def utc_iso(epoch_seconds: float) -> str:
+    """ISO-8601 UTC with microseconds, the `time` column as written."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_capture_rows(
+    *,
+    request_id: str,
+    received_at: float,
+    route: str,
+    model_version: str,
+    texts: Sequence[str],
+    product_ids: Sequence[str | None],
+    review_ids: Sequence[str | None],
+    labels: Sequence[str],
+    probabilities: np.ndarray,
+    latency_ms: float,
+) -> bytes:
+    """The capture lines of one request: one JSON object per review row, each ending in a newline."""
+    shared = {"request_id": request_id, "time": utc_iso(received_at), "route": route, "model_version": model_version}
+    lines = []
+    for row, (text, product_id, review_id, label, scores) in enumerate(
+        zip(texts, product_ids, review_ids, labels, probabilities, strict=True)
+    ):
+        record = {
+            **shared,
+            "row": row,
+            "text": text,
+            "product_id": product_id,
+            "review_id": review_id,
+            "label": label,
+            **dict(zip(PROBABILITY_COLUMNS, scores, strict=True)),
+            "latency_ms": latency_ms,
+        }
+        lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
+    return b"".join(lines)
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+_STOP = object()
+_PendingItem = tuple[bytes, asyncio.AbstractEventLoop, asyncio.Future]
+
+
+def _settle(futures: list[asyncio.Future], error_message: str | None) -> None:
+    """Runs on the requests' event loop: wake every request of a committed group."""
+    for future in futures:
+        if future.done():  # its request already gave up (timeout) or was cancelled
+            continue
+        if error_message is None:
+            future.set_result(None)
+        else:
+            future.set_exception(CaptureError(error_message))
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sealed_name(open_path: Path) -> Path:
+    return open_path.with_name(open_path.name.removesuffix(OPEN_SUFFIX))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _segment_pid(open_path: Path) -> int | None:
+    parts = open_path.name.split("-")
+    return int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else None
+
+
+def seal_abandoned_segments(root: Path) -> list[Path]:
+    """Seal `.open` segments left by dead processes, cutting a torn last line. Returns the sealed paths."""
+    sealed = []
+    for open_path in sorted(root.glob(f"*{SEALED_SUFFIX}{OPEN_SUFFIX}")):
+        pid = _segment_pid(open_path)
+        if pid is None or _pid_alive(pid):
+            continue
+        data = open_path.read_bytes()
+        with open_path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        target = _sealed_name(open_path)
+        os.rename(open_path, target)
+        sealed.append(target)
+    if sealed:
+        _fsync_directory(root)
+        log.info("sealed %d capture segment(s) left by dead processes", len(sealed))
+    return sealed
+
+
+class CaptureWriter:
+    """One writer thread appending capture records to rotating segments, fsync'ed in groups.
+
+    `sync_file` is the fsync used for record data (injectable so tests can simulate a failing disk);
+    `clock` gives wall time for segment names and age.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        config: CaptureConfig,
+        *,
+        sync_file: Callable[[int], None] = os.fsync,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._root = Path(root)
+        self._config = config
+        self._sync_file = sync_file
+        self._clock = clock
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._size = 0
+        self._opened_at = 0.0
+        self._sequence = 0
+
+    # -- the requests' side --
+
+    def start(self) -> None:
+        """Create the directory, seal dead writers' segments, start the writer thread."""
+        if self._thread is not None:
+            raise CaptureError("capture writer already started")
+        self._root.mkdir(parents=True, exist_ok=True)
+        seal_abandoned_segments(self._root)
+        self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+        self._thread.start()
+
+    async def append(self, payload: bytes) -> None:
+        """Append complete JSON lines; return once they are durable. Raises CaptureError otherwise."""
+        if self._closed or self._thread is None:
+            raise CaptureError("capture writer is not running")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((payload, loop, future))
+        await future
+
+    def close(self) -> None:
+        """Write everything pending, seal the open segment, stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    @property
+    def current_segment(self) -> Path | None:
+        return self._path
+
+    # -- the writer thread --
+
+    def _run(self) -> None:
+        idle_tick = min(1.0, max(self._config.segment_max_age_s, 0.01))
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=idle_tick)
+            except queue.Empty:
+                self._rotate_if_due_safely()
+                continue
+            if first is _STOP:
+                break
+            batch, stopping = self._gather([first])
+            self._commit(batch)
+        self._fail_leftovers()
+        self._seal_current_safely()
+
+    def _gather(self, batch: list[_PendingItem]) -> tuple[list[_PendingItem], bool]:
+        """Take what is pending (waiting up to fsync_max_delay_s for more); True when a stop was seen."""
+        deadline = time.monotonic() + self._config.fsync_max_delay_s
+        while len(batch) < self._config.batch_max_records:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _commit(self, batch: list[_PendingItem]) -> None:
+        error_message = None
+        try:
+            self._write_durably(b"".join(item[0] for item in batch))
+        except OSError as exc:
+            error_message = f"capture write failed ({self._path}): {exc}"
+            log.error(error_message)
+            self._abandon_segment()
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+        for _, loop, future in batch:
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, futures, error_message)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+    def _write_durably(self, data: bytes) -> None:
+        self._rotate_if_due()
+        if self._fd is None:
+            self._open_segment()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._sync_file(self._fd)
+        self._size += len(data)
+
+    def _rotate_if_due(self) -> None:
+        if self._fd is None:
+            return
+        too_big = self._size >= self._config.segment_max_bytes
+        too_old = self._clock() - self._opened_at >= self._config.segment_max_age_s
+        if too_big or too_old:
+            self._seal_current()
+
+    def _rotate_if_due_safely(self) -> None:
+        try:
+            self._rotate_if_due()
+        except OSError as exc:
+            log.error("capture segment rotation failed (%s): %s", self._path, exc)
+            self._abandon_segment()
+
+    def _open_segment(self) -> None:
+        now = self._clock()
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self._sequence += 1
+        path = self._root / f"{stamp}-{os.getpid()}-{self._sequence:06d}{SEALED_SUFFIX}{OPEN_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        self._fd = os.open(path, flags, 0o644)
+        self._path, self._size, self._opened_at = path, 0, now
+        _fsync_directory(self._root)  # the new name itself must survive a crash
+
+    def _seal_current(self) -> None:
+        if self._fd is None or self._path is None:
+            return
+        fd, path = self._fd, self._path
+        self._fd, self._path = None, None
+        os.close(fd)
+        os.rename(path, _sealed_name(path))
+        _fsync_directory(self._root)
+
+    def _seal_current_safely(self) -> None:
+        try:
+            self._seal_current()
+        except OSError as exc:
+            log.error("capture segment could not be sealed: %s", exc)
+
+    def _abandon_segment(self) -> None:
+        """After a failed write: cut the segment back to its last durable record, seal it, move on."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError as exc:
+            log.error("capture segment %s could not be cut back: %s", self._path, exc)
+        try:
+            self._seal_current()
+        except OSError as exc:
+            log.error("capture segment %s could not be sealed: %s", self._path, exc)
+            self._fd, self._path = None, None
+
+    def _fail_leftovers(self) -> None:
+        leftovers = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                leftovers.append(item)
+        for _, loop, future in leftovers:
+            try:
+                loop.call_soon_threadsafe(_settle, [future], "capture writer closed")
+            except RuntimeError:
+                pass
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def _segment_order(path: Path) -> str:
+    return path.name.removesuffix(OPEN_SUFFIX)
+
+
+def _complete_lines(path: Path) -> bytes:
+    """The segment's bytes up to its last newline (a torn tail is skipped); follows a concurrent seal."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if not path.name.endswith(OPEN_SUFFIX):
+            raise
+        data = _sealed_name(path).read_bytes()
+    return data[: data.rfind(b"\n") + 1]
+
+
+def read_capture(root: Path) -> pl.DataFrame:
+    """All capture records under `root` (sealed and open segments, oldest first) as a polars frame."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CaptureError(f"capture directory {root} does not exist")
+    segments = sorted(
+        [*root.glob(f"*{SEALED_SUFFIX}"), *root.glob(f"*{SEALED_SUFFIX}{OPEN_SUFFIX}")], key=_segment_order
+    )
+    frames = []
+    for path in segments:
+        data = _complete_lines(path)
+        if not data:
+            continue
+        try:
+            frames.append(pl.read_ndjson(io.BytesIO(data), schema=_WRITTEN_SCHEMA))
+        except pl.exceptions.PolarsError as exc:
+            raise CaptureError(f"capture segment {path} is unreadable: {exc}") from exc
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema=_WRITTEN_SCHEMA)
+    return frame.with_columns(pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC"))

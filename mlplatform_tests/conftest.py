@@ -1,0 +1,31 @@
+"""Shared fixtures: a fresh platform home per test and the real data set from ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.settings import Settings
+
+REAL_DATA = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
+)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> PlatformHome:
+    return PlatformHome(tmp_path / "home").ensure()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings.load()
+
+
+@pytest.fixture(scope="session")
+def real_data_path() -> Path:
+    if not REAL_DATA.exists():
+        pytest.skip(f"real data set not found at {REAL_DATA} (see ../shared/data/README.md)")
+    return REAL_DATA

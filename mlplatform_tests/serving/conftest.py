@@ -1,0 +1,109 @@
+"""Serving fixtures: tiny real ONNX sentiment models, registered and promoted through the real registry."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import StringTensorType
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.registry import ModelRegistry
+from mlplatform.core.settings import Settings
+
+TRAINING_REVIEWS: tuple[tuple[str, str], ...] = (
+    ("I love this dress, it fits perfectly and looks great", "positive"),
+    ("Beautiful fabric, lovely colour, very happy", "positive"),
+    ("Great quality and so comfortable, highly recommend", "positive"),
+    ("Terrible quality, it ripped after one wash", "negative"),
+    ("Awful fit, way too small and the fabric is cheap", "negative"),
+    ("Returned it, poor stitching and ugly colour", "negative"),
+    ("It is okay, nothing special but fine", "neutral"),
+    ("Average dress, fit is so so, colour as pictured", "neutral"),
+    ("Not bad not great, fine for the price", "neutral"),
+)
+
+
+def _rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
+    for node in model.graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+    for output in model.graph.output:
+        if output.name == old:
+            output.name = new
+
+
+def tiny_model_bytes(variant: int = 0) -> bytes:
+    """A TF-IDF + logistic regression sentiment model as ONNX; each variant has different bytes."""
+    texts = [text for text, _ in TRAINING_REVIEWS] + [f"variant {variant} filler words"]
+    labels = [label for _, label in TRAINING_REVIEWS] + ["neutral"]
+    pipeline = Pipeline(
+        [
+            ("tfidf", TfidfVectorizer(token_pattern=r"[a-zA-Z0-9_]{2,}")),
+            ("classifier", LogisticRegression(C=10.0 + variant, max_iter=1000)),
+        ]
+    ).fit(texts, labels)
+    model = convert_sklearn(
+        pipeline,
+        initial_types=[("text", StringTensorType([None, 1]))],
+        options={TfidfVectorizer: {"locale": "C.UTF-8"}, LogisticRegression: {"zipmap": False}},
+    )
+    _rename_output(model, model.graph.output[0].name, "label")
+    _rename_output(model, model.graph.output[1].name, "probabilities")
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[int, bytes]:
+    """Three distinct tiny models (built once per session: conversion takes a moment)."""
+    return {variant: tiny_model_bytes(variant) for variant in range(3)}
+
+
+def register(registry: ModelRegistry, onnx_bytes: bytes) -> str:
+    """Register and approve a model; returns its version."""
+    version = registry.register(onnx_bytes, card={"model": "tiny test model"}, metrics={"macro_f1": 0.5}).version
+    registry.approve(version, by="test")
+    return version
+
+
+def deploy(registry: ModelRegistry, onnx_bytes: bytes) -> str:
+    """Register, approve and promote a model to production; returns its version."""
+    version = register(registry, onnx_bytes)
+    registry.promote(version, by="test")
+    return version
+
+
+def damage_model_file(registry: ModelRegistry, version: str, how: str) -> None:
+    """Corrupt (flip bytes) or truncate a registered model file in place, as a disk or operator might."""
+    path: Path = registry.get(version).onnx_path
+    data = path.read_bytes()
+    os.chmod(path, 0o644)
+    damaged = data[: len(data) // 2] if how == "truncate" else data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:]
+    path.write_bytes(damaged)
+
+
+def with_serving(settings: Settings, **overrides: object) -> Settings:
+    """The settings with some `[serving]` keys replaced."""
+    values = dict(settings.values)
+    values["serving"] = {**settings.section("serving"), **overrides}
+    return Settings(values)
+
+
+@pytest.fixture
+def registry(home: PlatformHome) -> ModelRegistry:
+    return ModelRegistry(home.registry)
+
+
+@pytest.fixture
+def fast_settings(settings: Settings) -> Settings:
+    """Serving settings for tests: a quick swap poll."""
+    return with_serving(settings, swap_poll_interval_s=0.02)
+
+
+SettingsFactory = Callable[..., Settings]

@@ -1,0 +1,183 @@
+"""Capture segments: group-committed appends, torn tails, rotation, crash recovery, write failures."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mlplatform.serving.capture import (
+    CAPTURE_COLUMNS,
+    CaptureConfig,
+    CaptureError,
+    CaptureWriter,
+    encode_capture_rows,
+    read_capture,
+    seal_abandoned_segments,
+)
+
+CONFIG = CaptureConfig(
+    fsync_max_delay_s=0.0, batch_max_records=1000, segment_max_bytes=1 << 20, segment_max_age_s=3600.0
+)
+
+
+def rows(request_id: str, count: int = 1, version: str = "v1") -> bytes:
+    return encode_capture_rows(
+        request_id=request_id,
+        received_at=1_700_000_000.25,
+        route="/predict",
+        model_version=version,
+        texts=[f"text {i} of {request_id}" for i in range(count)],
+        product_ids=[str(i) for i in range(count)],
+        review_ids=[None] * count,
+        labels=["positive"] * count,
+        probabilities=np.tile(np.array([0.1, 0.2, 0.7], dtype=np.float32), (count, 1)),
+        latency_ms=1.5,
+    )
+
+
+async def append_all(writer: CaptureWriter, payloads: list[bytes]) -> None:
+    await asyncio.gather(*(writer.append(payload) for payload in payloads))
+
+
+def test_appended_rows_are_readable_with_polars(tmp_path: Path) -> None:
+    writer = CaptureWriter(tmp_path, CONFIG)
+    writer.start()
+    asyncio.run(append_all(writer, [rows("r1", count=2), rows("r2")]))
+    # Readable while the segment is still open (what a crash would leave) ...
+    frame = read_capture(tmp_path)
+    assert frame.columns == list(CAPTURE_COLUMNS)
+    assert sorted(frame["request_id"].to_list()) == ["r1", "r1", "r2"]
+    writer.close()
+    # ... and after sealing, from exactly one sealed segment.
+    assert [path.suffix for path in tmp_path.iterdir()] == [".jsonl"]
+    frame = read_capture(tmp_path).sort("request_id", "row")
+    assert frame["row"].to_list() == [0, 1, 0]
+    assert frame["time"].dtype == pl.Datetime("us", "UTC")
+    assert frame["time"][0].timestamp() == pytest.approx(1_700_000_000.25)
+    assert frame["p_positive"].to_list() == pytest.approx([0.7, 0.7, 0.7])
+    assert frame["review_id"].null_count() == 3
+
+
+def test_many_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
+    fsyncs = []
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        os.fsync(fd)
+
+    writer = CaptureWriter(tmp_path, CONFIG, sync_file=counting_fsync)
+    writer.start()
+    asyncio.run(append_all(writer, [rows(f"r{i}") for i in range(200)]))
+    writer.close()
+    assert read_capture(tmp_path)["request_id"].n_unique() == 200
+    assert len(fsyncs) < 200  # group commit: one fsync covers every record pending at the time
+
+
+def test_reader_skips_a_torn_tail(tmp_path: Path) -> None:
+    complete = rows("whole")
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open").write_bytes(complete + rows("torn")[:25])
+    frame = read_capture(tmp_path)
+    assert frame["request_id"].to_list() == ["whole"]
+
+
+def test_dead_writers_segment_is_cut_and_sealed(tmp_path: Path) -> None:
+    dead_pid = 999_999_999  # above any real pid_max
+    torn = tmp_path / f"20240101T000000000000Z-{dead_pid}-000001.jsonl.open"
+    torn.write_bytes(rows("whole") + b'{"request_id": "half')
+    live = tmp_path / f"20240101T000000000000Z-{os.getpid()}-000001.jsonl.open"
+    live.write_bytes(rows("live"))
+    sealed = seal_abandoned_segments(tmp_path)
+    assert sealed == [tmp_path / f"20240101T000000000000Z-{dead_pid}-000001.jsonl"]
+    assert sealed[0].read_bytes() == rows("whole")
+    assert live.exists()  # a live writer's segment is left alone
+
+
+def test_segments_rotate_by_size_with_atomic_rename(tmp_path: Path) -> None:
+    one_record = len(rows("r0"))
+    config = CaptureConfig(0.0, 1, segment_max_bytes=2 * one_record, segment_max_age_s=3600.0)
+    writer = CaptureWriter(tmp_path, config)
+    writer.start()
+
+    async def one_by_one() -> None:
+        for i in range(5):
+            await writer.append(rows(f"r{i}"))
+
+    asyncio.run(one_by_one())
+    sealed_before_close = sorted(path.name for path in tmp_path.glob("*.jsonl"))
+    writer.close()
+    assert len(sealed_before_close) == 2  # 2 + 2 records sealed, the fifth in the open segment
+    assert len(list(tmp_path.glob("*.open"))) == 0
+    assert len(list(tmp_path.glob("*.jsonl"))) == 3
+    assert read_capture(tmp_path)["request_id"].to_list() == [f"r{i}" for i in range(5)]
+
+
+def test_segments_rotate_by_age(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    config = CaptureConfig(0.0, 1000, segment_max_bytes=1 << 20, segment_max_age_s=0.05)
+    writer = CaptureWriter(tmp_path, config, clock=lambda: now[0])
+    writer.start()
+    asyncio.run(writer.append(rows("early")))
+    now[0] += 1.0
+    sealed = threading.Event()
+
+    def wait_for_seal() -> None:
+        for _ in range(200):
+            if list(tmp_path.glob("*.jsonl")):
+                sealed.set()
+                return
+            threading.Event().wait(0.01)
+
+    wait_for_seal()  # the idle writer notices the age and seals without any new record
+    assert sealed.is_set()
+    asyncio.run(writer.append(rows("late")))
+    writer.close()
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2
+    assert read_capture(tmp_path)["request_id"].to_list() == ["early", "late"]
+
+
+def test_failed_fsync_fails_the_append_and_keeps_no_partial_record(tmp_path: Path) -> None:
+    failing = [False]
+
+    def flaky_fsync(fd: int) -> None:
+        if failing[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+    writer = CaptureWriter(tmp_path, CONFIG, sync_file=flaky_fsync)
+    writer.start()
+    asyncio.run(writer.append(rows("before")))
+    failing[0] = True
+    with pytest.raises(CaptureError, match="Input/output error"):
+        asyncio.run(writer.append(rows("lost")))
+    failing[0] = False
+    asyncio.run(writer.append(rows("after")))
+    writer.close()
+    # The failed record was cut back out; the writer moved on to a fresh segment.
+    assert read_capture(tmp_path)["request_id"].to_list() == ["before", "after"]
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2
+
+
+def test_append_after_close_is_refused(tmp_path: Path) -> None:
+    writer = CaptureWriter(tmp_path, CONFIG)
+    writer.start()
+    writer.close()
+    with pytest.raises(CaptureError, match="not running"):
+        asyncio.run(writer.append(rows("late")))
+
+
+def test_reading_a_missing_directory_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CaptureError, match="does not exist"):
+        read_capture(tmp_path / "absent")
+
+
+def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
+    frame = read_capture(tmp_path)
+    assert frame.height == 0
+    assert frame.columns == list(CAPTURE_COLUMNS)

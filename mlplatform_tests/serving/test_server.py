@@ -1,0 +1,124 @@
+"""The endpoint as a real uvicorn process: nothing acknowledged is lost to `kill -9`; SIGTERM drains."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.registry import ModelRegistry
+from mlplatform.serving.capture import read_capture
+from mlplatform_tests.serving.conftest import deploy
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(home: PlatformHome, registry: ModelRegistry, tiny_models: dict[int, bytes], tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    deploy(registry, tiny_models[0])
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlplatform.serving.server", "--port", str(port)],
+            env={**os.environ, "MLPLATFORM_HOME": str(home.root)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not become ready:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        yield process, base_url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def load(base_url: str, workers: int, stop: threading.Event) -> tuple[list[str], list[threading.Thread]]:
+    """Threads posting single reviews, each with its own request id, until `stop` or a dead server."""
+    acknowledged: list[str] = []
+
+    def worker(index: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=5) as http:
+            sent = 0
+            while not stop.is_set():
+                request_id = f"w{index}-{sent}"
+                sent += 1
+                try:
+                    response = http.post(
+                        "/v2/models/sentiment/infer",
+                        json={"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["nice dress"]}]},
+                        headers={"X-Request-ID": request_id},
+                    )
+                except httpx.TransportError:
+                    return
+                if response.status_code == 200:
+                    acknowledged.append(request_id)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(workers)]
+    for thread in threads:
+        thread.start()
+    return acknowledged, threads
+
+
+def wait_for_count(items: list[str], count: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(items) < count:
+        assert time.monotonic() < deadline, f"only {len(items)} requests acknowledged"
+        time.sleep(0.01)
+
+
+def test_kill_9_mid_load_loses_no_acknowledged_request(server: tuple[subprocess.Popen, str], home: PlatformHome) -> None:
+    process, base_url = server
+    stop = threading.Event()
+    acknowledged, threads = load(base_url, workers=8, stop=stop)
+    wait_for_count(acknowledged, 300)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    captured = set(read_capture(home.capture)["request_id"])
+    missing = set(acknowledged) - captured
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged requests are not in the capture"
+    assert list(home.capture.glob("*.open")), "the killed server's segment should still be open (torn tail allowed)"
+
+
+def test_sigterm_drains_and_seals(server: tuple[subprocess.Popen, str], home: PlatformHome) -> None:
+    process, base_url = server
+    stop = threading.Event()
+    acknowledged, threads = load(base_url, workers=4, stop=stop)
+    wait_for_count(acknowledged, 50)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert set(acknowledged) <= set(read_capture(home.capture)["request_id"])
+    assert not list(home.capture.glob("*.open")), "a clean shutdown seals its segment"
