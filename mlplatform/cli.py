@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -247,13 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster flags APIs we rely on (data versions, asset checks) as beta/preview on every use.
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview).*")
+    warnings.filterwarnings("ignore", message=r".*is (in beta|in preview|experimental).*")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage line
         return EXIT_USAGE if exc.code else EXIT_OK
     home = PlatformHome(Path(args.home).resolve()) if args.home else PlatformHome.from_env()
-    os.environ["MLPLATFORM_HOME"] = str(home.root)
     try:
         return args.handler(args, home)
     except KeyboardInterrupt:

@@ -15,9 +15,6 @@ from pathlib import Path
 
 from mlplatform.core.home import PlatformHome
 
-DAGSTER_HOME_ENV = "DAGSTER_HOME"
-PG_URL_ENV = "MLPLATFORM_PG_URL"
-
 
 def dagster_yaml(home: PlatformHome) -> str:
     """The instance configuration the platform writes (SQLite under the home by default)."""
@@ -80,9 +77,7 @@ def prepare_instance(home: PlatformHome) -> Path:
 
 
 def open_instance(home: PlatformHome):
-    """The home's DagsterInstance, created first if needed. Also sets DAGSTER_HOME for child processes."""
+    """The home's DagsterInstance, created first if needed."""
     from dagster import DagsterInstance
 
-    dagster_home = prepare_instance(home)
-    os.environ[DAGSTER_HOME_ENV] = str(dagster_home)
-    return DagsterInstance.from_config(str(dagster_home))
+    return DagsterInstance.from_config(str(prepare_instance(home)))

@@ -20,6 +20,8 @@ from mlplatform.defs.ingest import DROPS
 from mlplatform.instance import open_instance
 
 RAW_REVIEWS = dg.AssetKey("raw_reviews")
+# The instance's event log keeps every event for the UI; the terminal only needs warnings and errors.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass
@@ -102,6 +104,7 @@ def run_pending(home: PlatformHome, say: Callable[[str], None] = print) -> RunRe
             instance=instance,
             partition_key=drop_hash,
             raise_on_error=False,
+            run_config=QUIET_CONSOLE,
             tags={"mlplatform/drop": drop_hash},
         )
         report.run_ids.append(result.run_id)
@@ -128,7 +131,9 @@ def run_pending(home: PlatformHome, say: Callable[[str], None] = print) -> RunRe
         say("everything downstream is up to date")
         return report
     say(f"materializing {', '.join(key.to_user_string() for key in due)}")
-    result = pipeline_job.execute_in_process(instance=instance, asset_selection=due, raise_on_error=False)
+    result = pipeline_job.execute_in_process(
+        instance=instance, asset_selection=due, raise_on_error=False, run_config=QUIET_CONSOLE
+    )
     report.run_ids.append(result.run_id)
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:

@@ -20,7 +20,6 @@ import math
 import os
 import re
 import tarfile
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from mlplatform.core.fsio import write_bytes_atomic
 
 FORMAT_PARQUET = "parquet"
 FORMAT_JSON = "json"
@@ -368,7 +369,7 @@ class ArtifactStore:
                 handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
-            _atomic_write(version_dir / LATEST_FILE, line.encode("utf-8"), read_only=False)
+            write_bytes_atomic(version_dir / LATEST_FILE, line.encode("utf-8"), read_only=False)
         return artifact
 
     def _write_immutable(self, target: Path, encoded: EncodedValue) -> None:
@@ -377,7 +378,7 @@ class ArtifactStore:
             if found != encoded.sha256:
                 raise IntegrityError(f"{target} exists but holds sha256 {found}, not {encoded.sha256}")
             return
-        _atomic_write(target, encoded.payload, read_only=True)
+        write_bytes_atomic(target, encoded.payload, read_only=True)
 
     # reading the index
 
@@ -477,36 +478,10 @@ class ArtifactStore:
                 return target
             raise FileExistsError(f"{target} exists with different content; restore will not overwrite it")
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(target, payload, read_only=False)
+        write_bytes_atomic(target, payload, read_only=False)
         if sha256_hex(target.read_bytes()) != artifact.version:
             raise IntegrityError(f"restored copy {target} does not have sha256 {artifact.version}")
         return target
-
-
-def _atomic_write(target: Path, payload: bytes, read_only: bool) -> None:
-    """Write via a temp file in the same directory, fsync, rename: readers never see a partial file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(payload)
-            temp.flush()
-            os.fsync(temp.fileno())
-        if read_only:
-            os.chmod(temp_name, 0o444)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = [

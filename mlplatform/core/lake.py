@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from mlplatform.core.fsio import fsync_directory, temp_path_for, write_json_atomic
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
 
@@ -315,16 +316,7 @@ def _utc_from_timestamp(timestamp: float) -> str:
 
 
 def _temp_name(directory: Path, final_name: str) -> Path:
-    """A dot-prefixed temp path next to the final one (same filesystem, so the rename is atomic)."""
-    return directory / f".{final_name}.{uuid.uuid4().hex[:12]}.tmp"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return temp_path_for(directory / final_name)
 
 
 def _copy_hashing(source: BinaryIO, target: BinaryIO) -> tuple[str, int]:
@@ -349,19 +341,6 @@ def _copy_to_temp(source: Path, directory: Path, final_name: str) -> tuple[Path,
         temp.unlink(missing_ok=True)
         raise
     return temp, digest, size
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any], *, read_only: bool = False) -> None:
-    temp = _temp_name(path.parent, path.name)
-    with open(temp, "x", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    if read_only:
-        os.chmod(temp, 0o444)
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -510,7 +489,7 @@ class Lake:
                 final = self.resolve(final_name, under=self.landing)
                 # Bytes first: after a crash here the file is simply found by the next scan.
                 os.replace(temp, final)
-                _fsync_dir(self.landing)
+                fsync_directory(self.landing)
                 self._write_manifest(
                     digest,
                     names=[source.name],
@@ -581,7 +560,7 @@ class Lake:
         target = self.unsafe_dir / target_name
         os.replace(entry, target)  # moves the link or directory itself, never what it points to
         record = {"name": entry.name, "reason": reason, "check": "path_safety", "refused_at": _utc_now()}
-        _write_json_atomic(self.unsafe_dir / f"{target_name}.reason.json", record)
+        write_json_atomic(self.unsafe_dir / f"{target_name}.reason.json", record)
         return RefusedEntry(entry.name, reason, target)
 
     def _register_external(self, entry: Path) -> LandResult | None:
@@ -625,7 +604,7 @@ class Lake:
         return [m for m in self._manifests() if m.get("landing_file") and self._drop_state(m["hash"]) is None]
 
     def _write_manifest(self, digest: str, **fields: Any) -> None:
-        _write_json_atomic(self._manifest_path(digest), {"hash": digest, **fields})
+        write_json_atomic(self._manifest_path(digest), {"hash": digest, **fields})
 
     def _update_manifest(self, drop: Drop, **changes: Any) -> None:
         """Change fields of a drop's manifest (rebuilt from the drop if an outsider removed it)."""
@@ -752,7 +731,7 @@ class Lake:
                 raise LakeError(f"drop {digest}: bytes at {drop.path} changed since landing (now {actual})")
             self._move_bytes(drop, self.home.raw)
             record = self._decision_record(drop, accepted_at=_utc_now())
-            _write_json_atomic(self._raw_sidecar(digest), record, read_only=True)
+            write_json_atomic(self._raw_sidecar(digest), record, read_only=True)
             self._update_manifest(drop, landing_file=None)
             return self._load_drop(digest)
 
@@ -772,7 +751,7 @@ class Lake:
                 raise LakeError(f"drop {digest} is already accepted into raw; raw drops are immutable")
             self._move_bytes(drop, self.home.quarantine)
             record = self._decision_record(drop, check=check, reason=reason, quarantined_at=_utc_now())
-            _write_json_atomic(self._reason_file(digest), record)
+            write_json_atomic(self._reason_file(digest), record)
             self._update_manifest(drop, landing_file=None)
             return self._load_drop(digest)
 
@@ -780,8 +759,8 @@ class Lake:
         target = directory / f"{drop.hash}{EXTENSION_BY_FORMAT[drop.format]}"
         if drop.path != target:
             os.replace(drop.path, target)
-            _fsync_dir(directory)
-            _fsync_dir(drop.path.parent)
+            fsync_directory(directory)
+            fsync_directory(drop.path.parent)
         _make_read_only(target)
         return target
 
@@ -993,7 +972,7 @@ def copy_verified(source: Path, dest_dir: Path, expected_hash: str | None = None
         if tree_digest(temp) != source_hash:
             raise LakeError(f"copy of {source} to {dest_dir} does not match its source hash")
         os.replace(temp, target)
-        _fsync_dir(dest_dir)
+        fsync_directory(dest_dir)
     finally:
         if temp.is_dir():
             shutil.rmtree(temp)

@@ -82,3 +82,47 @@ def test_the_real_file_is_accepted(home, real_data_path):
     store = ArtifactStore(home.artifacts)
     reviews = store.load(store.latest("reviews"))
     assert 19_000 < reviews.height <= 19_986
+
+
+def _bad_drops(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, the check that must reject it)."""
+    good = to_published_csv(generate_reviews(120, seed=11))
+    header, _, body = good.partition(b"\n")
+    lines = body.splitlines(keepends=True)
+    all_null_text = generate_reviews(120, seed=12).with_columns(review_text=None)
+    import polars as pl
+
+    all_null_text = all_null_text.with_columns(pl.col("review_text").cast(pl.String))
+    return {
+        "missing_column.csv": (good.replace(b',"Class Name"', b"", 1).replace(b",Class Name", b"", 1), "schema"),
+        "renamed_column.csv": (good.replace(b"Rating", b"Stars", 1), "schema"),
+        "wrong_type.csv": (header + b"\n" + lines[0].replace(b",5,", b",five,", 1) + b"".join(lines[1:]), "schema"),
+        "empty.csv": (b"", "schema"),
+        "header_only.csv": (header + b"\n", "non_empty"),
+        "truncated.csv": (good[: len(good) - 40], "schema"),
+        "unbalanced_quotes.csv": (header + b'\n0,1,30,"Lovely,"fits well,5,1,0,General,Tops,Knits\n', "schema"),
+        "latin1.csv": (good.replace(b"e", b"\xe9", 3), "schema"),
+        "all_null_text.csv": (to_published_csv(all_null_text), "completeness"),
+    }
+
+
+def test_each_bad_drop_is_quarantined_with_its_reason_and_nothing_is_lost(home, tmp_path):
+    bad = _bad_drops(tmp_path)
+    sources = tmp_path / "bad"
+    sources.mkdir()
+    for name, (payload, _) in bad.items():
+        (sources / name).write_bytes(payload)
+    lake = Lake(home)
+    landed = {result.name: result.hash for result in lake.land(sorted(sources.iterdir()))}
+
+    report = run_pending(home, say=lambda _: None)
+
+    assert report.exit_code == 1
+    assert sorted(report.quarantined) == sorted(set(landed.values()))
+    for name, (payload, check) in bad.items():
+        drop = Lake(home).drop(landed[name])
+        assert drop.state == "quarantined", name
+        assert drop.check == check, (name, drop.reason)
+        assert drop.reason and "\n" not in drop.reason
+        assert drop.path.read_bytes() == payload, name
+    assert report.materialized == []

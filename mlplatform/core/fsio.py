@@ -1,0 +1,51 @@
+"""Crash-safe file primitives shared by the lake, the artifact store, the registry and capture.
+
+A reader must never see a half-written file: write to a temp file in the same directory, fsync it,
+rename it over the target (atomic on POSIX), then fsync the directory so the rename survives a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def temp_path_for(target: Path) -> Path:
+    """A dot-prefixed temp path next to `target` (same filesystem, so the rename is atomic)."""
+    return target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new entry in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(target: Path, payload: bytes, *, read_only: bool = False) -> None:
+    """Replace `target` with `payload` atomically and durably; optionally leave it read-only."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path_for(target)
+    try:
+        with open(temp, "xb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if read_only:
+            os.chmod(temp, 0o444)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(target.parent)
+
+
+def write_json_atomic(target: Path, data: Any, *, read_only: bool = False) -> None:
+    """`write_bytes_atomic` of indented, key-sorted JSON (a trailing newline, UTF-8)."""
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    write_bytes_atomic(target, text.encode("utf-8"), read_only=read_only)

@@ -1,0 +1,124 @@
+"""The `mlplatform` command, in-process: exit codes, one-line errors, JSON shapes scripts rely on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlplatform.cli import main
+from mlplatform.core.synthetic import generate_reviews, to_published_csv, write_demo_drops
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def run_cli(capsys, home, *argv: str) -> tuple[int, str, str]:
+    code = main(["--home", str(home.root), *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_usage_error_exits_2(capsys, home):
+    code, _, err = run_cli(capsys, home, "lake", "frobnicate")
+    assert code == 2 and "invalid choice" in err
+
+
+def test_land_prints_each_hash_and_refuses_missing_files(capsys, home, tmp_path):
+    drop = tmp_path / "a.csv"
+    drop.write_bytes(to_published_csv(generate_reviews(50, seed=1)))
+    code, out, _ = run_cli(capsys, home, "lake", "land", str(drop))
+    assert code == 0
+    digest, name, status = out.split()[:3]
+    assert len(digest) == 64 and name == "a.csv" and status == "landed"
+
+    code, out, _ = run_cli(capsys, home, "lake", "land", str(drop))
+    assert code == 0 and "duplicate" in out
+
+    code, out, err = run_cli(capsys, home, "lake", "land", str(tmp_path / "missing.csv"))
+    assert code == 1 and out == "" and err.count("\n") == 1 and "not a file" in err
+
+
+def test_run_status_checkout_and_audit(capsys, home, tmp_path):
+    files = write_demo_drops(tmp_path / "drops", n_drops=1, rows_per_drop=600, seed=5)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\xff\xfe not a csv at all")
+    assert run_cli(capsys, home, "lake", "land", str(files[0]), str(bad))[0] == 0
+
+    code, out, _ = run_cli(capsys, home, "run")
+    assert code == 1
+    blocked = [line for line in out.splitlines() if line.startswith("blocked:")]
+    assert len(blocked) == 1 and "raw_reviews" in blocked[0] and "schema" in blocked[0]
+
+    code, out, _ = run_cli(capsys, home, "status", "--json")
+    assert code == 0
+    status = json.loads(out)
+    states = {drop["name"]: drop for drop in status["drops"]}
+    assert states["bad.csv"]["state"] == "quarantined" and states["bad.csv"]["reason"]
+    assert states[files[0].name]["state"] == "accepted" and states[files[0].name]["reason"] is None
+    for drop in status["drops"]:
+        assert {"name", "hash", "state", "reason", "landed_at"} <= drop.keys()
+    splits = status["assets"]["review_splits"]
+    assert len(splits["version"]) == 64
+    assert splits["checks"]["no_leakage"] == {
+        "passed": True,
+        "severity": "ERROR",
+        "description": splits["checks"]["no_leakage"]["description"],
+    }
+
+    dest = tmp_path / "out"
+    code, out, _ = run_cli(
+        capsys,
+        home,
+        "lake",
+        "checkout",
+        "reviews",
+        "--as",
+        "ana",
+        "--purpose",
+        "error analysis",
+        "--to",
+        str(dest),
+    )
+    assert code == 0 and splits["version"] not in out
+    assert len(list(dest.iterdir())) == 1
+
+    policy = home.lake / "access_policy.toml"
+    policy.write_text('[[rules]]\nreaders = ["pipeline"]\ndatasets = ["*"]\nallow = true\n')
+    code, out, err = run_cli(
+        capsys, home, "lake", "checkout", "reviews", "--as", "mallory", "--purpose", "curious"
+    )
+    assert code == 1 and err.startswith("error:") and err.count("\n") == 1 and "mallory" in err
+
+    code, out, _ = run_cli(capsys, home, "lake", "audit", "--json")
+    assert code == 0
+    ledger = json.loads(out)
+    assert all({"time", "consumer", "dataset", "version", "purpose", "allowed"} <= e.keys() for e in ledger)
+    people = [(e["consumer"], e["allowed"]) for e in ledger if e["kind"] == "person"]
+    assert people == [("ana", True), ("mallory", False)]
+
+
+def test_status_in_plain_text(capsys, home):
+    code, out, _ = run_cli(capsys, home, "status")
+    assert code == 0 and "drops (0)" in out and "review_splits" in out
+
+
+def test_home_defaults_to_dot_mlplatform_in_the_working_directory(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLPLATFORM_HOME", raising=False)
+    assert main(["lake", "audit", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert (tmp_path / ".mlplatform" / "lake").is_dir()
+
+
+def test_unexpected_errors_are_one_line_with_the_traceback_logged(capsys, home, monkeypatch):
+    import mlplatform.cli as cli
+
+    def explode(args, home):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_lake_audit", explode)
+    code, _, err = run_cli(capsys, home, "lake", "audit")
+    assert code == 1 and err.count("\n") == 1 and "disk on fire" in err
+    assert "RuntimeError" in (home.root / "logs" / "cli-errors.log").read_text()
+    assert Path(home.root / "logs" / "cli-errors.log").stat().st_size > 0
