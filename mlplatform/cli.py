@@ -203,6 +203,85 @@ def cmd_lake_audit(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
+# ---- models / serve / score ----------------------------------------------------------------------
+
+
+def _registry(home: PlatformHome):
+    from mlplatform.core.registry import ModelRegistry
+
+    return ModelRegistry(home.ensure().registry)
+
+
+def cmd_models_list(args: argparse.Namespace, home: PlatformHome) -> int:
+    versions = _registry(home).list()
+    if args.json:
+        _print_json([version.to_dict() for version in versions])
+        return EXIT_OK
+    _table(
+        [
+            [
+                v.version,
+                v.status,
+                ",".join(v.aliases) or "-",
+                f"{v.metrics.get('macro_f1', float('nan')):.4f}",
+                v.created_at,
+                v.sha256[:12],
+            ]
+            for v in versions
+        ],
+        ["VERSION", "STATUS", "ALIASES", "MACRO_F1", "CREATED", "SHA256"],
+    )
+    return EXIT_OK
+
+
+def _who(args: argparse.Namespace) -> str:
+    return args.by or os.environ.get("USER") or "unknown"
+
+
+def cmd_models_approve(args: argparse.Namespace, home: PlatformHome) -> int:
+    version = _registry(home).approve(args.version, by=_who(args), note=args.note)
+    print(f"{version.version} {version.status}")
+    return EXIT_OK
+
+
+def cmd_models_reject(args: argparse.Namespace, home: PlatformHome) -> int:
+    version = _registry(home).reject(args.version, reason=args.reason, by=_who(args))
+    print(f"{version.version} {version.status}")
+    return EXIT_OK
+
+
+def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome) -> int:
+    moved_from, moved_to = _registry(home).rollback(by=_who(args), reason=args.reason)
+    print(f"production {moved_from} -> {moved_to}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.serving.server import run_server
+
+    run_server(home, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.scoring import ScoringRules, load_model, score_file
+
+    settings = Settings.load(home.settings_file)
+    production = _registry(home).production()
+    if production is None:
+        raise CommandError("no model in production: run the pipeline (mlplatform run) first")
+    model = load_model(production.onnx_path, production.sha256, ScoringRules.from_settings(settings))
+    summary = score_file(
+        Path(args.input),
+        Path(args.output),
+        model,
+        production.version,
+        on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
+    )
+    print(f"{summary.rows_out} rows scored by {production.version} -> {summary.output_path}")
+    return EXIT_OK
+
+
 # ---- parser --------------------------------------------------------------------------------------
 
 
@@ -244,6 +323,35 @@ def build_parser() -> argparse.ArgumentParser:
     audit = lake_sub.add_parser("audit", help="the checkout ledger")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(handler=cmd_lake_audit)
+    models = sub.add_parser("models", help="the model registry: list, approve, reject, rollback")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = models_sub.add_parser("list", help="versions, status, metrics and which one serves")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_models_list)
+    approve = models_sub.add_parser("approve", help="approve a version waiting for a person")
+    approve.add_argument("version")
+    approve.add_argument("--note")
+    approve.add_argument("--by", help="who approves (default: $USER)")
+    approve.set_defaults(handler=cmd_models_approve)
+    reject = models_sub.add_parser("reject", help="reject a version")
+    reject.add_argument("version")
+    reject.add_argument("--reason", required=True)
+    reject.add_argument("--by", help="who rejects (default: $USER)")
+    reject.set_defaults(handler=cmd_models_reject)
+    rollback = models_sub.add_parser("rollback", help="move production back to the previous approved version")
+    rollback.add_argument("--reason", default="manual rollback")
+    rollback.add_argument("--by", help="who rolls back (default: $USER)")
+    rollback.set_defaults(handler=cmd_models_rollback)
+
+    serve = sub.add_parser("serve", help="the real-time endpoint (serves the production model, hot swap)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(handler=cmd_serve)
+
+    score = sub.add_parser("score", help="batch-score a CSV/Parquet file with the production model")
+    score.add_argument("input")
+    score.add_argument("output", help="CSV or Parquet, by extension")
+    score.set_defaults(handler=cmd_score)
     return parser
 
 

@@ -6,10 +6,12 @@ import dagster as dg
 
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
+from mlplatform.core.training import load_training_config
 from mlplatform.defs.features import build_feature_assets
 from mlplatform.defs.ingest import DROPS, build_ingest_assets
 from mlplatform.defs.io_manager import VersionedIOManager
 from mlplatform.defs.resources import PlatformResource
+from mlplatform.defs.training import build_training_assets
 
 INGEST_JOB = "ingest_job"
 PIPELINE_JOB = "pipeline_job"
@@ -17,7 +19,12 @@ PIPELINE_JOB = "pipeline_job"
 
 def build_definitions(home: PlatformHome) -> dg.Definitions:
     settings = Settings.load(home.settings_file)
-    assets = [*build_ingest_assets(settings), *build_feature_assets(settings)]
+    training_config = load_training_config(home.training_file if home.training_file.exists() else None)
+    assets = [
+        *build_ingest_assets(settings),
+        *build_feature_assets(settings),
+        *build_training_assets(settings, training_config),
+    ]
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
         selection=dg.AssetSelection.assets("raw_reviews"),

@@ -7,7 +7,7 @@ one run, in dependency order, honouring blocking checks. Runs are recorded in th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -63,7 +63,7 @@ def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[Blocked]:
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
     for record in records:
         evaluation = record.event_log_entry.dagster_event.event_specific_data
-        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+        if not evaluation.passed and evaluation.blocking:
             blocked.append(
                 Blocked(
                     f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}",
@@ -73,17 +73,68 @@ def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[Blocked]:
     return blocked
 
 
+def _held_back_by_failed_gates(
+    instance: dg.DagsterInstance, defs: dg.Definitions, due: list[dg.AssetKey]
+) -> tuple[list[dg.AssetKey], list[Blocked]]:
+    """Drop from `due` what sits downstream of an up-to-date asset whose latest blocking check failed.
+
+    Within one run Dagster stops downstream steps itself; across runs this keeps a later `run` from
+    building on a version that failed its gate. Partitioned parents (raw_reviews) are skipped: a drop
+    that fails is quarantined and its partition removed, so it never reaches downstream.
+    """
+    graph = defs.resolve_asset_graph()
+    due_set = set(due)
+    check_keys = [key for key in graph.asset_check_keys if graph.get(key).blocking]
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    failed_assets: dict[dg.AssetKey, str] = {}
+    for check_key, record in latest.items():
+        data = record.event.dagster_event.event_specific_data if record and record.event else None
+        if isinstance(data, dg.AssetCheckEvaluation) and not data.passed:
+            failed_assets[check_key.asset_key] = f"{check_key.name}: {data.description or 'failed'}"
+    kept, blocked = [], []
+    held: set[dg.AssetKey] = set()
+    for key in graph.toposorted_asset_keys:
+        if key not in due_set:
+            continue
+        parents = graph.get(key).parent_keys
+        reasons = [
+            f"upstream {parent.to_user_string()} failed {failed_assets[parent]}"
+            for parent in parents
+            if parent not in due_set and parent in failed_assets and not graph.get(parent).is_partitioned
+        ]
+        if reasons or parents & held:
+            held.add(key)
+            if reasons:
+                blocked.append(Blocked(key.to_user_string(), "; ".join(reasons)))
+        else:
+            kept.append(key)
+    return kept, blocked
+
+
+def _root_cause(error) -> str:
+    """The innermost error of a step failure: the user's own exception, not Dagster's wrapper."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return "step failed"
+    first = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name or "error"
+    return first
+
+
 def _step_failures(result: dg.ExecuteInProcessResult) -> list[Blocked]:
-    failures = []
-    for event in result.all_events:
-        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
-            error = event.step_failure_data.error
-            message = error.message.strip().splitlines()[0] if error else "step failed"
-            failures.append(Blocked(event.step_key or "?", message))
-    return failures
+    return [
+        Blocked(event.step_key or "?", _root_cause(event.step_failure_data.error))
+        for event in result.all_events
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE
+        and event.step_failure_data.error is not None
+        and event.step_failure_data.error.cls_name != "DagsterAssetCheckFailedError"
+    ]
 
 
-def run_pending(home: PlatformHome, say: Callable[[str], None] = print) -> RunReport:
+def run_pending(
+    home: PlatformHome, say: Callable[[str], None] = print, groups: Sequence[str] | None = None
+) -> RunReport:
+    """Ingest pending drops, then bring every downstream asset (of `groups`, default all) up to date."""
     report = RunReport()
     instance = open_instance(home)
     defs = build_definitions(home)
@@ -125,8 +176,14 @@ def run_pending(home: PlatformHome, say: Callable[[str], None] = print) -> RunRe
         return report
 
     pipeline_job = defs.resolve_job_def(PIPELINE_JOB)
-    downstream = [key for key in pipeline_job.asset_layer.executable_asset_keys]
-    due = _stale_or_missing(instance, defs, downstream)
+    graph = defs.resolve_asset_graph()
+    downstream = [
+        key
+        for key in pipeline_job.asset_layer.executable_asset_keys
+        if groups is None or graph.get(key).group_name in groups
+    ]
+    due, held_back = _held_back_by_failed_gates(instance, defs, _stale_or_missing(instance, defs, downstream))
+    report.blocked.extend(held_back)
     if not due:
         say("everything downstream is up to date")
         return report
@@ -139,6 +196,5 @@ def run_pending(home: PlatformHome, say: Callable[[str], None] = print) -> RunRe
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             report.materialized.append(event.asset_key.to_user_string())
     report.blocked.extend(_failed_checks(instance, result.run_id))
-    if not result.success and not report.blocked:
-        report.blocked.extend(_step_failures(result))
+    report.blocked.extend(_step_failures(result))
     return report

@@ -76,6 +76,11 @@ class PlatformHome:
         """Deployment overrides of the packaged defaults (same keys as config/platform.toml)."""
         return self.root / "platform.toml"
 
+    @property
+    def training_file(self) -> Path:
+        """A deployment's own model search (replaces the packaged config/training.toml when present)."""
+        return self.root / "training.toml"
+
     def ensure(self) -> PlatformHome:
         for path in (
             self.landing,

@@ -49,7 +49,8 @@ FORMATS_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 EXTENSION_BY_FORMAT = {"csv": ".csv", "parquet": ".parquet", "unknown": ".bin"}
 IN_PROGRESS_SUFFIXES = (".part", ".tmp")
 _HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-_DATASET_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+# Asset datasets may have several key parts ("candidate_models/logreg_1a2b3c4d").
+_DATASET_PATTERN = re.compile(r"^(?=.{1,200}$)[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)*$")
 
 DEFAULT_ACCESS_POLICY = """\
 # Access policy of the mlplatform data lake (written with permissive defaults on first use).
@@ -831,7 +832,7 @@ class Lake:
 
     def _authorize(self, dataset: str, version: str | None, consumer: str, kind: str, purpose: str) -> None:
         if not _DATASET_PATTERN.match(dataset):
-            raise LakeError(f"invalid dataset name {dataset!r} (letters, digits, '_', '-', '.')")
+            raise LakeError(f"invalid dataset name {dataset!r} (letters, digits, '_', '-', '.', '/' between parts)")
         _require_text(purpose, "purpose")
         reader = PIPELINE_READER if kind == "pipeline" else consumer
         decision = self.access_policy().decide(reader, dataset)

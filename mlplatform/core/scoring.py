@@ -18,10 +18,13 @@ the one artifact that is scored, and the fast path is parity-gated against ONNX 
 - a graph the fast path does not understand is scored by ONNX Runtime, chunks run in parallel.
 
 Supported graph shape (what skl2onnx emits for TfidfVectorizer/CountVectorizer + a linear classifier):
-[Reshape/Flatten/Identity] -> [StringNormalizer LOWER|NONE, no stopwords] -> Tokenizer (a regex that
-is one ASCII character class with a repeat, no separators, no marks) -> [Flatten] -> TfIdfVectorizer
-(mode TF, string pool, no skips) -> [Mul by a constant] -> [Normalizer L1|L2] -> LinearClassifier
-(3+ classes, post_transform NONE|SOFTMAX|LOGISTIC) -> [Normalizer L1] for the probabilities.
+[Reshape/Flatten/Identity/Cast to float] -> [StringNormalizer LOWER|NONE, no stopwords] -> Tokenizer (a
+regex that is one ASCII character class with a repeat, no separators, no marks) -> [Flatten] ->
+TfIdfVectorizer (mode TF, string pool, no skips) -> [Mul by a constant] -> [Normalizer L1|L2] -> either
+LinearClassifier (3+ string classes, post_transform NONE|SOFTMAX|LOGISTIC) -> [Normalizer L1]
+(LogisticRegression), or MatMul + Add by constants followed by any numeric tail that reads only the
+scores (SGDClassifier): the fast path computes the scores and onnxruntime runs that tail, cut out of
+the same graph, on the [N, classes] scores.
 """
 
 from __future__ import annotations
@@ -44,13 +47,13 @@ import pyarrow.parquet as pq
 from onnx import numpy_helper
 from scipy import sparse
 
-from mlplatform.core.features import model_text
 from mlplatform.core.registry import verify_file
 from mlplatform.core.settings import Settings
+from mlplatform.core.text import LABELS, model_text
 
 log = logging.getLogger(__name__)
 
-CLASS_LABELS = ("negative", "neutral", "positive")
+CLASS_LABELS = LABELS  # probability columns, in this order
 PROBABILITY_COLUMNS = tuple(f"p_{label}" for label in CLASS_LABELS)
 OUTPUT_COLUMNS = ("row_id", "label", *PROBABILITY_COLUMNS, "model_version")
 CSV_SUFFIXES = (".csv",)
@@ -64,7 +67,8 @@ CASE_AMBIGUOUS_CHARACTERS = "\u0130\u212a"
 _SIMPLE_TOKEN_PATTERN = re.compile(
     r"^\[(?:[A-Za-z0-9_]-[A-Za-z0-9_]|[A-Za-z0-9_])+\](?:\{\d+,\d*\}|\{\d+\}|\+)$"
 )
-_SHAPE_ONLY_OPS = ("Identity", "Flatten", "Reshape")
+_SHAPE_ONLY_OPS = ("Identity", "Flatten", "Reshape", "Cast")
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
 _SUPPORTED_POST_TRANSFORMS = ("NONE", "SOFTMAX", "LOGISTIC")
 
 
@@ -91,6 +95,8 @@ class ScoringRules:
     fast_path_min_rows: int
     tie_margin: float
     onnx_threads: int
+    onnx_run_bytes: int
+    onnx_run_max_rows: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScoringRules:
@@ -103,11 +109,20 @@ class ScoringRules:
             fast_path_min_rows=int(section["fast_path_min_rows"]),
             tie_margin=float(section["tie_margin"]),
             onnx_threads=int(section["onnx_threads"]),
+            onnx_run_bytes=int(section["onnx_run_bytes"]),
+            onnx_run_max_rows=int(section["onnx_run_max_rows"]),
         )
 
     @property
     def parallel_runs(self) -> int:
         return self.onnx_threads if self.onnx_threads > 0 else (os.cpu_count() or 1)
+
+    def rows_per_run(self, feature_width: int | None) -> int:
+        """Rows per onnxruntime run: its TfIdfVectorizer output is dense [rows, width] float32, and
+        the Mul and Normalizer after it hold two more copies, so the width bounds the batch."""
+        if feature_width is None:
+            return self.onnx_run_max_rows
+        return max(1, min(self.onnx_run_max_rows, self.onnx_run_bytes // (3 * 4 * feature_width)))
 
 
 @dataclass(frozen=True)
@@ -124,12 +139,60 @@ class ScoreSummary:
 # -- the fast path: the graph's own arithmetic, vectorised -------------------------------------------
 
 
-@dataclass(frozen=True)
-class NgramTable:
-    """Pool n-grams of one length n, as sorted integer keys over pool token ids -> feature column."""
+_FIBONACCI_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
-    keys: np.ndarray
-    columns: np.ndarray
+
+@dataclass(frozen=True)
+class IntegerLookup:
+    """A vectorised open-addressing hash map from non-negative int64 keys to int64 values.
+
+    n-gram keys over ~10^4 pool tokens span ~10^8 values, too many for a dense table; probing all
+    queries at once in numpy is several times faster than a binary search per query.
+    """
+
+    slot_keys: np.ndarray
+    slot_values: np.ndarray
+    shift: np.uint64
+
+    @classmethod
+    def build(cls, keys: np.ndarray, values: np.ndarray) -> IntegerLookup:
+        bits = max(3, int(np.ceil(np.log2(max(len(keys), 1) * 2))))
+        slot_keys = np.full(1 << bits, -1, dtype=np.int64)
+        slot_values = np.full(1 << bits, -1, dtype=np.int64)
+        lookup = cls(slot_keys, slot_values, np.uint64(64 - bits))
+        home, offsets = lookup._home(keys), np.zeros(len(keys), dtype=np.int64)
+        pending = np.arange(len(keys))
+        while len(pending):
+            slots = (home[pending] + offsets[pending]) & (len(slot_keys) - 1)
+            free = np.flatnonzero(slot_keys[slots] == -1)
+            # Several keys may reach the same free slot this round: the first one takes it.
+            _, first = np.unique(slots[free], return_index=True)
+            winners = free[first]
+            slot_keys[slots[winners]] = keys[pending[winners]]
+            slot_values[slots[winners]] = values[pending[winners]]
+            placed = np.zeros(len(pending), dtype=bool)
+            placed[winners] = True
+            pending = pending[~placed]
+            offsets[pending] += 1
+        return lookup
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        return (keys.astype(np.uint64) * _FIBONACCI_MULTIPLIER >> self.shift).astype(np.int64)
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        """Values for `keys`, -1 where a key is absent."""
+        found = np.full(len(keys), -1, dtype=np.int64)
+        active, probe = np.arange(len(keys)), 0
+        home = self._home(keys)
+        mask = len(self.slot_keys) - 1
+        while len(active):
+            slots = (home[active] + probe) & mask
+            stored = self.slot_keys[slots]
+            hit = stored == keys[active]
+            found[active[hit]] = self.slot_values[slots[hit]]
+            active = active[~hit & (stored != -1)]
+            probe += 1
+        return found
 
 
 @dataclass(frozen=True)
@@ -139,9 +202,9 @@ class LinearTextPlan:
     lowercase: bool
     token_pattern: str
     min_token_chars: int
-    pool_tokens: pl.Series
+    pool_tokens: pl.Enum
     unigram_columns: np.ndarray | None
-    ngram_tables: dict[int, NgramTable]
+    ngram_tables: dict[int, IntegerLookup]
     n_features: int
     column_scale: np.ndarray | None
     feature_norm: str | None
@@ -150,6 +213,10 @@ class LinearTextPlan:
     class_labels: tuple[str, ...]
     post_transform: str
     probability_norm: str | None
+    # MatMul + Add graphs (e.g. SGDClassifier): the numeric tail after the scores, as its own ONNX
+    # model that onnxruntime runs on the [N, classes] scores (cheap: no string operators).
+    tail_model: bytes | None = None
+    tail_input: str | None = None
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -177,6 +244,7 @@ class _GraphWalk:
                 self.consumers.setdefault(name, []).append(node)
         self.node_count = len(graph.node)
         self.used: set[int] = set()
+        self.float_type = onnx.TensorProto.FLOAT  # of the numeric tensors, changed by a Cast
         inputs = [value.name for value in graph.input if value.name not in self.constants]
         if inputs != ["text"]:
             raise UnsupportedGraph(f"graph inputs are {inputs}, expected exactly ['text']")
@@ -197,12 +265,17 @@ class _GraphWalk:
     def end_at_output(self, tensor: str, name: str) -> None:
         """Require `tensor` to reach the graph output `name`, through shape-only nodes at most."""
         while tensor != name:
-            if tensor in self.outputs:
-                raise UnsupportedGraph(f"graph output {tensor!r} is not one of label/probabilities")
-            node = self.next_node(tensor)
-            raise UnsupportedGraph(f"unexpected {node.op_type} node before output {name!r}")
+            nodes = self.consumers.get(tensor, [])
+            if len(nodes) != 1 or nodes[0].op_type != "Identity":
+                raise UnsupportedGraph(f"tensor {tensor!r} does not lead straight to the output {name!r}")
+            self.take(nodes[0])
+            tensor = nodes[0].output[0]
 
     def _check_row_preserving(self, node: onnx.NodeProto) -> None:
+        if node.op_type == "Cast":
+            if _attributes(node).get("to") not in _FLOAT_TYPES:
+                raise UnsupportedGraph("Cast to a type other than float or double")
+            self.float_type = _attributes(node)["to"]
         if node.op_type == "Flatten" and _attributes(node).get("axis", 1) != 1:
             raise UnsupportedGraph("Flatten with axis other than 1 would merge rows")
         if node.op_type == "Reshape":
@@ -260,13 +333,15 @@ def _ngram_stage(walk: _GraphWalk, node: onnx.NodeProto) -> dict[str, Any]:
         np.asarray(attrs["ngram_indexes"]),
     )
     pool_tokens = sorted(set(pool))
+    if not pool_tokens:
+        raise UnsupportedGraph("TfIdfVectorizer with an empty vocabulary")
     token_id = {token: index for index, token in enumerate(pool_tokens)}
     n_ids = max(len(pool_tokens), 1)
     max_gram = int(attrs["max_gram_length"])
     if n_ids**max_gram >= 2**62:
         raise UnsupportedGraph("n-gram keys would overflow 64-bit integers")
     bounds = [*starts, len(pool)]
-    tables: dict[int, NgramTable] = {}
+    tables: dict[int, IntegerLookup] = {}
     unigram_columns = None
     ngram_offset = 0
     for length in range(1, len(starts) + 1):
@@ -285,11 +360,10 @@ def _ngram_stage(walk: _GraphWalk, node: onnx.NodeProto) -> dict[str, Any]:
         keys = np.zeros(len(grams), dtype=np.int64)
         for position in range(length):
             keys = keys * n_ids + grams[:, position]
-        order = np.argsort(keys)
-        tables[length] = NgramTable(keys=keys[order], columns=columns[order])
+        tables[length] = IntegerLookup.build(keys, columns)
     walk.take(node)
     return {
-        "pool_tokens": pl.Series("token", pool_tokens, dtype=pl.String),
+        "pool_tokens": pl.Enum(pool_tokens),
         "unigram_columns": unigram_columns,
         "ngram_tables": tables,
         "n_features": int(indexes.max()) + 1 if len(indexes) else 0,
@@ -347,13 +421,75 @@ def _classifier_stage(walk: _GraphWalk, node: onnx.NodeProto, n_features: int) -
     }
 
 
+def _tail_model(walk: _GraphWalk, model: onnx.ModelProto, scores: str, classes: int) -> onnx.ModelProto:
+    """The nodes not yet understood, as a model from the [N, classes] scores to label/probabilities."""
+    nodes = [node for node in model.graph.node if id(node) not in walk.used]
+    available = {scores} | set(walk.constants)
+    for node in nodes:  # graph nodes are topologically sorted
+        missing = [name for name in node.input if name and name not in available]
+        if missing:
+            raise UnsupportedGraph(f"the graph after the scores also reads {missing}")
+        available.update(node.output)
+        walk.take(node)
+    needed = {name for node in nodes for name in node.input}
+    graph = onnx.helper.make_graph(
+        nodes,
+        "scores_to_outputs",
+        [onnx.helper.make_tensor_value_info(scores, walk.float_type, [None, classes])],
+        list(model.graph.output),
+        initializer=[init for init in model.graph.initializer if init.name in needed],
+    )
+    tail = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    try:
+        onnx.checker.check_model(tail)
+    except onnx.checker.ValidationError as exc:
+        raise UnsupportedGraph(
+            f"the graph after the scores is not a valid model: {_first_line(exc)}"
+        ) from exc
+    return tail
+
+
+def _matmul_stage(
+    walk: _GraphWalk, node: onnx.NodeProto, n_features: int, model: onnx.ModelProto
+) -> dict[str, Any]:
+    """MatMul by [features, K] and Add of [K]; everything after the scores becomes the tail model."""
+    weights = walk.constant(node, node.input[0]).astype(np.float64)
+    walk.take(node)
+    add = walk.next_node(node.output[0])
+    if add.op_type != "Add":
+        raise UnsupportedGraph(f"expected an Add after the MatMul, found {add.op_type}")
+    bias = walk.constant(add, node.output[0]).astype(np.float64).ravel()
+    if (
+        weights.ndim != 2
+        or weights.shape[0] != n_features
+        or weights.shape[1] < 3
+        or bias.shape != (weights.shape[1],)
+    ):
+        raise UnsupportedGraph("MatMul/Add is not a linear model over 3+ classes")
+    walk.take(add)
+    tail = _tail_model(walk, model, add.output[0], weights.shape[1])
+    return {
+        "weights": np.ascontiguousarray(weights),
+        "intercepts": bias,
+        "class_labels": (),
+        "post_transform": "NONE",
+        "probability_norm": None,
+        "tail_model": tail.SerializeToString(),
+        "tail_input": add.output[0],
+    }
+
+
 def linear_text_plan(model: onnx.ModelProto) -> LinearTextPlan:
     """Read a TF-IDF + linear classifier graph into a LinearTextPlan; UnsupportedGraph says why not."""
     walk = _GraphWalk(model)
     lowercase, pattern, min_chars, node = _token_stage(walk, walk.next_node("text"))
     ngrams = _ngram_stage(walk, node)
-    scale, norm, node = _feature_stage(walk, ngrams.pop("output"), ngrams["n_features"])
-    classifier = _classifier_stage(walk, node, ngrams["n_features"])
+    features = ngrams.pop("output")
+    scale, norm, node = _feature_stage(walk, features, ngrams["n_features"])
+    if node.op_type == "MatMul":
+        classifier = _matmul_stage(walk, node, ngrams["n_features"], model)
+    else:
+        classifier = _classifier_stage(walk, node, ngrams["n_features"])
     unused = walk.node_count - len(walk.used)
     if unused:
         raise UnsupportedGraph(f"{unused} graph node(s) outside the text -> linear classifier chain")
@@ -368,7 +504,7 @@ def linear_text_plan(model: onnx.ModelProto) -> LinearTextPlan:
     )
 
 
-def _token_frame(plan: LinearTextPlan, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+def _token_ids(plan: LinearTextPlan, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """(row index, pool token id or -1) for every token, in text order."""
     normalised = texts.fill_null("")
     if plan.lowercase:
@@ -382,60 +518,67 @@ def _token_frame(plan: LinearTextPlan, texts: pl.Series) -> tuple[np.ndarray, np
     tokens = frame.explode("token").drop_nulls("token")
     if plan.min_token_chars > 1:
         tokens = tokens.filter(pl.col("token").str.len_chars() >= plan.min_token_chars)
-    ids = tokens["token"].replace_strict(
-        plan.pool_tokens, pl.int_range(len(plan.pool_tokens), eager=True), default=-1, return_dtype=pl.Int64
-    )
+    # Casting to an Enum of the pool maps each token to its pool index (null when not in the pool).
+    ids = tokens["token"].cast(plan.pool_tokens, strict=False).to_physical().cast(pl.Int64).fill_null(-1)
     return tokens["row"].to_numpy(), ids.to_numpy()
 
 
-def _ngram_entries(plan: LinearTextPlan, rows: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, feature column) for every pool n-gram occurrence; repeats are counted by the caller."""
-    found_rows, found_columns = [], []
-    if plan.unigram_columns is not None:
-        columns = np.where(ids >= 0, plan.unigram_columns[np.maximum(ids, 0)], -1)
-        found_rows.append(rows[columns >= 0])
-        found_columns.append(columns[columns >= 0])
-    n_ids = len(plan.pool_tokens)
-    for length, table in plan.ngram_tables.items():
-        starts = len(ids) - length + 1
-        if starts <= 0 or len(table.keys) == 0:
+def _ngram_columns(plan: LinearTextPlan, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """[tokens, n-gram lengths]: feature column of the n-gram starting at each token, -1 if none."""
+    n_ids = len(plan.pool_tokens.categories)
+    lengths = ([1] if plan.unigram_columns is not None else []) + sorted(plan.ngram_tables)
+    columns = np.full((len(ids), len(lengths)), -1, dtype=np.int64)
+    for slot, length in enumerate(lengths):
+        if length == 1:
+            columns[:, slot] = np.where(ids >= 0, plan.unigram_columns[np.maximum(ids, 0)], -1)
             continue
-        # Rows are sorted, so first and last token of a window in the same row means one row.
+        starts = len(ids) - length + 1
+        if starts <= 0:
+            continue
+        # Rows are sorted, so the first and last token of a window in one row means one row.
         valid = rows[:starts] == rows[length - 1 :]
         keys = np.zeros(starts, dtype=np.int64)
         for position in range(length):
             window = ids[position : position + starts]
             valid &= window >= 0
             keys = keys * n_ids + np.maximum(window, 0)
-        keys, window_rows = keys[valid], rows[:starts][valid]
-        slots = np.minimum(np.searchsorted(table.keys, keys), len(table.keys) - 1)
-        hit = table.keys[slots] == keys
-        found_rows.append(window_rows[hit])
-        found_columns.append(table.columns[slots[hit]])
-    if not found_rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(found_rows), np.concatenate(found_columns)
+        where = np.flatnonzero(valid)
+        columns[where, slot] = plan.ngram_tables[length].get(keys[where])
+    return columns
+
+
+def _term_counts(plan: LinearTextPlan, texts: pl.Series) -> sparse.csr_matrix:
+    """Sparse [N, features] n-gram counts: the graph's TfIdfVectorizer output (mode TF)."""
+    rows, ids = _token_ids(plan, texts)
+    columns = _ngram_columns(plan, rows, ids)
+    # Entries in token order are already grouped by row, so the CSR arrays can be built directly.
+    present = columns >= 0
+    entry_columns = columns[present]
+    per_row = np.bincount(rows, weights=present.sum(axis=1), minlength=len(texts)).astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(per_row)])
+    counts = sparse.csr_matrix(
+        (np.ones(len(entry_columns)), entry_columns, indptr), shape=(len(texts), plan.n_features)
+    )
+    counts.sum_duplicates()
+    return counts
 
 
 def _normalise_rows(matrix: sparse.csr_matrix, norm: str) -> None:
     """In-place L1/L2 row normalisation; all-zero rows stay zero (as in ONNX Runtime's Normalizer)."""
     values = np.abs(matrix.data) if norm == "L1" else matrix.data**2
-    totals = np.add.reduceat(values, matrix.indptr[:-1]) if len(values) else np.zeros(matrix.shape[0])
-    totals[np.diff(matrix.indptr) == 0] = 0.0
+    per_row = np.diff(matrix.indptr)
+    totals = np.bincount(
+        np.repeat(np.arange(matrix.shape[0]), per_row), weights=values, minlength=matrix.shape[0]
+    )
     if norm == "L2":
         totals = np.sqrt(totals)
     totals[totals == 0] = 1.0
-    matrix.data /= np.repeat(totals, np.diff(matrix.indptr))
+    matrix.data /= np.repeat(totals, per_row)
 
 
 def linear_scores(plan: LinearTextPlan, texts: pl.Series) -> np.ndarray:
     """Raw class scores [N, K] of the graph's LinearClassifier, computed in bulk."""
-    rows, ids = _token_frame(plan, texts)
-    entry_rows, entry_columns = _ngram_entries(plan, rows, ids)
-    counts = sparse.csr_matrix(
-        (np.ones(len(entry_rows)), (entry_rows, entry_columns)), shape=(len(texts), plan.n_features)
-    )
-    counts.sum_duplicates()
+    counts = _term_counts(plan, texts)
     if plan.column_scale is not None:
         counts.data *= plan.column_scale[counts.indices]
     if plan.feature_norm is not None:
@@ -460,20 +603,33 @@ def _post_transform(plan: LinearTextPlan, scores: np.ndarray) -> np.ndarray:
 # -- the model --------------------------------------------------------------------------------------
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def _session(model: Path | bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     # One thread per run: the string operators are sequential anyway, and parallelism comes from
     # running slices of a batch side by side (see ScoringModel._predict_onnxruntime).
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _pool_ngrams(plan: LinearTextPlan, vocabulary: np.ndarray) -> np.ndarray:
+    """The pool's multi-token n-grams as text ("fits perfectly"), decoded from the lookup keys."""
+    n_ids = len(vocabulary)
+    phrases = []
+    for length, lookup in plan.ngram_tables.items():
+        keys = lookup.slot_keys[lookup.slot_keys >= 0]
+        digits = [(keys // n_ids**power) % n_ids for power in range(length - 1, -1, -1)]
+        words = [vocabulary[digit] for digit in digits]
+        phrases.append(np.asarray([" ".join(parts) for parts in zip(*words, strict=True)], dtype=object))
+    return np.concatenate(phrases) if phrases else np.empty(0, dtype=object)
 
 
 def parity_probe_texts(plan: LinearTextPlan, count: int, seed: int = 0) -> list[str]:
     """Deterministic texts that exercise the model's vocabulary and the tokenizer's edge cases."""
     rng = np.random.default_rng(seed)
-    vocabulary = plan.pool_tokens.to_list() or ["x"]
+    vocabulary = plan.pool_tokens.categories.to_numpy()
     edge_cases = [
         "",
         "   ",
@@ -486,9 +642,10 @@ def parity_probe_texts(plan: LinearTextPlan, count: int, seed: int = 0) -> list[
         "x" * 5000,
     ]
     separators = [" ", ", ", "! ", ". ", " - ", "\n", "é", " ’ "]
+    phrases = np.concatenate([vocabulary, _pool_ngrams(plan, vocabulary)])
     texts = list(edge_cases)
     while len(texts) < count:
-        words = rng.choice(vocabulary, size=int(rng.integers(1, 80)))
+        words = rng.choice(phrases, size=int(rng.integers(1, 40)))
         words = [word.upper() if rng.random() < 0.1 else word for word in words]
         gaps = rng.choice(separators, size=len(words))
         texts.append("".join(f"{word}{gap}" for word, gap in zip(words, gaps, strict=True)))
@@ -498,23 +655,32 @@ def parity_probe_texts(plan: LinearTextPlan, count: int, seed: int = 0) -> list[
 class ScoringModel:
     """A verified ONNX sentiment model: `predict` returns (labels, probabilities [N, 3])."""
 
-    def __init__(self, path: Path, sha256: str, session: ort.InferenceSession, rules: ScoringRules) -> None:
+    def __init__(
+        self,
+        path: Path,
+        sha256: str,
+        session: ort.InferenceSession,
+        rules: ScoringRules,
+        feature_width: int | None,
+    ) -> None:
         self.path = path
         self.sha256 = sha256
         self.rules = rules
         self.version: str | None = None
         self._session = session
-        self._plan: LinearTextPlan | None = None
+        self._rows_per_run = rules.rows_per_run(feature_width)
+        # (plan, session for the plan's numeric tail or None), swapped as one reference.
+        self._fast: tuple[LinearTextPlan, ort.InferenceSession | None] | None = None
         self.fast_path_reason = "disabled in settings"
 
     @property
     def engine(self) -> str:
         """ "fast" when the parity-checked vectorised path is on, else "onnxruntime"."""
-        return "fast" if self._plan is not None else "onnxruntime"
+        return "fast" if self._fast is not None else "onnxruntime"
 
     def enable_fast_path(self, plan: LinearTextPlan) -> bool:
         """Switch the fast path on when it agrees with ONNX Runtime on the probe texts."""
-        self._plan = plan
+        self._fast = (plan, None if plan.tail_model is None else _session(plan.tail_model))
         mismatch = self.check_parity(parity_probe_texts(plan, self.rules.parity_probe_rows))
         if mismatch is not None:
             self.disable_fast_path(f"parity probe failed: {mismatch}")
@@ -524,14 +690,14 @@ class ScoringModel:
 
     def disable_fast_path(self, reason: str) -> None:
         """Score with ONNX Runtime from now on, and log why."""
-        if self._plan is not None or self.fast_path_reason != reason:
+        if self._fast is not None or self.fast_path_reason != reason:
             log.warning("model %s: fast path off, scoring with onnxruntime: %s", self.path, reason)
-        self._plan = None
+        self._fast = None
         self.fast_path_reason = reason
 
     def check_parity(self, texts: Sequence[str]) -> str | None:
         """None when the fast path matches ONNX Runtime on `texts`, else what differed."""
-        if self._plan is None or not texts:
+        if self._fast is None or not texts:
             return None
         series = pl.Series("text", list(texts), dtype=pl.String)
         fast_labels, fast_probabilities = self._predict_fast(series)
@@ -545,11 +711,14 @@ class ScoringModel:
         return None
 
     def predict(self, texts: Sequence[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        """Labels (object array of str) and probabilities (float32 [N, 3], negative/neutral/positive)."""
+        """Labels (object array of str) and probabilities (float32 [N, 3], negative/neutral/positive).
+
+        A None text is scored as the empty text.
+        """
         series = texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.String)
         if len(series) == 0:
             return np.empty(0, dtype=object), np.empty((0, len(CLASS_LABELS)), dtype=np.float32)
-        if self._plan is None or len(series) < self.rules.fast_path_min_rows:
+        if self._fast is None or len(series) < self.rules.fast_path_min_rows:
             labels, probabilities = self._predict_onnxruntime(series)
         else:
             labels, probabilities = self._predict_fast(series)
@@ -558,11 +727,15 @@ class ScoringModel:
         return labels, probabilities
 
     def _predict_fast(self, series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        plan = self._plan
-        assert plan is not None
+        fast = self._fast
+        assert fast is not None
+        plan, tail = fast
         scores = linear_scores(plan, series)
-        labels = np.asarray(plan.class_labels, dtype=object)[np.argmax(scores, axis=1)]
-        probabilities = _post_transform(plan, scores)
+        if tail is not None:
+            labels, probabilities = self._run_tail(tail, plan, scores)
+        else:
+            labels = np.asarray(plan.class_labels, dtype=object)[np.argmax(scores, axis=1)]
+            probabilities = _post_transform(plan, scores)
         top_two = np.sort(scores, axis=1)[:, -2:]
         delegated = (top_two[:, 1] - top_two[:, 0]) < self.rules.tie_margin
         if plan.lowercase:
@@ -572,18 +745,58 @@ class ScoringModel:
             labels[rows], probabilities[rows] = self._predict_onnxruntime(series.gather(rows))
         return labels, probabilities
 
+    def _run_tail(
+        self, tail: ort.InferenceSession, plan: LinearTextPlan, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's own numeric tail (probabilities, label) run by onnxruntime on the scores."""
+        dtype = np.float64 if tail.get_inputs()[0].type == "tensor(double)" else np.float32
+        labels, probabilities = tail.run(["label", "probabilities"], {plan.tail_input: scores.astype(dtype)})
+        return np.asarray(labels, dtype=object).ravel(), np.asarray(probabilities, dtype=np.float32)
+
     def _predict_onnxruntime(self, series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         texts = series.fill_null("").to_numpy().astype(object).reshape(-1, 1)
-        workers = min(self.rules.parallel_runs, max(1, len(texts) // max(self.rules.fast_path_min_rows, 1)))
+        runs = [
+            texts[start : start + self._rows_per_run] for start in range(0, len(texts), self._rows_per_run)
+        ]
+        workers = min(self.rules.parallel_runs, len(runs))
         if workers <= 1:
-            return self._run_session(texts)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(self._run_session, np.array_split(texts, workers)))
+            parts = [self._run_session(run) for run in runs]
+        else:
+            # onnxruntime releases the GIL while it runs, so threads use every core.
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                parts = list(pool.map(self._run_session, runs))
         return np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
 
     def _run_session(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        labels, probabilities = self._session.run(["label", "probabilities"], {"text": texts})
+        try:
+            labels, probabilities = self._session.run(["label", "probabilities"], {"text": texts})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ScoringError(f"onnxruntime failed on {self.path}: {_first_line(exc)}") from exc
         return np.asarray(labels, dtype=object), np.asarray(probabilities, dtype=np.float32)
+
+
+def _dense_feature_width(model: onnx.ModelProto) -> int | None:
+    """Width of the graph's dense TF-IDF matrix (None when it has no TfIdfVectorizer)."""
+    widths = [
+        max(attribute.ints, default=0) + 1
+        for node in model.graph.node
+        if node.op_type == "TfIdfVectorizer"
+        for attribute in node.attribute
+        if attribute.name == "ngram_indexes"
+    ]
+    return max(widths, default=None)
+
+
+def _check_class_order(model: onnx.ModelProto, path: Path) -> None:
+    """The probability columns are written as negative, neutral, positive: the model must agree."""
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "classlabels_strings":
+                labels = tuple(value.decode() for value in attribute.strings)
+                if labels != CLASS_LABELS:
+                    raise ScoringError(
+                        f"model {path} has classes {list(labels)}, expected {list(CLASS_LABELS)}"
+                    )
 
 
 def load_model(path: Path, expected_sha256: str, rules: ScoringRules | None = None) -> ScoringModel:
@@ -604,10 +817,12 @@ def load_model(path: Path, expected_sha256: str, rules: ScoringRules | None = No
         output_names
     ):
         raise ScoringError(f"model {path} does not take 'text' and answer 'label' and 'probabilities'")
-    model = ScoringModel(path, expected_sha256, session, rules)
+    graph = onnx.load(str(path))
+    _check_class_order(graph, path)
+    model = ScoringModel(path, expected_sha256, session, rules, _dense_feature_width(graph))
     if rules.fast_path:
         try:
-            plan = linear_text_plan(onnx.load(str(path)))
+            plan = linear_text_plan(graph)
         except UnsupportedGraph as exc:
             model.disable_fast_path(f"unsupported graph: {exc}")
         else:
@@ -694,13 +909,22 @@ class _ChunkWriter:
                 chunk.write_csv(self._csv, include_header=False)
         self.rows += chunk.height
 
-    def commit(self) -> None:
+    def finish(self) -> int:
+        """Close the temp file and make it durable; returns the rows it holds."""
         if self._parquet is not None:
             self._parquet.close()
-        if self._csv is not None:
-            self._csv.flush()
-            os.fsync(self._csv.fileno())
+            self._parquet = None
+            written = pq.ParquetFile(self.temp_path).metadata.num_rows
+        else:
+            assert self._csv is not None
             self._csv.close()
+            self._csv = None
+            written = self.rows
+        with self.temp_path.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        return written
+
+    def publish(self) -> None:
         os.replace(self.temp_path, self.output_path)
 
     def abandon(self) -> None:
@@ -742,6 +966,8 @@ def score_file(
     input_path, output_path = Path(input_path), Path(output_path)
     frame = scoring_frame(input_path)
     writer = _ChunkWriter(output_path)
+    if output_path.resolve() == input_path.resolve():
+        raise ScoringInputError(f"output {output_path} would overwrite the input")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     rows_in = 0
     try:
@@ -755,14 +981,27 @@ def score_file(
                 on_progress(rows_in)
         if rows_in == 0:
             writer.write(_empty_predictions(frame))
-        if writer.rows != rows_in:
-            raise ScoringError(f"scored {writer.rows} rows but read {rows_in} from {input_path}")
-        writer.commit()
+        # Rows in counted by an independent pass over the input, rows out from the written file.
+        expected, rows_out = count_input_rows(input_path), writer.finish()
+        if not expected == rows_in == rows_out:
+            raise ScoringError(
+                f"rows in != rows out for {input_path}: input has {expected}, read {rows_in}, wrote {rows_out}"
+            )
+        writer.publish()
     except BaseException:
         writer.abandon()
         raise
-    engine = model.engine
-    return ScoreSummary(rows_in, writer.rows, time.perf_counter() - started, output_path, engine)
+    return ScoreSummary(expected, rows_out, time.perf_counter() - started, output_path, model.engine)
+
+
+def count_input_rows(input_path: Path) -> int:
+    """Rows of a CSV/Parquet input, counted without scoring (Parquet: from its metadata)."""
+    try:
+        if input_path.suffix.lower() in PARQUET_SUFFIXES:
+            return pq.ParquetFile(input_path).metadata.num_rows
+        return int(pl.scan_csv(input_path, infer_schema=False).select(pl.len()).collect().item())
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise ScoringInputError(f"cannot read {input_path}: {_first_line(exc)}") from exc
 
 
 def _chunks(frame: pl.LazyFrame, chunk_rows: int, input_path: Path):

@@ -8,6 +8,7 @@ import dagster as dg
 
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.lake import Lake
+from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
 
 
@@ -21,6 +22,9 @@ class PlatformResource(dg.ConfigurableResource):
 
     def settings(self) -> Settings:
         return Settings.load(self.platform_home().settings_file)
+
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.platform_home().ensure().registry)
 
     def lake(self) -> Lake:
         return Lake.from_settings(self.platform_home(), self.settings())

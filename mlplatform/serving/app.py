@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlplatform.core.features import LABELS, model_text_values
+from mlplatform.core.text import LABELS
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.scoring import ScoringRules, load_model
@@ -47,6 +47,22 @@ from mlplatform.core.settings import Settings
 from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import ModelHolder, ModelLoader, Predictor, ProductionRegistry
+from mlplatform.serving.protocol import (
+    ASGIReceive,
+    ASGIScope,
+    ASGISend,
+    RequestRefused,
+    Reviews,
+    decode_json,
+    error_body,
+    model_inputs,
+    parse_infer_request,
+    parse_predict_request,
+    read_body,
+    render_infer_response,
+    render_predict_response,
+    send_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +72,6 @@ REQUEST_ID_SCOPE_KEY = "mlplatform.request_id"
 STARTED_SCOPE_KEY = "mlplatform.started"
 PREDICT_PATH = "/predict"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
-_JSON_HEADERS = ((b"content-type", b"application/json"),)
-_ID_INPUTS = ("product_id", "review_id")
-_KNOWN_INPUTS = frozenset({"text", *_ID_INPUTS})
-
-ASGIScope = MutableMapping[str, Any]
-ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -110,196 +119,8 @@ def api_keys_from_env(environ: Mapping[str, str]) -> frozenset[str]:
     return frozenset(key.strip() for key in environ.get(API_KEYS_ENV, "").split(",") if key.strip())
 
 
-class RequestRefused(Exception):
-    """A request the endpoint answers with an error status and a one-line reason."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Reviews:
-    """The validated inputs of one inference request, one entry per review."""
-
-    texts: list[str]
-    product_ids: list[str | None]
-    review_ids: list[str | None]
-
-
-# --- parsing and validation -----------------------------------------------------------------------
-
-
-def _check_batch_size(size: int, max_batch: int, what: str) -> None:
-    if size == 0:
-        raise RequestRefused(400, f"{what} is empty: send at least one review")
-    if size > max_batch:
-        raise RequestRefused(413, f"{what} has {size} reviews, over the maximum of {max_batch} per request")
-
-
-def _optional_id(value: Any, where: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise RequestRefused(400, f"{where} must be a string, an integer or null")
-
-
-def parse_predict_request(document: Any, max_batch: int) -> Reviews:
-    """`{"reviews": [{"text": str, "product_id"?: str|int|null, "review_id"?: str|int|null}, ...]}`."""
-    if not isinstance(document, dict):
-        raise RequestRefused(400, 'body must be a JSON object {"reviews": [...]}')
-    reviews = document.get("reviews")
-    if not isinstance(reviews, list):
-        raise RequestRefused(400, '"reviews" must be a list of {"text": ...} objects')
-    _check_batch_size(len(reviews), max_batch, '"reviews"')
-    texts, product_ids, review_ids = [], [], []
-    for index, review in enumerate(reviews):
-        if not isinstance(review, dict):
-            raise RequestRefused(400, f"reviews[{index}] must be an object with a text")
-        text = review.get("text")
-        if not isinstance(text, str):
-            raise RequestRefused(400, f"reviews[{index}].text must be a string")
-        texts.append(text)
-        product_ids.append(_optional_id(review.get("product_id"), f"reviews[{index}].product_id"))
-        review_ids.append(_optional_id(review.get("review_id"), f"reviews[{index}].review_id"))
-    return Reviews(texts, product_ids, review_ids)
-
-
-def _tensor_strings(tensor: Any, index: int, max_batch: int) -> tuple[str, list[str]]:
-    """Validate one v2 input tensor (BYTES, shape [N] or [N, 1], N strings); return (name, data)."""
-    if not isinstance(tensor, dict):
-        raise RequestRefused(400, f"inputs[{index}] must be a tensor object")
-    name = tensor.get("name")
-    if name not in _KNOWN_INPUTS:
-        raise RequestRefused(400, f"inputs[{index}].name must be one of {sorted(_KNOWN_INPUTS)}, got {name!r}")
-    if tensor.get("datatype") != "BYTES":
-        raise RequestRefused(400, f'input {name!r}: datatype must be "BYTES"')
-    data, shape = tensor.get("data"), tensor.get("shape")
-    if not isinstance(data, list):
-        raise RequestRefused(400, f"input {name!r}: data must be a list of strings")
-    _check_batch_size(len(data), max_batch, f"input {name!r}")
-    valid_shape = (
-        isinstance(shape, list)
-        and len(shape) in (1, 2)
-        and all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape)
-        and shape[0] == len(data)
-        and (len(shape) == 1 or shape[1] == 1)
-    )
-    if not valid_shape:
-        raise RequestRefused(400, f"input {name!r}: shape must be [{len(data)}] (or [{len(data)}, 1]), got {shape!r}")
-    if not all(isinstance(item, str) for item in data):
-        raise RequestRefused(400, f"input {name!r}: every element must be a string")
-    return name, data
-
-
-def parse_infer_request(document: Any, max_batch: int) -> Reviews:
-    """Open Inference Protocol v2 request: BYTES `text` [N], optional BYTES `product_id`, `review_id` [N]."""
-    if not isinstance(document, dict):
-        raise RequestRefused(400, 'body must be a JSON object {"inputs": [...]}')
-    inputs = document.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise RequestRefused(400, '"inputs" must be a non-empty list of tensors')
-    tensors: dict[str, list[str]] = {}
-    for index, tensor in enumerate(inputs):
-        name, data = _tensor_strings(tensor, index, max_batch)
-        if name in tensors:
-            raise RequestRefused(400, f"input {name!r} given twice")
-        tensors[name] = data
-    texts = tensors.get("text")
-    if texts is None:
-        raise RequestRefused(400, "the BYTES input 'text' is required")
-    for name in _ID_INPUTS:
-        if name in tensors and len(tensors[name]) != len(texts):
-            raise RequestRefused(400, f"input {name!r} has {len(tensors[name])} elements, 'text' has {len(texts)}")
-    missing: list[str | None] = [None] * len(texts)
-    return Reviews(texts, tensors.get("product_id", missing), tensors.get("review_id", missing))
-
-
-def model_inputs(texts: Sequence[str]) -> list[str]:
-    """The text the model sees (same cleaning as training); a review with no words is a 400."""
-    cleaned = [model_text_values(None, text) for text in texts]
-    for index, text in enumerate(cleaned):
-        if not text:
-            raise RequestRefused(400, f"review {index} has an empty text")
-    return cleaned
-
-
-# --- responses --------------------------------------------------------------------------------------
-
-
-def render_infer_response(
-    model_name: str, version: str, request_id: str, labels: Sequence[str], probabilities: np.ndarray
-) -> bytes:
-    size = len(labels)
-    return orjson.dumps(
-        {
-            "model_name": model_name,
-            "model_version": version,
-            "id": request_id,
-            "outputs": [
-                {"name": "label", "datatype": "BYTES", "shape": [size], "data": labels},
-                {"name": "probabilities", "datatype": "FP32", "shape": [size, len(LABELS)], "data": probabilities.ravel()},
-            ],
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
-
-
-def render_predict_response(
-    model_name: str, version: str, request_id: str, labels: Sequence[str], probabilities: np.ndarray
-) -> bytes:
-    predictions = [
-        {"label": label, "probabilities": dict(zip(LABELS, row, strict=True))}
-        for label, row in zip(labels, probabilities, strict=True)
-    ]
-    return orjson.dumps(
-        {"id": request_id, "model_version": version, "predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY
-    )
-
-
-def error_body(message: str, request_id: str) -> bytes:
-    return orjson.dumps({"error": message, "id": request_id})
-
-
-async def send_json(send: ASGISend, status: int, body: bytes) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
-
-
-async def read_body(scope: ASGIScope, receive: ASGIReceive, limit: int) -> bytes:
-    """The request body, refused with a 413 as soon as it is known to exceed `limit` bytes."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if not value.isdigit():
-                raise RequestRefused(400, "Content-Length is not a number")
-            if int(value) > limit:
-                raise RequestRefused(413, f"body of {int(value)} bytes is over the limit of {limit} bytes")
-    chunks, total = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise RequestRefused(400, "client disconnected before the body was complete")
-        chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > limit:  # chunked bodies have no Content-Length: count what streams in
-            raise RequestRefused(413, f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def decode_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestRefused(400, f"body is not valid JSON (UTF-8, no NaN/Infinity): {exc}") from None
 
 
 # --- the request path -------------------------------------------------------------------------------
@@ -347,7 +168,9 @@ class InferenceRoute:
         if served is None:
             raise RequestRefused(503, f"model not servable: {state.holder.status().reason}")
         received_at = time.time()
-        reviews = self._parse(decode_json(await read_body(scope, receive, config.max_body_bytes)), config.max_batch)
+        reviews = self._parse(
+            decode_json(await read_body(scope, receive, config.max_body_bytes)), config.max_batch
+        )
         labels, probabilities = await self._score(served.model, model_inputs(reviews.texts))
         state.metrics.observe_batch(len(labels))
         body = self._render(config.model_name, served.version, request_id, labels, probabilities)
@@ -392,15 +215,24 @@ class RequestGate:
     """Pure ASGI middleware: request id, API keys, the concurrency limit, metrics, the 500 of last resort."""
 
     def __init__(
-        self, app: Callable[..., Awaitable[None]], *, state: ServingState, api_keys: frozenset[str]
+        self,
+        app: Callable[..., Awaitable[None]],
+        *,
+        state: ServingState,
+        api_keys: frozenset[str],
+        inference_routes: Mapping[str, InferenceRoute],
     ) -> None:
         self._app = app
         self._state = state
         self._api_keys = tuple(key.encode() for key in api_keys)
+        # The inference routes are called from here directly: the router and the exception and
+        # exit-stack middlewares behind it add nothing to them but per-request cost.
+        self._inference_routes = dict(inference_routes)
         config = state.config
         self._open_paths = frozenset({"/v2/health/live", "/v2/health/ready", f"{config.model_path}/ready"})
-        self._limited_paths = frozenset({config.infer_path, PREDICT_PATH})
-        self._known_paths = frozenset({*self._open_paths, *self._limited_paths, config.model_path, "/metrics"})
+        self._known_paths = frozenset(
+            {*self._open_paths, *self._inference_routes, config.model_path, "/metrics"}
+        )
         self._in_flight = 0
 
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
@@ -429,21 +261,29 @@ class RequestGate:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
-        limited = path in self._limited_paths
+        inference_route = self._inference_routes.get(path)
         took_slot = False
         try:
-            refusal = id_problem or self._auth_problem(path, presented_key) or self._capacity_problem(limited)
+            refusal = (
+                id_problem
+                or self._auth_problem(path, presented_key)
+                or self._capacity_problem(inference_route)
+            )
             if refusal is not None:
                 await send_json(send_with_id, refusal.status, error_body(refusal.message, request_id))
                 return
-            if limited:
-                self._in_flight += 1
-                took_slot = True
             scope[REQUEST_ID_SCOPE_KEY] = request_id
             scope[STARTED_SCOPE_KEY] = started
-            await self._app(scope, receive, send_with_id)
+            if inference_route is None:
+                await self._app(scope, receive, send_with_id)
+                return
+            self._in_flight += 1
+            took_slot = True
+            await inference_route(scope, receive, send_with_id)
         except Exception:
-            log.exception("internal error answering %s %s (request %s)", scope.get("method"), path, request_id)
+            log.exception(
+                "internal error answering %s %s (request %s)", scope.get("method"), path, request_id
+            )
             if response_started:
                 raise
             await send_json(send_with_id, 500, error_body("internal error", request_id))
@@ -475,9 +315,11 @@ class RequestGate:
             accepted |= hmac.compare_digest(presented, key)
         return None if accepted else RequestRefused(401, "invalid API key")
 
-    def _capacity_problem(self, limited: bool) -> RequestRefused | None:
-        if limited and self._in_flight >= self._state.config.max_concurrency:
-            return RequestRefused(503, f"over capacity: {self._state.config.max_concurrency} requests in flight")
+    def _capacity_problem(self, inference_route: InferenceRoute | None) -> RequestRefused | None:
+        if inference_route is not None and self._in_flight >= self._state.config.max_concurrency:
+            return RequestRefused(
+                503, f"over capacity: {self._state.config.max_concurrency} requests in flight"
+            )
         return None
 
 
@@ -536,11 +378,61 @@ def _add_info_routes(app: FastAPI, state: ServingState) -> None:
         return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
+def _json_body(example: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}, "example": example}},
+    }
+
+
+def _inference_route_docs(config: ServingConfig) -> dict[str, Any]:
+    """OpenAPI entries of the raw inference routes (FastAPI only documents its own route type)."""
+    responses = {
+        "200": {"description": "Predictions, with the model version and the request id"},
+        "4XX": {"description": 'Bad input: {"error": ..., "id": ...}'},
+        "503": {"description": "No servable model, over capacity, or capture unavailable"},
+    }
+    text = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Love this dress, fits perfectly"]}
+    review = {"text": "Love this dress, fits perfectly", "product_id": "1078", "review_id": "r-1"}
+    return {
+        config.infer_path: {
+            "post": {
+                "summary": "Open Inference Protocol v2 inference: BYTES `text` [N] -> `label`, `probabilities` [N, 3]",
+                "requestBody": _json_body({"inputs": [text]}),
+                "responses": responses,
+            }
+        },
+        PREDICT_PATH: {
+            "post": {
+                "summary": "Plain JSON inference over a list of reviews",
+                "requestBody": _json_body({"reviews": [review]}),
+                "responses": responses,
+            }
+        },
+    }
+
+
+def _document_inference_routes(app: FastAPI, config: ServingConfig) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            generate()["paths"].update(_inference_route_docs(config))  # generate() caches the schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         request_id = request.scope.get(REQUEST_ID_SCOPE_KEY, "")
-        return Response(error_body(str(exc.detail), request_id), exc.status_code, headers=exc.headers, media_type="application/json")
+        return Response(
+            error_body(str(exc.detail), request_id),
+            exc.status_code,
+            headers=exc.headers,
+            media_type="application/json",
+        )
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         request_id = request.scope.get(REQUEST_ID_SCOPE_KEY, "")
@@ -567,7 +459,9 @@ def create_app(
     config = ServingConfig.from_settings(settings)
     holder = ModelHolder(
         registry if registry is not None else ModelRegistry(home.registry),
-        loader if loader is not None else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
+        loader
+        if loader is not None
+        else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
         poll_interval_s=config.swap_poll_interval_s,
     )
     capture = CaptureWriter(
@@ -592,13 +486,16 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.serving = state
-    app.router.routes.append(
-        Route(config.infer_path, InferenceRoute(state, config.infer_path, parse_infer_request, render_infer_response))
-    )
-    app.router.routes.append(
-        Route(PREDICT_PATH, InferenceRoute(state, PREDICT_PATH, parse_predict_request, render_predict_response))
-    )
+    inference_routes = {
+        config.infer_path: InferenceRoute(
+            state, config.infer_path, parse_infer_request, render_infer_response
+        ),
+        PREDICT_PATH: InferenceRoute(state, PREDICT_PATH, parse_predict_request, render_predict_response),
+    }
+    for path, handler in inference_routes.items():  # listed in the app's routes too (RequestGate serves them)
+        app.router.routes.append(Route(path, handler))
     _add_info_routes(app, state)
     _add_error_handlers(app)
-    app.add_middleware(RequestGate, state=state, api_keys=api_keys)
+    _document_inference_routes(app, config)
+    app.add_middleware(RequestGate, state=state, api_keys=api_keys, inference_routes=inference_routes)
     return app

@@ -3,7 +3,9 @@
 Format: JSON lines, one line per review row of a 2xx inference request. A request of N reviews writes N
 lines that share its `request_id` and are numbered by `row` (0..N-1); a row is what monitoring joins with
 ground truth (by `review_id`), so one row per review keeps the file readable as a table with no
-unnesting. Columns: see `CAPTURE_COLUMNS`.
+unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the request arrived (UTC), `latency_ms` runs
+from arrival until the answer was ready, before the wait for the capture fsync (which the latency
+histogram in /metrics includes).
 
 Durability: `CaptureWriter.append` hands the request's lines to one writer thread and waits until they
 are written and fsync'ed. The thread writes whatever is pending in one `write` + one `fsync` (group
@@ -20,6 +22,7 @@ segment is cut back to its last durable record and sealed, so a bad line never s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -36,7 +39,8 @@ import numpy as np
 import orjson
 import polars as pl
 
-from mlplatform.core.features import LABELS
+from mlplatform.core.text import LABELS
+from mlplatform.core.fsio import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,12 @@ def encode_capture_rows(
     latency_ms: float,
 ) -> bytes:
     """The capture lines of one request: one JSON object per review row, each ending in a newline."""
-    shared = {"request_id": request_id, "time": utc_iso(received_at), "route": route, "model_version": model_version}
+    shared = {
+        "request_id": request_id,
+        "time": utc_iso(received_at),
+        "route": route,
+        "model_version": model_version,
+    }
     lines = []
     for row, (text, product_id, review_id, label, scores) in enumerate(
         zip(texts, product_ids, review_ids, labels, probabilities, strict=True)
@@ -140,12 +149,14 @@ def _settle(futures: list[asyncio.Future], error_message: str | None) -> None:
             future.set_exception(CaptureError(error_message))
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _wake(items: list[_PendingItem], error_message: str | None) -> None:
+    """Settle the items' futures, one callback per event loop (one wake-up of each loop per group)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+    for _, loop, future in items:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle, futures, error_message)
 
 
 def _sealed_name(open_path: Path) -> Path:
@@ -185,7 +196,7 @@ def seal_abandoned_segments(root: Path) -> list[Path]:
         os.rename(open_path, target)
         sealed.append(target)
     if sealed:
-        _fsync_directory(root)
+        fsync_directory(root)
         log.info("sealed %d capture segment(s) left by dead processes", len(sealed))
     return sealed
 
@@ -212,6 +223,7 @@ class CaptureWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stopped_because = "capture writer is not running"
         self._fd: int | None = None
         self._path: Path | None = None
         self._size = 0
@@ -232,7 +244,7 @@ class CaptureWriter:
     async def append(self, payload: bytes) -> None:
         """Append complete JSON lines; return once they are durable. Raises CaptureError otherwise."""
         if self._closed or self._thread is None:
-            raise CaptureError("capture writer is not running")
+            raise CaptureError(self._stopped_because)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((payload, loop, future))
@@ -247,13 +259,20 @@ class CaptureWriter:
             self._queue.put(_STOP)
             self._thread.join()
 
-    @property
-    def current_segment(self) -> Path | None:
-        return self._path
-
     # -- the writer thread --
 
     def _run(self) -> None:
+        try:
+            self._serve_queue()
+        except Exception as exc:  # a bug must not leave requests waiting on a thread that is gone
+            log.exception("capture writer stopped")
+            self._stopped_because = f"capture writer stopped: {exc}"
+            self._closed = True
+        finally:
+            self._fail_leftovers()
+            self._seal_current_safely()
+
+    def _serve_queue(self) -> None:
         idle_tick = min(1.0, max(self._config.segment_max_age_s, 0.01))
         stopping = False
         while not stopping:
@@ -266,8 +285,6 @@ class CaptureWriter:
                 break
             batch, stopping = self._gather([first])
             self._commit(batch)
-        self._fail_leftovers()
-        self._seal_current_safely()
 
     def _gather(self, batch: list[_PendingItem]) -> tuple[list[_PendingItem], bool]:
         """Take what is pending (waiting up to fsync_max_delay_s for more); True when a stop was seen."""
@@ -291,14 +308,7 @@ class CaptureWriter:
             error_message = f"capture write failed ({self._path}): {exc}"
             log.error(error_message)
             self._abandon_segment()
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
-        for _, loop, future in batch:
-            by_loop.setdefault(loop, []).append(future)
-        for loop, futures in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle, futures, error_message)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                pass
+        _wake(batch, error_message)
 
     def _write_durably(self, data: bytes) -> None:
         self._rotate_if_due()
@@ -334,7 +344,7 @@ class CaptureWriter:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
         self._fd = os.open(path, flags, 0o644)
         self._path, self._size, self._opened_at = path, 0, now
-        _fsync_directory(self._root)  # the new name itself must survive a crash
+        fsync_directory(self._root)  # the new name itself must survive a crash
 
     def _seal_current(self) -> None:
         if self._fd is None or self._path is None:
@@ -343,7 +353,7 @@ class CaptureWriter:
         self._fd, self._path = None, None
         os.close(fd)
         os.rename(path, _sealed_name(path))
-        _fsync_directory(self._root)
+        fsync_directory(self._root)
 
     def _seal_current_safely(self) -> None:
         try:
@@ -374,11 +384,7 @@ class CaptureWriter:
                 break
             if item is not _STOP:
                 leftovers.append(item)
-        for _, loop, future in leftovers:
-            try:
-                loop.call_soon_threadsafe(_settle, [future], "capture writer closed")
-            except RuntimeError:
-                pass
+        _wake(leftovers, "capture writer closed")
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -417,4 +423,6 @@ def read_capture(root: Path) -> pl.DataFrame:
         except pl.exceptions.PolarsError as exc:
             raise CaptureError(f"capture segment {path} is unreadable: {exc}") from exc
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=_WRITTEN_SCHEMA)
-    return frame.with_columns(pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC"))
+    return frame.with_columns(
+        pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC")
+    )

@@ -19,7 +19,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Scored once before a model is swapped in, so its first real request pays no lazy-initialisation cost.
-WARMUP_TEXTS: tuple[str, ...] = ("warm-up review: lovely dress, fits well", "too small and the fabric is thin")
+WARMUP_TEXTS: tuple[str, ...] = (
+    "warm-up review: lovely dress, fits well",
+    "too small and the fabric is thin",
+)
 NO_PRODUCTION_MODEL = "no production model in the registry (approve and deploy a model first)"
 SHUTTING_DOWN = "the endpoint is shutting down"
 
@@ -141,7 +144,9 @@ class ModelHolder:
         except Exception as exc:  # any failure to check or load must leave the current model serving
             self._refusals += 1
             self._reason = f"production model {production.version} refused: {exc}"
-            log.error("%s (still serving %s)", self._reason, self._served.version if self._served else "nothing")
+            log.error(
+                "%s (still serving %s)", self._reason, self._served.version if self._served else "nothing"
+            )
             return
         previous = self._served
         self._served, self._reason = candidate, None

@@ -17,12 +17,11 @@ from mlplatform.core.features import (
     label_distribution,
     label_from_rating,
     label_shift,
-    model_text,
-    model_text_values,
     review_id,
     review_ids,
 )
 from mlplatform.core.settings import Settings
+from mlplatform.core.text import model_text, model_text_values
 from mlplatform_tests.core.features_fixtures import drop_frame, read_real_drop, review
 
 

@@ -12,6 +12,7 @@ from mlplatform.core.synthetic import generate_reviews, to_published_csv, write_
 from mlplatform.runner import run_pending
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+DATA_STAGE = ("ingest", "features")
 
 
 def _land_demo(home, tmp_path: Path, n_drops: int = 2, rows: int = 400, seed: int = 3) -> list[str]:
@@ -21,7 +22,7 @@ def _land_demo(home, tmp_path: Path, n_drops: int = 2, rows: int = 400, seed: in
 
 def test_good_drops_flow_through_the_data_stage(home, tmp_path):
     hashes = _land_demo(home, tmp_path)
-    report = run_pending(home, say=lambda _: None)
+    report = run_pending(home, say=lambda _: None, groups=DATA_STAGE)
 
     assert report.exit_code == 0, report.blocked
     assert sorted(report.accepted) == sorted(hashes)
@@ -44,15 +45,15 @@ def test_good_drops_flow_through_the_data_stage(home, tmp_path):
 
 def test_nothing_new_means_nothing_runs(home, tmp_path):
     _land_demo(home, tmp_path)
-    assert run_pending(home, say=lambda _: None).exit_code == 0
-    again = run_pending(home, say=lambda _: None)
+    assert run_pending(home, say=lambda _: None, groups=DATA_STAGE).exit_code == 0
+    again = run_pending(home, say=lambda _: None, groups=DATA_STAGE)
     assert again.exit_code == 0
     assert again.materialized == [] and again.accepted == []
 
 
 def test_bad_drop_is_quarantined_and_downstream_unchanged(home, tmp_path):
     _land_demo(home, tmp_path)
-    assert run_pending(home, say=lambda _: None).exit_code == 0
+    assert run_pending(home, say=lambda _: None, groups=DATA_STAGE).exit_code == 0
     store = ArtifactStore(home.artifacts)
     reviews_before = store.latest("reviews").version
 
@@ -61,7 +62,7 @@ def test_bad_drop_is_quarantined_and_downstream_unchanged(home, tmp_path):
     bad.write_bytes(to_published_csv(frame).replace(b"Review Text", b"Review Txt", 1))
     (bad_result,) = Lake(home).land([bad])
 
-    report = run_pending(home, say=lambda _: None)
+    report = run_pending(home, say=lambda _: None, groups=DATA_STAGE)
     assert report.exit_code == 1
     assert report.quarantined == [bad_result.hash]
     (blocked,) = report.blocked
@@ -76,7 +77,7 @@ def test_bad_drop_is_quarantined_and_downstream_unchanged(home, tmp_path):
 @pytest.mark.realdata
 def test_the_real_file_is_accepted(home, real_data_path):
     (landed,) = Lake(home).land([real_data_path])
-    report = run_pending(home, say=lambda _: None)
+    report = run_pending(home, say=lambda _: None, groups=DATA_STAGE)
     assert report.exit_code == 0, report.blocked
     assert report.accepted == [landed.hash]
     store = ArtifactStore(home.artifacts)
@@ -94,13 +95,22 @@ def _bad_drops(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
 
     all_null_text = all_null_text.with_columns(pl.col("review_text").cast(pl.String))
     return {
-        "missing_column.csv": (good.replace(b',"Class Name"', b"", 1).replace(b",Class Name", b"", 1), "schema"),
+        "missing_column.csv": (
+            good.replace(b',"Class Name"', b"", 1).replace(b",Class Name", b"", 1),
+            "schema",
+        ),
         "renamed_column.csv": (good.replace(b"Rating", b"Stars", 1), "schema"),
-        "wrong_type.csv": (header + b"\n" + lines[0].replace(b",5,", b",five,", 1) + b"".join(lines[1:]), "schema"),
+        "wrong_type.csv": (
+            header + b"\n" + lines[0].replace(b",5,", b",five,", 1) + b"".join(lines[1:]),
+            "schema",
+        ),
         "empty.csv": (b"", "schema"),
         "header_only.csv": (header + b"\n", "non_empty"),
         "truncated.csv": (good[: len(good) - 40], "schema"),
-        "unbalanced_quotes.csv": (header + b'\n0,1,30,"Lovely,"fits well,5,1,0,General,Tops,Knits\n', "schema"),
+        "unbalanced_quotes.csv": (
+            header + b'\n0,1,30,"Lovely,"fits well,5,1,0,General,Tops,Knits\n',
+            "schema",
+        ),
         "latin1.csv": (good.replace(b"e", b"\xe9", 3), "schema"),
         "all_null_text.csv": (to_published_csv(all_null_text), "completeness"),
     }
@@ -115,7 +125,7 @@ def test_each_bad_drop_is_quarantined_with_its_reason_and_nothing_is_lost(home, 
     lake = Lake(home)
     landed = {result.name: result.hash for result in lake.land(sorted(sources.iterdir()))}
 
-    report = run_pending(home, say=lambda _: None)
+    report = run_pending(home, say=lambda _: None, groups=DATA_STAGE)
 
     assert report.exit_code == 1
     assert sorted(report.quarantined) == sorted(set(landed.values()))

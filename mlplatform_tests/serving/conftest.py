@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -67,7 +66,9 @@ def tiny_models() -> dict[int, bytes]:
 
 def register(registry: ModelRegistry, onnx_bytes: bytes) -> str:
     """Register and approve a model; returns its version."""
-    version = registry.register(onnx_bytes, card={"model": "tiny test model"}, metrics={"macro_f1": 0.5}).version
+    version = registry.register(
+        onnx_bytes, card={"model": "tiny test model"}, metrics={"macro_f1": 0.5}
+    ).version
     registry.approve(version, by="test")
     return version
 
@@ -84,7 +85,11 @@ def damage_model_file(registry: ModelRegistry, version: str, how: str) -> None:
     path: Path = registry.get(version).onnx_path
     data = path.read_bytes()
     os.chmod(path, 0o644)
-    damaged = data[: len(data) // 2] if how == "truncate" else data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:]
+    damaged = (
+        data[: len(data) // 2]
+        if how == "truncate"
+        else data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:]
+    )
     path.write_bytes(damaged)
 
 
@@ -104,6 +109,3 @@ def registry(home: PlatformHome) -> ModelRegistry:
 def fast_settings(settings: Settings) -> Settings:
     """Serving settings for tests: a quick swap poll."""
     return with_serving(settings, swap_poll_interval_s=0.02)
-
-
-SettingsFactory = Callable[..., Settings]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -95,7 +96,9 @@ def test_infer_answers_the_open_inference_protocol(client: TestClient, deployed:
 
 
 def test_predict_answers_with_a_generated_request_id(client: TestClient, deployed: str) -> None:
-    response = client.post("/predict", json={"reviews": [{"text": "lovely fabric, very happy", "review_id": 7}]})
+    response = client.post(
+        "/predict", json={"reviews": [{"text": "lovely fabric, very happy", "review_id": 7}]}
+    )
     assert response.status_code == 200
     answer = response.json()
     assert answer["model_version"] == deployed
@@ -110,7 +113,9 @@ def test_every_2xx_is_captured_with_its_request_id_and_version(
     client: TestClient, home: PlatformHome, deployed: str
 ) -> None:
     client.post("/predict", json={"reviews": [{"text": "great", "product_id": "p9", "review_id": "r9"}]})
-    client.post(INFER, json=infer_body(["too small", "so so"], review_id=["a", "b"]), headers={"X-Request-ID": "two"})
+    client.post(
+        INFER, json=infer_body(["too small", "so so"], review_id=["a", "b"]), headers={"X-Request-ID": "two"}
+    )
     client.post("/predict", json={"reviews": []})  # a 400: not captured
     frame = read_capture(home.capture)
     assert frame.height == 3
@@ -134,7 +139,12 @@ BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
     ("empty body", "/predict", b"", 400),
     ("not UTF-8", "/predict", b'{"reviews": [{"text": "caf\xe9"}]}', 400),
     ("NaN", "/predict", b'{"reviews": [{"text": NaN}]}', 400),
-    ("NaN in infer", INFER, b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [NaN]}]}', 400),
+    (
+        "NaN in infer",
+        INFER,
+        b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [NaN]}]}',
+        400,
+    ),
     ("body is a list", "/predict", [REVIEW], 400),
     ("reviews not a list", "/predict", {"reviews": "fine"}, 400),
     ("review not an object", "/predict", {"reviews": ["fine"]}, 400),
@@ -148,11 +158,36 @@ BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
     ("no inputs", INFER, {"inputs": []}, 400),
     ("inputs not a list", INFER, {"inputs": {"text": ["ok"]}}, 400),
     ("text input missing", INFER, {"inputs": infer_body(["a"], product_id=["p"])["inputs"][1:]}, 400),
-    ("unknown input", INFER, {"inputs": [{"name": "rating", "datatype": "BYTES", "shape": [1], "data": ["5"]}]}, 400),
-    ("wrong datatype", INFER, {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": ["ok"]}]}, 400),
-    ("shape mismatch", INFER, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["ok"]}]}, 400),
-    ("2-D shape", INFER, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 3], "data": ["ok"]}]}, 400),
-    ("shape of strings", INFER, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": ["1"], "data": ["ok"]}]}, 400),
+    (
+        "unknown input",
+        INFER,
+        {"inputs": [{"name": "rating", "datatype": "BYTES", "shape": [1], "data": ["5"]}]},
+        400,
+    ),
+    (
+        "wrong datatype",
+        INFER,
+        {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": ["ok"]}]},
+        400,
+    ),
+    (
+        "shape mismatch",
+        INFER,
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["ok"]}]},
+        400,
+    ),
+    (
+        "2-D shape",
+        INFER,
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 3], "data": ["ok"]}]},
+        400,
+    ),
+    (
+        "shape of strings",
+        INFER,
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": ["1"], "data": ["ok"]}]},
+        400,
+    ),
     ("element not a string", INFER, infer_body([1]), 400),
     ("empty tensor", INFER, infer_body([]), 400),
     ("input given twice", INFER, {"inputs": infer_body(["a"])["inputs"] * 2}, 400),
@@ -162,17 +197,48 @@ BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "status"), [case[1:] for case in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[int, bytes]
+) -> Iterator[tuple[TestClient, PlatformHome]]:
+    """One app for the many bad-input cases (none of them changes its state)."""
+    home = PlatformHome(tmp_path_factory.mktemp("shared") / "home").ensure()
+    deploy(ModelRegistry(home.registry), tiny_models[0])
+    settings = with_serving(Settings.load(), max_batch=MAX_BATCH, max_body_bytes=MAX_BODY_BYTES)
+    with TestClient(create_app(home, settings)) as test_client:
+        yield test_client, home
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"), [case[1:] for case in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS]
+)
 def test_bad_input_is_a_4xx_with_an_error(
-    client: TestClient, home: PlatformHome, path: str, body: Any, status: int
+    shared: tuple[TestClient, PlatformHome], path: str, body: Any, status: int
 ) -> None:
+    client, home = shared
     content = body if isinstance(body, bytes) else None
     response = client.post(path, content=content, json=None if content is not None else body)
     assert response.status_code == status, response.text
     answer = response.json()
     assert isinstance(answer["error"], str) and answer["error"]
     assert answer["id"] == response.headers["x-request-id"]
-    assert read_capture(home.capture).height == 0
+    captured = read_capture(home.capture)
+    assert captured.filter(captured["request_id"] == answer["id"]).height == 0  # refused: not captured
+
+
+def test_openapi_documents_every_route(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {INFER, "/predict", "/v2/health/ready", "/v2/models/sentiment", "/metrics"} <= set(paths)
+    assert "example" in paths[INFER]["post"]["requestBody"]["content"]["application/json"]
+
+
+def test_odd_but_valid_texts_are_answered_and_captured(shared: tuple[TestClient, PlatformHome]) -> None:
+    client, home = shared
+    texts = ["nul \u0000 inside", "emoji 😀 and ünïcödé", "!!! ???"]
+    response = client.post(INFER, json=infer_body(texts), headers={"X-Request-ID": "odd-texts"})
+    assert response.status_code == 200, response.text
+    captured = read_capture(home.capture).filter(read_capture(home.capture)["request_id"] == "odd-texts")
+    assert captured.sort("row")["text"].to_list() == texts
 
 
 def test_wrong_method_and_unknown_path_are_4xx(client: TestClient) -> None:
@@ -187,7 +253,9 @@ def test_an_unsafe_request_id_is_refused(client: TestClient, request_id: str) ->
     assert response.status_code == 400 and "X-Request-ID" in response.json()["error"]
 
 
-def test_an_oversized_body_is_refused_before_it_is_read(home: PlatformHome, test_settings: Settings, deployed: str) -> None:
+def test_an_oversized_body_is_refused_before_it_is_read(
+    home: PlatformHome, test_settings: Settings, deployed: str
+) -> None:
     chunks_read = 0
 
     async def endless_body() -> AsyncIterator[bytes]:
@@ -213,17 +281,27 @@ def test_an_oversized_body_is_refused_before_it_is_read(home: PlatformHome, test
 # --- auth, capacity, capture failures, sampling -------------------------------------------------------
 
 
-def test_api_keys_guard_everything_but_health(home: PlatformHome, test_settings: Settings, deployed: str) -> None:
+def test_api_keys_guard_everything_but_health(
+    home: PlatformHome, test_settings: Settings, deployed: str
+) -> None:
     keys = api_keys_from_env({"MLPLATFORM_API_KEYS": " first-key , second-key ,"})
     assert keys == frozenset({"first-key", "second-key"})
     body = {"reviews": [REVIEW]}
     with TestClient(create_app(home, test_settings, api_keys=keys)) as http:
         assert http.post("/predict", json=body).status_code == 401
-        assert http.post("/predict", json=body, headers={"X-API-Key": "first-key-but-longer"}).status_code == 401
-        assert http.post(INFER, json=infer_body(["ok"]), headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            http.post("/predict", json=body, headers={"X-API-Key": "first-key-but-longer"}).status_code == 401
+        )
+        assert (
+            http.post(INFER, json=infer_body(["ok"]), headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
         assert http.get("/metrics").status_code == 401
         assert http.post("/predict", json=body, headers={"X-API-Key": "first-key"}).status_code == 200
-        assert http.post("/predict", json=body, headers={"Authorization": "Bearer second-key"}).status_code == 200
+        assert (
+            http.post("/predict", json=body, headers={"Authorization": "Bearer second-key"}).status_code
+            == 200
+        )
         assert http.get("/v2/health/live").status_code == 200
         assert http.get("/v2/health/ready").status_code == 200
     assert api_keys_from_env({}) == frozenset()
@@ -232,14 +310,14 @@ def test_api_keys_guard_everything_but_health(home: PlatformHome, test_settings:
 def slow_fsync(seconds: float) -> Callable[[int], None]:
     def fsync(fd: int) -> None:
         time.sleep(seconds)
-        import os
-
         os.fsync(fd)
 
     return fsync
 
 
-def test_beyond_the_concurrency_limit_a_fast_503(home: PlatformHome, test_settings: Settings, deployed: str) -> None:
+def test_beyond_the_concurrency_limit_a_fast_503(
+    home: PlatformHome, test_settings: Settings, deployed: str
+) -> None:
     app = create_app(home, with_serving(test_settings, max_concurrency=1), sync_file=slow_fsync(0.5))
 
     async def scenario() -> list[tuple[int, float]]:
@@ -272,14 +350,18 @@ def test_when_capture_cannot_be_written_the_answer_is_503(
     assert read_capture(home.capture).height == 0
 
 
-def test_sampled_out_requests_are_answered_and_counted(home: PlatformHome, test_settings: Settings, deployed: str) -> None:
+def test_sampled_out_requests_are_answered_and_counted(
+    home: PlatformHome, test_settings: Settings, deployed: str
+) -> None:
     with TestClient(create_app(home, with_serving(test_settings, capture_sample_rate=0.0))) as http:
         assert http.post("/predict", json={"reviews": [REVIEW]}).status_code == 200
         assert "mlplatform_serving_capture_sampled_out_total 1.0" in http.get("/metrics").text
     assert read_capture(home.capture).height == 0
 
 
-def test_metrics_report_requests_latency_batches_version_and_process(client: TestClient, deployed: str) -> None:
+def test_metrics_report_requests_latency_batches_version_and_process(
+    client: TestClient, deployed: str
+) -> None:
     client.post("/predict", json={"reviews": [REVIEW, REVIEW]})
     client.post("/predict", json={"reviews": []})
     text = client.get("/metrics").text

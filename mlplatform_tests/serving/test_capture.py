@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,9 @@ def test_many_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
 
 def test_reader_skips_a_torn_tail(tmp_path: Path) -> None:
     complete = rows("whole")
-    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open").write_bytes(complete + rows("torn")[:25])
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open").write_bytes(
+        complete + rows("torn")[:25]
+    )
     frame = read_capture(tmp_path)
     assert frame["request_id"].to_list() == ["whole"]
 
@@ -125,17 +127,10 @@ def test_segments_rotate_by_age(tmp_path: Path) -> None:
     writer.start()
     asyncio.run(writer.append(rows("early")))
     now[0] += 1.0
-    sealed = threading.Event()
-
-    def wait_for_seal() -> None:
-        for _ in range(200):
-            if list(tmp_path.glob("*.jsonl")):
-                sealed.set()
-                return
-            threading.Event().wait(0.01)
-
-    wait_for_seal()  # the idle writer notices the age and seals without any new record
-    assert sealed.is_set()
+    deadline = time.monotonic() + 5
+    while not list(tmp_path.glob("*.jsonl")):  # the idle writer notices the age and seals, no new record
+        assert time.monotonic() < deadline, "the old segment was not sealed"
+        time.sleep(0.01)
     asyncio.run(writer.append(rows("late")))
     writer.close()
     assert len(list(tmp_path.glob("*.jsonl"))) == 2

@@ -30,7 +30,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(home: PlatformHome, registry: ModelRegistry, tiny_models: dict[int, bytes], tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+def server(
+    home: PlatformHome, registry: ModelRegistry, tiny_models: dict[int, bytes], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen, str]]:
     deploy(registry, tiny_models[0])
     port = free_port()
     log_path = tmp_path / "server.log"
@@ -73,7 +75,11 @@ def load(base_url: str, workers: int, stop: threading.Event) -> tuple[list[str],
                 try:
                     response = http.post(
                         "/v2/models/sentiment/infer",
-                        json={"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["nice dress"]}]},
+                        json={
+                            "inputs": [
+                                {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["nice dress"]}
+                            ]
+                        },
                         headers={"X-Request-ID": request_id},
                     )
                 except httpx.TransportError:
@@ -94,7 +100,9 @@ def wait_for_count(items: list[str], count: int, timeout_s: float = 20.0) -> Non
         time.sleep(0.01)
 
 
-def test_kill_9_mid_load_loses_no_acknowledged_request(server: tuple[subprocess.Popen, str], home: PlatformHome) -> None:
+def test_kill_9_mid_load_loses_no_acknowledged_request(
+    server: tuple[subprocess.Popen, str], home: PlatformHome
+) -> None:
     process, base_url = server
     stop = threading.Event()
     acknowledged, threads = load(base_url, workers=8, stop=stop)
@@ -107,7 +115,9 @@ def test_kill_9_mid_load_loses_no_acknowledged_request(server: tuple[subprocess.
     captured = set(read_capture(home.capture)["request_id"])
     missing = set(acknowledged) - captured
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged requests are not in the capture"
-    assert list(home.capture.glob("*.open")), "the killed server's segment should still be open (torn tail allowed)"
+    assert list(home.capture.glob("*.open")), (
+        "the killed server's segment should still be open (torn tail allowed)"
+    )
 
 
 def test_sigterm_drains_and_seals(server: tuple[subprocess.Popen, str], home: PlatformHome) -> None:
@@ -116,7 +126,8 @@ def test_sigterm_drains_and_seals(server: tuple[subprocess.Popen, str], home: Pl
     acknowledged, threads = load(base_url, workers=4, stop=stop)
     wait_for_count(acknowledged, 50)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=20) == 0
+    # uvicorn drains, shuts the app down, then re-raises the signal with its default action.
+    assert process.wait(timeout=20) in (0, -signal.SIGTERM)
     stop.set()
     for thread in threads:
         thread.join()

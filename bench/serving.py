@@ -1,0 +1,424 @@
+"""Serving benchmark: the mlplatform endpoint vs a plain scikit-learn + FastAPI server, same model.
+
+    .venv/bin/python bench/serving.py [--duration 10] [--data ../shared/data/...csv]
+
+Trains a TF-IDF (word 1-2 grams) + LogisticRegression sentiment model on the real reviews when the data
+set is present (else on synthetic reviews, and says so), registers its ONNX export as production in a
+temporary MLPLATFORM_HOME, and starts two servers on loopback side by side:
+
+- mlplatform: `python -m mlplatform.serving.server` (ONNX Runtime, validation, metrics, and capture of
+  every request made durable by fsync before the answer);
+- baseline: the same scikit-learn pipeline behind FastAPI with pydantic request models and
+  `predict_proba`, the server most users write by hand (`async def`, access log off, like ours).
+
+Both are driven with single-review `POST /v2/models/sentiment/infer` requests at concurrency 1 and 16
+for a fixed duration, with `wrk` when installed, else an asyncio + httpx load generator. Prints a
+Markdown table and writes bench/results/serving.json (with the machine: nproc, CPU model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import pickle
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import polars as pl
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
+RESULTS = ROOT / "bench" / "results" / "serving.json"
+INFER_PATH = "/v2/models/sentiment/infer"
+LABELS = ("negative", "neutral", "positive")
+CONCURRENCIES = (1, 16)
+SYNTHETIC_ROWS = 20_000
+
+
+# --- the model ----------------------------------------------------------------------------------------
+
+
+def training_data(data_path: Path) -> tuple[list[str], list[str], str]:
+    """(texts, labels, source) from the real CSV when present, else synthetic reviews."""
+    from mlplatform.core.text import model_text_values
+
+    if data_path.exists():
+        frame = pl.read_csv(data_path, columns=["Title", "Review Text", "Rating"], infer_schema_length=0)
+        frame = frame.with_columns(pl.col("Rating").cast(pl.Int64))
+        source = f"real data ({data_path.name}, {frame.height} reviews)"
+        titles, texts, ratings = frame["Title"], frame["Review Text"], frame["Rating"]
+    else:
+        from mlplatform.core.synthetic import generate_reviews
+
+        frame = generate_reviews(SYNTHETIC_ROWS, seed=7)
+        source = f"synthetic reviews ({SYNTHETIC_ROWS}; real data not found at {data_path})"
+        titles, texts, ratings = frame["title"], frame["review_text"], frame["rating"]
+    model_texts, labels = [], []
+    for title, text, rating in zip(titles, texts, ratings, strict=True):
+        cleaned = model_text_values(title, text)
+        if cleaned and rating is not None:
+            model_texts.append(cleaned)
+            labels.append(LABELS[0] if rating <= 2 else LABELS[1] if rating == 3 else LABELS[2])
+    return model_texts, labels, source
+
+
+def train(texts: list[str], labels: list[str]) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    pipeline = Pipeline(
+        [
+            (
+                "tfidf",
+                TfidfVectorizer(
+                    token_pattern=r"[a-zA-Z0-9_]{2,}", ngram_range=(1, 2), min_df=2, max_features=50_000
+                ),
+            ),
+            ("classifier", LogisticRegression(max_iter=1000)),
+        ]
+    )
+    return pipeline.fit(texts, labels)
+
+
+def to_onnx(pipeline: Any) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    model = convert_sklearn(
+        pipeline,
+        initial_types=[("text", StringTensorType([None, 1]))],
+        options={TfidfVectorizer: {"locale": "C.UTF-8"}, LogisticRegression: {"zipmap": False}},
+    )
+    renames = {model.graph.output[0].name: "label", model.graph.output[1].name: "probabilities"}
+    for node in model.graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for output in model.graph.output:
+        output.name = renames.get(output.name, output.name)
+    return model.SerializeToString()
+
+
+def deploy_to_home(home_root: Path, onnx_bytes: bytes) -> str:
+    from mlplatform.core.home import PlatformHome
+    from mlplatform.core.registry import ModelRegistry
+
+    registry = ModelRegistry(PlatformHome(home_root).ensure().registry)
+    version = registry.register(onnx_bytes, card={"model": "bench"}, metrics={"macro_f1": 0.0}).version
+    registry.approve(version, by="bench")
+    registry.promote(version, by="bench")
+    return version
+
+
+# --- the baseline server ------------------------------------------------------------------------------
+
+
+class InferInput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[str]
+
+
+class InferRequest(BaseModel):
+    inputs: list[InferInput]
+
+
+def serve_sklearn(model_path: Path, port: int) -> None:
+    """The hand-written server: FastAPI + pydantic + scikit-learn `predict_proba`."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    with model_path.open("rb") as handle:
+        pipeline = pickle.load(handle)
+    classes = list(pipeline.classes_)
+
+    app = FastAPI()
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.post(INFER_PATH)
+    async def infer(request: InferRequest) -> dict[str, Any]:
+        texts = next(tensor.data for tensor in request.inputs if tensor.name == "text")
+        probabilities = pipeline.predict_proba(texts)
+        labels = [classes[index] for index in probabilities.argmax(axis=1)]
+        return {
+            "model_name": "sentiment",
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [len(texts)], "data": labels},
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [len(texts), 3],
+                    "data": probabilities.ravel().tolist(),
+                },
+            ],
+        }
+
+    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
+
+
+# --- load ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(command: list[str], env: dict[str, str], base_url: str, log_path: Path) -> subprocess.Popen:
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{base_url}/v2/health/ready", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server {command} did not become ready; log:\n{log_path.read_text()}")
+
+
+_WRK_DURATION = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_WRK_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(url: str, body: str, connections: int, duration_s: float, work_dir: Path) -> dict[str, float]:
+    script = work_dir / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(duration_s)}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    percentiles = {
+        match[0]: float(match[1]) * _WRK_UNITS_MS[match[2]] for match in _WRK_DURATION.findall(output)
+    }
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors:.*", output)
+    return {
+        "p50_ms": percentiles["50"],
+        "p99_ms": percentiles["99"],
+        "requests_per_s": rps,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(0) if errors else "",
+    }
+
+
+def run_httpx_load(url: str, body: str, connections: int, duration_s: float) -> dict[str, float]:
+    """Fallback load generator: `connections` keep-alive workers for `duration_s`."""
+
+    async def drive() -> tuple[list[float], int]:
+        latencies: list[float] = []
+        failures = 0
+        deadline = time.perf_counter() + duration_s
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(limits=limits, timeout=10) as http:
+
+            async def worker() -> None:
+                nonlocal failures
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    response = await http.post(
+                        url, content=body, headers={"Content-Type": "application/json"}
+                    )
+                    latencies.append((time.perf_counter() - started) * 1000.0)
+                    failures += response.status_code != 200
+
+            await asyncio.gather(*(worker() for _ in range(connections)))
+        return latencies, failures
+
+    latencies, failures = asyncio.run(drive())
+    return {
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "requests_per_s": len(latencies) / duration_s,
+        "non_2xx": failures,
+        "socket_errors": "",
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def fsync_latency_ms(directory: Path, records: int = 300) -> dict[str, float]:
+    """The disk's own append + fsync latency where capture is written: the floor of a durable answer."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    timings = []
+    try:
+        for _ in range(records):
+            os.write(fd, b"x" * 400 + b"\n")
+            started = time.perf_counter()
+            os.fsync(fd)
+            timings.append((time.perf_counter() - started) * 1000.0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {"p50_ms": float(np.percentile(timings, 50)), "p99_ms": float(np.percentile(timings, 99))}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| server | concurrency | p50 ms | p99 ms | req/s | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['server']} | {row['concurrency']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+            f"{row['requests_per_s']:,.0f} | {row['non_2xx']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--serve-sklearn", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_sklearn is not None:
+        serve_sklearn(args.serve_sklearn, args.port)
+        return
+
+    load_before = os.getloadavg()
+    texts, labels, source = training_data(args.data)
+    print(f"training on {source} ...", flush=True)
+    pipeline = train(texts, labels)
+    request_text = sorted(texts, key=len)[len(texts) // 2]  # a review of median length
+    body = json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [request_text]}]}
+    )
+    load_tool = "wrk" if shutil.which("wrk") else "httpx (asyncio)"
+
+    with tempfile.TemporaryDirectory(prefix="mlplatform-bench-") as temp:
+        work = Path(temp)
+        version = deploy_to_home(work / "home", to_onnx(pipeline))
+        with (work / "model.pkl").open("wb") as handle:
+            pickle.dump(pipeline, handle)
+        env = {**os.environ, "MLPLATFORM_HOME": str(work / "home")}
+        env.pop("MLPLATFORM_API_KEYS", None)
+        servers = {
+            "mlplatform (ONNX Runtime, capture fsync'ed)": [
+                sys.executable,
+                "-m",
+                "mlplatform.serving.server",
+            ],
+            "baseline (scikit-learn + FastAPI)": [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--serve-sklearn",
+                str(work / "model.pkl"),
+            ],
+        }
+        rows = []
+        for name, command in servers.items():
+            port = free_port()
+            base_url = f"http://127.0.0.1:{port}"
+            process = start_server([*command, "--port", str(port)], env, base_url, work / f"{port}.log")
+            try:
+                url = base_url + INFER_PATH
+                for concurrency in CONCURRENCIES:
+                    print(f"{name}: concurrency {concurrency} for {args.duration:.0f} s ...", flush=True)
+                    warm = min(2.0, args.duration)
+                    if load_tool == "wrk":
+                        run_wrk(url, body, concurrency, warm, work)
+                        result = run_wrk(url, body, concurrency, args.duration, work)
+                    else:
+                        run_httpx_load(url, body, concurrency, warm)
+                        result = run_httpx_load(url, body, concurrency, args.duration)
+                    rows.append({"server": name, "concurrency": concurrency, **result})
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+        captured = sum(1 for _ in (work / "home" / "capture").glob("*.jsonl*"))
+        fsync_ms = fsync_latency_ms(work)
+
+    ours = {row["concurrency"]: row for row in rows if row["server"].startswith("mlplatform")}
+    baseline = {row["concurrency"]: row for row in rows if row["server"].startswith("baseline")}
+    speedups = {
+        str(c): round(ours[c]["requests_per_s"] / baseline[c]["requests_per_s"], 2) for c in CONCURRENCIES
+    }
+    table = markdown(rows)
+    report = {
+        "machine": machine(),
+        "model": {
+            "source": source,
+            "train_rows": len(texts),
+            "version": version,
+            "request_text_chars": len(request_text),
+        },
+        "load_tool": load_tool,
+        "duration_s": args.duration,
+        "results": rows,
+        "throughput_speedup_vs_baseline": speedups,
+        "targets": {
+            "p99_ms_at_concurrency_1_below_5": ours[1]["p99_ms"] < 5.0,
+            "throughput_at_least_2x_baseline": all(value >= 2.0 for value in speedups.values()),
+        },
+        "capture_segments_written": captured,
+        "disk_fsync_ms": fsync_ms,
+        "load_average_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(
+        f"Machine: {report['machine']['nproc']} cores, {report['machine']['cpu_model']}; model trained on {source}; load: {load_tool}, {args.duration:.0f} s per run, loopback."
+    )
+    print()
+    print(table)
+    print()
+    print(
+        f"disk fsync (append 400 B + fsync) where capture is written: p50 {fsync_ms['p50_ms']:.2f} ms, p99 {fsync_ms['p99_ms']:.2f} ms"
+    )
+    print(f"throughput vs baseline: {speedups}; targets met: {report['targets']}")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

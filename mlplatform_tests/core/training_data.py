@@ -1,0 +1,42 @@
+"""A tiny deterministic review generator for the training/export/evaluation tests."""
+
+from __future__ import annotations
+
+import random
+
+import polars as pl
+
+WORDS = {
+    "negative": ["awful", "terrible", "returned", "cheap", "ripped", "disappointed", "poor", "scratchy"],
+    "neutral": ["okay", "average", "fine", "decent", "mixed", "alright", "so-so", "ordinary"],
+    "positive": ["love", "gorgeous", "perfect", "great", "flattering", "soft", "beautiful", "favorite"],
+}
+FILLER = ["the", "dress", "fit", "color", "fabric", "size", "top", "and", "this", "was", "really", "but"]
+FACETS = {
+    "age_band": ["<25", "25-34", "35-44"],
+    "division_name": ["General", "Petite"],
+    "department_name": ["Tops", "Dresses"],
+}
+
+
+def review_frame(rows: int = 240, seed: int = 7) -> pl.DataFrame:
+    """Reviews whose label shows in their words, with splits and facets, in the training data contract."""
+    rng = random.Random(seed)
+    labels = ["negative", "neutral", "positive"]
+    records = []
+    for index in range(rows):
+        label = labels[index % 3]
+        words = [rng.choice(WORDS[label]) for _ in range(3)] + [rng.choice(FILLER) for _ in range(5)]
+        if rng.random() < 0.2:  # some noise so that models are not perfect
+            words.append(rng.choice(WORDS[rng.choice(labels)]))
+        rng.shuffle(words)
+        records.append(
+            {
+                "review_id": f"r{index:05d}",
+                "text": " ".join(words).capitalize() + ".",
+                "label": label,
+                "split": ("train", "train", "train", "validation", "test")[index % 5],
+                **{facet: values[index % len(values)] for facet, values in FACETS.items()},
+            }
+        )
+    return pl.DataFrame(records)
