@@ -832,7 +832,9 @@ class Lake:
 
     def _authorize(self, dataset: str, version: str | None, consumer: str, kind: str, purpose: str) -> None:
         if not _DATASET_PATTERN.match(dataset):
-            raise LakeError(f"invalid dataset name {dataset!r} (letters, digits, '_', '-', '.', '/' between parts)")
+            raise LakeError(
+                f"invalid dataset name {dataset!r} (letters, digits, '_', '-', '.', '/' between parts)"
+            )
         _require_text(purpose, "purpose")
         reader = PIPELINE_READER if kind == "pipeline" else consumer
         decision = self.access_policy().decide(reader, dataset)

@@ -39,11 +39,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlplatform.core.text import LABELS
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.scoring import ScoringRules, load_model
 from mlplatform.core.settings import Settings
+from mlplatform.core.text import LABELS
 from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import ModelHolder, ModelLoader, Predictor, ProductionRegistry

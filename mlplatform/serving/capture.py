@@ -39,8 +39,8 @@ import numpy as np
 import orjson
 import polars as pl
 
-from mlplatform.core.text import LABELS
 from mlplatform.core.fsio import fsync_directory
+from mlplatform.core.text import LABELS
 
 log = logging.getLogger(__name__)
 
