@@ -111,3 +111,26 @@ def test_a_model_worse_than_production_fails_no_regression(home, tmp_path):
     assert json.loads(json.dumps(no_regression.metadata["production_macro_f1"].value)) == pytest.approx(
         good.metrics["macro_f1"], abs=1e-9
     )
+
+
+def test_manual_approval_policy_waits_for_a_person(home, tmp_path, capsys):
+    from mlplatform.cli import main
+
+    home.settings_file.write_text('[registry]\napproval = "manual"\n')
+    assert _land_and_run(home, tmp_path).exit_code == 0
+    registry = ModelRegistry(home.registry)
+    (pending,) = registry.list()
+    assert pending.status == "PendingManualApproval"
+
+    assert main(["--home", str(home.root), "models", "approve", pending.version, "--by", "reviewer"]) == 0
+    assert registry.get(pending.version).status == "Approved"
+    assert registry.get(pending.version).status_history[-1]["by"] == "reviewer"
+    # approving twice is refused with one line
+    capsys.readouterr()
+    assert main(["--home", str(home.root), "models", "approve", pending.version]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+    assert main(["--home", str(home.root), "models", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert {"version", "status", "aliases", "metrics", "onnx_path", "sha256", "created_at"} <= listed.keys()
+    assert listed["status"] == "Approved" and "macro_f1" in listed["metrics"]
