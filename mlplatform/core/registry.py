@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlplatform.core.fsio import fsync_directory, write_json_atomic
 from mlplatform.core.settings import Settings, SettingsError
 
 PENDING = "PendingManualApproval"
@@ -127,29 +128,6 @@ def _version_number(name: str) -> int:
     if match is None:
         raise RegistryError(f"not a model version name: {name!r} (expected v1, v2, ...)")
     return int(match.group(1))
-
-
-def _write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON to a temp file in the same directory, fsync it, then rename over `path`."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temp.open("w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class ModelRegistry:
@@ -259,7 +237,7 @@ class ModelRegistry:
                     os.fsync(handle.fileno())
                 path.chmod(0o444)
             os.rename(staging, self.versions_dir / version)
-            _fsync_directory(self.versions_dir)
+            fsync_directory(self.versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -441,7 +419,7 @@ class ModelRegistry:
                 # A rejected model must never be a rollback target.
                 aliases = self.aliases()
                 del aliases[PREVIOUS]
-                _write_json_atomically(self.aliases_path, aliases)
+                write_json_atomic(self.aliases_path, aliases)
         return self.get(version)
 
     # -- aliases ----------------------------------------------------------------------------------
@@ -465,7 +443,7 @@ class ModelRegistry:
             aliases[PRODUCTION] = version
             if old is not None:
                 aliases[PREVIOUS] = old
-            _write_json_atomically(self.aliases_path, aliases)
+            write_json_atomic(self.aliases_path, aliases)
             self._append_event(
                 {
                     "event": "promoted",
@@ -499,7 +477,7 @@ class ModelRegistry:
                 aliases.pop(PREVIOUS, None)
             else:
                 aliases[PREVIOUS] = before
-            _write_json_atomically(self.aliases_path, aliases)
+            write_json_atomic(self.aliases_path, aliases)
             self._append_event(
                 {
                     "event": "rolled_back",
@@ -535,7 +513,7 @@ class ModelRegistry:
                     aliases.pop(name, None)
                 else:
                     aliases[name] = version
-            _write_json_atomically(self.aliases_path, aliases)
+            write_json_atomic(self.aliases_path, aliases)
             self._append_event(
                 {
                     "event": "rolled_back",
