@@ -12,7 +12,6 @@ Every earlier version stays readable, and every read verifies the hash.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -29,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from mlplatform.core.fsio import write_bytes_atomic
+from mlplatform.core.fsio import file_lock, write_bytes_atomic
 
 FORMAT_PARQUET = "parquet"
 FORMAT_JSON = "json"
@@ -317,12 +316,8 @@ class ArtifactStore:
         """Hold a lock on the asset's index; yields the versions.jsonl path."""
         asset_dir = self._asset_dir(asset)
         asset_dir.mkdir(parents=True, exist_ok=True)
-        with open(asset_dir / LOCK_FILE, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield asset_dir / VERSIONS_FILE
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(asset_dir / LOCK_FILE, exclusive=exclusive):
+            yield asset_dir / VERSIONS_FILE
 
     # writing
 

@@ -6,9 +6,12 @@ rename it over the target (atomic on POSIX), then fsync the directory so the ren
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +52,15 @@ def write_json_atomic(target: Path, data: Any, *, read_only: bool = False) -> No
     """`write_bytes_atomic` of indented, key-sorted JSON (a trailing newline, UTF-8)."""
     text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     write_bytes_atomic(target, text.encode("utf-8"), read_only=read_only)
+
+
+@contextmanager
+def file_lock(lock_path: Path, *, exclusive: bool = True) -> Iterator[None]:
+    """Hold an inter-process flock on `lock_path` (created if missing) for the block."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

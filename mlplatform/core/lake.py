@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mlplatform.core.fsio import fsync_directory, temp_path_for, write_json_atomic
+from mlplatform.core.fsio import file_lock, fsync_directory, temp_path_for, write_json_atomic
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
 
@@ -430,12 +430,8 @@ class Lake:
     def _exclusive(self) -> Iterator[None]:
         """Serialise lake mutations across processes (not re-entrant: public methods only)."""
         self._ensure_layout()
-        with open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.root / ".lock"):
+            yield
 
     def resolve(self, relative: str | Path, under: Path | None = None) -> Path:
         """Resolve a name from outside against `under` (default: the lake root); refuse escapes.

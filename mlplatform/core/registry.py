@@ -16,7 +16,6 @@ what and when; the version directory itself never changes after registration.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlplatform.core.fsio import fsync_directory, write_json_atomic
+from mlplatform.core.fsio import file_lock, fsync_directory, write_json_atomic
 from mlplatform.core.settings import Settings, SettingsError
 
 PENDING = "PendingManualApproval"
@@ -157,13 +156,8 @@ class ModelRegistry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive inter-process lock around every change (version numbers, aliases, events)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a+") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+        with file_lock(self.root / ".lock"):
+            yield
 
     # -- registration -----------------------------------------------------------------------------
 
