@@ -282,6 +282,72 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
+# ---- lineage / artifacts -------------------------------------------------------------------------
+
+
+def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.lineage import LineageError, asset_lineage, prediction_lineage, render_lineage_text
+    from mlplatform.serving.capture import CaptureError, read_capture
+
+    if args.prediction is not None and args.version is not None:
+        print("error: --version applies to an asset, not to --prediction", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.prediction is not None:
+            chain = prediction_lineage(home, args.prediction, read_capture(home.capture))
+        else:
+            chain = asset_lineage(home, args.asset, args.version)
+    except (LineageError, CaptureError) as exc:
+        raise CommandError(str(exc)) from exc
+    if args.json:
+        _print_json(chain)
+    else:
+        sys.stdout.write(render_lineage_text(chain))
+    return EXIT_OK
+
+
+def cmd_artifacts_list(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.artifacts import ArtifactError
+    from mlplatform.core.lineage import list_artifact_versions
+
+    try:
+        versions = list_artifact_versions(home, args.asset)
+    except ArtifactError as exc:
+        raise CommandError(str(exc)) from exc
+    if args.json:
+        _print_json(versions)
+        return EXIT_OK
+    _table(
+        [
+            [
+                v["version"][:12],
+                (v["partition"] or "-")[:12],
+                str(v["size"]),
+                "-" if v["rows"] is None else str(v["rows"]),
+                v["created_at"],
+                v["run_id"] or "-",
+            ]
+            for v in versions
+        ],
+        ["VERSION", "PARTITION", "SIZE", "ROWS", "CREATED", "RUN"],
+    )
+    return EXIT_OK
+
+
+def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.artifacts import ArtifactError, ArtifactStore
+
+    dest = Path(args.dest)
+    if args.dest.endswith(("/", os.sep)):  # a directory by intent: the file keeps its stored name
+        dest.mkdir(parents=True, exist_ok=True)
+    try:
+        target = ArtifactStore(home.artifacts).restore(args.asset, args.version, dest)
+    except (ArtifactError, FileExistsError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(target)
+    return EXIT_OK
+
+
 # ---- parser --------------------------------------------------------------------------------------
 
 
@@ -352,6 +418,26 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("input")
     score.add_argument("output", help="CSV or Parquet, by extension")
     score.set_defaults(handler=cmd_score)
+
+    lineage = sub.add_parser("lineage", help="trace a prediction or an asset version back to drops and code")
+    target = lineage.add_mutually_exclusive_group(required=True)
+    target.add_argument("asset", nargs="?", help="an asset key, e.g. reviews, best_model, raw_reviews")
+    target.add_argument("--prediction", metavar="REQUEST_ID", help="a request id the endpoint answered")
+    lineage.add_argument("--version", help="asset version: sha256 or unique prefix (default: latest)")
+    lineage.add_argument("--json", action="store_true")
+    lineage.set_defaults(handler=cmd_lineage)
+
+    artifacts = sub.add_parser("artifacts", help="stored asset versions: list, restore")
+    artifacts_sub = artifacts.add_subparsers(dest="artifacts_command", required=True, metavar="ACTION")
+    versions = artifacts_sub.add_parser("list", help="every stored version of an asset, oldest first")
+    versions.add_argument("asset")
+    versions.add_argument("--json", action="store_true")
+    versions.set_defaults(handler=cmd_artifacts_list)
+    restore = artifacts_sub.add_parser("restore", help="copy a version out byte for byte, hash verified")
+    restore.add_argument("asset")
+    restore.add_argument("version", help="sha256 or unique prefix (at least 8 hex characters)")
+    restore.add_argument("dest", help="a directory (existing, or ending in /) or a file path")
+    restore.set_defaults(handler=cmd_artifacts_restore)
     return parser
 
 

@@ -2,11 +2,13 @@
 
 New drops become partitions of `raw_reviews` and are validated one run each; then every downstream
 asset that is missing or stale (Dagster's own data- and code-version staleness) is materialized in
-one run, in dependency order, honouring blocking checks. Runs are recorded in the home's instance.
+one run, in dependency order, honouring blocking checks; last, every new file of lake/batch becomes a
+partition of `batch_predictions` and is scored, one run each. Runs are recorded in the home's instance.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,11 +17,13 @@ import dagster as dg
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.lake import Lake
 from mlplatform.core.settings import Settings
-from mlplatform.definitions import INGEST_JOB, PIPELINE_JOB, build_definitions
+from mlplatform.definitions import BATCH_JOB, INGEST_JOB, PIPELINE_JOB, build_definitions
+from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, batch_files
 from mlplatform.defs.ingest import DROPS
 from mlplatform.instance import open_instance
 
 RAW_REVIEWS = dg.AssetKey("raw_reviews")
+DEPLOYMENT_GROUP = "deployment"
 # The instance's event log keeps every event for the UI; the terminal only needs warnings and errors.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -151,14 +155,7 @@ def run_pending(
     ingest_job = defs.resolve_job_def(INGEST_JOB)
     for index, drop_hash in enumerate(todo, start=1):
         say(f"[{index}/{len(todo)}] validating drop {drop_hash[:12]}")
-        result = ingest_job.execute_in_process(
-            instance=instance,
-            partition_key=drop_hash,
-            raise_on_error=False,
-            run_config=QUIET_CONSOLE,
-            tags={"mlplatform/drop": drop_hash},
-        )
-        report.run_ids.append(result.run_id)
+        result = _run_partition(ingest_job, instance, drop_hash, "mlplatform/drop", report)
         state = lake.drop(drop_hash)
         if result.success:
             report.accepted.append(drop_hash)
@@ -171,9 +168,34 @@ def run_pending(
             for failure in _step_failures(result):
                 report.blocked.append(Blocked(f"raw_reviews[{drop_hash[:12]}]", failure.reason))
 
+    _run_downstream(instance, defs, groups, say, report)
+    if groups is None or DEPLOYMENT_GROUP in groups:
+        _run_batches(home, instance, defs, say, report)
+    return report
+
+
+def _run_partition(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, key: str, tag: str, report: RunReport
+) -> dg.ExecuteInProcessResult:
+    """One run of `job` for one partition, recorded in the instance and in the report."""
+    result = job.execute_in_process(
+        instance=instance, partition_key=key, raise_on_error=False, run_config=QUIET_CONSOLE, tags={tag: key}
+    )
+    report.run_ids.append(result.run_id)
+    return result
+
+
+def _run_downstream(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    groups: Sequence[str] | None,
+    say: Callable[[str], None],
+    report: RunReport,
+) -> None:
+    """Materialize the missing or stale unpartitioned assets (of `groups`) in one run."""
     if not instance.get_materialized_partitions(RAW_REVIEWS):
         say("no accepted drops yet: nothing downstream to do")
-        return report
+        return
 
     pipeline_job = defs.resolve_job_def(PIPELINE_JOB)
     graph = defs.resolve_asset_graph()
@@ -186,7 +208,7 @@ def run_pending(
     report.blocked.extend(held_back)
     if not due:
         say("everything downstream is up to date")
-        return report
+        return
     say(f"materializing {', '.join(key.to_user_string() for key in due)}")
     result = pipeline_job.execute_in_process(
         instance=instance, asset_selection=due, raise_on_error=False, run_config=QUIET_CONSOLE
@@ -197,4 +219,38 @@ def run_pending(
             report.materialized.append(event.asset_key.to_user_string())
     report.blocked.extend(_failed_checks(instance, result.run_id))
     report.blocked.extend(_step_failures(result))
-    return report
+
+
+def _run_batches(
+    home: PlatformHome,
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    say: Callable[[str], None],
+    report: RunReport,
+) -> None:
+    """Register new files of lake/batch as partitions and score every unscored one, one run per file.
+
+    A file that fails stays in place and unscored, so it is retried (and reported) on every run.
+    """
+    settle_seconds = float(Settings.load(home.settings_file).section("lake")["settle_seconds"])
+    settled_before = time.time() - settle_seconds
+    files = {
+        sha: path for sha, path in batch_files(home.batch).items() if path.stat().st_mtime <= settled_before
+    }
+    known = set(instance.get_dynamic_partitions(BATCHES.name))
+    new = [sha for sha in files if sha not in known]
+    if new:
+        instance.add_dynamic_partitions(BATCHES.name, new)
+    scored = instance.get_materialized_partitions(dg.AssetKey(BATCH_PREDICTIONS))
+    todo = [sha for sha in files if sha not in scored]
+    batch_job = defs.resolve_job_def(BATCH_JOB)
+    for index, sha in enumerate(todo, start=1):
+        name = files[sha].name
+        say(f"[{index}/{len(todo)}] scoring batch {name} ({sha[:12]})")
+        result = _run_partition(batch_job, instance, sha, "mlplatform/batch", report)
+        failures = [*_failed_checks(instance, result.run_id), *_step_failures(result)]
+        for failure in failures:
+            report.blocked.append(Blocked(f"{BATCH_PREDICTIONS}[{name}]", failure.reason))
+            say(f"  failed: {failure.reason}")
+        if not failures and result.success:
+            report.materialized.append(f"{BATCH_PREDICTIONS}[{name}]")

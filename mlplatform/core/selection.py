@@ -26,7 +26,10 @@ from mlplatform.core.evaluation import (
 from mlplatform.core.export import OnnxSentimentModel
 from mlplatform.core.training import NoEligibleCandidateError, TrainedCandidate
 
+CANDIDATES_GROUP_PREFIX = "candidate_models"  # asset keys candidate_models/<family>_<hash>
 MODEL_FILE = "model.onnx"
+MODEL_CARD_FILE = "model_card.json"  # in a best_model bundle, beside MODEL_FILE
+MODEL_CARD_MARKDOWN_FILE = "model_card.md"
 CANDIDATE_FILE = "candidate.json"
 LATENCY_SAMPLE_TEXTS = 200
 

@@ -19,7 +19,17 @@ from mlplatform.core.artifacts import Bundle, encode
 from mlplatform.core.evaluation import GateRules, render_model_card_markdown
 from mlplatform.core.features import FeatureRules
 from mlplatform.core.registry import RegistryRules
-from mlplatform.core.selection import CandidateRecord, candidate_files, choose, judge, test_rows
+from mlplatform.core.selection import (
+    CANDIDATES_GROUP_PREFIX,
+    MODEL_CARD_FILE,
+    MODEL_CARD_MARKDOWN_FILE,
+    MODEL_FILE,
+    CandidateRecord,
+    candidate_files,
+    choose,
+    judge,
+    test_rows,
+)
 from mlplatform.core.settings import Settings
 from mlplatform.core.training import CandidateSpec, TrainingConfig, config_fingerprint, split_frames
 from mlplatform.defs.checks import check_result
@@ -27,7 +37,6 @@ from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import PlatformResource
 from mlplatform.defs.versions import code_version
 
-CANDIDATES_PREFIX = "candidate_models"
 BEST_MODEL_GATES = {
     "quality_bar": "Test macro-F1 and every class's recall at or above their floors ([gates]).",
     "no_regression": "No macro-F1 drop beyond [gates].max_macro_f1_drop vs production, on the same test split.",
@@ -40,7 +49,7 @@ FAIRNESS_GATE = "fairness_gap"
 def candidate_key(spec: CandidateSpec) -> dg.AssetKey:
     """A short, stable asset key per search point (the readable spec name is its description)."""
     digest = hashlib.sha256(json.dumps(spec.params, sort_keys=True).encode()).hexdigest()[:8]
-    return dg.AssetKey([CANDIDATES_PREFIX, f"{spec.family}_{digest}"])
+    return dg.AssetKey([CANDIDATES_GROUP_PREFIX, f"{spec.family}_{digest}"])
 
 
 def _candidate_asset(spec: CandidateSpec, config: TrainingConfig, version: str) -> dg.AssetsDefinition:
@@ -181,9 +190,9 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
         yield versioned_output(
             Bundle(
                 {
-                    "model.onnx": chosen.onnx_bytes,
-                    "model_card.json": json.dumps(card, indent=2, sort_keys=True).encode(),
-                    "model_card.md": markdown.encode(),
+                    MODEL_FILE: chosen.onnx_bytes,
+                    MODEL_CARD_FILE: json.dumps(card, indent=2, sort_keys=True).encode(),
+                    MODEL_CARD_MARKDOWN_FILE: markdown.encode(),
                 }
             ),
             metadata={

@@ -63,7 +63,7 @@ def test_first_model_is_judged_by_value_thresholds_registered_and_approved(home,
     assert len(candidates) >= 2
 
     (version,) = ModelRegistry(home.registry).list()
-    assert version.status == "Approved" and version.aliases == ()
+    assert version.status == "Approved" and version.aliases == ("production",)
     card = version.card
     assert card["lineage"]["drop_hashes"] == sorted(drop.hash for drop in Lake(home).drops())
     assert len(card["lineage"]["split_versions"]["review_splits"]) == 64

@@ -1,0 +1,259 @@
+"""Group `deployment`: `sentiment_endpoint` (the production alias and what serves it) and `batch_predictions`.
+
+sentiment_endpoint deploys the version best_model registered, found in the registry by the ONNX sha256
+of best_model's own output (never "the newest in storage"):
+
+- Approved, live endpoint configured (`[deployment] endpoint_url`): promote (atomic alias move), wait
+  until the endpoint reports the version, smoke-test it over HTTP; on any failure restore both aliases
+  exactly as they were (automatic rollback, a registry event with the reason).
+- Approved, no endpoint: smoke-test the version's ONNX file in-process first and promote only when it
+  passes; a failing model is rejected in the registry with the reason, so it is never promoted.
+- Pending manual approval, or rejected: nothing moves, the non-blocking `approval` check fails with the
+  reason and the asset is not materialized, so every `mlplatform run` retries until a person decides.
+
+batch_predictions scores one file of `lake/batch/` (partition key: its sha256) with the production
+version at run time; the file is never moved or deleted.
+"""
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from dagster import AssetExecutionContext
+
+from mlplatform.core import deploy, scoring
+from mlplatform.core.artifacts import Bundle
+from mlplatform.core.deploy import DeployAction, DeploymentRules, SmokeResult
+from mlplatform.core.lake import sha256_file
+from mlplatform.core.registry import PREVIOUS, PRODUCTION, ModelRegistry, ModelVersion
+from mlplatform.core.scoring import ScoringError, ScoringRules
+from mlplatform.core.settings import Settings
+from mlplatform.defs.checks import check_result
+from mlplatform.defs.io_manager import versioned_output
+from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
+from mlplatform.defs.versions import code_version
+
+BATCHES = dg.DynamicPartitionsDefinition(name="batches")
+SENTIMENT_ENDPOINT = "sentiment_endpoint"
+BATCH_PREDICTIONS = "batch_predictions"
+DEPLOYED_BY = "sentiment_endpoint"
+ASSET_KEY = dg.AssetKey(SENTIMENT_ENDPOINT)
+
+
+def batch_files(directory: Path) -> dict[str, Path]:
+    """Every batch input under `directory` (hidden files skipped) by content sha256, in name order."""
+    if not directory.is_dir():
+        return {}
+    files = sorted(path for path in directory.iterdir() if path.is_file() and not path.name.startswith("."))
+    found: dict[str, Path] = {}
+    for path in files:
+        found.setdefault(sha256_file(path), path)
+    return found
+
+
+def _smoke(endpoint: EndpointResource, target: ModelVersion, rules: DeploymentRules) -> SmokeResult:
+    """Ask the endpoint the canned reviews and judge the answer (never raises for endpoint trouble)."""
+    if endpoint.live:
+        problem = endpoint.wait_for_version(target.version, rules.wait_timeout_s, rules.poll_interval_s)
+        if problem is not None:
+            return deploy.failed_smoke(problem)
+    try:
+        answer = endpoint.predict(deploy.smoke_request(), target)
+    except EndpointError as exc:
+        return deploy.failed_smoke(str(exc))
+    return deploy.judge_smoke(answer.body, answer.latency_ms, target.version, rules.smoke_max_latency_ms)
+
+
+def _deploy_live(
+    registry: ModelRegistry, endpoint: EndpointResource, target: ModelVersion, rules: DeploymentRules
+) -> tuple[str, SmokeResult]:
+    """Promote, smoke-test the live endpoint, roll back exactly on failure; returns (state, smoke)."""
+    before = registry.aliases()
+    registry.promote(target.version, by=DEPLOYED_BY)
+    smoke = _smoke(endpoint, target, rules)
+    if smoke.passed:
+        return "deployed", smoke
+    registry.restore_aliases(
+        before.get(PRODUCTION), before.get(PREVIOUS), by=DEPLOYED_BY, reason=f"smoke_test: {smoke.reason}"
+    )
+    return "rolled_back", smoke
+
+
+def _deploy_offline(
+    registry: ModelRegistry, endpoint: EndpointResource, target: ModelVersion, rules: DeploymentRules
+) -> tuple[str, SmokeResult]:
+    """Smoke-test the version in-process, then promote; a failing version is rejected, never promoted."""
+    smoke = _smoke(endpoint, target, rules)
+    if smoke.passed:
+        registry.promote(target.version, by=DEPLOYED_BY)
+        return "deployed", smoke
+    if PRODUCTION not in target.aliases:
+        registry.reject(target.version, reason=f"smoke_test: {smoke.reason}", by=DEPLOYED_BY)
+    return "refused", smoke
+
+
+def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
+    # A multi_asset only for can_subset: it makes the check outputs optional, so a version that waits for
+    # approval reports `approval` and leaves the asset (and its smoke test) unmaterialized.
+    @dg.multi_asset(
+        name=SENTIMENT_ENDPOINT,
+        outs={
+            SENTIMENT_ENDPOINT: dg.AssetOut(
+                group_name="deployment",
+                kinds={"onnx"},
+                is_required=False,
+                code_version=code_version([deploy], settings.section("deployment")),
+                description="The production alias and what serves it: the approved best model, deployed "
+                "and smoke-tested.",
+            )
+        },
+        ins={"best_model": dg.AssetIn("best_model")},
+        can_subset=True,
+        check_specs=[
+            dg.AssetCheckSpec(
+                "smoke_test",
+                asset=SENTIMENT_ENDPOINT,
+                blocking=True,
+                description="Canned reviews with known answers: labels right, the answer names the deployed "
+                "version, latency within [deployment].smoke_max_latency_ms. A failure rolls the alias back.",
+            ),
+            dg.AssetCheckSpec(
+                "approval",
+                asset=SENTIMENT_ENDPOINT,
+                description="best_model's version is Approved; fails (warning) while it waits for a person.",
+            ),
+        ],
+    )
+    def sentiment_endpoint(
+        context: AssetExecutionContext,
+        best_model: Bundle,
+        platform: PlatformResource,
+        endpoint: EndpointResource,
+    ):
+        registry = platform.registry()
+        sha256 = deploy.best_model_sha256(best_model.files)
+        target = deploy.version_with_sha256(registry.list(), sha256)
+        decision = deploy.deploy_decision(target)
+        yield check_result(
+            "approval",
+            decision.action == DeployAction.DEPLOY,
+            decision.reason,
+            warn_only=True,
+            asset_key=ASSET_KEY,
+        )
+        if decision.action != DeployAction.DEPLOY:
+            context.log.warning(f"not deploying: {decision.reason}")
+            return
+
+        rules = DeploymentRules.from_settings(platform.settings())
+        deploy_with = _deploy_live if endpoint.live else _deploy_offline
+        state, smoke = deploy_with(registry, endpoint, target, rules)
+        aliases = registry.aliases()
+        record = {
+            "state": state,
+            "deployed_version": target.version,
+            "production": aliases.get(PRODUCTION),
+            "previous": aliases.get(PREVIOUS),
+            "endpoint_url": endpoint.location(),
+            "smoke_test": smoke.to_dict(),
+        }
+        context.log.info(f"{state} {target.version}; production is {record['production']}")
+        yield versioned_output(
+            record,
+            output_name=SENTIMENT_ENDPOINT,
+            metadata={
+                "state": state,
+                "deployed_version": target.version,
+                "production": str(record["production"]),
+                "previous": str(record["previous"]),
+                "endpoint_url": str(record["endpoint_url"] or "in-process (no endpoint configured)"),
+                "smoke_latency_ms": smoke.latency_ms,
+                "reason": smoke.reason or "smoke test passed",
+            },
+        )
+        yield check_result(
+            "smoke_test",
+            smoke.passed,
+            smoke.reason or f"{len(deploy.SMOKE_CASES)} canned reviews right, answered by {target.version}",
+            {"latency_ms": smoke.latency_ms, "state": state},
+            asset_key=ASSET_KEY,
+        )
+
+    return sentiment_endpoint
+
+
+def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=BATCH_PREDICTIONS,
+        group_name="deployment",
+        partitions_def=BATCHES,
+        # A plain dependency: the scoring version is read from the production alias at run time, so the
+        # sentiment_endpoint record need not be loaded (and a partitioned asset never waits on it).
+        deps=[SENTIMENT_ENDPOINT],
+        output_required=False,
+        kinds={"onnx", "polars"},
+        code_version=code_version([scoring], settings.section("scoring")),
+        check_specs=[
+            dg.AssetCheckSpec(
+                "row_count",
+                asset=BATCH_PREDICTIONS,
+                blocking=True,
+                description="Rows in = rows out; an input that cannot be scored fails with the reason.",
+            )
+        ],
+        description="One file of lake/batch scored by the production model (row_id, label, p_*, model_version).",
+    )
+    def batch_predictions(context: AssetExecutionContext, platform: PlatformResource):
+        home = platform.platform_home()
+        path = batch_files(home.batch).get(context.partition_key)
+        if path is None:
+            yield check_result(
+                "row_count", False, f"no file under {home.batch} has sha256 {context.partition_key}"
+            )
+            return
+        production = platform.registry().production()
+        if production is None:
+            raise deploy.DeployError(
+                "no production model: deploy one (sentiment_endpoint) before batch scoring"
+            )
+        model = scoring.load_model(
+            production.onnx_path, production.sha256, ScoringRules.from_settings(platform.settings())
+        )
+        with tempfile.TemporaryDirectory(dir=home.root) as scratch:
+            try:
+                summary = scoring.score_file(
+                    path, Path(scratch) / "predictions.parquet", model, production.version
+                )
+            except ScoringError as exc:  # bad input (ScoringInputError) or rows in != rows out
+                yield check_result("row_count", False, f"{path.name}: {exc}", {"file": path.name})
+                return
+            predictions = pl.read_parquet(summary.output_path)
+        yield versioned_output(
+            predictions,
+            metadata={
+                "file": path.name,
+                "model_version": production.version,
+                "rows_in": summary.rows_in,
+                "engine": summary.engine,
+                "seconds": summary.seconds,
+            },
+            extra={
+                "input_file": path.name,
+                "input_sha256": context.partition_key,
+                "model_version": production.version,
+            },
+        )
+        passed = summary.rows_in == predictions.height
+        yield check_result(
+            "row_count",
+            passed,
+            f"{summary.rows_in} rows in, {predictions.height} rows out",
+            {"rows_in": summary.rows_in, "rows_out": predictions.height},
+        )
+
+    return batch_predictions
+
+
+def build_deployment_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    return [_sentiment_endpoint_asset(settings), _batch_predictions_asset(settings)]
