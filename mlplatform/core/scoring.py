@@ -715,15 +715,22 @@ class ScoringModel:
 
         A None text is scored as the empty text.
         """
-        series = texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.String)
-        if len(series) == 0:
+        if len(texts) == 0:
             return np.empty(0, dtype=object), np.empty((0, len(CLASS_LABELS)), dtype=np.float32)
-        if self._fast is None or len(series) < self.rules.fast_path_min_rows:
-            labels, probabilities = self._predict_onnxruntime(series)
+        if not isinstance(texts, pl.Series) and len(texts) < self.rules.fast_path_min_rows:
+            # The serving hot path: a handful of texts go straight to one onnxruntime run.
+            feed = np.array(["" if text is None else text for text in texts], dtype=object).reshape(-1, 1)
+            labels, probabilities = self._run_session(feed)
         else:
-            labels, probabilities = self._predict_fast(series)
-        if probabilities.shape != (len(series), len(CLASS_LABELS)) or len(labels) != len(series):
-            raise ScoringError(f"model {self.path} answered {probabilities.shape} for {len(series)} texts")
+            series = (
+                texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.String)
+            )
+            if self._fast is None or len(series) < self.rules.fast_path_min_rows:
+                labels, probabilities = self._predict_onnxruntime(series)
+            else:
+                labels, probabilities = self._predict_fast(series)
+        if probabilities.shape != (len(texts), len(CLASS_LABELS)) or len(labels) != len(texts):
+            raise ScoringError(f"model {self.path} answered {probabilities.shape} for {len(texts)} texts")
         return labels, probabilities
 
     def _predict_fast(self, series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
