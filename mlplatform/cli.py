@@ -348,6 +348,28 @@ def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
+# ---- alerts --------------------------------------------------------------------------------------
+
+
+def cmd_alerts(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.alerts import FIRING, AlertStore
+
+    alerts = AlertStore(home.alerts).list()
+    if not args.all:
+        alerts = [alert for alert in alerts if alert.state == FIRING]
+    if args.json:
+        _print_json([alert.to_dict() for alert in alerts])
+        return EXIT_OK
+    if not alerts:
+        print("no firing alerts" if not args.all else "no alerts")
+        return EXIT_OK
+    _table(
+        [[a.time, a.severity, a.kind, a.source, a.state, a.message.splitlines()[0][:100]] for a in alerts],
+        ["TIME", "SEVERITY", "KIND", "SOURCE", "STATE", "MESSAGE"],
+    )
+    return EXIT_OK
+
+
 # ---- parser --------------------------------------------------------------------------------------
 
 
@@ -438,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("version", help="sha256 or unique prefix (at least 8 hex characters)")
     restore.add_argument("dest", help="a directory (existing, or ending in /) or a file path")
     restore.set_defaults(handler=cmd_artifacts_restore)
+
+    alerts = sub.add_parser("alerts", help="alerts raised by checks, failed runs and rollbacks (firing)")
+    alerts.add_argument("--json", action="store_true")
+    alerts.add_argument("--all", action="store_true", help="resolved alerts too, oldest first")
+    alerts.set_defaults(handler=cmd_alerts)
     return parser
 
 

@@ -7,16 +7,21 @@ import dagster as dg
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
 from mlplatform.core.training import load_training_config
+from mlplatform.defs.alerting import build_alert_sensors
+from mlplatform.defs.automation import build_automation_sensor, build_landing_sensor, with_platform_policy
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, build_deployment_assets
 from mlplatform.defs.features import build_feature_assets
 from mlplatform.defs.ingest import DROPS, build_ingest_assets
 from mlplatform.defs.io_manager import VersionedIOManager
+from mlplatform.defs.monitoring import MONITORING_GROUP, build_monitoring_assets, monitoring_fingerprint
 from mlplatform.defs.resources import PlatformResource, endpoint_resource
 from mlplatform.defs.training import build_training_assets
 
 INGEST_JOB = "ingest_job"
 PIPELINE_JOB = "pipeline_job"
 BATCH_JOB = "batch_job"
+MONITORING_JOB = "monitoring_job"
+MONITORING_SCHEDULE = "monitoring_schedule"
 
 
 def build_definitions(home: PlatformHome) -> dg.Definitions:
@@ -27,6 +32,7 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         *build_feature_assets(settings),
         *build_training_assets(settings, training_config),
         *build_deployment_assets(settings),
+        *build_monitoring_assets(settings),
     ]
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
@@ -36,8 +42,10 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
     )
     pipeline_job = dg.define_asset_job(
         PIPELINE_JOB,
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("raw_reviews", BATCH_PREDICTIONS),
-        description="Everything downstream of the accepted drops, in dependency order.",
+        selection=dg.AssetSelection.all()
+        - dg.AssetSelection.assets("raw_reviews", BATCH_PREDICTIONS)
+        - dg.AssetSelection.groups(MONITORING_GROUP),
+        description="Everything downstream of the accepted drops, in dependency order (monitoring apart).",
     )
     batch_job = dg.define_asset_job(
         BATCH_JOB,
@@ -45,15 +53,44 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         partitions_def=BATCHES,
         description="Score one file of lake/batch with the production model.",
     )
-    return dg.Definitions(
+    # Monitoring is its own job: it follows the capture (which the endpoint appends to), not the drops.
+    monitoring_job = dg.define_asset_job(
+        MONITORING_JOB,
+        selection=dg.AssetSelection.groups(MONITORING_GROUP),
+        description="Read the capture and refresh drift, live quality, the product report and system health.",
+    )
+    monitoring_schedule = dg.ScheduleDefinition(
+        name=MONITORING_SCHEDULE,
+        job=monitoring_job,
+        cron_schedule=str(settings.section("monitoring")["schedule_cron"]),
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        # Before the endpoint captured anything there is nothing to monitor (and maybe no model yet).
+        should_execute=lambda _context: monitoring_fingerprint(home) is not None,
+        description="The monitoring assets, every [monitoring].schedule_cron, once something was captured.",
+    )
+    automation = settings.section("automation")
+    driven_elsewhere = dg.AssetSelection.assets("raw_reviews", BATCH_PREDICTIONS) | dg.AssetSelection.groups(
+        MONITORING_GROUP
+    )
+    definitions = dg.Definitions(
         assets=assets,
-        jobs=[ingest_job, pipeline_job, batch_job],
+        jobs=[ingest_job, pipeline_job, batch_job, monitoring_job],
+        schedules=[monitoring_schedule],
+        sensors=[
+            build_landing_sensor(INGEST_JOB, int(automation["landing_sensor_interval_s"])),
+            build_automation_sensor(
+                dg.AssetSelection.all() - driven_elsewhere, int(automation["automation_interval_s"])
+            ),
+            *build_alert_sensors(home),
+        ],
         resources={
             "io_manager": VersionedIOManager(home=str(home.root)),
             "platform": PlatformResource(home=str(home.root)),
             "endpoint": endpoint_resource(home, settings),
         },
     )
+    # Platform-wide policy, applied once: how every downstream asset reacts to changes upstream.
+    return with_platform_policy(definitions, driven_elsewhere)
 
 
 @dg.definitions

@@ -3,7 +3,10 @@
 New drops become partitions of `raw_reviews` and are validated one run each; then every downstream
 asset that is missing or stale (Dagster's own data- and code-version staleness) is materialized in
 one run, in dependency order, honouring blocking checks; last, every new file of lake/batch becomes a
-partition of `batch_predictions` and is scored, one run each. Runs are recorded in the home's instance.
+partition of `batch_predictions` and is scored, one run each. Then, when the endpoint captured
+something new or labels landed since the last prediction_log (or a monitoring asset is missing or stale), the monitoring
+group runs once. Runs are recorded in the home's instance; last, their failed checks, failed runs and
+any model rollback become alerts (defs/alerting.py).
 """
 
 from __future__ import annotations
@@ -17,9 +20,16 @@ import dagster as dg
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.lake import Lake
 from mlplatform.core.settings import Settings
-from mlplatform.definitions import BATCH_JOB, INGEST_JOB, PIPELINE_JOB, build_definitions
+from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
+from mlplatform.defs.alerting import record_run_alerts
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, batch_files
 from mlplatform.defs.ingest import DROPS
+from mlplatform.defs.monitoring import (
+    INPUT_FINGERPRINT,
+    MONITORING_GROUP,
+    PREDICTION_LOG,
+    monitoring_fingerprint,
+)
 from mlplatform.instance import open_instance
 
 RAW_REVIEWS = dg.AssetKey("raw_reviews")
@@ -171,6 +181,9 @@ def run_pending(
     _run_downstream(instance, defs, groups, say, report)
     if groups is None or DEPLOYMENT_GROUP in groups:
         _run_batches(home, instance, defs, say, report)
+    if groups is None or MONITORING_GROUP in groups:
+        _run_monitoring(home, instance, defs, say, report)
+    record_run_alerts(home, instance, report.run_ids)
     return report
 
 
@@ -254,3 +267,43 @@ def _run_batches(
             say(f"  failed: {failure.reason}")
         if not failures and result.success:
             report.materialized.append(f"{BATCH_PREDICTIONS}[{name}]")
+
+
+def _logged_fingerprint(instance: dg.DagsterInstance) -> str | None:
+    """The input fingerprint (capture and labels) the latest prediction_log saw (None: never built)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(PREDICTION_LOG))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get(INPUT_FINGERPRINT)
+    return None if value is None else str(value.value)
+
+
+def _run_monitoring(
+    home: PlatformHome,
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    say: Callable[[str], None],
+    report: RunReport,
+) -> None:
+    """Run the monitoring group when capture or labels changed, or a monitoring asset is missing or stale.
+
+    Nothing captured yet: nothing to monitor (the schedule still reports system health).
+    """
+    fingerprint = monitoring_fingerprint(home)
+    if fingerprint is None:
+        say("nothing captured yet: monitoring skipped")
+        return
+    monitoring_job = defs.resolve_job_def(MONITORING_JOB)
+    keys = list(monitoring_job.asset_layer.executable_asset_keys)
+    if fingerprint == _logged_fingerprint(instance) and not _stale_or_missing(instance, defs, keys):
+        say("monitoring is up to date with the capture")
+        return
+    say("monitoring the captured predictions")
+    result = monitoring_job.execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE
+    )
+    report.run_ids.append(result.run_id)
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            report.materialized.append(event.asset_key.to_user_string())
+    report.blocked.extend(_step_failures(result))

@@ -71,10 +71,20 @@ def build_landing_sensor(target: str, interval_seconds: int) -> dg.SensorDefinit
     return landing_sensor
 
 
-def with_platform_policy(defs: dg.Definitions, sensor_driven: list[str]) -> dg.Definitions:
-    """Apply `PLATFORM_CONDITION` to every asset but the sensor-driven (partition-per-file) ones."""
-    selection = dg.AssetSelection.all() - dg.AssetSelection.assets(*sensor_driven)
+def with_platform_policy(defs: dg.Definitions, driven_elsewhere: dg.AssetSelection) -> dg.Definitions:
+    """Apply `PLATFORM_CONDITION` to every asset but those driven by sensors or schedules."""
     return defs.map_resolved_asset_specs(
-        selection=selection,
+        selection=dg.AssetSelection.all() - driven_elsewhere,
         func=lambda spec: spec.replace_attributes(automation_condition=PLATFORM_CONDITION),
+    )
+
+
+def build_automation_sensor(target: dg.AssetSelection, interval_seconds: int) -> dg.SensorDefinition:
+    """Evaluates `PLATFORM_CONDITION` on `target`; running by default (Dagster's own default sensor is off)."""
+    return dg.AutomationConditionSensorDefinition(
+        "platform_automation",
+        target=target,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval_seconds,
+        description="Materializes downstream assets when inputs' data or code versions change.",
     )

@@ -79,6 +79,10 @@ class EndpointResource(dg.ConfigurableResource, ABC):
     def predict(self, request: dict[str, Any], model: ModelVersion) -> EndpointAnswer:
         """Answer a `POST /predict` body; `model` is the version the caller expects to answer."""
 
+    def metrics_text(self) -> str | None:
+        """The endpoint's Prometheus `/metrics` text; None when there is no endpoint to scrape."""
+        return None
+
     def wait_for_version(self, version: str, timeout_s: float, poll_interval_s: float) -> str | None:
         """Poll until the endpoint reports `version`; None when it did, else why it did not in time."""
         deadline = time.monotonic() + timeout_s
@@ -141,6 +145,17 @@ class HttpEndpointResource(EndpointResource):
             raise EndpointError(f"{what} failed: {exc}") from exc
         version = self._json(response, what).get("version")
         return version if isinstance(version, str) else None
+
+    def metrics_text(self) -> str | None:
+        what = f"GET {self.url}/metrics"
+        try:
+            with self._client() as client:
+                response = client.get("/metrics")
+        except httpx.HTTPError as exc:
+            raise EndpointError(f"{what} failed: {exc}") from exc
+        if response.status_code != 200:
+            raise EndpointError(f"{what} answered {response.status_code}")
+        return response.text
 
     def predict(self, request: dict[str, Any], model: ModelVersion) -> EndpointAnswer:
         what = f"POST {self.url}/predict"

@@ -6,6 +6,7 @@ Routes (Open Inference Protocol v2 plus a plain JSON route):
     POST /v2/models/{name}/infer                      BYTES `text` [N] (+ optional `product_id`, `review_id`)
     POST /predict                                     {"reviews": [{"text", "product_id", "review_id"}]}
     GET  /metrics                                     Prometheus text
+    GET  /dashboard, /dashboard/data                  operations dashboard page and its JSON (serving/dashboard.py)
 
 The inference routes skip FastAPI's per-request validation and serialisation: they read the body with a
 byte limit (refused early on Content-Length, and while streaming), parse it with orjson, validate by
@@ -45,6 +46,7 @@ from mlplatform.core.scoring import ScoringRules, load_model
 from mlplatform.core.settings import Settings
 from mlplatform.core.text import LABELS
 from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
+from mlplatform.serving.dashboard import add_dashboard_routes
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import ModelHolder, ModelLoader, Predictor, ProductionRegistry
 from mlplatform.serving.protocol import (
@@ -495,6 +497,7 @@ def create_app(
     for path, handler in inference_routes.items():  # listed in the app's routes too (RequestGate serves them)
         app.router.routes.append(Route(path, handler))
     _add_info_routes(app, state)
+    add_dashboard_routes(app, home, settings, holder.status)
     _add_error_handlers(app)
     _document_inference_routes(app, config)
     app.add_middleware(RequestGate, state=state, api_keys=api_keys, inference_routes=inference_routes)

@@ -12,7 +12,7 @@ import pytest
 from mlplatform.core.lake import Lake
 from mlplatform.core.synthetic import generate_reviews, to_published_csv, write_demo_drops
 from mlplatform.definitions import INGEST_JOB, build_definitions
-from mlplatform.defs.automation import build_landing_sensor, with_platform_policy
+from mlplatform.defs.automation import build_landing_sensor
 from mlplatform.defs.ingest import DROPS
 from mlplatform.defs.resources import PlatformResource
 from mlplatform.instance import open_instance
@@ -113,7 +113,7 @@ def test_downstream_runs_on_new_data_not_on_unchanged_data_and_on_code_change(ho
     files = write_demo_drops(tmp_path / "drops", n_drops=1, rows_per_drop=300, seed=4)
     (landed,) = Lake(home).land(files)
     instance = open_instance(home)
-    defs = with_platform_policy(build_definitions(home), sensor_driven=["raw_reviews", "batch_predictions"])
+    defs = build_definitions(home)
     ingest, pipeline = defs.resolve_job_def(INGEST_JOB), defs.resolve_job_def("pipeline_job")
     instance.add_dynamic_partitions(DROPS.name, [landed.hash])
     chain = {dg.AssetKey("reviews"), dg.AssetKey("review_splits")}
@@ -137,8 +137,6 @@ def test_downstream_runs_on_new_data_not_on_unchanged_data_and_on_code_change(ho
 
     # a change of the settings that decide `reviews` changes its code version: it is due again
     home.settings_file.write_text("[features]\nmin_facet_rows = 50\n")
-    changed = with_platform_policy(
-        build_definitions(home), sensor_driven=["raw_reviews", "batch_predictions"]
-    )
+    changed = build_definitions(home)
     requested, _ = _requested(changed, instance, cursor)
     assert dg.AssetKey("reviews") in requested

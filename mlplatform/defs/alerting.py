@@ -1,0 +1,162 @@
+"""Alerts from the platform's runs: failed checks, failed runs and model rollbacks, into `alerts/`.
+
+One function does the work, `record_run_alerts(home, instance, run_ids)`, and two callers drive it:
+
+- `mlplatform run` (runner.py) calls it after its runs, for the runs it just made;
+- the sensors `alerts_on_run_success` / `alerts_on_run_failure` (default running) call it for each run the
+  daemon sees finish: schedule runs, UI launches and, when the daemon is up, `mlplatform run`'s runs too.
+
+Both may see the same run: that is harmless, because every alert has a key naming its standing condition
+and `AlertStore` keeps one firing alert per key:
+
+- a check: key `<asset>:<check>`, raised when it fails (WARN or ERROR, its own severity), resolved when it
+  passes again;
+- a failed run: key `run:<job>`, resolved by the next successful run of that job;
+- a rollback: key `rollback:<time>:<version>`, one per `rolled_back` registry event (manual or automatic),
+  raised once and never resolved (it is an event, not a condition).
+
+With `MLPLATFORM_ALERT_WEBHOOK` set, each raise and resolve is also posted (Slack-compatible body).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+import dagster as dg
+
+from mlplatform.core.alerts import WEBHOOK_ENV, Alert, AlertRules, AlertStore, WebhookNotifier
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.registry import ModelRegistry
+from mlplatform.core.settings import Settings
+
+CHECK_KIND = "check"
+RUN_FAILURE_KIND = "run_failure"
+ROLLBACK_KIND = "rollback"
+
+
+def alert_store(home: PlatformHome, environ: Mapping[str, str] | None = None) -> AlertStore:
+    """The home's alert store, posting to the webhook named by MLPLATFORM_ALERT_WEBHOOK when set."""
+    environ = os.environ if environ is None else environ
+    url = environ.get(WEBHOOK_ENV, "").strip()
+    notifier = None
+    if url:
+        rules = AlertRules.from_settings(Settings.load(home.settings_file))
+        notifier = WebhookNotifier(url, rules.webhook_timeout_s, rules.max_message_chars)
+    return AlertStore(home.ensure().alerts, notifier)
+
+
+def record_check_alerts(instance: dg.DagsterInstance, run_id: str, store: AlertStore) -> list[Alert]:
+    """Raise an alert for every failed check evaluation of the run, resolve it for every passed one.
+
+    Returns the alerts newly raised (a condition already firing raises nothing new).
+    """
+    raised = []
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    for record in records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        asset = evaluation.asset_key.to_user_string()
+        key = f"{asset}:{evaluation.check_name}"
+        if evaluation.passed:
+            store.resolve(key)
+            continue
+        alert = store.raise_alert(
+            CHECK_KIND,
+            evaluation.severity.value,
+            asset,
+            f"{key} failed: {evaluation.description or 'no description'}",
+            key,
+        )
+        if alert is not None:
+            raised.append(alert)
+    return raised
+
+
+def _failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The first step's error (its innermost cause), else the run failure's own message."""
+    steps = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+    for record in steps:
+        error = record.event_log_entry.dagster_event.step_failure_data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        if error is not None and error.message.strip():
+            step = record.event_log_entry.dagster_event.step_key
+            return f"step {step}: {error.message.strip().splitlines()[0]}"
+    runs = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    for record in runs:
+        return record.event_log_entry.dagster_event.message or "run failed"
+    return "run failed"
+
+
+def record_run_status_alert(instance: dg.DagsterInstance, run_id: str, store: AlertStore) -> Alert | None:
+    """A failed run raises `run:<job>`; a successful one resolves it. Other states change nothing."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise dg.DagsterInvariantViolationError(f"no run {run_id} in this instance")
+    key = f"run:{run.job_name}"
+    if run.status == dg.DagsterRunStatus.SUCCESS:
+        store.resolve(key)
+        return None
+    if run.status != dg.DagsterRunStatus.FAILURE:
+        return None
+    message = f"run {run_id} of {run.job_name} failed: {_failure_message(instance, run_id)}"
+    return store.raise_alert(RUN_FAILURE_KIND, "ERROR", run.job_name, message, key)
+
+
+def record_rollback_alerts(registry: ModelRegistry, store: AlertStore) -> list[Alert]:
+    """One alert per `rolled_back` registry event ever recorded (already alerted events are skipped)."""
+    known = {alert.key for alert in store.list()}
+    raised = []
+    for event in registry.events():
+        if event["event"] != "rolled_back":
+            continue
+        key = f"rollback:{event['time']}:{event.get('to')}"
+        if key in known:
+            continue
+        how = "automatically" if event.get("automatic") else f"by {event.get('by')}"
+        message = (
+            f"production rolled back {how} from {event.get('from')} to {event.get('to')}: "
+            f"{event.get('reason') or 'no reason given'}"
+        )
+        alert = store.raise_alert(ROLLBACK_KIND, "ERROR", "registry", message, key)
+        if alert is not None:
+            raised.append(alert)
+    return raised
+
+
+def record_run_alerts(
+    home: PlatformHome, instance: dg.DagsterInstance, run_ids: Iterable[str], store: AlertStore | None = None
+) -> list[Alert]:
+    """Checks and status of each run, then the registry's rollbacks: every alert newly raised."""
+    store = alert_store(home) if store is None else store
+    raised: list[Alert] = []
+    for run_id in run_ids:
+        raised.extend(record_check_alerts(instance, run_id, store))
+        alert = record_run_status_alert(instance, run_id, store)
+        if alert is not None:
+            raised.append(alert)
+    raised.extend(record_rollback_alerts(ModelRegistry(home.ensure().registry), store))
+    return raised
+
+
+def build_alert_sensors(home: PlatformHome) -> list[dg.SensorDefinition]:
+    """Sensors that turn every finished run (success or failure) into alerts, on by default."""
+
+    @dg.run_status_sensor(
+        name="alerts_on_run_success",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Alerts for the failed (non-blocking) checks of a successful run; resolves cleared ones.",
+    )
+    def alerts_on_run_success(context: dg.RunStatusSensorContext):
+        record_run_alerts(home, context.instance, [context.dagster_run.run_id])
+
+    @dg.run_failure_sensor(
+        name="alerts_on_run_failure",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="An alert for every failed run, plus its failed checks.",
+    )
+    def alerts_on_run_failure(context: dg.RunFailureSensorContext):
+        record_run_alerts(home, context.instance, [context.dagster_run.run_id])
+
+    return [alerts_on_run_success, alerts_on_run_failure]

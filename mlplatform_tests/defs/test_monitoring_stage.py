@@ -1,0 +1,287 @@
+"""The monitoring stage and its alerts, end to end: real endpoint app in-process, `mlplatform run`, alerts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from mlplatform.core.alerts import FIRING, RESOLVED, WEBHOOK_ENV, AlertStore
+from mlplatform.core.artifacts import ArtifactStore
+from mlplatform.core.features import model_text
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.lake import Lake
+from mlplatform.core.monitoring import DRIFT_METRICS
+from mlplatform.core.registry import ModelRegistry
+from mlplatform.core.settings import Settings
+from mlplatform.core.synthetic import generate_reviews, write_demo_drops
+from mlplatform.core.text import LABELS
+from mlplatform.definitions import MONITORING_JOB
+from mlplatform.defs.alerting import build_alert_sensors, record_rollback_alerts
+from mlplatform.defs.monitoring import NO_ENDPOINT, health_outcomes, labels_dir, system_health_numbers
+from mlplatform.instance import open_instance
+from mlplatform.runner import run_pending
+from mlplatform.serving.app import create_app
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+SETTINGS = """[lake]
+settle_seconds = 0.0
+[monitoring]
+min_rows = 150
+min_labelled_rows = 60
+"""
+GENERIC = [
+    "ok",
+    "It works.",
+    "The weather is nice today.",
+    "Send it tomorrow please.",
+    "My phone battery died.",
+    "Traffic was slow.",
+    "Call me later.",
+    "Great game last night.",
+]
+SEEDED, FEW = "SEEDED-1", "FEW-1"
+SEED, DROPS, ROWS_PER_DROP = 21, 2, 700
+LANDED_ROWS = DROPS * ROWS_PER_DROP
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> PlatformHome:
+    """One home trained on demo data and deployed without an endpoint (nothing captured yet)."""
+    root = tmp_path_factory.mktemp("monitoring")
+    home = PlatformHome(root / "home").ensure()
+    home.settings_file.write_text(SETTINGS)
+    Lake(home).land(write_demo_drops(root / "drops", n_drops=DROPS, rows_per_drop=ROWS_PER_DROP, seed=SEED))
+    report = run_pending(home, say=lambda _: None)
+    assert report.exit_code == 0, report.blocked
+    return home
+
+
+@pytest.fixture
+def home(deployed: PlatformHome, tmp_path: Path) -> PlatformHome:
+    shutil.copytree(deployed.root, tmp_path / "home")
+    return PlatformHome(tmp_path / "home")
+
+
+def _send(home: PlatformHome, reviews: list[dict], request_id: str | None = None) -> str:
+    """POST the reviews to the real endpoint app in batches of 50; returns the served model version."""
+    app = create_app(home, Settings.load(home.settings_file))
+    with TestClient(app) as client:
+        for start in range(0, len(reviews), 50):
+            headers = {"X-Request-ID": request_id} if request_id else {}
+            answer = client.post("/predict", json={"reviews": reviews[start : start + 50]}, headers=headers)
+            assert answer.status_code == 200, answer.text
+        return answer.json()["model_version"]
+
+
+def _held_back(n_rows: int) -> pl.DataFrame:
+    """A held-back slice of the same data: demo reviews generated after the rows that were landed."""
+    frame = generate_reviews(LANDED_ROWS + n_rows, SEED).slice(LANDED_ROWS)
+    return frame.select(
+        model_text(pl.col("title"), pl.col("review_text")).alias("text"),
+        pl.col("clothing_id").cast(pl.String).alias("product_id"),
+        pl.format("held-{}", pl.col("source_row")).alias("review_id"),
+    ).filter(pl.col("text") != "")
+
+
+def _monitor(home: PlatformHome) -> None:
+    report = run_pending(home, say=lambda _: None, groups=["monitoring"])
+    assert report.exit_code == 0, report.blocked
+    assert "prediction_log" in report.materialized
+
+
+def _check(home: PlatformHome, asset: str, name: str) -> dg.AssetCheckEvaluation:
+    key = dg.AssetCheckKey(dg.AssetKey(asset), name)
+    record = open_instance(home).event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+    return record.event.dagster_event.event_specific_data
+
+
+def _latest(home: PlatformHome, asset: str):
+    store = ArtifactStore(home.artifacts)
+    return store.load(store.latest(asset))
+
+
+def test_prediction_log_dedupes_requests_and_names_the_version(home):
+    texts = [{"text": f"love this dress number {i}", "review_id": f"r{i}"} for i in range(3)]
+    version = _send(home, texts, request_id="same-request")
+    _send(home, texts, request_id="same-request")  # replayed: the same request id and rows
+    _send(home, texts[:1])
+    _monitor(home)
+
+    log = _latest(home, "prediction_log")
+    assert log.height == 4 and log["request_id"].n_unique() == 2
+    assert set(log["model_version"]) == {version}
+    event = open_instance(home).get_latest_materialization_event(dg.AssetKey("prediction_log"))
+    metadata = event.asset_materialization.metadata
+    assert metadata["duplicates_removed"].value == 3 and metadata[f"rows/{version}"].value == 4
+
+    again = run_pending(home, say=lambda _: None, groups=["monitoring"])
+    assert "prediction_log" not in again.materialized  # nothing new captured: monitoring is not re-run
+
+
+def test_held_back_reviews_do_not_drift_labels_that_disagree_degrade_and_a_seeded_product_is_flagged(home):
+    reviews = _held_back(600)
+    traffic = reviews.select("text", "product_id", "review_id").to_dicts()
+    _send(home, traffic)
+    _monitor(home)
+    for metric in DRIFT_METRICS:
+        evaluation = _check(home, "drift_report", metric)
+        assert evaluation.passed, evaluation.description
+    assert not _check(home, "live_model_quality", "live_quality").passed  # no labels yet: a WARN
+    assert _check(home, "live_model_quality", "live_quality").severity == dg.AssetCheckSeverity.WARN
+
+    # Ground truth arrives: for every review a label other than the one it was given.
+    log = _latest(home, "prediction_log").filter(pl.col("review_id").is_not_null())
+    truth = log.select(
+        "review_id",
+        pl.col("label").replace_strict(
+            {label: LABELS[(i + 1) % len(LABELS)] for i, label in enumerate(LABELS)}
+        ),
+    )
+    labels_dir(home).mkdir(parents=True)
+    truth.write_csv(labels_dir(home) / "feedback.csv")
+    # Complaints about one product, and a handful about another, arrive with the labels.
+    negative = "Sadly returning. Way too expensive for what you get. I wanted to love it but I returned it."
+    _send(home, [{"text": negative, "product_id": SEEDED}] * 25 + [{"text": negative, "product_id": FEW}] * 3)
+    _monitor(home)
+    quality = _check(home, "live_model_quality", "live_quality")
+    assert not quality.passed and quality.severity == dg.AssetCheckSeverity.ERROR
+    assert "drop" in quality.description
+
+    seeded = _latest(home, "prediction_log").filter(pl.col("product_id") == SEEDED)
+    assert seeded.height == 25 and set(seeded["label"]) == {"negative"}  # the seeding took
+    bundle = _latest(home, "product_quality_report").files
+    csv = pl.read_csv(bundle["product_quality_report.csv"], schema_overrides={"product_id": pl.String})
+    assert SEEDED in csv["product_id"].to_list() and FEW not in csv["product_id"].to_list()
+    assert SEEDED in bundle["product_quality_report.md"].decode()
+
+
+def test_generic_sentences_drift_and_alert_once_per_condition_with_webhook(home, monkeypatch, receiver):
+    monkeypatch.setenv(WEBHOOK_ENV, receiver.url)
+    generic = [{"text": GENERIC[i % len(GENERIC)]} for i in range(200)]
+    _send(home, generic)
+    _monitor(home)
+    failed = {m: _check(home, "drift_report", m) for m in DRIFT_METRICS}
+    assert not all(evaluation.passed for evaluation in failed.values())
+    assert not failed["length_psi"].passed
+    assert failed["length_psi"].severity == dg.AssetCheckSeverity.ERROR
+
+    health = _check(home, "system_health", "error_rate")
+    assert not health.passed and health.severity == dg.AssetCheckSeverity.WARN
+    assert health.description == NO_ENDPOINT
+
+    store = AlertStore(home.alerts)
+    first = {alert.key for alert in store.list()}
+    assert "drift_report:length_psi" in first and "system_health:latency" in first
+    _send(home, generic[:60])  # the capture grew, the conditions stand
+    _monitor(home)
+    keys = [alert.key for alert in store.list()]
+    assert len(keys) == len(set(keys)) and set(keys) == first
+    bodies = [body["text"] for body in receiver.bodies]
+    assert any("drift_report" in text and "length_psi" in text for text in bodies)
+    assert len(bodies) == len(first)  # one post per alert, none for the standing conditions
+
+    (labels_dir(home)).mkdir(parents=True)
+    (labels_dir(home) / "broken.csv").write_text("review_id,stars\nx,5\n")
+    _send(home, generic[:10])
+    report = run_pending(home, say=lambda _: None, groups=["monitoring"])
+    assert report.exit_code == 1
+    (failure,) = [alert for alert in store.list() if alert.kind == "run_failure"]
+    assert failure.key == f"run:{MONITORING_JOB}" and "label" in failure.message
+    (labels_dir(home) / "broken.csv").unlink()
+    _send(home, generic[:10])
+    assert run_pending(home, say=lambda _: None, groups=["monitoring"]).exit_code == 0
+    states = {alert.key: alert.state for alert in store.list()}
+    assert states[f"run:{MONITORING_JOB}"] == RESOLVED and states["drift_report:length_psi"] == FIRING
+
+
+def test_system_health_reads_the_endpoint_metrics(home):
+    _send(home, [{"text": "lovely soft sweater"}] * 20)
+    with TestClient(create_app(home, Settings.load(home.settings_file))) as client:
+        client.post("/predict", json={"reviews": [{"text": "nice"}]})
+        text = client.get("/metrics").text
+    numbers = system_health_numbers(text, now=1e12)
+    assert numbers["requests"] >= 1 and numbers["error_rate"] == 0.0
+    assert 0 < numbers["p50_latency_ms"] <= numbers["p99_latency_ms"]
+    outcomes = {
+        o.name: o for o in health_outcomes(numbers, Settings.load(home.settings_file).section("monitoring"))
+    }
+    assert outcomes["error_rate"].passed
+    slow = health_outcomes(
+        {**numbers, "p99_latency_ms": 10_000.0}, {"max_error_rate": 0.01, "max_p99_latency_ms": 500}
+    )
+    assert not slow[1].passed and slow[1].severity == "ERROR"
+
+
+def test_a_rollback_becomes_one_alert(home):
+    registry = ModelRegistry(home.registry)
+    production = registry.production().version
+    registry.restore_aliases(production, None, by="sentiment_endpoint", reason="smoke_test: wrong labels")
+    store = AlertStore(home.alerts)
+    (alert,) = record_rollback_alerts(registry, store)
+    assert alert.kind == "rollback" and "automatically" in alert.message and "wrong labels" in alert.message
+    assert record_rollback_alerts(registry, store) == []  # the same event is not alerted twice
+
+
+def test_the_run_failure_sensor_alerts_on_a_failed_run(tmp_path):
+    home = PlatformHome(tmp_path / "home").ensure()
+
+    @dg.op
+    def explode() -> None:
+        raise RuntimeError("disk on fire")
+
+    @dg.job
+    def fragile():
+        explode()
+
+    instance = open_instance(home)
+    result = fragile.execute_in_process(instance=instance, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="alerts_on_run_failure",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+    ).for_run_failure()
+    sensors = {sensor.name: sensor for sensor in build_alert_sensors(home)}
+    assert sensors["alerts_on_run_failure"].default_status == dg.DefaultSensorStatus.RUNNING
+    sensors["alerts_on_run_failure"](context)
+    (alert,) = AlertStore(home.alerts).list()
+    assert (alert.kind, alert.key, alert.state) == ("run_failure", "run:fragile", FIRING)
+    assert "disk on fire" in alert.message
+
+
+class _Receiver:
+    def __init__(self, server: ThreadingHTTPServer, bodies: list[dict]) -> None:
+        self.url = f"http://127.0.0.1:{server.server_port}/hook"
+        self.bodies = bodies
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    """A webhook receiver on 127.0.0.1 that keeps every JSON body posted to it."""
+    bodies: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield _Receiver(server, bodies)
+    server.shutdown()
+    server.server_close()

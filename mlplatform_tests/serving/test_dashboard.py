@@ -1,0 +1,228 @@
+"""The dashboard's data and routes: a fresh home, a promoted model, monitoring artifacts, API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from mlplatform.core.alerts import AlertStore
+from mlplatform.core.artifacts import ArtifactStore, Bundle, encode
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.product_report import to_safe_csv
+from mlplatform.core.registry import ModelRegistry
+from mlplatform.core.settings import Settings
+from mlplatform.serving.app import create_app
+from mlplatform.serving.dashboard import DashboardConfig, dashboard_data
+from mlplatform_tests.serving.conftest import deploy
+
+SECTIONS = (
+    "production",
+    "models",
+    "registry_events",
+    "materializations",
+    "drift",
+    "live_quality",
+    "flagged_products",
+    "system_health",
+    "alerts",
+)
+CARD = {
+    "metrics": {
+        "test": {
+            "macro_f1": 0.71,
+            "accuracy": 0.8,
+            "per_class": {
+                "negative": {"recall": 0.6},
+                "neutral": {"recall": 0.5},
+                "positive": {"recall": 0.9},
+            },
+        }
+    },
+    "gates": [
+        {"name": "quality_bar", "passed": True, "severity": "ERROR", "description": "ok", "metadata": {}},
+        {"name": "fairness_gap", "passed": False, "severity": "WARN", "description": "gap", "metadata": {}},
+    ],
+    "lineage": {"run_id": "run-123"},
+}
+DRIFT_REPORT = {
+    "model_version": "v1",
+    "rows": 500,
+    "metrics": {"length_psi": 0.3},
+    "outcomes": [
+        {
+            "name": "length_psi",
+            "passed": False,
+            "severity": "ERROR",
+            "description": "length_psi 0.3000 > ERROR bound 0.25",
+            "metadata": {"value": 0.3, "warn_bound": 0.1, "error_bound": 0.25, "rows": 500},
+        }
+    ],
+}
+
+
+@pytest.fixture
+def client(home: PlatformHome, fast_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(home, fast_settings)) as test_client:
+        yield test_client
+
+
+def config(settings: Settings) -> DashboardConfig:
+    return DashboardConfig.from_settings(settings)
+
+
+def test_fresh_home_shows_every_section_as_empty(home: PlatformHome, settings: Settings) -> None:
+    data = dashboard_data(home, config(settings))
+
+    assert {name: data[name]["state"] for name in SECTIONS} == dict.fromkeys(SECTIONS, "empty")
+    assert data["refresh_s"] == settings.section("serving")["dashboard_refresh_s"]
+
+
+def test_page_and_data_routes_on_a_fresh_home(client: TestClient) -> None:
+    page = client.get("/dashboard")
+    data = client.get("/dashboard/data")
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text.replace(
+        "http://www.w3.org/2000/svg", ""
+    )  # nothing loads from elsewhere
+    assert data.status_code == 200
+    assert data.json()["production"]["state"] == "empty"
+
+
+def test_promoted_model_shows_version_since_metrics_and_gates(
+    home: PlatformHome, settings: Settings, tiny_models: dict[int, bytes]
+) -> None:
+    registry = ModelRegistry(home.registry)
+    first = deploy(registry, tiny_models[0])
+    second = registry.register(tiny_models[1], card=CARD, metrics={"macro_f1": 0.7}).version
+    registry.approve(second, by="test")
+    registry.promote(second, by="test")
+
+    data = dashboard_data(home, config(settings), served={"version": second, "ready": True})
+
+    production = data["production"]
+    assert (production["state"], production["version"], production["previous"]) == ("ok", second, first)
+    assert production["since"] == registry.in_production_since()
+    assert production["macro_f1"] == 0.71  # the card's test metrics win over the registration metrics
+    assert production["served"] == {"version": second, "ready": True}
+    versions = data["models"]["versions"]
+    assert [model["version"] for model in versions] == [first, second]  # oldest first, the chart's x axis
+    assert versions[0]["macro_f1"] == 0.5 and versions[0]["gates"] == []
+    assert versions[1]["per_class_recall"] == {"negative": 0.6, "neutral": 0.5, "positive": 0.9}
+    assert [(gate["name"], gate["passed"]) for gate in versions[1]["gates"]] == [
+        ("quality_bar", True),
+        ("fairness_gap", False),
+    ]
+    assert versions[1]["run_id"] == "run-123"
+    assert data["registry_events"]["events"][0]["event"] == "promoted"
+
+
+def test_monitoring_artifacts_and_alerts_are_shown(home: PlatformHome, settings: Settings) -> None:
+    store = ArtifactStore(home.artifacts)
+    store.put(
+        "drift_report",
+        None,
+        encode({"judged_version": "v1", "by_version": {"v1": DRIFT_REPORT}}),  # as the asset stores it
+        extra={"run_id": "run-drift"},
+    )
+    store.put(
+        "live_model_quality",
+        None,
+        encode(
+            {
+                "by_day": [
+                    {
+                        "model_version": "v1",
+                        "day": "2026-11-02",
+                        "rows": 40,
+                        "accuracy": 0.8,
+                        "macro_f1": 0.62,
+                    },
+                    {
+                        "model_version": "v1",
+                        "day": "2026-11-01",
+                        "rows": 50,
+                        "accuracy": 0.9,
+                        "macro_f1": 0.7,
+                    },
+                ],
+                "by_version": {
+                    "v1": {
+                        "model_version": "v1",
+                        "macro_f1": 0.66,
+                        "test_macro_f1": 0.71,
+                        "rows_joined": 90,
+                        "outcome": {"passed": False, "severity": "ERROR", "description": "drop"},
+                    }
+                },
+            }
+        ),
+    )
+    products = pl.DataFrame({"product_id": ["1078", "=cmd"], "negative_share": [0.6, 0.5]})
+    report = Bundle(
+        {"product_quality_report.csv": to_safe_csv(products), "product_quality_report.md": b"# x"}
+    )
+    store.put("product_quality_report", None, encode(report))
+    store.put(
+        "system_health",
+        None,
+        encode(
+            {"endpoint_url": "http://x", "error_rate": 0.01, "p99_latency_ms": 12.5}
+        ),  # as the asset stores it
+    )
+    AlertStore(home.alerts).raise_alert("drift", "ERROR", "drift_report", "length drifted", key="k1")
+
+    data = dashboard_data(home, config(settings))
+
+    drift = data["drift"]["reports"][0]
+    assert (drift["model_version"], drift["run_id"]) == ("v1", "run-drift")
+    assert drift["bars"] == [
+        {
+            "name": "length_psi",
+            "value": 0.3,
+            "warn_bound": 0.1,
+            "error_bound": 0.25,
+            "passed": False,
+            "severity": "ERROR",
+            "description": "length_psi 0.3000 > ERROR bound 0.25",
+        }
+    ]
+    quality = data["live_quality"]
+    assert [point["day"] for point in quality["points"]] == ["2026-11-01", "2026-11-02"]
+    assert quality["by_version"][0]["severity"] == "ERROR"
+    assert data["flagged_products"]["rows"] == [
+        {"product_id": "1078", "negative_share": 0.6},
+        {"product_id": "'=cmd", "negative_share": 0.5},
+    ]
+    assert data["system_health"]["values"] == {
+        "endpoint_url": "http://x",
+        "error_rate": 0.01,
+        "p99_latency_ms": 12.5,
+    }
+    assert data["alerts"]["firing_count"] == 1
+    assert data["alerts"]["firing"][0]["message"] == "length drifted"
+    latest = {entry["asset"]: entry for entry in data["materializations"]["assets"]}
+    assert set(latest) == {"drift_report", "live_model_quality", "product_quality_report", "system_health"}
+    assert latest["drift_report"]["run_id"] == "run-drift"
+
+
+def test_an_artifact_of_unknown_shape_is_an_error_not_no_data(home: PlatformHome, settings: Settings) -> None:
+    ArtifactStore(home.artifacts).put("drift_report", None, encode(b"not a report"))
+
+    drift = dashboard_data(home, config(settings))["drift"]
+
+    assert drift["state"] == "error"
+    assert "bytes" in drift["error"]
+
+
+def test_api_keys_gate_the_dashboard(home: PlatformHome, fast_settings: Settings) -> None:
+    with TestClient(create_app(home, fast_settings, api_keys=frozenset({"secret"}))) as client:
+        assert client.get("/dashboard").status_code == 401
+        assert client.get("/dashboard/data").status_code == 401
+        assert client.get("/dashboard", headers={"X-API-Key": "secret"}).status_code == 200
+        assert client.get("/dashboard/data", headers={"Authorization": "Bearer secret"}).status_code == 200
