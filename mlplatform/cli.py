@@ -256,6 +256,21 @@ def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
+def cmd_models_rebuild(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.rebuild import rebuild_model
+    from mlplatform.core.training import load_training_config
+
+    config = load_training_config(home.training_file if home.training_file.exists() else None)
+    _progress(f"refitting {args.version} from its recorded split version ...")
+    result = rebuild_model(home, args.version, config)
+    verdict = "identical" if result.identical else "DIFFERENT"
+    print(
+        f"{result.version}: rebuilt {result.candidate} from review_splits {result.split_version[:12]}: "
+        f"{verdict} (registered {result.registered_sha256[:12]}, rebuilt {result.rebuilt_sha256[:12]})"
+    )
+    return EXIT_OK if result.identical else EXIT_BLOCKED
+
+
 def cmd_serve(args: argparse.Namespace, home: PlatformHome) -> int:
     from mlplatform.serving.server import run_server
 
@@ -430,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", default="manual rollback")
     rollback.add_argument("--by", help="who rolls back (default: $USER)")
     rollback.set_defaults(handler=cmd_models_rollback)
+
+    rebuild = models_sub.add_parser(
+        "rebuild",
+        help="refit a version from its recorded data and code versions; exit 1 unless byte-identical",
+    )
+    rebuild.add_argument("version")
+    rebuild.set_defaults(handler=cmd_models_rebuild)
 
     serve = sub.add_parser("serve", help="the real-time endpoint (serves the production model, hot swap)")
     serve.add_argument("--host", default="127.0.0.1")

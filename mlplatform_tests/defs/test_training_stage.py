@@ -134,3 +134,19 @@ def test_manual_approval_policy_waits_for_a_person(home, tmp_path, capsys):
     (listed,) = json.loads(capsys.readouterr().out)
     assert {"version", "status", "aliases", "metrics", "onnx_path", "sha256", "created_at"} <= listed.keys()
     assert listed["status"] == "Approved" and "macro_f1" in listed["metrics"]
+
+
+def test_a_registered_model_rebuilds_byte_for_byte_from_its_recorded_versions(home, tmp_path, capsys):
+    from mlplatform.cli import main
+
+    assert _land_and_run(home, tmp_path).exit_code == 0
+    (version,) = ModelRegistry(home.registry).list()
+
+    assert main(["--home", str(home.root), "models", "rebuild", version.version]) == 0
+    out = capsys.readouterr().out
+    assert "identical" in out and version.sha256[:12] in out
+
+    # a different search config is a different code version: refused with one line, not a false claim
+    home.training_file.write_text(USELESS_SEARCH)
+    assert main(["--home", str(home.root), "models", "rebuild", version.version]) == 1
+    assert "search config" in capsys.readouterr().err
