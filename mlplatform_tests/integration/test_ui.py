@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform_tests.integration.processes import free_port
+
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _graphql(port: int, query: str) -> dict:
@@ -34,7 +29,7 @@ def _graphql(port: int, query: str) -> dict:
 
 
 def test_ui_serves_the_asset_graph_of_the_home(tmp_path):
-    port = _free_port()
+    port = free_port()
     cli = Path(sys.executable).with_name("mlplatform")
     process = subprocess.Popen(
         [str(cli), "--home", str(tmp_path / "home"), "ui", "--port", str(port)],
