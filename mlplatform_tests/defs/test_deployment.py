@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +23,7 @@ from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.synthetic import write_demo_drops
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
-from mlplatform_tests.serving.test_server import free_port
+from mlplatform_tests.integration.processes import endpoint_process
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 QUIET = "[lake]\nsettle_seconds = 0.0\n"
@@ -89,35 +85,8 @@ def live_server(home_copy: PlatformHome, tmp_path: Path, monkeypatch) -> Iterato
     """The real endpoint on the copied home, started with nothing in production, with an API key."""
     ModelRegistry(home_copy.registry).restore_aliases(None, None, by="test", reason="start from nothing")
     monkeypatch.setenv("MLPLATFORM_API_KEYS", "smoke-key,other-key")
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlplatform.serving.server", "--port", str(port)],
-            env={**os.environ, "MLPLATFORM_HOME": str(home_copy.root)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
+    with endpoint_process(home_copy.root, tmp_path / "server.log") as (_, url):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_a_live_endpoint_picks_up_the_new_version_and_passes_the_smoke_test(home_copy, live_server):

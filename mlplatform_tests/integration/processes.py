@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,3 +57,42 @@ def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str, every
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(every_s)
+
+
+@contextlib.contextmanager
+def endpoint_process(
+    home_root: Path,
+    log_path: Path,
+    *,
+    ready_path: str = "/v2/health/live",
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m mlplatform.serving.server` on `home_root`; yields (process, base URL) once `ready_path`
+    answers 200. The process is killed afterwards (tests that need a graceful stop do it themselves)."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlplatform.serving.server", "--port", str(port)],
+            env={**(os.environ if env is None else env), "MLPLATFORM_HOME": str(home_root)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the endpoint exited early:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{base_url}{ready_path}", timeout=1) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, timeout_s, f"the endpoint to answer {ready_path} ({log_path})", every_s=0.05)
+        yield process, base_url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

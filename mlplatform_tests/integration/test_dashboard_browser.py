@@ -8,16 +8,12 @@ scans Chromium's console log (stderr): the page logs nothing, so any console lin
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import polars as pl
 import pytest
 
@@ -26,9 +22,9 @@ from mlplatform.core.artifacts import ArtifactStore, Bundle, encode
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.product_report import to_safe_csv
 from mlplatform.core.registry import ModelRegistry
+from mlplatform_tests.integration.processes import endpoint_process
 from mlplatform_tests.serving.conftest import tiny_model_bytes
 from mlplatform_tests.serving.test_dashboard import CARD, DRIFT_REPORT
-from mlplatform_tests.serving.test_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -90,38 +86,11 @@ def seed_monitoring(home: PlatformHome) -> None:
     )
 
 
-def wait_live(base_url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base_url}/v2/health/live", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"server did not become ready:\n{log_path.read_text()}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def serving(home: PlatformHome, tmp_path: Path) -> Iterator[str]:
     """The endpoint on `home` as a real process; yields the dashboard's URL."""
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlplatform.serving.server", "--port", str(port)],
-            env={**os.environ, "MLPLATFORM_HOME": str(home.root)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_live(base_url, process, log_path)
+    with endpoint_process(home.root, tmp_path / "server.log") as (_, base_url):
         yield f"{base_url}/dashboard"
-    finally:
-        process.kill()
-        process.wait()
 
 
 def render(browser: str, url: str, profile: Path) -> str:

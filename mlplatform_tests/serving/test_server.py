@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,15 +15,10 @@ import pytest
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.serving.capture import read_capture
+from mlplatform_tests.integration.processes import endpoint_process
 from mlplatform_tests.serving.conftest import deploy
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -34,32 +26,8 @@ def server(
     home: PlatformHome, registry: ModelRegistry, tiny_models: dict[int, bytes], tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     deploy(registry, tiny_models[0])
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlplatform.serving.server", "--port", str(port)],
-            env={**os.environ, "MLPLATFORM_HOME": str(home.root)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base_url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not become ready:\n{log_path.read_text()}")
-            time.sleep(0.05)
-        yield process, base_url
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+    with endpoint_process(home.root, tmp_path / "server.log", ready_path="/v2/health/ready") as started:
+        yield started
 
 
 def load(base_url: str, workers: int, stop: threading.Event) -> tuple[list[str], list[threading.Thread]]:
