@@ -198,6 +198,20 @@ def _run_partition(
     return result
 
 
+def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, report: RunReport, **selection) -> None:
+    """One in-process run of `job`; its materializations, failed blocking checks and failed steps go
+    into the report."""
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE, **selection
+    )
+    report.run_ids.append(result.run_id)
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            report.materialized.append(event.asset_key.to_user_string())
+    report.blocked.extend(_failed_checks(instance, result.run_id))
+    report.blocked.extend(_step_failures(result))
+
+
 def _run_downstream(
     instance: dg.DagsterInstance,
     defs: dg.Definitions,
@@ -223,15 +237,7 @@ def _run_downstream(
         say("everything downstream is up to date")
         return
     say(f"materializing {', '.join(key.to_user_string() for key in due)}")
-    result = pipeline_job.execute_in_process(
-        instance=instance, asset_selection=due, raise_on_error=False, run_config=QUIET_CONSOLE
-    )
-    report.run_ids.append(result.run_id)
-    for event in result.all_events:
-        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-            report.materialized.append(event.asset_key.to_user_string())
-    report.blocked.extend(_failed_checks(instance, result.run_id))
-    report.blocked.extend(_step_failures(result))
+    _execute(pipeline_job, instance, report, asset_selection=due)
 
 
 def _run_batches(
@@ -299,11 +305,4 @@ def _run_monitoring(
         say("monitoring is up to date with the capture")
         return
     say("monitoring the captured predictions")
-    result = monitoring_job.execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE
-    )
-    report.run_ids.append(result.run_id)
-    for event in result.all_events:
-        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-            report.materialized.append(event.asset_key.to_user_string())
-    report.blocked.extend(_step_failures(result))
+    _execute(monitoring_job, instance, report)
