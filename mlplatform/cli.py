@@ -8,12 +8,12 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
+from mlplatform.errors import one_line, silence_dagster_stability_warnings
 
 EXIT_OK, EXIT_BLOCKED, EXIT_USAGE = 0, 1, 2
 
@@ -162,11 +162,16 @@ def cmd_lake_land(args: argparse.Namespace, home: PlatformHome) -> int:
 def cmd_lake_checkout(args: argparse.Namespace, home: PlatformHome) -> int:
     from mlplatform.core.artifacts import ArtifactStore
 
-    store = ArtifactStore(home.artifacts)
+    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
 
     def resolve(dataset: str, version: str | None):
         artifact = store.latest(dataset) if version is None else store.get(dataset, version)
-        return artifact.version, store.root / artifact.path
+        if isinstance(artifact.path, Path):
+            return artifact.version, artifact.path
+        # A remote artifact is read from a local, content-addressed copy (hash-verified by restore).
+        cache = home.root / "cache" / "artifacts"
+        cache.mkdir(parents=True, exist_ok=True)
+        return artifact.version, store.restore(dataset, artifact.version, cache)
 
     checkout = _lake(home).checkout(
         args.dataset,
@@ -209,7 +214,7 @@ def cmd_lake_audit(args: argparse.Namespace, home: PlatformHome) -> int:
 def _registry(home: PlatformHome):
     from mlplatform.core.registry import ModelRegistry
 
-    return ModelRegistry(home.ensure().registry)
+    return ModelRegistry.for_home(home.ensure())
 
 
 def cmd_models_list(args: argparse.Namespace, home: PlatformHome) -> int:
@@ -302,6 +307,7 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
 
 def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
     from mlplatform.core.lineage import LineageError, asset_lineage, prediction_lineage, render_lineage_text
+    from mlplatform.core.storage import location_from_settings
     from mlplatform.serving.capture import CaptureError, read_capture
 
     if args.prediction is not None and args.version is not None:
@@ -309,7 +315,8 @@ def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
         return EXIT_USAGE
     try:
         if args.prediction is not None:
-            chain = prediction_lineage(home, args.prediction, read_capture(home.capture))
+            location = location_from_settings(home, Settings.load(home.settings_file), "capture")
+            chain = prediction_lineage(home, args.prediction, read_capture(home.capture, location))
         else:
             chain = asset_lineage(home, args.asset, args.version)
     except (LineageError, CaptureError) as exc:
@@ -356,7 +363,8 @@ def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome) -> int:
     if args.dest.endswith(("/", os.sep)):  # a directory by intent: the file keeps its stored name
         dest.mkdir(parents=True, exist_ok=True)
     try:
-        target = ArtifactStore(home.artifacts).restore(args.asset, args.version, dest)
+        store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+        target = store.restore(args.asset, args.version, dest)
     except (ArtifactError, FileExistsError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     print(target)
@@ -491,15 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Dagster flags APIs we rely on (data versions, asset checks) as beta/preview on every use.
-    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview).*")
-    warnings.filterwarnings("ignore", message=r".*is (in beta|in preview|experimental).*")
+    silence_dagster_stability_warnings()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage line
         return EXIT_USAGE if exc.code else EXIT_OK
-    home = PlatformHome(Path(args.home).resolve()) if args.home else PlatformHome.from_env()
+    home = PlatformHome.at(Path(args.home).resolve()) if args.home else PlatformHome.from_env()
     try:
         return args.handler(args, home)
     except KeyboardInterrupt:
@@ -509,8 +515,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BLOCKED
     except Exception as exc:
-        from mlplatform.errors import one_line
-
         print(f"error: {one_line(exc, home.root / 'logs')}", file=sys.stderr)
         return EXIT_BLOCKED
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from mlplatform.core.home import PlatformHome
@@ -10,12 +12,14 @@ from mlplatform.core.training import load_training_config
 from mlplatform.defs.alerting import build_alert_sensors
 from mlplatform.defs.automation import build_automation_sensor, build_landing_sensor, with_platform_policy
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, build_deployment_assets
+from mlplatform.defs.execution import ExecutionRules, executor_definition
 from mlplatform.defs.features import build_feature_assets
 from mlplatform.defs.ingest import DROPS, build_ingest_assets
 from mlplatform.defs.io_manager import VersionedIOManager
 from mlplatform.defs.monitoring import MONITORING_GROUP, build_monitoring_assets, monitoring_fingerprint
 from mlplatform.defs.resources import PlatformResource, endpoint_resource
 from mlplatform.defs.training import build_training_assets
+from mlplatform.errors import silence_dagster_stability_warnings
 
 INGEST_JOB = "ingest_job"
 PIPELINE_JOB = "pipeline_job"
@@ -46,6 +50,8 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         - dg.AssetSelection.assets("raw_reviews", BATCH_PREDICTIONS)
         - dg.AssetSelection.groups(MONITORING_GROUP),
         description="Everything downstream of the accepted drops, in dependency order (monitoring apart).",
+        # The one job with independent heavy steps (the candidates): [execution].executor decides.
+        executor_def=executor_definition(ExecutionRules.from_settings(settings)),
     )
     batch_job = dg.define_asset_job(
         BATCH_JOB,
@@ -74,8 +80,8 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
     )
     definitions = dg.Definitions(
         assets=assets,
-        # Runs the daemon launches execute in one process: a subprocess per step costs 1.5-2 s each,
-        # more than most of these steps take.
+        # The other jobs' runs execute in one process: a subprocess per step costs 1.5-2 s each, more
+        # than most of their steps take.
         executor=dg.in_process_executor,
         jobs=[ingest_job, pipeline_job, batch_job, monitoring_job],
         schedules=[monitoring_schedule],
@@ -94,6 +100,12 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
     )
     # Platform-wide policy, applied once: how every downstream asset reacts to changes upstream.
     return with_platform_policy(definitions, driven_elsewhere)
+
+
+def job_of_home(home_root: str, job_name: str) -> dg.JobDefinition:
+    """Job `job_name` of the home at `home_root`: how step processes and Dask workers rebuild a job."""
+    silence_dagster_stability_warnings()
+    return build_definitions(PlatformHome.at(Path(home_root))).resolve_job_def(job_name)
 
 
 @dg.definitions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,3 +24,10 @@ def one_line(exc: BaseException, log_dir: Path) -> str:
         handle.write("".join(traceback.format_exception(exc)))
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"unexpected {type(exc).__name__}: {first} (traceback in {log_file})"
+
+
+def silence_dagster_stability_warnings() -> None:
+    """Dagster flags APIs we rely on (data versions, asset checks) as beta/preview on every use: noise
+    for a user. Called by the CLI and by the step processes it starts (definitions.job_of_home)."""
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview).*")
+    warnings.filterwarnings("ignore", message=r".*is (in beta|in preview|experimental).*")

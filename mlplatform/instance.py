@@ -3,28 +3,33 @@
 Several processes creating a fresh SQLite instance at once corrupt it for good (`table alembic_version
 already exists`, then `more than one head`), so exactly one process creates it: whoever holds the lock
 writes dagster.yaml and runs the storage migrations; everybody else waits, then opens a ready instance.
+
+With `MLPLATFORM_PG_URL` (PlatformHome.pg_url) runs, event logs and schedules live in PostgreSQL
+(dagster-postgres); the migrations then also run under a PostgreSQL advisory lock, because homes on
+other machines may share the database.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from mlplatform.core.home import PlatformHome
+from mlplatform.core.records import postgres_session_lock, sqlalchemy_url
+
+MIGRATION_LOCK = "mlplatform:dagster-instance"
 
 
 def dagster_yaml(home: PlatformHome) -> str:
     """The instance configuration the platform writes (SQLite under the home by default)."""
-    storage = home.dagster / "storage"
     return "\n".join(
         [
             "# Written by mlplatform (mlplatform/instance.py); edits are overwritten.",
-            "storage:",
-            "  sqlite:",
-            f"    base_dir: {storage}",
+            *_storage_yaml(home),
             "local_artifact_storage:",
             "  module: dagster._core.storage.root",
             "  class: LocalArtifactStorage",
@@ -33,15 +38,34 @@ def dagster_yaml(home: PlatformHome) -> str:
             "run_coordinator:",
             "  module: dagster._core.run_coordinator",
             "  class: QueuedRunCoordinator",
-            "  config:",
-            "    max_concurrent_runs: 2",
             "telemetry:",
             "  enabled: false",
             "nux:",
             "  enabled: false",
+            *_execution_yaml(home),
             "",
         ]
     )
+
+
+def _storage_yaml(home: PlatformHome) -> list[str]:
+    """Runs, event logs and schedules: PostgreSQL when the home has a pg_url, else SQLite files."""
+    if home.pg_url:
+        # A JSON string is a valid double-quoted YAML scalar, whatever the URL holds.
+        return ["storage:", "  postgres:", f"    postgres_url: {json.dumps(sqlalchemy_url(home.pg_url))}"]
+    return ["storage:", "  sqlite:", f"    base_dir: {home.dagster / 'storage'}"]
+
+
+def _migration_lock(home: PlatformHome) -> AbstractContextManager[None]:
+    return postgres_session_lock(home.pg_url, MIGRATION_LOCK) if home.pg_url else nullcontext()
+
+
+def _execution_yaml(home: PlatformHome) -> list[str]:
+    """Run retries and the deployment pool's limit, from the home's [execution] settings."""
+    from mlplatform.core.settings import Settings
+    from mlplatform.defs.execution import ExecutionRules, instance_yaml_lines
+
+    return instance_yaml_lines(ExecutionRules.from_settings(Settings.load(home.settings_file)))
 
 
 @contextmanager
@@ -68,10 +92,15 @@ def prepare_instance(home: PlatformHome) -> Path:
         wanted = dagster_yaml(home)
         if not config_path.exists() or config_path.read_text(encoding="utf-8") != wanted:
             tmp = config_path.with_suffix(".yaml.tmp")
-            tmp.write_text(wanted, encoding="utf-8")
+            tmp.unlink(missing_ok=True)
+            # Owner-only: with PostgreSQL the file holds the database URL, which may carry a password.
+            with os.fdopen(
+                os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8"
+            ) as handle:
+                handle.write(wanted)
             os.replace(tmp, config_path)
-        # Opening the instance creates and migrates its storage; do it here, under the lock.
-        with DagsterInstance.from_config(str(home.dagster)) as instance:
+        # Opening the instance creates and migrates its storage; do it here, under the lock(s).
+        with _migration_lock(home), DagsterInstance.from_config(str(home.dagster)) as instance:
             instance.get_runs(limit=1)
     return home.dagster
 

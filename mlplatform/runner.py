@@ -23,6 +23,7 @@ from mlplatform.core.settings import Settings
 from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
 from mlplatform.defs.alerting import record_run_alerts
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, batch_files
+from mlplatform.defs.execution import execute
 from mlplatform.defs.ingest import DROPS
 from mlplatform.defs.monitoring import (
     INPUT_FINGERPRINT,
@@ -135,7 +136,7 @@ def _root_cause(error) -> str:
     return first
 
 
-def _step_failures(result: dg.ExecuteInProcessResult) -> list[Blocked]:
+def _step_failures(result: dg.ExecuteInProcessResult | dg.ExecutionResult) -> list[Blocked]:
     return [
         Blocked(event.step_key or "?", _root_cause(event.step_failure_data.error))
         for event in result.all_events
@@ -178,7 +179,7 @@ def run_pending(
             for failure in _step_failures(result):
                 report.blocked.append(Blocked(f"raw_reviews[{drop_hash[:12]}]", failure.reason))
 
-    _run_downstream(instance, defs, groups, say, report)
+    _run_downstream(home, instance, defs, groups, say, report)
     if groups is None or DEPLOYMENT_GROUP in groups:
         _run_batches(home, instance, defs, say, report)
     if groups is None or MONITORING_GROUP in groups:
@@ -198,12 +199,16 @@ def _run_partition(
     return result
 
 
-def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, report: RunReport, **selection) -> None:
-    """One in-process run of `job`; its materializations, failed blocking checks and failed steps go
-    into the report."""
-    result = job.execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE, **selection
-    )
+def _execute(
+    job: dg.JobDefinition,
+    home: PlatformHome,
+    instance: dg.DagsterInstance,
+    report: RunReport,
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> None:
+    """One run of `job` with its own executor ([execution] for the pipeline job); its materializations,
+    failed blocking checks and failed steps go into the report."""
+    result = execute(job, str(home.root), instance, run_config=QUIET_CONSOLE, asset_selection=asset_selection)
     report.run_ids.append(result.run_id)
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
@@ -213,6 +218,7 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, report: RunRep
 
 
 def _run_downstream(
+    home: PlatformHome,
     instance: dg.DagsterInstance,
     defs: dg.Definitions,
     groups: Sequence[str] | None,
@@ -237,7 +243,7 @@ def _run_downstream(
         say("everything downstream is up to date")
         return
     say(f"materializing {', '.join(key.to_user_string() for key in due)}")
-    _execute(pipeline_job, instance, report, asset_selection=due)
+    _execute(pipeline_job, home, instance, report, asset_selection=due)
 
 
 def _run_batches(
@@ -305,4 +311,4 @@ def _run_monitoring(
         say("monitoring is up to date with the capture")
         return
     say("monitoring the captured predictions")
-    _execute(monitoring_job, instance, report)
+    _execute(monitoring_job, home, instance, report)

@@ -8,6 +8,7 @@ import pytest
 
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
+from mlplatform_tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 REAL_DATA = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"

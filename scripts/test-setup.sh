@@ -12,4 +12,14 @@ if ! command -v chromium >/dev/null 2>&1; then
         echo "test-setup: could not install Debian's chromium; the dashboard browser test will be skipped" >&2
     fi
 fi
+# PostgreSQL server binaries for the PostgreSQL tests (mlplatform_tests/postgres.py starts a private
+# server from them; no system service is used).
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then as_root=(); else as_root=(sudo -n); fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ! { "${as_root[@]}" apt-get update -qq >/dev/null &&
+           "${as_root[@]}" apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }; then
+        echo "test-setup: could not install Debian's postgresql; the PostgreSQL tests will be skipped" >&2
+    fi
+fi
 exit 0

@@ -3,11 +3,14 @@
 A value is encoded once into deterministic bytes (`encode`): the same value gives the same bytes, and
 so the same sha256, in any process. The store keeps those bytes at
 
-    <root>/<asset>/[<partition>/]<sha256>.<ext>
+    <root>/<asset>/[<partition>/]<sha256>.<ext>                          the bytes, immutable
+    <root>/<asset>/_versions/[<partition>/]<time>-<sha>-<rand>.json      one record per put
 
-never overwriting a file, appends a version record to `<root>/<asset>/versions.jsonl` (under an
-exclusive flock) and moves the pointer `<root>/<asset>/[<partition>/]LATEST` by atomic rename.
-Every earlier version stays readable, and every read verifies the hash.
+`<root>` is a storage location (mlplatform.core.storage): a local directory by default, or object
+storage. Both objects are written once and never changed; there is no append, lock or rename, so the
+same format works on a local disk and on S3. The records of a partition, listed in name order, are its
+history; the last one is the latest version. Every earlier version stays readable, and every read
+verifies the hash.
 """
 
 from __future__ import annotations
@@ -16,19 +19,29 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import tarfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from mlplatform.core.fsio import file_lock, write_bytes_atomic
+from mlplatform.core.fsio import write_bytes_atomic
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.settings import Settings
+from mlplatform.core.storage import (
+    ImmutableConflict,
+    LocalLocation,
+    ObjectNotFound,
+    StorageError,
+    StorageLocation,
+    location_from_settings,
+    validate_key,
+)
 
 FORMAT_PARQUET = "parquet"
 FORMAT_JSON = "json"
@@ -41,15 +54,14 @@ PARQUET_COMPRESSION = "zstd"
 PARQUET_COMPRESSION_LEVEL = 3
 TAR_MEMBER_MODE = 0o644
 
-VERSIONS_FILE = "versions.jsonl"
-LATEST_FILE = "LATEST"
-LOCK_FILE = ".lock"
+VERSIONS_DIR = "_versions"
+RECORD_SUFFIX = ".json"
 MIN_PREFIX_LENGTH = 8
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,199}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _ARTIFACT_FILE = re.compile(r"^[0-9a-f]{64}\.[a-z]+$")
-_RESERVED_NAMES = frozenset({VERSIONS_FILE, LATEST_FILE, LOCK_FILE})
+_RESERVED_NAMES = frozenset({VERSIONS_DIR})
 
 
 class ArtifactError(Exception):
@@ -108,8 +120,8 @@ class StoredArtifact:
     asset: str
     partition: str | None
     version: str
-    path: Path
-    relative_path: str
+    path: Path | str  # the local file, or the object's URL when the store is remote
+    relative_path: str  # the key under the store's root
     size: int
     fmt: str
     rows: int | None
@@ -118,7 +130,7 @@ class StoredArtifact:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
-        """The JSON-serialisable version record (as written to versions.jsonl)."""
+        """The JSON-serialisable version record (as written under `_versions/`)."""
         return {
             "asset": self.asset,
             "partition": self.partition,
@@ -132,14 +144,20 @@ class StoredArtifact:
             "extra": dict(self.extra),
         }
 
+    @property
+    def file_name(self) -> str:
+        """The stored object's own name: `<sha256>.<ext>`."""
+        return self.relative_path.rsplit("/", 1)[-1]
+
     @classmethod
-    def from_record(cls, root: Path, record: Mapping[str, Any]) -> StoredArtifact:
+    def from_record(cls, record: Mapping[str, Any], path: Path | str) -> StoredArtifact:
+        """A version record read back; `path` is where its bytes are (see ArtifactStore)."""
         schema = record.get("schema")
         return cls(
             asset=record["asset"],
             partition=record["partition"],
             version=record["version"],
-            path=root / record["path"],
+            path=path,
             relative_path=record["path"],
             size=record["size"],
             fmt=record["format"],
@@ -258,14 +276,11 @@ def _bundle_from_tar(payload: bytes) -> Bundle:
 
 
 def validate_member_name(name: str) -> str:
-    """A bundle member name: relative, '/'-separated, no '..', '.', or empty parts."""
-    if not isinstance(name, str) or not name:
-        raise UnsafeName(f"bundle member name must be a non-empty string, got {name!r}")
-    if name.startswith("/") or "\\" in name or "\x00" in name:
-        raise UnsafeName(f"bundle member name {name!r} must be a relative POSIX path")
-    if any(part in ("", ".", "..") for part in name.split("/")):
-        raise UnsafeName(f"bundle member name {name!r} must not contain '..', '.' or empty parts")
-    return name
+    """A bundle member name: relative, '/'-separated, no '..', '.', or empty parts (a storage key)."""
+    try:
+        return validate_key(name)
+    except StorageError as exc:
+        raise UnsafeName(f"bundle member name: {exc}") from None
 
 
 def _validate_segment(segment: str, what: str) -> str:
@@ -297,27 +312,43 @@ def validate_partition_key(partition: str) -> str:
 
 
 class ArtifactStore:
-    """Immutable, content-addressed storage of asset versions under `root` (PlatformHome.artifacts)."""
+    """Immutable, content-addressed storage of asset versions at a storage location.
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    `root` is a local directory (PlatformHome.artifacts) or any StorageLocation, e.g. one opened from
+    an `s3://bucket/prefix` URL (`ArtifactStore.from_settings` reads `[storage] artifacts`).
+    """
 
-    # paths
+    def __init__(self, root: Path | StorageLocation) -> None:
+        self.location = root if isinstance(root, StorageLocation) else LocalLocation(Path(root))
+        # A Path for local stores (callers join it with relative paths), the URL otherwise.
+        self.root: Path | str = (
+            self.location.root if isinstance(self.location, LocalLocation) else self.location.url
+        )
 
-    def _asset_dir(self, asset: str) -> Path:
-        return self.root.joinpath(*validate_asset_key(asset).split("/"))
+    @classmethod
+    def from_settings(cls, home: PlatformHome, settings: Settings) -> ArtifactStore:
+        """The deployment's store: `[storage] artifacts`, or `home.artifacts` when that is empty."""
+        return cls(location_from_settings(home, settings, "artifacts"))
 
-    def _version_dir(self, asset: str, partition: str | None) -> Path:
-        asset_dir = self._asset_dir(asset)
-        return asset_dir if partition is None else asset_dir / validate_partition_key(partition)
+    # keys
 
-    @contextmanager
-    def _locked(self, asset: str, exclusive: bool) -> Iterator[Path]:
-        """Hold a lock on the asset's index; yields the versions.jsonl path."""
-        asset_dir = self._asset_dir(asset)
-        asset_dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(asset_dir / LOCK_FILE, exclusive=exclusive):
-            yield asset_dir / VERSIONS_FILE
+    def _asset_prefix(self, asset: str) -> str:
+        return validate_asset_key(asset)
+
+    def _blob_key(self, asset: str, partition: str | None, encoded: EncodedValue) -> str:
+        name = f"{encoded.sha256}.{encoded.fmt}"
+        if partition is None:
+            return f"{self._asset_prefix(asset)}/{name}"
+        return f"{self._asset_prefix(asset)}/{validate_partition_key(partition)}/{name}"
+
+    def _records_prefix(self, asset: str, partition: str | None) -> str:
+        prefix = f"{self._asset_prefix(asset)}/{VERSIONS_DIR}"
+        return prefix if partition is None else f"{prefix}/{validate_partition_key(partition)}"
+
+    def _path_of(self, key: str) -> Path | str:
+        if isinstance(self.location, LocalLocation):
+            return self.location.path_of(key)
+        return self.location.url_of(key)
 
     # writing
 
@@ -330,8 +361,9 @@ class ArtifactStore:
     ) -> StoredArtifact:
         """Store `encoded` as a version of `asset` (and `partition`) and make it the latest.
 
-        Never overwrites: an existing file of the same name must already hold these bytes. Putting
-        the version that is already the latest is a no-op that returns the stored record.
+        Never overwrites: an existing object of the same name must already hold these bytes. Putting
+        the version that is already the latest is a no-op that returns the stored record. No lock
+        and no append: the bytes are one immutable object and the version record another.
         """
         if sha256_hex(encoded.payload) != encoded.sha256:
             raise IntegrityError(
@@ -339,63 +371,66 @@ class ArtifactStore:
             )
         if encoded.fmt not in FORMATS:
             raise ValueError(f"unknown artifact format {encoded.fmt!r} (known: {', '.join(FORMATS)})")
-        version_dir = self._version_dir(asset, partition)
-        with self._locked(asset, exclusive=True) as index:
-            current = self._read_pointer(version_dir)
-            if current is not None and current.version == encoded.sha256:
-                return current
-            target = version_dir / f"{encoded.sha256}.{encoded.fmt}"
-            self._write_immutable(target, encoded)
-            artifact = StoredArtifact(
-                asset=asset,
-                partition=partition,
-                version=encoded.sha256,
-                path=target,
-                relative_path=target.relative_to(self.root).as_posix(),
-                size=encoded.size,
-                fmt=encoded.fmt,
-                rows=encoded.rows,
-                schema=encoded.schema,
-                created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
-                extra=dict(extra or {}),
-            )
-            line = json.dumps(artifact.to_record(), sort_keys=True, allow_nan=False) + "\n"
-            with open(index, "a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            write_bytes_atomic(version_dir / LATEST_FILE, line.encode("utf-8"), read_only=False)
+        blob_key = self._blob_key(asset, partition, encoded)
+        current = self._latest_or_none(asset, partition)
+        if current is not None and current.version == encoded.sha256:
+            return current
+        try:
+            self.location.put_bytes(blob_key, encoded.payload, immutable=True)
+        except ImmutableConflict as exc:
+            raise IntegrityError(str(exc)) from None
+        created = _record_time(current)
+        artifact = StoredArtifact(
+            asset=asset,
+            partition=partition,
+            version=encoded.sha256,
+            path=self._path_of(blob_key),
+            relative_path=blob_key,
+            size=encoded.size,
+            fmt=encoded.fmt,
+            rows=encoded.rows,
+            schema=encoded.schema,
+            created_at=created.isoformat(timespec="microseconds"),
+            extra=dict(extra or {}),
+        )
+        record_key = f"{self._records_prefix(asset, partition)}/{_record_name(created, encoded.sha256)}"
+        payload = json.dumps(artifact.to_record(), sort_keys=True, allow_nan=False).encode("utf-8")
+        self.location.put_bytes(record_key, payload, immutable=True)
         return artifact
 
-    def _write_immutable(self, target: Path, encoded: EncodedValue) -> None:
-        if target.exists():
-            found = sha256_hex(target.read_bytes())
-            if found != encoded.sha256:
-                raise IntegrityError(f"{target} exists but holds sha256 {found}, not {encoded.sha256}")
-            return
-        write_bytes_atomic(target, encoded.payload, read_only=True)
+    # reading the records
 
-    # reading the index
+    def _load_records(self, keys: list[str]) -> list[StoredArtifact]:
+        payloads = self.location.get_many(keys)
+        return [self._from_record(json.loads(payloads[key])) for key in keys]
 
-    def _read_pointer(self, version_dir: Path) -> StoredArtifact | None:
-        pointer = version_dir / LATEST_FILE
-        if not pointer.exists():
-            return None
-        return StoredArtifact.from_record(self.root, json.loads(pointer.read_text(encoding="utf-8")))
+    def _from_record(self, record: Mapping[str, Any]) -> StoredArtifact:
+        return StoredArtifact.from_record(record, self._path_of(record["path"]))
+
+    def _record_keys(self, asset: str, partition: str | None) -> list[str]:
+        """Record keys of one partition (None: unpartitioned), oldest first (names sort by time)."""
+        prefix = self._records_prefix(asset, partition)
+        return [key for key in self.location.list(prefix, recursive=False) if key.endswith(RECORD_SUFFIX)]
+
+    def _latest_or_none(self, asset: str, partition: str | None) -> StoredArtifact | None:
+        keys = self._record_keys(asset, partition)
+        return self._load_records(keys[-1:])[0] if keys else None
 
     def _records(self, asset: str) -> list[StoredArtifact]:
-        if not (self._asset_dir(asset) / VERSIONS_FILE).exists():
-            raise ArtifactNotFound(f"asset {asset!r} has no stored versions under {self.root}")
-        with self._locked(asset, exclusive=False) as index:
-            lines = index.read_text(encoding="utf-8").splitlines()
-        return [StoredArtifact.from_record(self.root, json.loads(line)) for line in lines if line.strip()]
+        """Every record of `asset`, all partitions, oldest first."""
+        prefix = f"{self._asset_prefix(asset)}/{VERSIONS_DIR}"
+        keys = [key for key in self.location.list(prefix) if key.endswith(RECORD_SUFFIX)]
+        if not keys:
+            raise ArtifactNotFound(f"asset {asset!r} has no stored versions under {self.location.url}")
+        keys.sort(key=lambda key: key.rsplit("/", 1)[-1])
+        return self._load_records(keys)
 
     def latest(self, asset: str, partition: str | None = None) -> StoredArtifact:
         """The latest stored version of `asset` (of `partition` if given)."""
-        artifact = self._read_pointer(self._version_dir(asset, partition))
+        artifact = self._latest_or_none(asset, partition)
         if artifact is None:
             where = f"asset {asset!r}" + (f" partition {partition!r}" if partition is not None else "")
-            raise ArtifactNotFound(f"{where} has no stored version under {self.root}")
+            raise ArtifactNotFound(f"{where} has no stored version under {self.location.url}")
         return artifact
 
     def versions(self, asset: str, partition: str | None = None) -> list[StoredArtifact]:
@@ -429,10 +464,13 @@ class ArtifactStore:
 
     def assets(self) -> list[str]:
         """Every asset key with at least one stored version, sorted."""
-        if not self.root.exists():
-            return []
+        marker = f"/{VERSIONS_DIR}/"
         return sorted(
-            index.parent.relative_to(self.root).as_posix() for index in self.root.rglob(VERSIONS_FILE)
+            {
+                key.split(marker, 1)[0]
+                for key in self.location.list()
+                if marker in key and key.endswith(RECORD_SUFFIX)
+            }
         )
 
     def partitions(self, asset: str) -> list[str]:
@@ -444,8 +482,8 @@ class ArtifactStore:
     def read_verified(self, artifact: StoredArtifact) -> bytes:
         """The artifact's bytes, after checking they still have its sha256."""
         try:
-            payload = artifact.path.read_bytes()
-        except FileNotFoundError:
+            payload = self.location.get_bytes(artifact.relative_path)
+        except ObjectNotFound:
             raise ArtifactNotFound(f"stored file {artifact.path} of {artifact.asset!r} is missing") from None
         found = sha256_hex(payload)
         if found != artifact.version:
@@ -467,7 +505,7 @@ class ArtifactStore:
         artifact = self.get(asset, version)
         payload = self.read_verified(artifact)
         dest = Path(dest)
-        target = dest / artifact.path.name if dest.is_dir() else dest
+        target = dest / artifact.file_name if dest.is_dir() else dest
         if target.exists():
             if sha256_hex(target.read_bytes()) == artifact.version:
                 return target
@@ -477,6 +515,20 @@ class ArtifactStore:
         if sha256_hex(target.read_bytes()) != artifact.version:
             raise IntegrityError(f"restored copy {target} does not have sha256 {artifact.version}")
         return target
+
+
+def _record_time(previous: StoredArtifact | None) -> datetime:
+    """Now, but always after the previous record of the same partition, so that record names sort in
+    put order even when clocks of different machines disagree."""
+    now = datetime.now(UTC)
+    if previous is None:
+        return now
+    return max(now, datetime.fromisoformat(previous.created_at) + timedelta(microseconds=1))
+
+
+def _record_name(created: datetime, sha256: str) -> str:
+    """`<UTC time>-<sha prefix>-<random>.json`: sorts by time; unique even for simultaneous puts."""
+    return f"{created.strftime('%Y%m%dT%H%M%S.%fZ')}-{sha256[:16]}-{uuid.uuid4().hex[:8]}{RECORD_SUFFIX}"
 
 
 __all__ = [

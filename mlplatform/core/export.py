@@ -10,8 +10,10 @@ machine (LANG=C), and it is deterministic: the same fitted pipeline always gives
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -48,17 +50,35 @@ def to_onnx(pipeline: Pipeline) -> bytes:
     classifier = pipeline.steps[-1][1]
     options = {TfidfVectorizer: {"locale": EXPORT_LOCALE}, type(classifier): {"zipmap": False}}
     try:
-        model = skl2onnx_to_onnx(
-            pipeline,
-            initial_types=[(INPUT_NAME, StringTensorType([None, 1]))],
-            options=options,
-            target_opset=TARGET_OPSET,
-        )
+        with _vocabulary_as_view(pipeline.steps[0][1]):
+            model = skl2onnx_to_onnx(
+                pipeline,
+                initial_types=[(INPUT_NAME, StringTensorType([None, 1]))],
+                options=options,
+                target_opset=TARGET_OPSET,
+            )
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
         raise ExportError(f"cannot convert {_describe(pipeline)} to ONNX: {exc}") from exc
     _rename_outputs(model)
     _normalise_metadata(model)
     return model.SerializeToString(deterministic=True)
+
+
+@contextmanager
+def _vocabulary_as_view(vectorizer: TfidfVectorizer) -> Iterator[None]:
+    """Hold the fitted vocabulary as a read-only view while skl2onnx converts.
+
+    skl2onnx resolves converter options by walking every list and dict attribute of the model and
+    calling dir() on each value, so the vocabulary dict costs one dir() per n-gram (measured: 48 s ->
+    5 s at 64k n-grams, the real 20k reviews; minutes at 500k). A mapping view is not a dict, so the
+    walk skips it; the converter only looks terms up in it, so the bytes are identical.
+    """
+    vocabulary = vectorizer.vocabulary_
+    vectorizer.vocabulary_ = MappingProxyType(vocabulary)
+    try:
+        yield
+    finally:
+        vectorizer.vocabulary_ = vocabulary
 
 
 def _require_exportable(pipeline: Pipeline) -> None:

@@ -10,10 +10,10 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def temp_path_for(target: Path) -> Path:
@@ -30,13 +30,13 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(target: Path, payload: bytes, *, read_only: bool = False) -> None:
-    """Replace `target` with `payload` atomically and durably; optionally leave it read-only."""
+def write_atomic(target: Path, fill: Callable[[BinaryIO], object], *, read_only: bool = False) -> None:
+    """Replace `target` with what `fill` writes to a temp file, atomically and durably."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(target)
     try:
         with open(temp, "xb") as handle:
-            handle.write(payload)
+            fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
         if read_only:
@@ -46,6 +46,11 @@ def write_bytes_atomic(target: Path, payload: bytes, *, read_only: bool = False)
         temp.unlink(missing_ok=True)
         raise
     fsync_directory(target.parent)
+
+
+def write_bytes_atomic(target: Path, payload: bytes, *, read_only: bool = False) -> None:
+    """Replace `target` with `payload` atomically and durably; optionally leave it read-only."""
+    write_atomic(target, lambda handle: handle.write(payload), read_only=read_only)
 
 
 def write_json_atomic(target: Path, data: Any, *, read_only: bool = False) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HOME_ENV = "MLPLATFORM_HOME"
+PG_URL_ENV = "MLPLATFORM_PG_URL"
 DEFAULT_HOME = ".mlplatform"
 
 
@@ -16,6 +17,9 @@ class PlatformHome:
     """Layout of `MLPLATFORM_HOME` (see DESIGN.md, "Home and storage")."""
 
     root: Path
+    # PostgreSQL for Dagster's storage and the registry/ledger records (None: SQLite and files).
+    # Out of repr: the URL may carry a password.
+    pg_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> PlatformHome:
@@ -25,7 +29,13 @@ class PlatformHome:
         root = Path(raw).expanduser()
         if not root.is_absolute():
             root = base / root
-        return cls(root.resolve())
+        return cls.at(root.resolve(), environ)
+
+    @classmethod
+    def at(cls, root: Path, environ: Mapping[str, str] | None = None) -> PlatformHome:
+        """The home at `root` with the environment's storage settings (MLPLATFORM_PG_URL)."""
+        environ = os.environ if environ is None else environ
+        return cls(Path(root), pg_url=environ.get(PG_URL_ENV) or None)
 
     @property
     def lake(self) -> Path:

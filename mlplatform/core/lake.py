@@ -8,7 +8,8 @@ Layout (all under `PlatformHome.lake`):
     raw/<h>.<ext> + <h>.json    accepted drops, read-only, with a sidecar
     quarantine/<h>.<ext>        rejected drops, original bytes, + <h>.reason.json
     quarantine/unsafe/          landing entries refused as unsafe (symlinks, directories) + reason file
-    audit/ledger.jsonl          every read of a dataset version, allowed or denied
+    audit/ledger.jsonl          every read of a dataset version, allowed or denied (in PostgreSQL instead
+                                when the home has a pg_url: mlplatform/core/records.py)
     access_policy.toml          who may read which dataset
 
 A drop's identity is the sha256 hex of its bytes: the same bytes landed twice, under any name, are one
@@ -18,7 +19,6 @@ Mutations take one exclusive lock (`lake/.lock`) so the CLI, the sensor and runs
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import hashlib
 import json
@@ -38,11 +38,14 @@ from typing import Any, BinaryIO
 
 from mlplatform.core.fsio import file_lock, fsync_directory, temp_path_for, write_json_atomic
 from mlplatform.core.home import PlatformHome
+from mlplatform.core.records import FileRecords, open_records
 from mlplatform.core.settings import Settings
+from mlplatform.core.storage import StorageError, StorageLocation, is_home_directory, location_from_settings
 
 CHUNK_SIZE = 1 << 20
 DEFAULT_SETTLE_SECONDS = 2.0
 PIPELINE_READER = "pipeline"
+LEDGER_RECORDS = "lake_ledger"  # the ledger's journal name in PostgreSQL
 # Datasets the lake serves itself, with the drop state each one exposes.
 LAKE_DATASETS = {"raw_reviews": "accepted", "quarantined_reviews": "quarantined"}
 FORMATS_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -375,16 +378,31 @@ def _merge_names(*groups: Iterable[str]) -> tuple[str, ...]:
 class Lake:
     """The versioned data lake of one platform home."""
 
-    def __init__(self, home: PlatformHome, *, settle_seconds: float = DEFAULT_SETTLE_SECONDS) -> None:
+    def __init__(
+        self,
+        home: PlatformHome,
+        *,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        location: StorageLocation | None = None,
+    ) -> None:
         if settle_seconds < 0:
             raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds}")
         self.home = home
         self.settle_seconds = settle_seconds
+        # `[storage] lake` when it is elsewhere (object storage): decided drops are published there.
+        self.publish_to = None if location is None or is_home_directory(location, home.lake) else location
+        self._ledger = open_records(
+            FileRecords(self.ledger_file, home.audit / ".lock"), LEDGER_RECORDS, home.pg_url
+        )
 
     @classmethod
     def from_settings(cls, home: PlatformHome, settings: Settings) -> Lake:
-        """The lake with the deployment's `[lake]` settings."""
-        return cls(home.ensure(), settle_seconds=float(settings.section("lake")["settle_seconds"]))
+        """The lake with the deployment's `[lake]` settings and `[storage] lake` location."""
+        return cls(
+            home.ensure(),
+            settle_seconds=float(settings.section("lake")["settle_seconds"]),
+            location=location_from_settings(home, settings, "lake"),
+        )
 
     # ------------------------------------------------------------------------------------- layout
 
@@ -726,8 +744,9 @@ class Lake:
             actual = sha256_file(drop.path)
             if actual != digest:
                 raise LakeError(f"drop {digest}: bytes at {drop.path} changed since landing (now {actual})")
-            self._move_bytes(drop, self.home.raw)
             record = self._decision_record(drop, accepted_at=_utc_now())
+            self._publish(drop, self.home.raw, self._raw_sidecar(digest), record)
+            self._move_bytes(drop, self.home.raw)
             write_json_atomic(self._raw_sidecar(digest), record, read_only=True)
             self._update_manifest(drop, landing_file=None)
             return self._load_drop(digest)
@@ -746,8 +765,9 @@ class Lake:
                 return drop
             if drop.state == "accepted":
                 raise LakeError(f"drop {digest} is already accepted into raw; raw drops are immutable")
-            self._move_bytes(drop, self.home.quarantine)
             record = self._decision_record(drop, check=check, reason=reason, quarantined_at=_utc_now())
+            self._publish(drop, self.home.quarantine, self._reason_file(digest), record)
+            self._move_bytes(drop, self.home.quarantine)
             write_json_atomic(self._reason_file(digest), record)
             self._update_manifest(drop, landing_file=None)
             return self._load_drop(digest)
@@ -760,6 +780,24 @@ class Lake:
             fsync_directory(drop.path.parent)
         _make_read_only(target)
         return target
+
+    def _publish(self, drop: Drop, directory: Path, record_file: Path, record: dict[str, Any]) -> None:
+        """Copy a decided drop's bytes (verified by hash) and its decision record to the lake location.
+
+        Runs before the local move: if the object store fails, the drop is still waiting in landing
+        and the next run decides it again (publishing the same bytes twice is harmless).
+        """
+        if self.publish_to is None:
+            return
+        folder = directory.relative_to(self.root).as_posix()
+        bytes_key = f"{folder}/{drop.hash}{EXTENSION_BY_FORMAT[drop.format]}"
+        try:
+            if self.publish_to.put_file(bytes_key, drop.path, immutable=True) != drop.hash:
+                raise LakeError(f"drop {drop.hash}: bytes at {drop.path} changed since landing")
+            payload = json.dumps(record, indent=2, sort_keys=True).encode("utf-8")
+            self.publish_to.put_bytes(f"{folder}/{record_file.name}", payload)
+        except (StorageError, OSError) as exc:
+            raise LakeError(f"drop {drop.hash}: cannot publish to {self.publish_to.url}: {exc}") from exc
 
     @staticmethod
     def _decision_record(drop: Drop, **decision: str) -> dict[str, Any]:
@@ -884,27 +922,18 @@ class Lake:
             allowed=decision.allowed,
             reason=None if decision.allowed else decision.reason,
         )
-        append_ledger_line(self.ledger_file, json.dumps(entry.to_dict(), sort_keys=True))
+        self._ledger.append(entry.to_dict())
         return entry
 
     def audit_log(self) -> AuditLog:
         """Every ledger entry in order, and how many unreadable (torn) lines were skipped."""
-        if not self.ledger_file.exists():
-            return AuditLog((), 0)
-        with open(self.ledger_file, "rb") as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH)
-            try:
-                content = handle.read()
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        journal = self._ledger.read()
         entries: list[AuditEntry] = []
-        skipped = 0
-        for line in content.split(b"\n"):
-            if not line.strip():
-                continue
+        skipped = journal.skipped
+        for raw in journal.entries:
             try:
-                entries.append(AuditEntry(**json.loads(line)))
-            except (ValueError, TypeError):
+                entries.append(AuditEntry(**raw))
+            except TypeError:  # valid JSON, but not a ledger entry
                 skipped += 1
         return AuditLog(tuple(entries), skipped)
 
@@ -916,22 +945,6 @@ class Lake:
 def _require_text(value: str | None, what: str) -> None:
     if not isinstance(value, str) or not value.strip() or "\n" in value:
         raise LakeError(f"{what} must be a non-empty single line, got {value!r}")
-
-
-def append_ledger_line(path: Path, line: str) -> None:
-    """Append one line under an exclusive flock, fsynced; a torn previous line is closed off first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        # After a crash mid-write the file ends without a newline: start on a fresh line so the
-        # torn fragment stays a line of its own (skipped when read) instead of corrupting this one.
-        prefix = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
-        os.write(fd, prefix + line.encode("utf-8") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 # --------------------------------------------------------------------------------------- checkout copy

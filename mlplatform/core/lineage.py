@@ -31,6 +31,7 @@ from mlplatform.core.selection import (
     CandidateRecord,
     SelectionError,
 )
+from mlplatform.core.settings import Settings
 from mlplatform.core.text import LABELS
 
 RAW_REVIEWS = "raw_reviews"
@@ -68,9 +69,14 @@ def artifact_record(artifact: StoredArtifact) -> dict[str, Any]:
     }
 
 
+def artifact_store(home: PlatformHome) -> ArtifactStore:
+    """The home's artifact store (`[storage] artifacts`)."""
+    return ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+
+
 def list_artifact_versions(home: PlatformHome, asset: str) -> list[dict[str, Any]]:
     """Every stored version of `asset` (all partitions), oldest first; ArtifactError when it has none."""
-    return [artifact_record(artifact) for artifact in ArtifactStore(home.artifacts).versions(asset, "*")]
+    return [artifact_record(artifact) for artifact in artifact_store(home).versions(asset, "*")]
 
 
 def _drop_link(lake: Lake, digest: str, where: str) -> dict[str, Any]:
@@ -114,7 +120,7 @@ def _card_lineage(home: PlatformHome, card: Mapping[str, Any], where: str) -> di
     missing = [key for key in LINEAGE_KEYS if key not in lineage]
     if missing:
         raise LineageError(f"{where}: the model card lineage lacks {', '.join(missing)}")
-    store = ArtifactStore(home.artifacts)
+    store = artifact_store(home)
     model = card.get("model") or {}
     return {
         "model_name": model.get("name"),
@@ -147,7 +153,7 @@ def _model_version_record(model: ModelVersion) -> dict[str, Any]:
 
 def _registry_version(home: PlatformHome, version: str, where: str) -> ModelVersion:
     try:
-        return ModelRegistry(home.registry).get(version)
+        return ModelRegistry.for_home(home).get(version)
     except RegistryError as exc:
         raise LineageError(f"{where}: model version {version} is not in the registry ({exc})") from exc
 
@@ -156,7 +162,7 @@ def _registered_with_sha256(home: PlatformHome, sha256: str | None) -> ModelVers
     """The registry version holding exactly these ONNX bytes, if any."""
     if sha256 is None or not home.registry.is_dir():
         return None
-    return next((model for model in ModelRegistry(home.registry).list() if model.sha256 == sha256), None)
+    return next((model for model in ModelRegistry.for_home(home).list() if model.sha256 == sha256), None)
 
 
 # --- predictions ----------------------------------------------------------------------------------
@@ -343,7 +349,7 @@ def asset_lineage(home: PlatformHome, asset: str, version: str | None = None) ->
     column; best_model -> its model card lineage; candidate_models/* -> the lineage of its run's
     best_model. Other assets record no upstream (said in "note"). Raises LineageError.
     """
-    store = ArtifactStore(home.artifacts)
+    store = artifact_store(home)
     artifact = _stored_version(store, asset, version)
     where = f"{asset} {artifact.version[:12]}"
     if asset == RAW_REVIEWS:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mlplatform.core.artifacts import ArtifactStore
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.registry import ModelRegistry
+from mlplatform.core.settings import Settings
 from mlplatform.core.training import (
     TrainingConfig,
     candidate_specs,
@@ -42,7 +43,7 @@ class Rebuild:
 
 def rebuild_model(home: PlatformHome, version: str, config: TrainingConfig) -> Rebuild:
     """Refit the model registered as `version` from its recorded split version with `config`."""
-    model = ModelRegistry(home.registry).get(version)
+    model = ModelRegistry.for_home(home).get(version)
     lineage, candidate = model.card["lineage"], model.card["model"]["name"]
     recorded = lineage.get("training_config")
     if recorded != config_fingerprint(config):
@@ -54,7 +55,7 @@ def rebuild_model(home: PlatformHome, version: str, config: TrainingConfig) -> R
     if not specs:
         raise RebuildError(f"{version}: candidate {candidate!r} is not in the current search config")
     split_version = lineage["split_versions"]["review_splits"]
-    store = ArtifactStore(home.artifacts)
+    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
     splits = store.load(store.get("review_splits", split_version))
     rebuilt = train_candidate(specs[0], split_frames(splits), config)
     return Rebuild(

@@ -1,35 +1,59 @@
 """Model registry: immutable ONNX model versions, approval status and the production/previous aliases.
 
-Layout under the registry root (PlatformHome.registry)::
+Version files live on the registry's storage location (`[storage] registry`; by default the home's
+registry directory, PlatformHome.registry)::
 
     versions/<v>/model.onnx   the exact bytes that are scored (read-only), named by version v1, v2, ...
-    versions/<v>/meta.json    version, sha256, size, created time, metrics (written once)
     versions/<v>/card.json    the model card; card.md next to it when the card has a Markdown form
+    versions/<v>/meta.json    version, sha256, size, created time, metrics: written LAST, so a version
+                              exists exactly when its meta.json does
+
+The records stay in the home's registry directory (or in PostgreSQL, `PlatformHome.pg_url`; see
+mlplatform/core/records.py)::
+
     events.jsonl              append-only log: registered, approved, rejected, promoted, rolled_back
     aliases.json              {"production": "v3", "previous": "v2"}, replaced by atomic rename
     .lock                     fcntl lock serialising every change
 
+Every object of a version is written once and never changed. On a local directory a version is built
+in a staging directory and renamed into place (it appears whole or not at all). On object storage
+each file is one immutable PUT, meta.json last; a registration that died before its meta.json leaves
+files that are no version but still use up their number, so the number is never handed out twice.
+Numbers are allocated under the records' exclusive section. A remote model is read through a local,
+content-addressed cache (`<registry dir>/cache/<sha256>.onnx`), downloaded atomically and SHA-verified,
+because ONNX Runtime loads files.
+
 A version's status is derived from the events log, so the log is the single record of who changed
-what and when; the version directory itself never changes after registration.
+what and when; the version's files never change after registration.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mlplatform.core.fsio import file_lock, fsync_directory, write_json_atomic
+from mlplatform.core.fsio import fsync_directory, temp_path_for
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.records import FileRecords, Records, RecordSection, open_records
 from mlplatform.core.settings import Settings, SettingsError
+from mlplatform.core.storage import (
+    ImmutableConflict,
+    LocalLocation,
+    ObjectNotFound,
+    StorageLocation,
+    location_from_settings,
+)
 
 PENDING = "PendingManualApproval"
 APPROVED = "Approved"
@@ -38,6 +62,16 @@ PRODUCTION = "production"
 PREVIOUS = "previous"
 APPROVAL_POLICIES = ("auto", "manual")
 
+RECORDS_NAME = "registry"
+VERSIONS = "versions"
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+CARD_MARKDOWN_FILE = "card.md"
+META_FILE = "meta.json"
+CACHE_DIR = "cache"
+# Attempts at a version number when other writers keep taking the next one (only possible when
+# several machines register without shared, PostgreSQL, records).
+NUMBER_ATTEMPTS = 5
 _VERSION_NAME = re.compile(r"^v([1-9][0-9]*)$")
 _HASH_CHUNK = 1 << 20
 
@@ -94,32 +128,49 @@ class RegistryRules:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One registered model version as seen now (status and aliases are current)."""
+    """One registered model version as seen now (status and aliases are current).
+
+    `model_file` is where the model is on this machine: the registry's own file on a local registry,
+    the cache file on a remote one (fetched on first use of `onnx_path`). `onnx_url` is where the
+    registry keeps it ("" for a version built by hand: `model_file` itself).
+    """
 
     version: str
     status: str
     aliases: tuple[str, ...]
     metrics: dict[str, Any]
-    onnx_path: Path
+    model_file: Path
     sha256: str
     size_bytes: int
     created_at: str
     card: dict[str, Any]
     status_history: tuple[dict[str, Any], ...] = field(default=())
+    onnx_url: str = ""
+    fetch: Callable[[], Path] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def onnx_path(self) -> Path:
+        """The model file on this machine, SHA-verified into the local cache first when the registry is
+        remote (IntegrityError when the stored model is missing or damaged)."""
+        return self.fetch() if self.fetch is not None else self.model_file
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (what `mlplatform models list --json` prints)."""
+        """JSON-ready form (what `mlplatform models list --json` prints); fetches nothing."""
         return {
             "version": self.version,
             "status": self.status,
             "aliases": list(self.aliases),
             "metrics": self.metrics,
-            "onnx_path": str(self.onnx_path),
+            "onnx_path": self.onnx_url or str(self.model_file),
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
             "created_at": self.created_at,
             "status_history": [dict(entry) for entry in self.status_history],
         }
+
+
+def _has_event(events: list[dict[str, Any]], kind: str, version: str) -> bool:
+    return any(event["event"] == kind and event.get("version") == version for event in events)
 
 
 def _version_number(name: str) -> int:
@@ -129,17 +180,38 @@ def _version_number(name: str) -> int:
     return int(match.group(1))
 
 
-class ModelRegistry:
-    """Model versions, their approval status and the production/previous aliases under one root."""
+def _version_key(version: str, name: str) -> str:
+    _version_number(version)
+    return f"{VERSIONS}/{version}/{name}"
 
-    def __init__(self, root: Path) -> None:
+
+class ModelRegistry:
+    """Model versions, their approval status and the production/previous aliases.
+
+    `root` is the local registry directory: the file records live there, and the model cache when the
+    version files are elsewhere. `location` is where the version files live (default: `root` itself).
+    """
+
+    def __init__(
+        self, root: Path, records: Records | None = None, *, location: StorageLocation | None = None
+    ) -> None:
         self.root = Path(root)
+        self.location = location if location is not None else LocalLocation(self.root)
+        self._records = records if records is not None else self.file_records(self.root)
+
+    @classmethod
+    def for_home(cls, home: PlatformHome) -> ModelRegistry:
+        """The home's registry: version files at `[storage] registry`, events and aliases in PostgreSQL
+        when the home has a pg_url (else files in the home's registry directory)."""
+        root = home.registry
+        location = location_from_settings(home, Settings.load(home.settings_file), "registry")
+        return cls(root, open_records(cls.file_records(root), RECORDS_NAME, home.pg_url), location=location)
+
+    @staticmethod
+    def file_records(root: Path) -> FileRecords:
+        return FileRecords(root / "events.jsonl", root / ".lock", root / "aliases.json")
 
     # -- paths ------------------------------------------------------------------------------------
-
-    @property
-    def versions_dir(self) -> Path:
-        return self.root / "versions"
 
     @property
     def events_path(self) -> Path:
@@ -149,15 +221,10 @@ class ModelRegistry:
     def aliases_path(self) -> Path:
         return self.root / "aliases.json"
 
-    def _version_dir(self, version: str) -> Path:
-        _version_number(version)
-        return self.versions_dir / version
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Exclusive inter-process lock around every change (version numbers, aliases, events)."""
-        with file_lock(self.root / ".lock"):
-            yield
+    @property
+    def cache_dir(self) -> Path:
+        """Where models of a remote registry are kept for ONNX Runtime, by sha256."""
+        return self.root / CACHE_DIR
 
     # -- registration -----------------------------------------------------------------------------
 
@@ -173,7 +240,8 @@ class ModelRegistry:
         """Store a new immutable version (status PendingManualApproval) or return the one with these bytes.
 
         The card's Markdown comes from `card_markdown` or the card's "markdown" entry and is written
-        to card.md; card.json holds the rest of the card.
+        to card.md; card.json holds the rest of the card. A version whose "registered" event was lost
+        (the records were unreachable right after its files were written) gets it now.
         """
         if not onnx_bytes:
             raise RegistryError("refusing to register an empty model file")
@@ -181,24 +249,19 @@ class ModelRegistry:
             raise RegistryError("model metrics must include 'macro_f1'")
         card_json = {key: value for key, value in card.items() if key != "markdown"}
         markdown = card_markdown if card_markdown is not None else card.get("markdown")
-        card_text = self._json_text(card_json, "model card")
+        files = {MODEL_FILE: onnx_bytes, CARD_FILE: self._json_text(card_json, "model card").encode()}
+        if markdown is not None:
+            files[CARD_MARKDOWN_FILE] = str(markdown).encode()
         metrics_dict = json.loads(self._json_text(dict(metrics), "model metrics"))
         sha256 = hashlib.sha256(onnx_bytes).hexdigest()
-        with self._locked():
-            existing = self._find_by_sha256(sha256)
-            if existing is not None:
-                return self.get(existing)
-            version = f"v{self._highest_version_number() + 1}"
-            created_at = _utc_now()
-            meta = {
-                "version": version,
-                "sha256": sha256,
-                "size_bytes": len(onnx_bytes),
-                "created_at": created_at,
-                "metrics": metrics_dict,
-            }
-            self._write_version_dir(version, onnx_bytes, meta, card_text, markdown)
-            self._append_event({"event": "registered", "version": version, "by": by, "time": created_at})
+        with self._records.exclusive() as section:
+            registered_at = _utc_now()
+            version = self._find_by_sha256(sha256)
+            if version is None:
+                meta = {"sha256": sha256, "size_bytes": len(onnx_bytes), "created_at": registered_at}
+                version = self._store_new_version(files, {**meta, "metrics": metrics_dict})
+            if not _has_event(section.entries(), "registered", version):
+                section.append({"event": "registered", "version": version, "by": by, "time": registered_at})
         return self.get(version)
 
     @staticmethod
@@ -208,21 +271,43 @@ class ModelRegistry:
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"{what} is not JSON-serialisable: {exc}") from exc
 
-    def _write_version_dir(
-        self, version: str, onnx_bytes: bytes, meta: dict[str, Any], card_text: str, markdown: str | None
-    ) -> None:
+    def _store_new_version(self, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
+        """Write the version under the next free number; returns it.
+
+        A number another writer took between our listing and our write (ImmutableConflict) is skipped;
+        if that writer stored these very bytes, its version is the answer.
+        """
+        for _ in range(NUMBER_ATTEMPTS):
+            version = f"v{self._highest_version_number() + 1}"
+            meta_bytes = json.dumps({**meta, "version": version}, indent=2, sort_keys=True).encode()
+            try:
+                self._write_version(version, {**files, META_FILE: meta_bytes})
+            except ImmutableConflict:
+                taken = self._find_by_sha256(meta["sha256"])
+                if taken is not None:
+                    return taken
+                continue
+            return version
+        raise RegistryError(
+            f"no free version number after {NUMBER_ATTEMPTS} attempts at {self.location.url}: other writers "
+            "keep taking them (registries shared between machines need PostgreSQL records)"
+        )
+
+    def _write_version(self, version: str, files: Mapping[str, bytes]) -> None:
+        """Store a version's files, meta.json last (it marks the version as complete)."""
+        if isinstance(self.location, LocalLocation):
+            self._write_local_version(self.location.path_of(VERSIONS), version, files)
+            return
+        for name, content in files.items():  # dicts keep insertion order: meta.json comes last
+            self.location.put_bytes(_version_key(version, name), content, immutable=True)
+
+    @staticmethod
+    def _write_local_version(versions_dir: Path, version: str, files: Mapping[str, bytes]) -> None:
         """Build the version in a temp dir, then rename it into place so it appears whole or not at all."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.versions_dir / f".staging-{uuid.uuid4().hex}"
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        staging = versions_dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            files = {
-                "model.onnx": onnx_bytes,
-                "meta.json": json.dumps(meta, indent=2, sort_keys=True).encode(),
-            }
-            files["card.json"] = card_text.encode()
-            if markdown is not None:
-                files["card.md"] = str(markdown).encode()
             for name, content in files.items():
                 path = staging / name
                 with path.open("wb") as handle:
@@ -230,61 +315,78 @@ class ModelRegistry:
                     handle.flush()
                     os.fsync(handle.fileno())
                 path.chmod(0o444)
-            os.rename(staging, self.versions_dir / version)
-            fsync_directory(self.versions_dir)
+            try:
+                os.rename(staging, versions_dir / version)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise ImmutableConflict(f"{versions_dir / version} exists already") from None
+                raise
+            fsync_directory(versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
+    def _version_files(self) -> dict[str, set[str]]:
+        """The file names stored under each `versions/<v>/`, complete or not."""
+        found: dict[str, set[str]] = {}
+        for key in self.location.list(VERSIONS):
+            parts = key.split("/")
+            if len(parts) == 3 and _VERSION_NAME.match(parts[1]):
+                found.setdefault(parts[1], set()).add(parts[2])
+        return found
+
     def _version_names(self) -> list[str]:
-        if not self.versions_dir.is_dir():
-            return []
-        names = [path.name for path in self.versions_dir.iterdir() if _VERSION_NAME.match(path.name)]
+        """The registered versions (those with a meta.json), oldest first."""
+        names = [name for name, files in self._version_files().items() if META_FILE in files]
         return sorted(names, key=_version_number)
 
     def _highest_version_number(self) -> int:
-        names = self._version_names()
-        return _version_number(names[-1]) if names else 0
+        """The highest number in use, counting versions whose registration died before meta.json."""
+        return max(map(_version_number, self._version_files()), default=0)
 
     def _find_by_sha256(self, sha256: str) -> str | None:
-        for name in self._version_names():
-            if self._read_meta(name)["sha256"] == sha256:
-                return name
-        return None
+        metas = self._read_documents(self._version_names(), (META_FILE,))
+        return next((name for name, (meta,) in metas.items() if meta["sha256"] == sha256), None)
+
+    def _read_documents(self, versions: list[str], names: tuple[str, ...]) -> dict[str, tuple[dict, ...]]:
+        """The JSON files `names` of each version (fetched together), by version in the given order."""
+        keys = [_version_key(version, name) for version in versions for name in names]
+        try:
+            payloads = self.location.get_many(keys)
+        except ObjectNotFound:
+            raise self._missing_document(keys) from None
+        except OSError as exc:
+            raise RegistryError(f"cannot read model versions under {self.location.url}: {exc}") from exc
+        documents = {}
+        for version in versions:
+            parsed = []
+            for name in names:
+                key = _version_key(version, name)
+                try:
+                    parsed.append(json.loads(payloads[key]))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise RegistryError(f"cannot read {self.location.url_of(key)}: {exc}") from exc
+            documents[version] = tuple(parsed)
+        return documents
+
+    def _missing_document(self, keys: list[str]) -> RegistryError:
+        """The error naming the first of `keys` that is missing (a version without meta.json is none)."""
+        missing = next((key for key in keys if not self.location.exists(key)), keys[0])
+        version = missing.split("/")[1]
+        if missing.endswith(f"/{META_FILE}"):
+            return RegistryError(f"model version {version} is not registered")
+        return RegistryError(
+            f"model version {version} is incomplete: {self.location.url_of(missing)} is missing"
+        )
 
     def _read_meta(self, version: str) -> dict[str, Any]:
-        path = self._version_dir(version) / "meta.json"
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RegistryError(f"model version {version} is not registered") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RegistryError(f"cannot read {path}: {exc}") from exc
+        return self._read_documents([version], (META_FILE,))[version][0]
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _append_event(self, event: dict[str, Any]) -> None:
-        """Append one JSON line durably; a torn tail from a crash is closed off with a newline first."""
-        line = json.dumps(event, sort_keys=True) + "\n"
-        with self.events_path.open("ab+") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() > 0:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    handle.write(b"\n")
-            handle.write(line.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-
     def events(self) -> list[dict[str, Any]]:
         """Every event in order; a line torn by a crash mid-append is skipped."""
-        if not self.events_path.exists():
-            return []
-        events = []
-        for raw in self.events_path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                events.append(json.loads(raw))
-        return events
+        return list(self._records.read().entries)
 
     @staticmethod
     def _status_history(
@@ -324,42 +426,49 @@ class ModelRegistry:
         return self._build(version, self.events(), self.aliases())
 
     def list(self) -> list[ModelVersion]:
-        """Every version, newest first."""
+        """Every version, newest first (their metas and cards are fetched together)."""
         events, aliases = self.events(), self.aliases()
-        return [self._build(name, events, aliases) for name in reversed(self._version_names())]
+        names = list(reversed(self._version_names()))
+        documents = self._read_documents(names, (META_FILE, CARD_FILE))
+        return [self._assemble(name, *documents[name], events, aliases) for name in names]
 
     def _build(self, version: str, events: list[dict[str, Any]], aliases: Mapping[str, str]) -> ModelVersion:
-        meta = self._read_meta(version)
-        directory = self._version_dir(version)
+        meta, card = self._read_documents([version], (META_FILE, CARD_FILE))[version]
+        return self._assemble(version, meta, card, events, aliases)
+
+    def _assemble(
+        self,
+        version: str,
+        meta: dict[str, Any],
+        card: dict[str, Any],
+        events: list[dict[str, Any]],
+        aliases: Mapping[str, str],
+    ) -> ModelVersion:
         history = self._status_history(version, meta["created_at"], events)
-        card_path = directory / "card.json"
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RegistryError(f"cannot read {card_path}: {exc}") from exc
+        key = _version_key(version, MODEL_FILE)
+        if isinstance(self.location, LocalLocation):
+            model_file, fetch = self.location.path_of(key), None
+        else:
+            model_file = self._cache_path(meta["sha256"])
+            fetch = partial(self._cached_model, version, meta["sha256"])
         return ModelVersion(
             version=version,
             status=history[-1]["status"],
             aliases=tuple(sorted(name for name, target in aliases.items() if target == version)),
             metrics=meta["metrics"],
-            onnx_path=directory / "model.onnx",
+            model_file=model_file,
             sha256=meta["sha256"],
             size_bytes=meta["size_bytes"],
             created_at=meta["created_at"],
             card=card,
             status_history=history,
+            onnx_url=self.location.url_of(key),
+            fetch=fetch,
         )
 
     def aliases(self) -> dict[str, str]:
         """Current aliases, e.g. {"production": "v3", "previous": "v2"}."""
-        try:
-            text = self.aliases_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        try:
-            return dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise RegistryError(f"cannot read {self.aliases_path}: {exc}") from exc
+        return self._records.pointer_state()[0]
 
     def production(self) -> ModelVersion | None:
         """The version the production alias points to, or None when nothing is in production."""
@@ -367,29 +476,82 @@ class ModelRegistry:
         return None if version is None else self.get(version)
 
     def production_pointer(self) -> tuple[str | None, int]:
-        """(production version, mtime_ns of aliases.json): a cheap poll for servers to notice a move."""
-        try:
-            mtime_ns = self.aliases_path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None, 0
-        return self.aliases().get(PRODUCTION), mtime_ns
+        """(production version, change stamp): a cheap poll for servers to notice a move.
+
+        The stamp is aliases.json's mtime_ns on files, the aliases' revision in PostgreSQL; 0 before
+        the first alias is set.
+        """
+        aliases, stamp = self._records.pointer_state()
+        return aliases.get(PRODUCTION), stamp
 
     def verify(self, version: str) -> Path:
-        """Recompute the SHA-256 of the version's model.onnx; return its path or raise IntegrityError."""
-        meta = self._read_meta(version)
-        return verify_file(self._version_dir(version) / "model.onnx", meta["sha256"], f"model {version}")
+        """Recompute the SHA-256 of the version's model; return its local path or raise IntegrityError.
+
+        On a remote registry the path is the cache file; a damaged cache file is fetched again.
+        """
+        sha256 = self._read_meta(version)["sha256"]
+        if isinstance(self.location, LocalLocation):
+            path = self.location.path_of(_version_key(version, MODEL_FILE))
+            return verify_file(path, sha256, f"model {version}")
+        return self._cached_model(version, sha256)
+
+    # -- the local cache of a remote registry -----------------------------------------------------
+
+    def _cache_path(self, sha256: str) -> Path:
+        return self.cache_dir / f"{sha256}.onnx"
+
+    def _cached_model(self, version: str, sha256: str) -> Path:
+        """The model in the cache, SHA-verified; downloaded when absent or damaged."""
+        path = self._cache_path(sha256)
+        if path.is_file():
+            try:
+                return verify_file(path, sha256, f"cached model {version}")
+            except IntegrityError:
+                pass  # a damaged cache copy: fetch it again
+        return self._download(version, sha256, path)
+
+    def _download(self, version: str, sha256: str, target: Path) -> Path:
+        """Stream the model into a temp file while hashing it; rename it into place only when it matches."""
+        key = _version_key(version, MODEL_FILE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = temp_path_for(target)
+        digest = hashlib.sha256()
+        try:
+            with self.location.open_read(key) as reader, open(temp, "xb") as writer:
+                for block in iter(lambda: reader.read(_HASH_CHUNK), b""):
+                    digest.update(block)
+                    writer.write(block)
+                writer.flush()
+                os.fsync(writer.fileno())
+            if digest.hexdigest() != sha256:
+                raise IntegrityError(
+                    f"model {version}: sha256 of {self.location.url_of(key)} is {digest.hexdigest()}, "
+                    f"expected {sha256}"
+                )
+            os.chmod(temp, 0o444)
+            os.replace(temp, target)
+        except ObjectNotFound:
+            raise IntegrityError(f"model {version}: {self.location.url_of(key)} is missing") from None
+        finally:
+            temp.unlink(missing_ok=True)
+        fsync_directory(target.parent)
+        return target
 
     # -- status -----------------------------------------------------------------------------------
 
+    def _current(self, section: RecordSection, version: str) -> ModelVersion:
+        """The version as the exclusive section sees it (reads inside the section, never around it)."""
+        return self._build(version, section.entries(), section.pointers())
+
     def approve(self, version: str, by: str, note: str | None = None) -> ModelVersion:
         """PendingManualApproval -> Approved."""
-        with self._locked():
-            current = self.get(version)
+        with self._records.exclusive() as section:
+            current = self._current(section, version)
             if current.status != PENDING:
                 raise RegistryError(
                     f"cannot approve {version}: it is {current.status}, only {PENDING} can be approved"
                 )
-            self._append_event(
+            section.append(
                 {"event": "approved", "version": version, "by": by, "reason": note, "time": _utc_now()}
             )
         return self.get(version)
@@ -398,22 +560,22 @@ class ModelRegistry:
         """PendingManualApproval or Approved -> Rejected; refused while the version serves production."""
         if not reason or not reason.strip():
             raise RegistryError(f"rejecting {version} needs a reason")
-        with self._locked():
-            current = self.get(version)
+        with self._records.exclusive() as section:
+            current = self._current(section, version)
             if current.status == REJECTED:
                 raise RegistryError(f"cannot reject {version}: it is already {REJECTED}")
             if PRODUCTION in current.aliases:
                 raise RegistryError(
                     f"cannot reject {version}: it serves production; roll back or promote another version first"
                 )
-            self._append_event(
+            section.append(
                 {"event": "rejected", "version": version, "by": by, "reason": reason, "time": _utc_now()}
             )
             if PREVIOUS in current.aliases:
                 # A rejected model must never be a rollback target.
-                aliases = self.aliases()
+                aliases = section.pointers()
                 del aliases[PREVIOUS]
-                write_json_atomic(self.aliases_path, aliases)
+                section.set_pointers(aliases)
         return self.get(version)
 
     # -- aliases ----------------------------------------------------------------------------------
@@ -424,21 +586,21 @@ class ModelRegistry:
         Returns (old production or None, new production). Promoting the version already in production
         changes nothing and returns (version, version).
         """
-        with self._locked():
-            target = self.get(version)
+        with self._records.exclusive() as section:
+            target = self._current(section, version)
             if target.status != APPROVED:
                 raise RegistryError(
                     f"cannot promote {version}: it is {target.status}, only {APPROVED} can be promoted"
                 )
-            aliases = self.aliases()
+            aliases = section.pointers()
             old = aliases.get(PRODUCTION)
             if old == version:
                 return version, version
             aliases[PRODUCTION] = version
             if old is not None:
                 aliases[PREVIOUS] = old
-            write_json_atomic(self.aliases_path, aliases)
-            self._append_event(
+            section.set_pointers(aliases)
+            section.append(
                 {
                     "event": "promoted",
                     "version": version,
@@ -455,24 +617,23 @@ class ModelRegistry:
 
         Returns (rolled back from, rolled back to).
         """
-        with self._locked():
-            aliases = self.aliases()
+        with self._records.exclusive() as section:
+            aliases, events = section.pointers(), section.entries()
             current, target = aliases.get(PRODUCTION), aliases.get(PREVIOUS)
             if current is None or target is None:
                 raise RegistryError("nothing to roll back to: no production and previous versions")
-            status = self.get(target).status
+            status = self._build(target, events, aliases).status
             if status != APPROVED:
                 raise RegistryError(f"cannot roll back to {target}: it is {status}")
             self.verify(target)
-            events = self.events()
             before = self._promoted_before(target, exclude={current, target}, events=events)
             aliases[PRODUCTION] = target
             if before is None:
                 aliases.pop(PREVIOUS, None)
             else:
                 aliases[PREVIOUS] = before
-            write_json_atomic(self.aliases_path, aliases)
-            self._append_event(
+            section.set_pointers(aliases)
+            section.append(
                 {
                     "event": "rolled_back",
                     "from": current,
@@ -496,19 +657,19 @@ class ModelRegistry:
 
     def restore_aliases(self, production: str | None, previous: str | None, by: str, reason: str) -> None:
         """Set both aliases to exactly these versions (None removes one): the deploy asset's automatic rollback."""
-        with self._locked():
+        with self._records.exclusive() as section:
             for version in (production, previous):
                 if version is not None:
                     self._read_meta(version)
-            aliases = self.aliases()
+            aliases = section.pointers()
             current = aliases.get(PRODUCTION)
             for name, version in ((PRODUCTION, production), (PREVIOUS, previous)):
                 if version is None:
                     aliases.pop(name, None)
                 else:
                     aliases[name] = version
-            write_json_atomic(self.aliases_path, aliases)
-            self._append_event(
+            section.set_pointers(aliases)
+            section.append(
                 {
                     "event": "rolled_back",
                     "from": current,

@@ -17,6 +17,10 @@ the one artifact that is scored, and the fast path is parity-gated against ONNX 
   by ONNX Runtime itself;
 - a graph the fast path does not understand is scored by ONNX Runtime, chunks run in parallel.
 
+Batches under `fast_path_min_rows` (the endpoint's single reviews) take the fast path's per-text
+engine (`lean_scoring`), the same arithmetic without the bulk set-up cost; the parity probe checks
+both engines, and the same tie and case rules hand rows to ONNX Runtime.
+
 Supported graph shape (what skl2onnx emits for TfidfVectorizer/CountVectorizer + a linear classifier):
 [Reshape/Flatten/Identity/Cast to float] -> [StringNormalizer LOWER|NONE, no stopwords] -> Tokenizer (a
 regex that is one ASCII character class with a repeat, no separators, no marks) -> [Flatten] ->
@@ -47,6 +51,7 @@ import pyarrow.parquet as pq
 from onnx import numpy_helper
 from scipy import sparse
 
+from mlplatform.core.lean_scoring import LeanTextScorer
 from mlplatform.core.registry import verify_file
 from mlplatform.core.settings import Settings
 from mlplatform.core.text import LABELS, model_text
@@ -652,6 +657,18 @@ def parity_probe_texts(plan: LinearTextPlan, count: int, seed: int = 0) -> list[
     return texts[:count]
 
 
+def _session_feed(texts: Sequence[str | None]) -> np.ndarray:
+    """Texts as ONNX Runtime's [N, 1] string input (None as the empty text)."""
+    return np.array(["" if text is None else text for text in texts], dtype=object).reshape(-1, 1)
+
+
+@dataclass(frozen=True)
+class _FastPath:
+    plan: LinearTextPlan
+    tail: ort.InferenceSession | None
+    lean: LeanTextScorer
+
+
 class ScoringModel:
     """A verified ONNX sentiment model: `predict` returns (labels, probabilities [N, 3])."""
 
@@ -669,8 +686,9 @@ class ScoringModel:
         self.version: str | None = None
         self._session = session
         self._rows_per_run = rules.rows_per_run(feature_width)
-        # (plan, session for the plan's numeric tail or None), swapped as one reference.
-        self._fast: tuple[LinearTextPlan, ort.InferenceSession | None] | None = None
+        # Swapped as one reference: the plan, the session of its numeric tail (or None) and the
+        # per-text engine for small batches.
+        self._fast: _FastPath | None = None
         self.fast_path_reason = "disabled in settings"
 
     @property
@@ -680,7 +698,8 @@ class ScoringModel:
 
     def enable_fast_path(self, plan: LinearTextPlan) -> bool:
         """Switch the fast path on when it agrees with ONNX Runtime on the probe texts."""
-        self._fast = (plan, None if plan.tail_model is None else _session(plan.tail_model))
+        tail = None if plan.tail_model is None else _session(plan.tail_model)
+        self._fast = _FastPath(plan, tail, LeanTextScorer.from_plan(plan))
         mismatch = self.check_parity(parity_probe_texts(plan, self.rules.parity_probe_rows))
         if mismatch is not None:
             self.disable_fast_path(f"parity probe failed: {mismatch}")
@@ -700,14 +719,21 @@ class ScoringModel:
         if self._fast is None or not texts:
             return None
         series = pl.Series("text", list(texts), dtype=pl.String)
-        fast_labels, fast_probabilities = self._predict_fast(series)
         labels, probabilities = self._predict_onnxruntime(series)
-        differing = int(np.sum(fast_labels != labels))
-        if differing:
-            return f"{differing} of {len(texts)} labels differ"
-        gap = float(np.max(np.abs(fast_probabilities - probabilities)))
-        if gap > self.rules.parity_atol:
-            return f"probabilities differ by up to {gap:.2e} (allowed {self.rules.parity_atol:.0e})"
+        # Both engines of the fast path answer for themselves: the bulk one and the per-text one.
+        for engine, (fast_labels, fast_probabilities) in (
+            ("bulk", self._predict_fast(series)),
+            ("per-text", self._predict_lean(list(texts))),
+        ):
+            differing = int(np.sum(fast_labels != labels))
+            if differing:
+                return f"{engine}: {differing} of {len(texts)} labels differ"
+            gap = float(np.max(np.abs(fast_probabilities - probabilities)))
+            if gap > self.rules.parity_atol:
+                return (
+                    f"{engine}: probabilities differ by up to {gap:.2e} "
+                    f"(allowed {self.rules.parity_atol:.0e})"
+                )
         return None
 
     def predict(self, texts: Sequence[str] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -718,9 +744,11 @@ class ScoringModel:
         if len(texts) == 0:
             return np.empty(0, dtype=object), np.empty((0, len(CLASS_LABELS)), dtype=np.float32)
         if not isinstance(texts, pl.Series) and len(texts) < self.rules.fast_path_min_rows:
-            # The serving hot path: a handful of texts go straight to one onnxruntime run.
-            feed = np.array(["" if text is None else text for text in texts], dtype=object).reshape(-1, 1)
-            labels, probabilities = self._run_session(feed)
+            # The serving hot path: a handful of texts, scored text by text (or in one onnxruntime run).
+            if self._fast is not None:
+                labels, probabilities = self._predict_lean(list(texts))
+            else:
+                labels, probabilities = self._run_session(_session_feed(texts))
         else:
             series = (
                 texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.String)
@@ -736,21 +764,46 @@ class ScoringModel:
     def _predict_fast(self, series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         fast = self._fast
         assert fast is not None
-        plan, tail = fast
-        scores = linear_scores(plan, series)
-        if tail is not None:
-            labels, probabilities = self._run_tail(tail, plan, scores)
+        scores = linear_scores(fast.plan, series)
+        case_ambiguous = None
+        if fast.plan.lowercase:
+            case_ambiguous = series.fill_null("").str.contains(f"[{CASE_AMBIGUOUS_CHARACTERS}]").to_numpy()
+        labels, probabilities, delegated = self._from_scores(fast, scores, case_ambiguous)
+        if delegated.any():
+            rows = np.flatnonzero(delegated)
+            labels[rows], probabilities[rows] = self._predict_onnxruntime(series.gather(rows))
+        return labels, probabilities
+
+    def _predict_lean(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        fast = self._fast
+        assert fast is not None
+        scores = fast.lean.scores(texts)
+        case_ambiguous = None
+        if fast.plan.lowercase:
+            case_ambiguous = np.array(
+                [text is not None and any(c in text for c in CASE_AMBIGUOUS_CHARACTERS) for text in texts]
+            )
+        labels, probabilities, delegated = self._from_scores(fast, scores, case_ambiguous)
+        if delegated.any():
+            rows = np.flatnonzero(delegated)
+            labels[rows], probabilities[rows] = self._run_session(_session_feed([texts[i] for i in rows]))
+        return labels, probabilities
+
+    def _from_scores(
+        self, fast: _FastPath, scores: np.ndarray, case_ambiguous: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels and probabilities from raw class scores, and which rows ONNX Runtime must score."""
+        plan = fast.plan
+        if fast.tail is not None:
+            labels, probabilities = self._run_tail(fast.tail, plan, scores)
         else:
             labels = np.asarray(plan.class_labels, dtype=object)[np.argmax(scores, axis=1)]
             probabilities = _post_transform(plan, scores)
         top_two = np.sort(scores, axis=1)[:, -2:]
         delegated = (top_two[:, 1] - top_two[:, 0]) < self.rules.tie_margin
-        if plan.lowercase:
-            delegated |= series.fill_null("").str.contains(f"[{CASE_AMBIGUOUS_CHARACTERS}]").to_numpy()
-        if delegated.any():
-            rows = np.flatnonzero(delegated)
-            labels[rows], probabilities[rows] = self._predict_onnxruntime(series.gather(rows))
-        return labels, probabilities
+        if case_ambiguous is not None:
+            delegated |= case_ambiguous
+        return labels, probabilities, delegated
 
     def _run_tail(
         self, tail: ort.InferenceSession, plan: LinearTextPlan, scores: np.ndarray

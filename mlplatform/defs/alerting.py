@@ -135,7 +135,7 @@ def record_run_alerts(
         alert = record_run_status_alert(instance, run_id, store)
         if alert is not None:
             raised.append(alert)
-    raised.extend(record_rollback_alerts(ModelRegistry(home.ensure().registry), store))
+    raised.extend(record_rollback_alerts(ModelRegistry.for_home(home.ensure()), store))
     return raised
 
 

@@ -30,6 +30,7 @@ from mlplatform.core.registry import PREVIOUS, PRODUCTION, ModelRegistry, ModelV
 from mlplatform.core.scoring import ScoringError, ScoringRules
 from mlplatform.core.settings import Settings
 from mlplatform.defs.checks import check_result
+from mlplatform.defs.execution import DEPLOYMENT_POOL, ExecutionRules, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
 from mlplatform.defs.versions import code_version
@@ -110,6 +111,9 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
         },
         ins={"best_model": dg.AssetIn("best_model")},
         can_subset=True,
+        # One deployment at a time across all runs (the pool's limit is in the instance's dagster.yaml).
+        # No retry policy: a half-done deployment is rolled back and reported, never run again blindly.
+        pool=DEPLOYMENT_POOL,
         check_specs=[
             dg.AssetCheckSpec(
                 "smoke_test",
@@ -203,6 +207,8 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
             )
         ],
         description="One file of lake/batch scored by the production model (row_id, label, p_*, model_version).",
+        # Scoring one file again is harmless: only transient trouble (I/O) makes a retry worth it.
+        retry_policy=step_retry_policy(ExecutionRules.from_settings(settings)),
     )
     def batch_predictions(context: AssetExecutionContext, platform: PlatformResource):
         home = platform.platform_home()

@@ -32,6 +32,7 @@ from mlplatform.core.artifacts import (
 )
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.lake import Lake
+from mlplatform.core.settings import Settings
 
 ROW_COUNT_KEY = "dagster/row_count"
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
@@ -72,8 +73,9 @@ def asset_path(asset_key: dg.AssetKey) -> str:
 
 def artifact_metadata(artifact: StoredArtifact) -> dict[str, Any]:
     """Output metadata for a stored version; tables get row count and column schema for the UI."""
+    where = artifact.path
     metadata: dict[str, Any] = {
-        "path": dg.MetadataValue.path(str(artifact.path)),
+        "path": dg.MetadataValue.path(str(where)) if isinstance(where, Path) else dg.MetadataValue.url(where),
         "sha256": dg.MetadataValue.text(artifact.version),
         "size_bytes": dg.MetadataValue.int(artifact.size),
         "format": dg.MetadataValue.text(artifact.fmt),
@@ -87,12 +89,14 @@ def artifact_metadata(artifact: StoredArtifact) -> dict[str, Any]:
 
 
 class VersionedIOManager(dg.ConfigurableIOManager):
-    """Stores asset outputs in the content-addressed artifact store under `home`/artifacts."""
+    """Stores asset outputs in the content-addressed artifact store of `home`: its `artifacts`
+    directory, or the `[storage] artifacts` location of the home's settings (e.g. s3://...)."""
 
     home: str
 
     def _store(self) -> ArtifactStore:
-        return ArtifactStore(PlatformHome(Path(self.home)).artifacts)
+        home = PlatformHome(Path(self.home))
+        return ArtifactStore.from_settings(home, Settings.load(home.settings_file))
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         versioned = _as_versioned(obj, context)
@@ -121,7 +125,7 @@ class VersionedIOManager(dg.ConfigurableIOManager):
         """Governed access: every version a run reads is appended to the lake's audit ledger."""
         run_id = context.step_context.run_id
         reader = context.op_def.name
-        lake = Lake(PlatformHome(Path(self.home)))
+        lake = Lake(PlatformHome.at(Path(self.home)))
         for artifact in artifacts:
             lake.record_read(
                 artifact.asset,

@@ -48,6 +48,7 @@ from mlplatform.core.monitoring import (
 )
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
+from mlplatform.core.storage import StorageLocation, location_from_settings
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
@@ -88,22 +89,23 @@ def _label_files(home: PlatformHome) -> list[Path]:
     return sorted(directory.glob("*.csv")) if directory.is_dir() else []
 
 
+def capture_location(home: PlatformHome) -> StorageLocation:
+    """Where the endpoint publishes sealed capture segments (`[storage] capture`)."""
+    return location_from_settings(home, Settings.load(home.settings_file), "capture")
+
+
 def monitoring_fingerprint(home: PlatformHome) -> str | None:
     """A hash of what the monitors read from outside the graph (None: nothing captured yet).
 
     The capture segments' names and sizes (append-only, so a new or grown segment changes it) and the
     labels files' names, sizes and modification times: the runner's cue that monitoring is behind.
     """
-    suffixes = (capture.SEALED_SUFFIX, capture.SEALED_SUFFIX + capture.OPEN_SUFFIX)
-    root = home.capture
-    segments = (
-        sorted(path for path in root.iterdir() if path.name.endswith(suffixes)) if root.is_dir() else []
-    )
+    segments = capture.list_segments(home.capture, capture_location(home))
     if not segments:
         return None
     digest = hashlib.sha256()
-    for path in segments:
-        digest.update(f"capture\0{path.name}\0{path.stat().st_size}\n".encode())
+    for name, size in segments:
+        digest.update(f"capture\0{name}\0{size}\n".encode())
     for path in _label_files(home):
         stat = path.stat()
         digest.update(f"labels\0{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -163,7 +165,9 @@ def _prediction_log_asset(settings: Settings) -> dg.AssetsDefinition:
         home = platform.platform_home()
         fingerprint = monitoring_fingerprint(home)
         # A home that never served has no capture directory yet: its log is empty, not an error.
-        log, stats = monitoring.prediction_log(capture.read_capture(home.ensure().capture))
+        log, stats = monitoring.prediction_log(
+            capture.read_capture(home.ensure().capture, capture_location(home))
+        )
         metadata: dict[str, Any] = {
             key: value for key, value in stats.to_dict().items() if isinstance(value, int)
         }

@@ -30,13 +30,13 @@ class PlatformResource(dg.ConfigurableResource):
     home: str
 
     def platform_home(self) -> PlatformHome:
-        return PlatformHome(Path(self.home))
+        return PlatformHome.at(Path(self.home))
 
     def settings(self) -> Settings:
         return Settings.load(self.platform_home().settings_file)
 
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.platform_home().ensure().registry)
+        return ModelRegistry.for_home(self.platform_home().ensure())
 
     def lake(self) -> Lake:
         return Lake.from_settings(self.platform_home(), self.settings())
@@ -182,7 +182,7 @@ class OfflineEndpointResource(EndpointResource):
         return None
 
     def reported_version(self) -> str | None:
-        return ModelRegistry(PlatformHome(Path(self.home)).registry).aliases().get(PRODUCTION)
+        return ModelRegistry.for_home(PlatformHome.at(Path(self.home))).aliases().get(PRODUCTION)
 
     def predict(self, request: dict[str, Any], model: ModelVersion) -> EndpointAnswer:
         settings = Settings.load(PlatformHome(Path(self.home)).settings_file)

@@ -33,6 +33,7 @@ from mlplatform.core.selection import (
 from mlplatform.core.settings import Settings
 from mlplatform.core.training import CandidateSpec, TrainingConfig, config_fingerprint, split_frames
 from mlplatform.defs.checks import check_result
+from mlplatform.defs.execution import TRAINING_OP_TAGS, ExecutionRules, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import PlatformResource
 from mlplatform.defs.versions import code_version
@@ -52,7 +53,9 @@ def candidate_key(spec: CandidateSpec) -> dg.AssetKey:
     return dg.AssetKey([CANDIDATES_GROUP_PREFIX, f"{spec.family}_{digest}"])
 
 
-def _candidate_asset(spec: CandidateSpec, config: TrainingConfig, version: str) -> dg.AssetsDefinition:
+def _candidate_asset(
+    spec: CandidateSpec, config: TrainingConfig, version: str, retry_policy: dg.RetryPolicy | None
+) -> dg.AssetsDefinition:
     key = candidate_key(spec)
 
     @dg.asset(
@@ -61,6 +64,8 @@ def _candidate_asset(spec: CandidateSpec, config: TrainingConfig, version: str) 
         kinds={"sklearn", "onnx"},
         code_version=version,
         description=f"Candidate {spec.name}: fitted on train, offsets tuned on validation, exported to ONNX.",
+        op_tags=TRAINING_OP_TAGS,
+        retry_policy=retry_policy,
         check_specs=[
             dg.AssetCheckSpec(
                 "onnx_parity",
@@ -99,7 +104,9 @@ def _candidate_asset(spec: CandidateSpec, config: TrainingConfig, version: str) 
 def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg.AssetsDefinition]:
     specs = training.candidate_specs(config)
     candidate_version = code_version([training, export], {"training": config_fingerprint(config)})
-    candidates = [_candidate_asset(spec, config, candidate_version) for spec in specs]
+    # Training and registering are idempotent (content-addressed), so a step that raised may run again.
+    retry_policy = step_retry_policy(ExecutionRules.from_settings(settings))
+    candidates = [_candidate_asset(spec, config, candidate_version, retry_policy) for spec in specs]
     inputs = {f"candidate_{index}": dg.AssetIn(key=candidate_key(spec)) for index, spec in enumerate(specs)}
 
     @dg.asset(
@@ -123,6 +130,7 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
             ),
         ],
         description="The best candidate, evaluated with ONNX Runtime on the test split, registered, gated.",
+        retry_policy=retry_policy,
     )
     def best_model(
         context: AssetExecutionContext, review_splits: pl.DataFrame, platform: PlatformResource, **candidates

@@ -44,6 +44,7 @@ from mlplatform.core.home import PlatformHome
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.scoring import ScoringRules, load_model
 from mlplatform.core.settings import Settings
+from mlplatform.core.storage import location_from_settings
 from mlplatform.core.text import LABELS
 from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
 from mlplatform.serving.dashboard import add_dashboard_routes
@@ -444,6 +445,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
+class _GatedFastAPI(FastAPI):
+    """FastAPI with the RequestGate outside its whole middleware stack, error middleware included:
+    the inference routes are answered before any of FastAPI's per-request layers run."""
+
+    def __init__(self, gate: Callable[[Any], RequestGate], **options: Any) -> None:
+        super().__init__(**options)
+        self._gate = gate
+
+    def build_middleware_stack(self) -> Any:
+        return self._gate(super().build_middleware_stack())
+
+
 def create_app(
     home: PlatformHome,
     settings: Settings,
@@ -460,14 +473,17 @@ def create_app(
     """
     config = ServingConfig.from_settings(settings)
     holder = ModelHolder(
-        registry if registry is not None else ModelRegistry(home.registry),
+        registry if registry is not None else ModelRegistry.for_home(home),
         loader
         if loader is not None
         else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
         poll_interval_s=config.swap_poll_interval_s,
     )
     capture = CaptureWriter(
-        home.capture, CaptureConfig.from_settings(settings.section("serving")), sync_file=sync_file
+        home.capture,
+        CaptureConfig.from_settings(settings.section("serving")),
+        sync_file=sync_file,
+        publish_to=location_from_settings(home, settings, "capture"),
     )
     state = ServingState(config, holder, capture, ServingMetrics(holder.status), random.Random())
 
@@ -482,23 +498,23 @@ def create_app(
             capture.close()
             holder.stop()
 
-    app = FastAPI(
-        title="mlplatform sentiment endpoint",
-        description="Open Inference Protocol v2 endpoint for the production sentiment model.",
-        lifespan=lifespan,
-    )
-    app.state.serving = state
     inference_routes = {
         config.infer_path: InferenceRoute(
             state, config.infer_path, parse_infer_request, render_infer_response
         ),
         PREDICT_PATH: InferenceRoute(state, PREDICT_PATH, parse_predict_request, render_predict_response),
     }
+    app = _GatedFastAPI(
+        functools.partial(RequestGate, state=state, api_keys=api_keys, inference_routes=inference_routes),
+        title="mlplatform sentiment endpoint",
+        description="Open Inference Protocol v2 endpoint for the production sentiment model.",
+        lifespan=lifespan,
+    )
+    app.state.serving = state
     for path, handler in inference_routes.items():  # listed in the app's routes too (RequestGate serves them)
         app.router.routes.append(Route(path, handler))
     _add_info_routes(app, state)
     add_dashboard_routes(app, home, settings, holder.status)
     _add_error_handlers(app)
     _document_inference_routes(app, config)
-    app.add_middleware(RequestGate, state=state, api_keys=api_keys, inference_routes=inference_routes)
     return app

@@ -17,6 +17,13 @@ Segments: `<utc stamp>-<pid>-<seq>.jsonl.open` while written, sealed by an atomi
 mid-append leaves at most a torn last line in the `.open` segment; `read_capture` skips it, and the
 next writer seals a dead process's segment after cutting the torn tail. After a failed write the
 segment is cut back to its last durable record and sealed, so a bad line never sits mid-file.
+
+Capture location (`[storage] capture`): the open segment is always a local file (appends and fsync are
+what make a request durable before it is answered). When the capture location is elsewhere (object
+storage), a publisher thread uploads each sealed segment there under its own name, reads it back to
+verify its sha256, and only then removes the local copy. A failed upload leaves the segment local; it
+is published by the next attempt (the next seal, or the next start). `read_capture` reads the
+published segments plus the local ones.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import orjson
 import polars as pl
 
 from mlplatform.core.fsio import fsync_directory
+from mlplatform.core.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
 from mlplatform.core.text import LABELS
 
 log = logging.getLogger(__name__)
@@ -201,11 +209,78 @@ def seal_abandoned_segments(root: Path) -> list[Path]:
     return sealed
 
 
+def _remote(location: StorageLocation | None, root: Path) -> StorageLocation | None:
+    """The capture location when it is not the local capture directory itself, else None."""
+    return None if location is None or is_home_directory(location, root) else location
+
+
+def _local_sealed_segments(root: Path) -> list[Path]:
+    return sorted(root.glob(f"*{SEALED_SUFFIX}")) if root.is_dir() else []
+
+
+def publish_sealed_segments(root: Path, location: StorageLocation) -> list[str]:
+    """Upload every sealed local segment to `location`, verify it, then delete the local copy.
+
+    Returns the names published. Raises CaptureError on the first segment that cannot be published
+    (it stays local, nothing is lost). A segment another process publishes meanwhile is skipped.
+    """
+    published = []
+    for path in _local_sealed_segments(root):
+        try:
+            location.put_file(path.name, path, immutable=True)
+        except FileNotFoundError:
+            continue  # published and removed by another process's publisher meanwhile
+        except (StorageError, OSError) as exc:
+            raise CaptureError(
+                f"capture segment {path} could not be published to {location.url}: {exc}"
+            ) from exc
+        path.unlink(missing_ok=True)
+        published.append(path.name)
+    if published:
+        fsync_directory(root)
+    return published
+
+
+class _SegmentPublisher:
+    """A thread that publishes sealed segments off the writer thread (uploads must not delay fsyncs)."""
+
+    def __init__(self, root: Path, location: StorageLocation) -> None:
+        self._root, self._location = root, location
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="capture-publisher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._wake.set()  # segments sealed before this start (earlier runs, dead processes)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Publish what is sealed one last time, then stop."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                publish_sealed_segments(self._root, self._location)
+            except Exception as exc:  # kept locally; retried at the next seal or start
+                log.error("%s", exc)
+            if self._stopping:
+                return
+
+
 class CaptureWriter:
     """One writer thread appending capture records to rotating segments, fsync'ed in groups.
 
     `sync_file` is the fsync used for record data (injectable so tests can simulate a failing disk);
-    `clock` gives wall time for segment names and age.
+    `clock` gives wall time for segment names and age. With `publish_to` (the `[storage] capture`
+    location) other than `root` itself, sealed segments are moved there by a publisher thread.
     """
 
     def __init__(
@@ -215,11 +290,14 @@ class CaptureWriter:
         *,
         sync_file: Callable[[int], None] = os.fsync,
         clock: Callable[[], float] = time.time,
+        publish_to: StorageLocation | None = None,
     ) -> None:
         self._root = Path(root)
         self._config = config
         self._sync_file = sync_file
         self._clock = clock
+        remote = _remote(publish_to, self._root)
+        self._publisher = _SegmentPublisher(self._root, remote) if remote is not None else None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -240,6 +318,8 @@ class CaptureWriter:
         seal_abandoned_segments(self._root)
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
+        if self._publisher is not None:
+            self._publisher.start()
 
     async def append(self, payload: bytes) -> None:
         """Append complete JSON lines; return once they are durable. Raises CaptureError otherwise."""
@@ -251,13 +331,15 @@ class CaptureWriter:
         await future
 
     def close(self) -> None:
-        """Write everything pending, seal the open segment, stop the thread."""
+        """Write everything pending, seal the open segment, stop the thread (and publish what is sealed)."""
         if self._closed:
             return
         self._closed = True
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join()
+            if self._publisher is not None:
+                self._publisher.stop()
 
     # -- the writer thread --
 
@@ -354,6 +436,8 @@ class CaptureWriter:
         os.close(fd)
         os.rename(path, _sealed_name(path))
         fsync_directory(self._root)
+        if self._publisher is not None:
+            self._publisher.wake()
 
     def _seal_current_safely(self) -> None:
         try:
@@ -390,32 +474,87 @@ class CaptureWriter:
 # --- reading ------------------------------------------------------------------------------------------
 
 
-def _segment_order(path: Path) -> str:
-    return path.name.removesuffix(OPEN_SUFFIX)
+def _segment_order(item: tuple[str, Any]) -> str:
+    """Segments sort by name (UTC stamp first), an open one with the sealed name it will get."""
+    return item[0].removesuffix(OPEN_SUFFIX)
 
 
-def _complete_lines(path: Path) -> bytes:
-    """The segment's bytes up to its last newline (a torn tail is skipped); follows a concurrent seal."""
+def _read_local_segment(path: Path, remote: StorageLocation | None) -> bytes:
+    """A local segment's bytes, following a concurrent seal (open -> sealed) and publish (-> remote)."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        if not path.name.endswith(OPEN_SUFFIX):
+        if path.name.endswith(OPEN_SUFFIX):
+            return _read_local_segment(_sealed_name(path), remote)
+        if remote is None:
             raise
-        data = _sealed_name(path).read_bytes()
+    try:
+        return remote.get_bytes(path.name)
+    except ObjectNotFound:
+        raise CaptureError(
+            f"capture segment {path.name} vanished from {path.parent} and {remote.url}"
+        ) from None
+
+
+def _complete_lines(data: bytes) -> bytes:
+    """The segment's bytes up to its last newline (a torn tail is skipped)."""
     return data[: data.rfind(b"\n") + 1]
 
 
-def read_capture(root: Path) -> pl.DataFrame:
-    """All capture records under `root` (sealed and open segments, oldest first) as a polars frame."""
+def _published_segments(remote: StorageLocation | None) -> list[str]:
+    if remote is None:
+        return []
+    try:
+        return [key for key in remote.list(recursive=False) if key.endswith(SEALED_SUFFIX)]
+    except (StorageError, OSError) as exc:
+        raise CaptureError(f"capture location {remote.url} cannot be listed: {exc}") from exc
+
+
+def list_segments(root: Path, location: StorageLocation | None = None) -> list[tuple[str, int]]:
+    """(name, size) of every segment, local (open and sealed) and published, in write order."""
+    remote = _remote(location, Path(root))
+    found = {name: remote.size(name) for name in _published_segments(remote)} if remote is not None else {}
+    if Path(root).is_dir():
+        for path in Path(root).iterdir():
+            if path.name.endswith((SEALED_SUFFIX, SEALED_SUFFIX + OPEN_SUFFIX)):
+                with contextlib.suppress(FileNotFoundError):  # sealed or published meanwhile
+                    found[path.name] = path.stat().st_size
+    return sorted(found.items(), key=_segment_order)
+
+
+def _local_segments(root: Path) -> dict[str, Path]:
+    """Local segments by sealed name. Open ones are listed first: one sealed meanwhile is then still
+    seen (as sealed), and one seen both ways is read once, sealed."""
+    found = {_sealed_name(path).name: path for path in root.glob(f"*{SEALED_SUFFIX}{OPEN_SUFFIX}")}
+    found.update({path.name: path for path in root.glob(f"*{SEALED_SUFFIX}")})
+    return found
+
+
+def _segment_bytes(root: Path, remote: StorageLocation | None) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every segment, oldest first; a segment both local and published is read once."""
+    local = _local_segments(root)
+    published = [name for name in _published_segments(remote) if name not in local]
+    segments: list[tuple[str, bytes]] = []
+    if remote is not None and published:
+        fetched = remote.get_many(published)
+        segments += [(name, fetched[name]) for name in published]
+    segments += [(path.name, _read_local_segment(path, remote)) for path in local.values()]
+    return sorted(segments, key=_segment_order)
+
+
+def read_capture(root: Path, location: StorageLocation | None = None) -> pl.DataFrame:
+    """All capture records (sealed and open segments, oldest first) as a polars frame.
+
+    `root` is the local capture directory; `location` the `[storage] capture` location, whose
+    published segments are read too when it is elsewhere.
+    """
     root = Path(root)
     if not root.is_dir():
         raise CaptureError(f"capture directory {root} does not exist")
-    segments = sorted(
-        [*root.glob(f"*{SEALED_SUFFIX}"), *root.glob(f"*{SEALED_SUFFIX}{OPEN_SUFFIX}")], key=_segment_order
-    )
     frames = []
-    for path in segments:
-        data = _complete_lines(path)
+    for name, raw in _segment_bytes(root, _remote(location, root)):
+        path = root / name
+        data = _complete_lines(raw)
         if not data:
             continue
         try:

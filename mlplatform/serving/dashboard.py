@@ -440,8 +440,8 @@ def dashboard_data(
     home: PlatformHome, config: DashboardConfig, served: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything the dashboard shows, read from `home` now; `served` is this endpoint's own model status."""
-    registry = ModelRegistry(home.registry)
-    store = ArtifactStore(home.artifacts)
+    registry = ModelRegistry.for_home(home)
+    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "refresh_s": config.refresh_s,

@@ -152,7 +152,9 @@ def test_put_writes_content_addressed_read_only_file(store: ArtifactStore) -> No
     assert artifact.path == store.root / "reviews" / f"{encoded.sha256}.parquet"
     assert artifact.path.read_bytes() == encoded.payload
     assert artifact.path.stat().st_mode & 0o222 == 0
-    record = json.loads((store.root / "reviews" / "versions.jsonl").read_text().splitlines()[0])
+    (record_file,) = (store.root / "reviews" / "_versions").iterdir()
+    assert record_file.stat().st_mode & 0o222 == 0  # records are immutable too
+    record = json.loads(record_file.read_text())
     assert record["version"] == encoded.sha256
     assert record["path"] == f"reviews/{encoded.sha256}.parquet"
     assert (record["size"], record["format"], record["rows"]) == (encoded.size, "parquet", 3)
@@ -194,7 +196,8 @@ def test_versions_pointer_and_history(store: ArtifactStore) -> None:
     assert store.latest("model").version == v1
     assert [a.version for a in store.versions("model")] == [v1, v2, v1]
     assert store.load(store.get("model", v2)) == b"two"
-    assert json.loads((store.root / "model" / "LATEST").read_text())["version"] == v1
+    records = sorted((store.root / "model" / "_versions").iterdir())
+    assert [json.loads(path.read_text())["version"] for path in records] == [v1, v2, v1]
 
 
 def test_partitions_and_listing(store: ArtifactStore) -> None:
@@ -207,7 +210,8 @@ def test_partitions_and_listing(store: ArtifactStore) -> None:
     assert [a.partition for a in store.versions("raw_reviews", "*")] == [drop_hash, "2024-05-01"]
     assert store.versions("raw_reviews") == []  # no unpartitioned versions
     assert store.assets() == ["features/reviews", "raw_reviews"]
-    assert (store.root / "features" / "reviews" / "versions.jsonl").exists()
+    assert len(list((store.root / "features" / "reviews" / "_versions").iterdir())) == 1
+    assert len(list((store.root / "raw_reviews" / "_versions" / drop_hash).iterdir())) == 1
     with pytest.raises(ArtifactNotFound, match="partition 'other'"):
         store.latest("raw_reviews", "other")
 
@@ -234,11 +238,10 @@ def test_prefix_lookup(store: ArtifactStore) -> None:
 def test_ambiguous_prefix_is_an_error(store: ArtifactStore) -> None:
     real = store.put("blob", None, encode(b"real")).version
     # two distinct versions sharing 8 characters are rare; add one to the index to check the rule
-    index = store.root / "blob" / "versions.jsonl"
-    record = json.loads(index.read_text().splitlines()[0])
+    (index,) = (store.root / "blob" / "_versions").iterdir()
+    record = json.loads(index.read_text())
     record["version"] = real[:8] + ("0" if real[8] != "0" else "1") * 56
-    with index.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    (index.parent / f"{index.stem}-twin.json").write_text(json.dumps(record))
     with pytest.raises(AmbiguousVersion, match="ambiguous"):
         store.get("blob", real[:8])
     assert store.get("blob", real).version == real
@@ -285,8 +288,8 @@ def test_restore_finds_a_version_in_any_partition(store: ArtifactStore, tmp_path
         (".hidden", None),
         ("ok", ".."),
         ("ok", "a/b"),
-        ("ok", "LATEST"),
-        ("ok", "versions.jsonl"),
+        ("ok", "_versions"),
+        ("_versions", None),
         ("ok", "x|y"),
         ("ok", "a" * 64 + ".parquet"),
     ],

@@ -1,4 +1,8 @@
-"""Model registry: versioning, status transitions, aliases (promote/rollback/restore), integrity."""
+"""Model registry: versioning, status transitions, aliases (promote/rollback/restore), integrity.
+
+Behavioural tests run on both records backends: files, and PostgreSQL (a private server, see
+mlplatform_tests/postgres.py). Tests of the files themselves use `file_registry`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.core.home import PlatformHome
 from mlplatform.core.registry import (
     APPROVED,
     PENDING,
@@ -29,8 +34,19 @@ def model_bytes(tag: str) -> bytes:
     return f"onnx-model-{tag}".encode()
 
 
+@pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])
+def registry_home(request, tmp_path: Path) -> PlatformHome:
+    pg_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    return PlatformHome(tmp_path / "home", pg_url=pg_url)
+
+
 @pytest.fixture
-def registry(tmp_path: Path) -> ModelRegistry:
+def registry(registry_home: PlatformHome) -> ModelRegistry:
+    return ModelRegistry.for_home(registry_home)
+
+
+@pytest.fixture
+def file_registry(tmp_path: Path) -> ModelRegistry:
     return ModelRegistry(tmp_path / "registry")
 
 
@@ -81,14 +97,16 @@ def test_register_refuses_bad_card_or_metrics(registry: ModelRegistry, card, met
     assert registry.list() == []
 
 
-def _register_many(root: str, tags: list[str], barrier, results) -> None:
-    registry = ModelRegistry(Path(root))
+def _register_many(root: str, pg_url: str | None, tags: list[str], barrier, results) -> None:
+    registry = ModelRegistry.for_home(PlatformHome(Path(root), pg_url=pg_url))
     barrier.wait()
     for tag in tags:
         results.put((tag, registry.register(model_bytes(tag), {"name": tag}, METRICS).version))
 
 
-def test_two_processes_never_get_the_same_version_number(registry: ModelRegistry) -> None:
+def test_two_processes_never_get_the_same_version_number(
+    registry: ModelRegistry, registry_home: PlatformHome
+) -> None:
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(2), context.Queue()
     batches = [
@@ -96,7 +114,10 @@ def test_two_processes_never_get_the_same_version_number(registry: ModelRegistry
         [f"p1-{index}" for index in range(4)] + ["shared"],
     ]
     workers = [
-        context.Process(target=_register_many, args=(str(registry.root), tags, barrier, results))
+        context.Process(
+            target=_register_many,
+            args=(str(registry_home.root), registry_home.pg_url, tags, barrier, results),
+        )
         for tags in batches
     ]
     for worker in workers:
@@ -302,7 +323,8 @@ def test_in_production_since_and_pointer_follow_the_alias(registry: ModelRegistr
     assert registry.in_production_since() == registry.events()[-1]["time"]
 
 
-def test_alias_file_is_unchanged_when_the_rename_fails(registry: ModelRegistry, monkeypatch) -> None:
+def test_alias_file_is_unchanged_when_the_rename_fails(file_registry: ModelRegistry, monkeypatch) -> None:
+    registry = file_registry
     first, second = approved(registry, "a"), approved(registry, "b")
     registry.promote(first, by="tester")
     before = registry.aliases_path.read_bytes()
@@ -320,7 +342,8 @@ def test_alias_file_is_unchanged_when_the_rename_fails(registry: ModelRegistry, 
     assert [event["event"] for event in registry.events()].count("promoted") == 1
 
 
-def test_readers_never_see_a_partial_alias_file(registry: ModelRegistry) -> None:
+def test_readers_never_see_a_partial_alias_file(file_registry: ModelRegistry) -> None:
+    registry = file_registry
     first, second = approved(registry, "a"), approved(registry, "b")
     registry.promote(first, by="tester")
     stop, seen, errors = threading.Event(), set(), []
@@ -393,7 +416,8 @@ def test_to_dict_is_the_models_list_json_shape(registry: ModelRegistry) -> None:
     assert payload["created_at"].endswith("+00:00")
 
 
-def test_a_torn_event_line_is_skipped_and_closed_off(registry: ModelRegistry) -> None:
+def test_a_torn_event_line_is_skipped_and_closed_off(file_registry: ModelRegistry) -> None:
+    registry = file_registry
     version = registry.register(model_bytes("a"), {}, METRICS).version
     with registry.events_path.open("a") as handle:
         handle.write('{"event": "approved", "vers')

@@ -213,6 +213,76 @@ def test_small_batches_and_the_fallback_give_the_same_answers(model, model_file,
     np.testing.assert_allclose(single_probabilities[0], slow_probabilities[0], atol=1e-6)
 
 
+def test_single_reviews_take_the_per_text_engine_and_match_onnxruntime(
+    model, model_file, monkeypatch
+) -> None:
+    texts = tricky_texts(120, seed=11)
+    expected_labels, expected_probabilities = onnxruntime_answers(model_file[0], texts)
+    session_rows = []
+    run_session = model._run_session
+    monkeypatch.setattr(
+        model, "_run_session", lambda feed: session_rows.append(len(feed)) or run_session(feed)
+    )
+
+    answers = [model.predict([text]) for text in texts]
+
+    labels = [label[0] for label, _ in answers]
+    probabilities = np.vstack([probability for _, probability in answers])
+    assert labels == list(expected_labels)
+    assert np.max(np.abs(probabilities - expected_probabilities)) <= 1e-4
+    # Only the case-ambiguous texts (and exact ties, none here) went to onnxruntime.
+    ambiguous = [text for text in texts if any(c in text for c in CASE_AMBIGUOUS_CHARACTERS)]
+    assert len(session_rows) == len(ambiguous) >= 1
+
+
+def test_per_text_engine_serves_the_graphs_own_tail(tail_graph_file, rules) -> None:
+    model = load_model(*tail_graph_file, rules)
+    texts = tricky_texts(60, seed=12)
+    expected_labels, expected_probabilities = onnxruntime_answers(tail_graph_file[0], texts)
+
+    answers = [model.predict([text]) for text in texts]
+
+    assert [label[0] for label, _ in answers] == list(expected_labels)
+    probabilities = np.vstack([probability for _, probability in answers])
+    assert np.max(np.abs(probabilities - expected_probabilities)) <= 1e-4
+
+
+def test_a_pool_entry_holding_a_space_never_counts_as_a_two_word_phrase(rules, tmp_path) -> None:
+    # A vocabulary with the phrase "love the" but not the word "the" (as max_features can leave it):
+    # skl2onnx then lists "love the" among the 1-grams, where no single token can ever match it.
+    texts, targets = training_corpus(300, seed=4)
+    vocabulary = sorted(
+        {word for words in WORDS.values() for word in words} | {"dress", "love dress", "love the"}
+    )
+    vectorizer = TfidfVectorizer(token_pattern=TOKEN_PATTERN, ngram_range=(1, 2), vocabulary=vocabulary)
+    pipeline = Pipeline([("tfidf", vectorizer), ("clf", LogisticRegression(max_iter=500))]).fit(
+        texts, targets
+    )
+    content = export(pipeline, LogisticRegression)
+    graph = onnx.load_from_string(content)
+    pool = next(
+        list(attribute.strings)
+        for node in graph.graph.node
+        if node.op_type == "TfIdfVectorizer"
+        for attribute in node.attribute
+        if attribute.name == "pool_strings"
+    )
+    assert b"love the" in pool, "the export should list the phrase as one pool entry"
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    model = load_model(path, hashlib.sha256(content).hexdigest(), rules)
+    probes = ["love the dress", "I love the fit", "the love", "love love the the", "love dress awful"]
+
+    single = [model.predict([text]) for text in probes]
+    expected_labels, expected_probabilities = onnxruntime_answers(path, probes)
+
+    assert model.engine == "fast", model.fast_path_reason
+    assert [label[0] for label, _ in single] == list(expected_labels)
+    np.testing.assert_allclose(
+        np.vstack([probability for _, probability in single]), expected_probabilities, atol=1e-4
+    )
+
+
 def test_an_unsupported_graph_is_scored_by_onnxruntime(skip_gram_file, rules) -> None:
     model = load_model(*skip_gram_file, rules)
     texts = tricky_texts(80)
@@ -227,7 +297,7 @@ def test_an_unsupported_graph_is_scored_by_onnxruntime(skip_gram_file, rules) ->
 
 
 def test_fast_path_that_disagrees_with_onnxruntime_is_switched_off(model, caplog) -> None:
-    plan, _ = model._fast
+    plan = model._fast.plan
     skewed = dataclasses.replace(plan, intercepts=plan.intercepts + np.array([0.0, 0.0, 5.0]))
 
     assert not model.enable_fast_path(skewed)
@@ -424,9 +494,10 @@ def test_a_failure_mid_file_leaves_no_half_written_output(model, tmp_path, monke
 
 def test_a_file_where_the_fast_path_disagrees_is_scored_by_onnxruntime(model, model_file, tmp_path) -> None:
     texts = tricky_texts(90, seed=21)
-    plan, tail = model._fast
+    plan = model._fast.plan
     # A divergence the load-time probe could not see, only this file's texts.
-    model._fast = (dataclasses.replace(plan, intercepts=plan.intercepts + np.array([0.0, 4.0, 0.0])), tail)
+    skewed = dataclasses.replace(plan, intercepts=plan.intercepts + np.array([0.0, 4.0, 0.0]))
+    model._fast = dataclasses.replace(model._fast, plan=skewed)
     source = write_input(pl.DataFrame({"text": texts}), tmp_path / "in.parquet")
 
     summary = score_file(source, tmp_path / "out.parquet", model, "v1")

@@ -7,7 +7,7 @@ import dataclasses
 import polars as pl
 import pytest
 
-from mlplatform.core.export import OnnxSentimentModel
+from mlplatform.core.export import OnnxSentimentModel, to_onnx
 from mlplatform.core.training import (
     NoEligibleCandidateError,
     TrainingConfig,
@@ -15,6 +15,7 @@ from mlplatform.core.training import (
     TrainingDataError,
     candidate_specs,
     config_fingerprint,
+    fit_candidate,
     load_training_config,
     select_best,
     train_candidates,
@@ -130,6 +131,26 @@ def test_training_is_deterministic_and_exports_working_onnx(config: TrainingConf
         )
         assert labels.tolist() == ["positive"]
         assert probabilities.shape == (1, 3)
+
+
+def test_export_leaves_the_fitted_vocabulary_in_place_and_scores_like_scikit_learn(
+    config: TrainingConfig,
+) -> None:
+    # to_onnx hands skl2onnx a read-only view of the vocabulary (speed); the pipeline must get its
+    # own dict back, and the export must still hold every term.
+    frame = review_frame()
+    pipeline = fit_candidate(
+        candidate_specs(config)[0], frame.filter(pl.col("split") == "train"), config.seed
+    )
+    vectorizer = pipeline.steps[0][1]
+    vocabulary = vectorizer.vocabulary_
+    texts = frame["text"].to_list()
+
+    labels, probabilities = OnnxSentimentModel.from_bytes(to_onnx(pipeline)).predict(texts)
+
+    assert vectorizer.vocabulary_ is vocabulary and isinstance(vocabulary, dict)
+    assert labels.tolist() == pipeline.predict(texts).tolist()
+    assert abs(probabilities - pipeline.predict_proba(texts)).max() < 1e-4
 
 
 def test_progress_is_reported_for_every_candidate(config: TrainingConfig) -> None:

@@ -1,0 +1,198 @@
+"""How the platform's runs execute: the pipeline job's executor, step retry policies, the deployment pool.
+
+Everything comes from the `[execution]` settings:
+
+- `executor` picks how pipeline_job's steps run: "in_process" (one process, one step after another),
+  "multiprocess" (a process per step, up to `max_concurrent` at once, of which at most
+  `max_concurrent_training` train a candidate) or "dask" (each step a task on a Dask cluster: the
+  scheduler at `dask_scheduler_address`, or a local cluster started for the run when it is empty).
+- Steps that only read and write artifacts (candidates, best_model, batch scoring) retry after an
+  exception, `max_step_retries` times. A failed quality gate is not an exception of the step's body but
+  a failed blocking check, which Dagster never retries.
+- sentiment_endpoint claims a slot of the `deployment` pool; the instance allows
+  `deployment_pool_limit` claims at once across all runs, so deployments never overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from mlplatform.core.settings import Settings, SettingsError
+
+EXECUTORS = ("in_process", "multiprocess", "dask")
+DEPLOYMENT_POOL = "deployment"
+# Op tag on every candidate_models step; the multiprocess executor limits how many carry it at once.
+STEP_KIND_TAG = "mlplatform/step"
+TRAINING_STEP = "training"
+TRAINING_OP_TAGS = {STEP_KIND_TAG: TRAINING_STEP}
+# Where other processes (multiprocess steps, Dask workers) rebuild a job: a module-level function of
+# (home root, job name), so a job built for any home, not only $MLPLATFORM_HOME's, crosses processes.
+JOB_REBUILDER = ("mlplatform.definitions", "job_of_home")
+
+
+class ExecutionSettingsError(SettingsError):
+    """An `[execution]` setting has a value the platform cannot run with."""
+
+
+@dataclass(frozen=True)
+class ExecutionRules:
+    """The `[execution]` settings, validated."""
+
+    executor: str
+    max_concurrent: int
+    max_concurrent_training: int
+    dask_scheduler_address: str
+    max_step_retries: int
+    retry_delay_s: float
+    max_run_retries: int
+    deployment_pool_limit: int
+    max_concurrent_runs: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ExecutionRules:
+        section = settings.section("execution")
+        rules = cls(
+            executor=str(section["executor"]),
+            max_concurrent=int(section["max_concurrent"]),
+            max_concurrent_training=int(section["max_concurrent_training"]),
+            dask_scheduler_address=str(section["dask_scheduler_address"]).strip(),
+            max_step_retries=int(section["max_step_retries"]),
+            retry_delay_s=float(section["retry_delay_s"]),
+            max_run_retries=int(section["max_run_retries"]),
+            deployment_pool_limit=int(section["deployment_pool_limit"]),
+            max_concurrent_runs=int(section["max_concurrent_runs"]),
+        )
+        rules.validate()
+        return rules
+
+    def validate(self) -> None:
+        """Raise ExecutionSettingsError naming the first setting that cannot work."""
+        if self.executor not in EXECUTORS:
+            raise ExecutionSettingsError(
+                f"[execution] executor = {self.executor!r} is not one of {', '.join(EXECUTORS)}"
+            )
+        at_least = {
+            "max_concurrent": (self.max_concurrent, 0),
+            "max_concurrent_training": (self.max_concurrent_training, 1),
+            "max_step_retries": (self.max_step_retries, 0),
+            "retry_delay_s": (self.retry_delay_s, 0),
+            "max_run_retries": (self.max_run_retries, 0),
+            "deployment_pool_limit": (self.deployment_pool_limit, 1),
+            "max_concurrent_runs": (self.max_concurrent_runs, 1),
+        }
+        for key, (value, floor) in at_least.items():
+            if value < floor:
+                raise ExecutionSettingsError(f"[execution] {key} = {value} must be at least {floor}")
+
+
+def executor_definition(rules: ExecutionRules) -> dg.ExecutorDefinition:
+    """The executor pipeline_job runs with, configured from the rules."""
+    if rules.executor == "in_process":
+        return dg.in_process_executor
+    if rules.executor == "multiprocess":
+        config: dict[str, Any] = {
+            # Steps fork from a server that imported the platform once: a spawned process would pay the
+            # imports (scikit-learn, skl2onnx, dagster: ~3 s idle, ~7 s on a busy machine) per step.
+            "start_method": {"forkserver": {"preload_modules": [JOB_REBUILDER[0]]}},
+            "tag_concurrency_limits": [
+                {"key": STEP_KIND_TAG, "value": TRAINING_STEP, "limit": rules.max_concurrent_training}
+            ],
+        }
+        if rules.max_concurrent:
+            config["max_concurrent"] = rules.max_concurrent
+        return dg.multiprocess_executor.configured(config, name="multiprocess")
+    return _dask_executor(rules)
+
+
+def _dask_executor(rules: ExecutionRules) -> dg.ExecutorDefinition:
+    try:
+        from dagster_dask import dask_executor
+    except ImportError as exc:
+        raise ExecutionSettingsError(
+            "[execution] executor = 'dask' needs dagster-dask: pip install 'mlplatform[distributed]'"
+        ) from exc
+    cluster: Mapping[str, Any]
+    if rules.dask_scheduler_address:
+        cluster = {"existing": {"address": rules.dask_scheduler_address}}
+    else:
+        # Worker processes, not threads: a Dagster step is not thread-safe, and training holds the GIL.
+        local: dict[str, Any] = {"processes": True, "threads_per_worker": 1, "dashboard_address": None}
+        if rules.max_concurrent:
+            local["n_workers"] = rules.max_concurrent
+        cluster = {"local": local}
+    return dask_executor.configured({"cluster": cluster}, name="dask")
+
+
+def step_retry_policy(rules: ExecutionRules) -> dg.RetryPolicy | None:
+    """Retries for steps that are safe to run again (None when retries are off)."""
+    if rules.max_step_retries == 0:
+        return None
+    return dg.RetryPolicy(
+        max_retries=rules.max_step_retries, delay=rules.retry_delay_s, backoff=dg.Backoff.EXPONENTIAL
+    )
+
+
+def instance_yaml_lines(rules: ExecutionRules) -> list[str]:
+    """The dagster.yaml lines for run retries, the run queue's limit and the deployment pool.
+
+    Run retries re-launch a run whose worker died (daemon-launched runs); a run that failed because a
+    step failed, e.g. a quality gate, is not retried (`retry_on_asset_or_op_failure: false`): the steps
+    carry their own retry policies. Pool limits are claimed per step (`granularity: op`), so a run waits
+    for the deployment slot only when it reaches sentiment_endpoint. `default_limit` is the limit of
+    every pool without one set in the UI; the platform has one pool, `deployment`.
+    """
+    return [
+        "run_retries:",
+        f"  enabled: {'true' if rules.max_run_retries else 'false'}",
+        f"  max_retries: {rules.max_run_retries}",
+        "  retry_on_asset_or_op_failure: false",
+        "concurrency:",
+        "  runs:",
+        f"    max_concurrent_runs: {rules.max_concurrent_runs}",
+        "  pools:",
+        "    granularity: op",
+        f"    default_limit: {rules.deployment_pool_limit}",
+    ]
+
+
+def execute(
+    job: dg.JobDefinition,
+    home_root: str,
+    instance: dg.DagsterInstance,
+    *,
+    run_config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> dg.ExecutionResult:
+    """Run `job` of the home at `home_root` synchronously with the job's own executor.
+
+    An in-process job runs right here; any other executor needs the job rebuilt in other processes, so
+    it goes through `dagster.execute_job` with a reconstructable pointer. Never raises for a failed
+    step: the result says what failed, like `execute_in_process(raise_on_error=False)`.
+    """
+    if job.executor_def.name == dg.in_process_executor.name:
+        return job.execute_in_process(
+            instance=instance,
+            run_config=run_config,
+            tags=tags,
+            asset_selection=asset_selection,
+            raise_on_error=False,
+        )
+    from dagster._core.definitions.reconstruct import build_reconstructable_job
+
+    module, function = JOB_REBUILDER
+    reconstructable = build_reconstructable_job(
+        module, function, reconstructable_kwargs={"home_root": home_root, "job_name": job.name}
+    )
+    return dg.execute_job(
+        reconstructable,
+        instance,
+        run_config=run_config,
+        tags=tags,
+        asset_selection=asset_selection,
+        raise_on_error=False,
+    )

@@ -1,0 +1,112 @@
+"""Execution settings and wiring, and candidates training in parallel under the multiprocess executor."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlplatform.core.settings import Settings
+from mlplatform.core.training import load_training_config
+from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
+from mlplatform.defs.execution import (
+    DEPLOYMENT_POOL,
+    EXECUTORS,
+    TRAINING_OP_TAGS,
+    ExecutionSettingsError,
+    execute,
+)
+from mlplatform.defs.training import build_training_assets
+from mlplatform.instance import open_instance
+from mlplatform.runner import QUIET_CONSOLE
+from mlplatform_tests.defs.execution_support import (
+    candidate_keys,
+    land_demo_data,
+    materialized,
+    step_events,
+    write_execution_settings,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_the_pipeline_job_runs_with_the_configured_executor_and_the_other_jobs_in_process(home, executor):
+    write_execution_settings(home, executor=executor)
+    defs = build_definitions(home)
+    assert defs.resolve_job_def(PIPELINE_JOB).executor_def.name == executor
+    for name in (INGEST_JOB, BATCH_JOB, MONITORING_JOB):
+        assert defs.resolve_job_def(name).executor_def.name == "in_process"
+
+
+def test_an_unknown_executor_is_refused_naming_the_choices(home):
+    write_execution_settings(home, executor="spark")
+    with pytest.raises(
+        ExecutionSettingsError, match=r"executor = 'spark' is not one of in_process, multiprocess, dask"
+    ):
+        build_definitions(home)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_concurrent", -1),
+        ("max_concurrent_training", 0),
+        ("max_step_retries", -1),
+        ("deployment_pool_limit", 0),
+    ],
+)
+def test_a_limit_below_its_floor_is_refused(home, key, value):
+    write_execution_settings(home, **{key: value})
+    with pytest.raises(ExecutionSettingsError, match=rf"\[execution\] {key} = {value} must be at least"):
+        build_definitions(home)
+
+
+def test_deployment_claims_the_pool_and_only_idempotent_steps_retry(home):
+    write_execution_settings(home, max_step_retries=3)
+    defs = build_definitions(home)
+    ops = {node.name: node for node in defs.resolve_job_def(PIPELINE_JOB).graph.node_defs}
+    assert ops["sentiment_endpoint"].pool == DEPLOYMENT_POOL
+    assert ops["sentiment_endpoint"].retry_policy is None
+    assert ops["best_model"].retry_policy.max_retries == 3
+    candidates = [op for name, op in ops.items() if name.startswith("candidate_models")]
+    assert candidates and all(op.retry_policy.max_retries == 3 for op in candidates)
+    assert all(op.tags.items() >= TRAINING_OP_TAGS.items() for op in candidates)
+    batch_op = defs.resolve_job_def(BATCH_JOB).graph.node_defs[0]
+    assert batch_op.retry_policy.max_retries == 3
+
+
+def test_no_retry_policy_when_step_retries_are_off(settings):
+    no_retries = Settings(
+        {**settings.values, "execution": {**settings.section("execution"), "max_step_retries": 0}}
+    )
+    assets = build_training_assets(no_retries, load_training_config(None))
+    assert all(asset.op.retry_policy is None for asset in assets)
+
+
+def test_the_instance_retries_dead_runs_but_not_runs_whose_steps_failed(home):
+    write_execution_settings(home, max_run_retries=2, max_concurrent_runs=3)
+    with open_instance(home) as instance:
+        assert instance.run_retries_enabled
+        assert instance.run_retries_max_retries == 2
+        assert instance.run_retries_retry_on_asset_or_op_failure is False
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 3
+
+
+def test_candidates_train_side_by_side_in_separate_processes(home, tmp_path):
+    """The multiprocess executor runs two candidates at once, each in its own process (max_concurrent 2)."""
+    write_execution_settings(home, executor="multiprocess", max_concurrent=2, max_concurrent_training=2)
+    assert land_demo_data(home, tmp_path, groups=["features"]).exit_code == 0
+    job = build_definitions(home).resolve_job_def(PIPELINE_JOB)
+    keys = candidate_keys(job)
+    with open_instance(home) as instance:
+        result = execute(job, str(home.root), instance, run_config=QUIET_CONSOLE, asset_selection=keys)
+        assert result.success
+        events = step_events(instance, result.run_id)
+    assert materialized(result) == {key.to_user_string() for key in keys}
+
+    steps = {step: events[step] for step in events if step.startswith("candidate_models")}
+    intervals = sorted((kinds["STEP_START"][0][0], kinds["STEP_SUCCESS"][0][0]) for kinds in steps.values())
+    pids = {kinds["STEP_START"][0][1] for kinds in steps.values()}
+    assert len(pids) == len(steps) == 3
+    # The first two start together; the third waits for a free process (max_concurrent = 2).
+    assert intervals[1][0] < intervals[0][1]
+    assert intervals[2][0] >= min(intervals[0][1], intervals[1][1])
