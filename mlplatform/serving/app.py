@@ -129,6 +129,13 @@ def json_response(content: Any, status: int = 200) -> Response:
 # --- the request path -------------------------------------------------------------------------------
 
 
+class InFlight:
+    """How many inference requests are being answered (only the event loop's thread changes it)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 @dataclass(frozen=True)
 class ServingState:
     """Everything one app instance owns; no module-level state."""
@@ -138,6 +145,7 @@ class ServingState:
     capture: CaptureWriter
     metrics: ServingMetrics
     sampler: random.Random
+    in_flight: InFlight
 
 
 Renderer = Callable[[str, str, str, Sequence[str], np.ndarray], bytes]
@@ -207,7 +215,7 @@ class InferenceRoute:
     async def _make_durable(self, rows: bytes) -> None:
         try:
             async with asyncio.timeout(self._state.config.capture_durable_timeout_s):
-                await self._state.capture.append(rows)
+                await self._state.capture.append(rows, alone=self._state.in_flight.count == 1)
         except (CaptureError, TimeoutError) as exc:
             self._state.metrics.count_capture_failure()
             reason = str(exc) or "timed out waiting for the capture fsync"
@@ -236,7 +244,6 @@ class RequestGate:
         self._known_paths = frozenset(
             {*self._open_paths, *self._inference_routes, config.model_path, "/metrics"}
         )
-        self._in_flight = 0
 
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] != "http":
@@ -280,7 +287,7 @@ class RequestGate:
             if inference_route is None:
                 await self._app(scope, receive, send_with_id)
                 return
-            self._in_flight += 1
+            self._state.in_flight.count += 1
             took_slot = True
             await inference_route(scope, receive, send_with_id)
         except Exception:
@@ -292,7 +299,7 @@ class RequestGate:
             await send_json(send_with_id, 500, error_body("internal error", request_id))
         finally:
             if took_slot:
-                self._in_flight -= 1
+                self._state.in_flight.count -= 1
             route = path if path in self._known_paths else "other"
             self._state.metrics.observe_request(route, status, time.perf_counter() - started)
 
@@ -319,7 +326,7 @@ class RequestGate:
         return None if accepted else RequestRefused(401, "invalid API key")
 
     def _capacity_problem(self, inference_route: InferenceRoute | None) -> RequestRefused | None:
-        if inference_route is not None and self._in_flight >= self._state.config.max_concurrency:
+        if inference_route is not None and self._state.in_flight.count >= self._state.config.max_concurrency:
             return RequestRefused(
                 503, f"over capacity: {self._state.config.max_concurrency} requests in flight"
             )
@@ -485,7 +492,7 @@ def create_app(
         sync_file=sync_file,
         publish_to=location_from_settings(home, settings, "capture"),
     )
-    state = ServingState(config, holder, capture, ServingMetrics(holder.status), random.Random())
+    state = ServingState(config, holder, capture, ServingMetrics(holder.status), random.Random(), InFlight())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

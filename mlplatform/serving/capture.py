@@ -86,6 +86,9 @@ class CaptureConfig:
     batch_max_records: int
     segment_max_bytes: int
     segment_max_age_s: float
+    inline_sync_max_s: float = 0.0
+    inline_warmup_syncs: int = 0
+    inline_cooldown_s: float = 0.0
 
     @classmethod
     def from_settings(cls, serving: Mapping[str, Any]) -> CaptureConfig:
@@ -94,6 +97,41 @@ class CaptureConfig:
             batch_max_records=int(serving["capture_batch_max_records"]),
             segment_max_bytes=int(serving["capture_segment_max_bytes"]),
             segment_max_age_s=float(serving["capture_segment_max_age_s"]),
+            inline_sync_max_s=float(serving["capture_inline_sync_max_ms"]) / 1000.0,
+            inline_warmup_syncs=int(serving["capture_inline_warmup_syncs"]),
+            inline_cooldown_s=float(serving["capture_inline_cooldown_s"]),
+        )
+
+
+class _SyncHealth:
+    """Whether fsyncs have been fast enough, for long enough, to let a lone request sync inline.
+
+    The inline path blocks the event loop for one fsync: fine for a fraction of a millisecond, not for
+    a stalling disk. So it opens only after `warmup` consecutive fsyncs within `max_s`, and any slower
+    fsync closes it for `cooldown_s` (and restarts the warm-up): a disk that starts stalling holds the
+    loop for at most one fsync before every record goes through the writer thread again.
+    """
+
+    def __init__(self, config: CaptureConfig, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._max_s = config.inline_sync_max_s
+        self._warmup = config.inline_warmup_syncs
+        self._cooldown_s = config.inline_cooldown_s
+        self._monotonic = monotonic
+        self._fast_in_a_row = 0
+        self._closed_until = 0.0
+
+    def observe(self, seconds: float) -> None:
+        if seconds <= self._max_s:
+            self._fast_in_a_row += 1
+        else:
+            self._fast_in_a_row = 0
+            self._closed_until = self._monotonic() + self._cooldown_s
+
+    def inline_allowed(self) -> bool:
+        return (
+            self._max_s > 0
+            and self._fast_in_a_row >= self._warmup
+            and self._monotonic() >= self._closed_until
         )
 
 
@@ -299,6 +337,10 @@ class CaptureWriter:
         remote = _remote(publish_to, self._root)
         self._publisher = _SegmentPublisher(self._root, remote) if remote is not None else None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Held while the open segment is written, synced, rotated or sealed: by the writer thread, or
+        # by a lone request syncing inline (see `append`).
+        self._segment_lock = threading.Lock()
+        self._sync_health = _SyncHealth(config)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._stopped_because = "capture writer is not running"
@@ -321,10 +363,30 @@ class CaptureWriter:
         if self._publisher is not None:
             self._publisher.start()
 
-    async def append(self, payload: bytes) -> None:
-        """Append complete JSON lines; return once they are durable. Raises CaptureError otherwise."""
+    async def append(self, payload: bytes, *, alone: bool = False) -> None:
+        """Append complete JSON lines; return once they are durable. Raises CaptureError otherwise.
+
+        `alone`: the caller is the only request in flight. Then, while fsyncs are fast (`_SyncHealth`)
+        and the writer thread is idle, the lines are written and synced right here: nobody waits
+        behind the event loop, and the two thread hand-offs cost about as much as the fsync itself.
+        Otherwise the writer thread commits them with whatever else is pending, in one fsync.
+        """
         if self._closed or self._thread is None:
             raise CaptureError(self._stopped_because)
+        if (
+            alone
+            and self._sync_health.inline_allowed()
+            and self._queue.empty()
+            and self._segment_lock.acquire(blocking=False)
+        ):
+            try:
+                # Re-checked under the lock: close() seals the last segment under it, after the flag.
+                error_message = self._stopped_because if self._closed else self._commit_data(payload)
+            finally:
+                self._segment_lock.release()
+            if error_message is not None:
+                raise CaptureError(error_message)
+            return
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((payload, loop, future))
@@ -352,7 +414,8 @@ class CaptureWriter:
             self._closed = True
         finally:
             self._fail_leftovers()
-            self._seal_current_safely()
+            with self._segment_lock:
+                self._seal_current_safely()
 
     def _serve_queue(self) -> None:
         idle_tick = min(1.0, max(self._config.segment_max_age_s, 0.01))
@@ -361,7 +424,8 @@ class CaptureWriter:
             try:
                 first = self._queue.get(timeout=idle_tick)
             except queue.Empty:
-                self._rotate_if_due_safely()
+                with self._segment_lock:
+                    self._rotate_if_due_safely()
                 continue
             if first is _STOP:
                 break
@@ -383,14 +447,21 @@ class CaptureWriter:
         return batch, False
 
     def _commit(self, batch: list[_PendingItem]) -> None:
-        error_message = None
+        with self._segment_lock:
+            error_message = self._commit_data(b"".join(item[0] for item in batch))
+        _wake(batch, error_message)
+
+    def _commit_data(self, data: bytes) -> str | None:
+        """Write and sync `data` (segment lock held): None once durable, else why not."""
         try:
-            self._write_durably(b"".join(item[0] for item in batch))
+            self._write_durably(data)
         except OSError as exc:
             error_message = f"capture write failed ({self._path}): {exc}"
             log.error(error_message)
+            self._sync_health.observe(float("inf"))  # a failing disk gets no inline writes either
             self._abandon_segment()
-        _wake(batch, error_message)
+            return error_message
+        return None
 
     def _write_durably(self, data: bytes) -> None:
         self._rotate_if_due()
@@ -400,7 +471,9 @@ class CaptureWriter:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+        started = time.monotonic()
         self._sync_file(self._fd)
+        self._sync_health.observe(time.monotonic() - started)
         self._size += len(data)
 
     def _rotate_if_due(self) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -176,3 +178,92 @@ def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
     frame = read_capture(tmp_path)
     assert frame.height == 0
     assert frame.columns == list(CAPTURE_COLUMNS)
+
+
+# -- a lone request syncing inline ------------------------------------------------------------------
+
+INLINE = dataclasses.replace(CONFIG, inline_sync_max_s=0.05, inline_warmup_syncs=3, inline_cooldown_s=3600.0)
+
+
+def thread_recording_fsync(threads: list[str], delay_s: float = 0.0):
+    def fsync(fd: int) -> None:
+        threads.append(threading.current_thread().name)
+        time.sleep(delay_s)
+        os.fsync(fd)
+
+    return fsync
+
+
+async def append_alone(writer: CaptureWriter, request_ids: list[str]) -> None:
+    for request_id in request_ids:
+        await writer.append(rows(request_id), alone=True)
+
+
+def test_a_lone_request_syncs_inline_once_fsyncs_proved_fast(tmp_path: Path) -> None:
+    threads: list[str] = []
+    writer = CaptureWriter(tmp_path, INLINE, sync_file=thread_recording_fsync(threads))
+    writer.start()
+    asyncio.run(append_alone(writer, [f"r{i}" for i in range(6)]))
+    writer.close()
+    # The warm-up goes through the writer thread; then the caller syncs its own record.
+    assert threads[:3] == ["capture-writer"] * 3
+    assert threads[3:] == [threading.current_thread().name] * 3
+    assert read_capture(tmp_path)["request_id"].to_list() == [f"r{i}" for i in range(6)]
+
+
+def test_a_slow_disk_never_gets_the_inline_path(tmp_path: Path) -> None:
+    threads: list[str] = []
+    writer = CaptureWriter(tmp_path, INLINE, sync_file=thread_recording_fsync(threads, delay_s=0.06))
+    writer.start()
+    asyncio.run(append_alone(writer, [f"r{i}" for i in range(5)]))
+    writer.close()
+    assert threads == ["capture-writer"] * 5
+
+
+def test_one_slow_inline_fsync_sends_records_back_through_the_writer_thread(tmp_path: Path) -> None:
+    threads: list[str] = []
+    delays = iter([0.0, 0.0, 0.0, 0.08])  # warm-up, then one stall on the inline path
+
+    def fsync(fd: int) -> None:
+        threads.append(threading.current_thread().name)
+        time.sleep(next(delays, 0.0))
+        os.fsync(fd)
+
+    writer = CaptureWriter(tmp_path, INLINE, sync_file=fsync)
+    writer.start()
+    asyncio.run(append_alone(writer, [f"r{i}" for i in range(7)]))
+    writer.close()
+    caller = threading.current_thread().name
+    assert threads == ["capture-writer"] * 3 + [caller] + ["capture-writer"] * 3
+    assert read_capture(tmp_path)["request_id"].n_unique() == 7
+
+
+def test_requests_in_company_are_committed_by_the_writer_thread(tmp_path: Path) -> None:
+    threads: list[str] = []
+    writer = CaptureWriter(tmp_path, INLINE, sync_file=thread_recording_fsync(threads))
+    writer.start()
+    asyncio.run(append_alone(writer, ["w1", "w2", "w3"]))
+    asyncio.run(append_all(writer, [rows(f"r{i}") for i in range(20)]))  # alone=False
+    writer.close()
+    assert set(threads) == {"capture-writer"}
+    assert read_capture(tmp_path)["request_id"].n_unique() == 23
+
+
+def test_an_inline_write_failure_is_reported_and_nothing_partial_kept(tmp_path: Path) -> None:
+    failing = [False]
+
+    def flaky_fsync(fd: int) -> None:
+        if failing[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+    writer = CaptureWriter(tmp_path, INLINE, sync_file=flaky_fsync)
+    writer.start()
+    asyncio.run(append_alone(writer, ["w1", "w2", "w3", "inline-ok"]))
+    failing[0] = True
+    with pytest.raises(CaptureError, match="Input/output error"):
+        asyncio.run(writer.append(rows("lost"), alone=True))
+    failing[0] = False
+    asyncio.run(writer.append(rows("after"), alone=True))
+    writer.close()
+    assert read_capture(tmp_path)["request_id"].to_list() == ["w1", "w2", "w3", "inline-ok", "after"]
