@@ -23,8 +23,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,18 +35,18 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from _common import machine, peak_rss_bytes
+
+from mlplatform.core.export import TOKEN_PATTERN, to_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
 RESULTS = ROOT / "bench" / "results" / "batch.json"
-TOKEN_PATTERN = r"[a-zA-Z0-9_]{2,}"
 RSS_TARGET_BYTES = 2 * 1024**3
 
 
 def fit_and_export(reviews: pl.DataFrame, workdir: Path) -> tuple[Any, Path, str]:
-    """The reference pipeline fitted on the reviews, and its ONNX export (path, sha256)."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import StringTensorType
+    """The reference pipeline fitted on the reviews, and the platform's ONNX export of it (path, sha256)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -59,13 +57,7 @@ def fit_and_export(reviews: pl.DataFrame, workdir: Path) -> tuple[Any, Path, str
     vectorizer = TfidfVectorizer(token_pattern=TOKEN_PATTERN, ngram_range=(1, 2))
     classifier = LogisticRegression(max_iter=1000, class_weight="balanced")
     pipeline = Pipeline([("tfidf", vectorizer), ("clf", classifier)]).fit(texts, labels)
-    onnx_model = convert_sklearn(
-        pipeline,
-        initial_types=[("text", StringTensorType([None, 1]))],
-        options={TfidfVectorizer: {"locale": "C.UTF-8"}, LogisticRegression: {"zipmap": False}},
-        target_opset=17,
-    )
-    content = onnx_model.SerializeToString()
+    content = to_onnx(pipeline)
     path = workdir / "model.onnx"
     path.write_bytes(content)
     return pipeline, path, hashlib.sha256(content).hexdigest()
@@ -190,18 +182,6 @@ def peak_rss(args: argparse.Namespace, reviews: pl.DataFrame, workdir: Path) -> 
     return child
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak RSS. Linux keeps ru_maxrss across fork + exec, so a child started by a big
-    parent would report the parent's peak; VmHWM belongs to this process image alone."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def score_child(input_path: str, output_path: str, model_path: str, sha256: str) -> None:
     """The subprocess side of peak_rss: score one file, print a JSON line with its peak RSS."""
     from mlplatform.core.scoring import load_model, score_file
@@ -221,26 +201,9 @@ def score_child(input_path: str, output_path: str, model_path: str, sha256: str)
     print(json.dumps(report))
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "system": platform.platform(),
-    }
-
-
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"Batch scoring, {report['machine']['cpus']} CPUs ({report['machine']['cpu_model']}), "
+        f"Batch scoring, {report['machine']['nproc']} CPUs ({report['machine']['cpu_model']}), "
         f"fast path engine: {report['engine']}",
         "",
         "| what | rows | median s | rows/s | vs scikit-learn |",

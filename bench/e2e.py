@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +22,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _common import free_port, machine
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
 RESULTS = ROOT / "bench" / "results" / "e2e.json"
 HELD_BACK_ROWS = 2_000
 TIMEOUT_S = 1_200
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def served_version(port: int) -> str | None:
@@ -53,13 +47,6 @@ def wait_for_version(port: int, not_in: set[str | None]) -> tuple[str, float]:
             return version, time.monotonic() - started
         time.sleep(0.5)
     raise SystemExit(f"no new version served within {TIMEOUT_S} s")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -125,7 +112,7 @@ def main() -> None:
                 os.killpg(with_group, signal.SIGKILL)
 
     result = {
-        "machine": {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "python": platform.python_version()},
+        "machine": machine(),
         "data": {"first_drop_rows": frame.height - HELD_BACK_ROWS, "second_drop_rows": HELD_BACK_ROWS},
         "runs_launched_by_idle_ticks": runs_while_idle,
         "land_to_serving_s": {

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -48,6 +47,8 @@ from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+from _common import machine, peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
@@ -288,14 +289,6 @@ CHILD_STAGES: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def peak_rss_bytes() -> int:
-    """This process's own peak RSS (VmHWM): unlike ru_maxrss it owes nothing to the parent process."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
-
-
 def cpu_seconds() -> float:
     """CPU time of this process so far, every thread, user + system."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -413,28 +406,6 @@ def growth(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
-def machine() -> dict[str, Any]:
-    """The CPU, cores, memory and load this benchmark ran with."""
-    cpu = platform.processor()
-    memory_bytes = None
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            memory_bytes = int(line.split()[1]) * 1024
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gib": round(memory_bytes / 1024**3, 1) if memory_bytes else None,
-        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
-        "python": platform.python_version(),
-        "system": platform.platform(),
-        "note": "shared with other engineers while measured: timings are noisy",
-    }
-
-
 def _verdict(factor: float, linear: bool) -> str:
     return f"{factor:.1f}x" if linear else f"**{factor:.1f}x (superlinear)**"
 
@@ -443,7 +414,7 @@ def markdown(report: dict[str, Any]) -> str:
     """The README table: per size and stage, then the growth factors."""
     box = report["machine"]
     lines = [
-        f"Scale, {box['cpus']} CPUs ({box['cpu_model']}), {box['memory_gib']} GiB RAM, shared machine "
+        f"Scale, {box['nproc']} CPUs ({box['cpu_model']}), {box['memory_gib']} GiB RAM, shared machine "
         f"(noisy timings). Training: one candidate, `{report['candidate']}`.",
         "",
         "| rows | stage | wall s | CPU s | rows/s (wall) | peak RSS MiB | load avg |",

@@ -4,32 +4,30 @@
 
 Trains a TF-IDF (word 1-2 grams) + LogisticRegression sentiment model on the real reviews when the data
 set is present (else on synthetic reviews, and says so), registers its ONNX export as production in a
-temporary MLPLATFORM_HOME, and starts two servers on loopback side by side:
+temporary MLPLATFORM_HOME, and starts the servers on loopback one after another, in one run:
 
 - mlplatform: `python -m mlplatform.serving.server` (validation, metrics, and capture of every request
-  made durable by fsync before the answer), once with its defaults (single reviews scored by the
-  parity-gated per-text reading of the ONNX graph, ONNX Runtime on near-ties) and once with
-  `[scoring] fast_path = false` (every review scored by ONNX Runtime);
+  made durable by fsync before the answer), with its defaults (single reviews scored by the
+  parity-gated per-text reading of the ONNX graph, ONNX Runtime on near-ties), with
+  `[scoring] fast_path = false` (every review scored by ONNX Runtime), and with
+  `[serving] capture_sample_rate = 0` (no capture: what durability costs);
 - baseline: the same scikit-learn pipeline behind FastAPI with pydantic request models and
   `predict_proba`, the server most users write by hand (`async def`, access log off, like ours).
 
-Both are driven with single-review `POST /v2/models/sentiment/infer` requests at concurrency 1 and 16
+All are driven with single-review `POST /v2/models/sentiment/infer` requests at concurrency 1 and 16
 for a fixed duration, with `wrk` when installed, else an asyncio + httpx load generator. Prints a
-Markdown table and writes bench/results/serving.json (with the machine: nproc, CPU model).
+Markdown table and writes bench/results/serving.json (with the machine and the commit measured).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import pickle
-import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,16 +38,20 @@ from typing import Any
 import httpx
 import numpy as np
 import polars as pl
+from _common import free_port, machine
 from pydantic import BaseModel
+
+from mlplatform.core.export import TOKEN_PATTERN, to_onnx
+from mlplatform.core.text import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 INFER_PATH = "/v2/models/sentiment/infer"
-LABELS = ("negative", "neutral", "positive")
 CONCURRENCIES = (1, 16)
 OURS = "mlplatform (default: per-text fast path, ONNX Runtime on ties; capture fsync'ed)"
 OURS_ORT_ONLY = "mlplatform ([scoring] fast_path = false: ONNX Runtime only; capture fsync'ed)"
+OURS_NO_CAPTURE = "mlplatform (defaults but [serving] capture_sample_rate = 0: no capture)"
 BASELINE = "baseline (scikit-learn + FastAPI)"
 SYNTHETIC_ROWS = 20_000
 
@@ -91,32 +93,13 @@ def train(texts: list[str], labels: list[str]) -> Any:
             (
                 "tfidf",
                 TfidfVectorizer(
-                    token_pattern=r"[a-zA-Z0-9_]{2,}", ngram_range=(1, 2), min_df=2, max_features=50_000
+                    token_pattern=TOKEN_PATTERN, ngram_range=(1, 2), min_df=2, max_features=50_000
                 ),
             ),
             ("classifier", LogisticRegression(max_iter=1000)),
         ]
     )
     return pipeline.fit(texts, labels)
-
-
-def to_onnx(pipeline: Any) -> bytes:
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import StringTensorType
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    model = convert_sklearn(
-        pipeline,
-        initial_types=[("text", StringTensorType([None, 1]))],
-        options={TfidfVectorizer: {"locale": "C.UTF-8"}, LogisticRegression: {"zipmap": False}},
-    )
-    renames = {model.graph.output[0].name: "label", model.graph.output[1].name: "probabilities"}
-    for node in model.graph.node:
-        node.output[:] = [renames.get(name, name) for name in node.output]
-    for output in model.graph.output:
-        output.name = renames.get(output.name, output.name)
-    return model.SerializeToString()
 
 
 def deploy_to_home(home_root: Path, onnx_bytes: bytes) -> str:
@@ -181,12 +164,6 @@ def serve_sklearn(model_path: Path, port: int) -> None:
 
 
 # --- load ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(command: list[str], env: dict[str, str], base_url: str, log_path: Path) -> subprocess.Popen:
@@ -271,21 +248,6 @@ def run_httpx_load(url: str, body: str, connections: int, duration_s: float) -> 
     }
 
 
-def machine() -> dict[str, Any]:
-    cpu_model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "python": platform.python_version(),
-        "os": platform.platform(),
-    }
-
-
 def fsync_latency_ms(directory: Path, records: int = 300) -> dict[str, float]:
     """The disk's own append + fsync latency where capture is written: the floor of a durable answer."""
     path = directory / "fsync-probe"
@@ -347,6 +309,9 @@ def main() -> None:
         # The same model in a second home whose settings switch the parity-gated fast path off.
         deploy_to_home(work / "home-ort", onnx_bytes)
         (work / "home-ort" / "platform.toml").write_text("[scoring]\nfast_path = false\n")
+        # And in a third home with capture off: what the durable capture costs.
+        deploy_to_home(work / "home-no-capture", onnx_bytes)
+        (work / "home-no-capture" / "platform.toml").write_text("[serving]\ncapture_sample_rate = 0.0\n")
         with (work / "model.pkl").open("wb") as handle:
             pickle.dump(pipeline, handle)
         env = {key: value for key, value in os.environ.items() if key != "MLPLATFORM_API_KEYS"}
@@ -354,6 +319,7 @@ def main() -> None:
         servers = {
             OURS: (ours, work / "home"),
             OURS_ORT_ONLY: (ours, work / "home-ort"),
+            OURS_NO_CAPTURE: (ours, work / "home-no-capture"),
             BASELINE: (
                 [sys.executable, str(Path(__file__).resolve()), "--serve-sklearn", str(work / "model.pkl")],
                 work / "home",
@@ -411,6 +377,7 @@ def main() -> None:
         "results": rows,
         "throughput_speedup_vs_baseline": speedups,
         "throughput_speedup_vs_baseline_onnxruntime_only": speedups_of(OURS_ORT_ONLY),
+        "throughput_speedup_vs_baseline_without_capture": speedups_of(OURS_NO_CAPTURE),
         "targets": {
             "p99_ms_at_concurrency_1_below_5": ours[1]["p99_ms"] < 5.0,
             "throughput_at_least_2x_baseline": all(value >= 2.0 for value in speedups.values()),

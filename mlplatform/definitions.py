@@ -44,11 +44,13 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         partitions_def=DROPS,
         description="Validate one drop; accept it into lake/raw or quarantine it.",
     )
+    # Ingest, batch and monitoring have their own jobs and triggers; the pipeline job is the rest.
+    driven_elsewhere = dg.AssetSelection.assets("raw_reviews", BATCH_PREDICTIONS) | dg.AssetSelection.groups(
+        MONITORING_GROUP
+    )
     pipeline_job = dg.define_asset_job(
         PIPELINE_JOB,
-        selection=dg.AssetSelection.all()
-        - dg.AssetSelection.assets("raw_reviews", BATCH_PREDICTIONS)
-        - dg.AssetSelection.groups(MONITORING_GROUP),
+        selection=dg.AssetSelection.all() - driven_elsewhere,
         description="Everything downstream of the accepted drops, in dependency order (monitoring apart).",
         # The one job with independent heavy steps (the candidates): [execution].executor decides.
         executor_def=executor_definition(ExecutionRules.from_settings(settings)),
@@ -75,9 +77,6 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         description="The monitoring assets, every [monitoring].schedule_cron, once something was captured.",
     )
     automation = settings.section("automation")
-    driven_elsewhere = dg.AssetSelection.assets("raw_reviews", BATCH_PREDICTIONS) | dg.AssetSelection.groups(
-        MONITORING_GROUP
-    )
     definitions = dg.Definitions(
         assets=assets,
         # The other jobs' runs execute in one process: a subprocess per step costs 1.5-2 s each, more

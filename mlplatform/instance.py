@@ -11,13 +11,11 @@ other machines may share the database.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+from mlplatform.core.fsio import file_lock, write_bytes_atomic
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.records import postgres_session_lock, sqlalchemy_url
 
@@ -68,17 +66,6 @@ def _execution_yaml(home: PlatformHome) -> list[str]:
     return instance_yaml_lines(ExecutionRules.from_settings(Settings.load(home.settings_file)))
 
 
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare_instance(home: PlatformHome) -> Path:
     """Write dagster.yaml and create the instance's storage once; return DAGSTER_HOME.
 
@@ -87,18 +74,12 @@ def prepare_instance(home: PlatformHome) -> Path:
     from dagster import DagsterInstance
 
     home.ensure()
-    with _exclusive(home.dagster / ".instance.lock"):
+    with file_lock(home.dagster / ".instance.lock"):
         config_path = home.dagster / "dagster.yaml"
         wanted = dagster_yaml(home)
         if not config_path.exists() or config_path.read_text(encoding="utf-8") != wanted:
-            tmp = config_path.with_suffix(".yaml.tmp")
-            tmp.unlink(missing_ok=True)
             # Owner-only: with PostgreSQL the file holds the database URL, which may carry a password.
-            with os.fdopen(
-                os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8"
-            ) as handle:
-                handle.write(wanted)
-            os.replace(tmp, config_path)
+            write_bytes_atomic(config_path, wanted.encode("utf-8"), mode=0o600)
         # Opening the instance creates and migrates its storage; do it here, under the lock(s).
         with _migration_lock(home), DagsterInstance.from_config(str(home.dagster)) as instance:
             instance.get_runs(limit=1)

@@ -12,7 +12,7 @@ any model rollback become alerts (defs/alerting.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -150,16 +150,26 @@ def run_pending(
     home: PlatformHome, say: Callable[[str], None] = print, groups: Sequence[str] | None = None
 ) -> RunReport:
     """Ingest pending drops, then bring every downstream asset (of `groups`, default all) up to date."""
+    with open_instance(home) as instance:
+        return _run_pending(home, instance, say, groups)
+
+
+def _register_partitions(instance: dg.DagsterInstance, partitions: str, keys: Iterable[str]) -> None:
+    """Add the dynamic partitions among `keys` that the instance does not know yet."""
+    known = set(instance.get_dynamic_partitions(partitions))
+    new = [key for key in keys if key not in known]
+    if new:
+        instance.add_dynamic_partitions(partitions, new)
+
+
+def _run_pending(
+    home: PlatformHome, instance: dg.DagsterInstance, say: Callable[[str], None], groups: Sequence[str] | None
+) -> RunReport:
     report = RunReport()
-    instance = open_instance(home)
     defs = build_definitions(home)
     lake = Lake.from_settings(home, Settings.load(home.settings_file))
 
-    pending = lake.pending()
-    known = set(instance.get_dynamic_partitions(DROPS.name))
-    new = [drop.hash for drop in pending if drop.hash not in known]
-    if new:
-        instance.add_dynamic_partitions(DROPS.name, new)
+    _register_partitions(instance, DROPS.name, (drop.hash for drop in lake.pending()))
     materialized = instance.get_materialized_partitions(RAW_REVIEWS)
     todo = [key for key in instance.get_dynamic_partitions(DROPS.name) if key not in materialized]
 
@@ -262,10 +272,7 @@ def _run_batches(
     files = {
         sha: path for sha, path in batch_files(home.batch).items() if path.stat().st_mtime <= settled_before
     }
-    known = set(instance.get_dynamic_partitions(BATCHES.name))
-    new = [sha for sha in files if sha not in known]
-    if new:
-        instance.add_dynamic_partitions(BATCHES.name, new)
+    _register_partitions(instance, BATCHES.name, files)
     scored = instance.get_materialized_partitions(dg.AssetKey(BATCH_PREDICTIONS))
     todo = [sha for sha in files if sha not in scored]
     batch_job = defs.resolve_job_def(BATCH_JOB)

@@ -14,7 +14,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from mlplatform_tests.integration.processes import free_port
 
 SERVER_USER = "postgres"
 SUPERUSER = "postgres"
@@ -37,12 +38,6 @@ def find_bin_dir() -> Path | None:
         return Path(debian[-1]).parent
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def database_name(database_url: str) -> str:

@@ -15,7 +15,6 @@ verifies the hash.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -30,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from mlplatform.core.fsio import write_bytes_atomic
+from mlplatform.core.fsio import sha256_bytes, sha256_file, write_bytes_atomic
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
 from mlplatform.core.storage import (
@@ -171,27 +170,23 @@ class StoredArtifact:
 # --- encoding ---------------------------------------------------------------------------------
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def encode(value: Any) -> EncodedValue:
     """Encode a value into deterministic bytes: DataFrame -> Parquet, dict/list -> canonical JSON,
     bytes -> bin, Bundle -> tar. Raises TypeError for any other type."""
     if isinstance(value, pl.DataFrame):
         payload = _parquet_bytes(value)
         schema = [(name, str(dtype)) for name, dtype in value.schema.items()]
-        return EncodedValue(payload, FORMAT_PARQUET, sha256_hex(payload), value.height, schema)
+        return EncodedValue(payload, FORMAT_PARQUET, sha256_bytes(payload), value.height, schema)
     if isinstance(value, dict | list):
         payload = _canonical_json_bytes(value)
         rows = len(value) if isinstance(value, list) else None
-        return EncodedValue(payload, FORMAT_JSON, sha256_hex(payload), rows)
+        return EncodedValue(payload, FORMAT_JSON, sha256_bytes(payload), rows)
     if isinstance(value, bytes | bytearray | memoryview):
         payload = bytes(value)
-        return EncodedValue(payload, FORMAT_BINARY, sha256_hex(payload))
+        return EncodedValue(payload, FORMAT_BINARY, sha256_bytes(payload))
     if isinstance(value, Bundle):
         payload = _tar_bytes(value)
-        return EncodedValue(payload, FORMAT_TAR, sha256_hex(payload))
+        return EncodedValue(payload, FORMAT_TAR, sha256_bytes(payload))
     raise TypeError(
         f"cannot store a value of type {type(value).__module__}.{type(value).__qualname__}: "
         "supported are polars.DataFrame, dict, list, bytes and artifacts.Bundle"
@@ -365,7 +360,7 @@ class ArtifactStore:
         the version that is already the latest is a no-op that returns the stored record. No lock
         and no append: the bytes are one immutable object and the version record another.
         """
-        if sha256_hex(encoded.payload) != encoded.sha256:
+        if sha256_bytes(encoded.payload) != encoded.sha256:
             raise IntegrityError(
                 f"encoded value for {asset!r} does not match its own sha256 {encoded.sha256}"
             )
@@ -485,7 +480,7 @@ class ArtifactStore:
             payload = self.location.get_bytes(artifact.relative_path)
         except ObjectNotFound:
             raise ArtifactNotFound(f"stored file {artifact.path} of {artifact.asset!r} is missing") from None
-        found = sha256_hex(payload)
+        found = sha256_bytes(payload)
         if found != artifact.version:
             raise IntegrityError(
                 f"{artifact.path} of {artifact.asset!r} is corrupt: sha256 {found}, expected {artifact.version}"
@@ -507,12 +502,11 @@ class ArtifactStore:
         dest = Path(dest)
         target = dest / artifact.file_name if dest.is_dir() else dest
         if target.exists():
-            if sha256_hex(target.read_bytes()) == artifact.version:
+            if sha256_file(target) == artifact.version:
                 return target
             raise FileExistsError(f"{target} exists with different content; restore will not overwrite it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(target, payload, read_only=False)
-        if sha256_hex(target.read_bytes()) != artifact.version:
+        write_bytes_atomic(target, payload)
+        if sha256_file(target) != artifact.version:
             raise IntegrityError(f"restored copy {target} does not have sha256 {artifact.version}")
         return target
 
@@ -543,5 +537,5 @@ __all__ = [
     "UnsafeName",
     "decode",
     "encode",
-    "sha256_hex",
+    "sha256_bytes",
 ]

@@ -7,6 +7,7 @@ rename it over the target (atomic on POSIX), then fsync the directory so the ren
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import uuid
@@ -30,12 +31,50 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(target: Path, fill: Callable[[BinaryIO], object], *, read_only: bool = False) -> None:
-    """Replace `target` with what `fill` writes to a temp file, atomically and durably."""
+HASH_CHUNK_BYTES = 1 << 20  # read size when hashing or copying files
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_stream(handle: BinaryIO) -> str:
+    """Hex SHA-256 of what is left to read from `handle`, read in chunks."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_hashing(source: BinaryIO, target: BinaryIO) -> tuple[str, int]:
+    """Copy what is left of `source` into `target` in chunks; return (hex SHA-256, bytes copied)."""
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in iter(lambda: source.read(HASH_CHUNK_BYTES), b""):
+        digest.update(chunk)
+        target.write(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of the file at `path`, read in chunks."""
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)
+
+
+def write_atomic(
+    target: Path, fill: Callable[[BinaryIO], object], *, read_only: bool = False, mode: int = 0o666
+) -> None:
+    """Replace `target` with what `fill` writes to a temp file, atomically and durably.
+
+    `mode` is the new file's permission bits (before the umask), as for `open`.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(target)
     try:
-        with open(temp, "xb") as handle:
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
             fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -48,9 +87,9 @@ def write_atomic(target: Path, fill: Callable[[BinaryIO], object], *, read_only:
     fsync_directory(target.parent)
 
 
-def write_bytes_atomic(target: Path, payload: bytes, *, read_only: bool = False) -> None:
+def write_bytes_atomic(target: Path, payload: bytes, *, read_only: bool = False, mode: int = 0o666) -> None:
     """Replace `target` with `payload` atomically and durably; optionally leave it read-only."""
-    write_atomic(target, lambda handle: handle.write(payload), read_only=read_only)
+    write_atomic(target, lambda handle: handle.write(payload), read_only=read_only, mode=mode)
 
 
 def write_json_atomic(target: Path, data: Any, *, read_only: bool = False) -> None:

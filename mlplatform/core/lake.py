@@ -34,15 +34,21 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from mlplatform.core.fsio import file_lock, fsync_directory, temp_path_for, write_json_atomic
+from mlplatform.core.fsio import (
+    copy_hashing,
+    file_lock,
+    fsync_directory,
+    sha256_file,
+    temp_path_for,
+    write_json_atomic,
+)
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.records import FileRecords, open_records
 from mlplatform.core.settings import Settings
 from mlplatform.core.storage import StorageError, StorageLocation, is_home_directory, location_from_settings
 
-CHUNK_SIZE = 1 << 20
 DEFAULT_SETTLE_SECONDS = 2.0
 PIPELINE_READER = "pipeline"
 LEDGER_RECORDS = "lake_ledger"  # the ledger's journal name in PostgreSQL
@@ -105,20 +111,6 @@ class UnknownDataset(LakeError):
 
 
 # ---------------------------------------------------------------------------------------------- hashing
-
-
-def sha256_bytes(data: bytes) -> str:
-    """The sha256 hex digest of `data` (a drop's identity when `data` is its bytes)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 hex digest of the file at `path`, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_drop_hash(value: str) -> bool:
@@ -323,24 +315,14 @@ def _temp_name(directory: Path, final_name: str) -> Path:
     return temp_path_for(directory / final_name)
 
 
-def _copy_hashing(source: BinaryIO, target: BinaryIO) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in iter(lambda: source.read(CHUNK_SIZE), b""):
-        digest.update(chunk)
-        target.write(chunk)
-        size += len(chunk)
-    target.flush()
-    os.fsync(target.fileno())
-    return digest.hexdigest(), size
-
-
 def _copy_to_temp(source: Path, directory: Path, final_name: str) -> tuple[Path, str, int]:
     """Copy `source` to a temp file in `directory`, fsynced; return (temp path, sha256, size)."""
     temp = _temp_name(directory, final_name)
     try:
         with open(source, "rb") as reader, open(temp, "xb") as writer:
-            digest, size = _copy_hashing(reader, writer)
+            digest, size = copy_hashing(reader, writer)
+            writer.flush()
+            os.fsync(writer.fileno())
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

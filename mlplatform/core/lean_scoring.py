@@ -67,8 +67,11 @@ class LeanTextScorer:
         counts: Counter[int] = Counter()
         for length, table in self.gram_columns.items():
             # zip stops at the shortest slice: exactly the n-grams that fit in the text.
-            windows = zip(*(tokens[k:] for k in range(length)), strict=False)
-            grams = tokens if length == 1 else map(" ".join, windows)
+            grams = (
+                tokens
+                if length == 1
+                else map(" ".join, zip(*(tokens[k:] for k in range(length)), strict=False))
+            )
             counts.update(map(table.get, grams, repeat(_ABSENT)))  # counted in C; absent ones dropped below
         counts.pop(_ABSENT, None)
         return counts

@@ -32,7 +32,7 @@ from mlplatform.core.selection import (
     SelectionError,
 )
 from mlplatform.core.settings import Settings
-from mlplatform.core.text import LABELS
+from mlplatform.core.text import LABELS, PROBABILITY_COLUMNS
 
 RAW_REVIEWS = "raw_reviews"
 # Assets whose stored frame carries the drop each row came from.
@@ -43,7 +43,7 @@ DROP_HASH_COLUMN = "drop_hash"
 TEXT_PREVIEW_CHARS = 60
 # The capture columns a request's chain is read from (serving.capture writes them).
 CAPTURE_COLUMNS = ("request_id", "time", "route", "model_version", "row", "text", "product_id", "review_id")
-CAPTURE_COLUMNS += ("label", *(f"p_{label}" for label in LABELS), "latency_ms")
+CAPTURE_COLUMNS += ("label", *PROBABILITY_COLUMNS, "latency_ms")
 
 
 class LineageError(Exception):

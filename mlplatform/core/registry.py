@@ -30,7 +30,6 @@ what and when; the version's files never change after registration.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -41,9 +40,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from mlplatform.core.fsio import fsync_directory, temp_path_for
+from mlplatform.core.fsio import copy_hashing, fsync_directory, sha256_bytes, sha256_file, write_atomic
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.records import FileRecords, Records, RecordSection, open_records
 from mlplatform.core.settings import Settings, SettingsError
@@ -73,7 +72,6 @@ CACHE_DIR = "cache"
 # several machines register without shared, PostgreSQL, records).
 NUMBER_ATTEMPTS = 5
 _VERSION_NAME = re.compile(r"^v([1-9][0-9]*)$")
-_HASH_CHUNK = 1 << 20
 
 
 class RegistryError(RuntimeError):
@@ -84,19 +82,10 @@ class IntegrityError(RegistryError):
     """A model file does not match the SHA-256 recorded when it was registered."""
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_file(path: Path, expected_sha256: str, label: str) -> Path:
     """Return `path` when its SHA-256 equals `expected_sha256`; raise IntegrityError otherwise."""
     try:
-        actual = file_sha256(path)
+        actual = sha256_file(path)
     except OSError as exc:
         raise IntegrityError(f"{label}: cannot read {path}: {exc.strerror or exc}") from exc
     if actual != expected_sha256:
@@ -253,7 +242,7 @@ class ModelRegistry:
         if markdown is not None:
             files[CARD_MARKDOWN_FILE] = str(markdown).encode()
         metrics_dict = json.loads(self._json_text(dict(metrics), "model metrics"))
-        sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+        sha256 = sha256_bytes(onnx_bytes)
         with self._records.exclusive() as section:
             registered_at = _utc_now()
             version = self._find_by_sha256(sha256)
@@ -410,6 +399,11 @@ class ModelRegistry:
                 )
         return tuple(history)
 
+    @classmethod
+    def _status(cls, version: str, events: list[dict[str, Any]]) -> str:
+        """The version's status: it follows from the events alone (no version file is read)."""
+        return cls._status_history(version, "", events)[-1]["status"]
+
     def in_production_since(self) -> str | None:
         """Time the current production version last became production (promotion or rollback)."""
         current = self.aliases().get(PRODUCTION)
@@ -513,28 +507,19 @@ class ModelRegistry:
     def _download(self, version: str, sha256: str, target: Path) -> Path:
         """Stream the model into a temp file while hashing it; rename it into place only when it matches."""
         key = _version_key(version, MODEL_FILE)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = temp_path_for(target)
-        digest = hashlib.sha256()
-        try:
-            with self.location.open_read(key) as reader, open(temp, "xb") as writer:
-                for block in iter(lambda: reader.read(_HASH_CHUNK), b""):
-                    digest.update(block)
-                    writer.write(block)
-                writer.flush()
-                os.fsync(writer.fileno())
-            if digest.hexdigest() != sha256:
+
+        def fetch_verified(writer: BinaryIO) -> None:
+            with self.location.open_read(key) as reader:
+                actual, _ = copy_hashing(reader, writer)
+            if actual != sha256:  # raised inside write_atomic: the temp file is removed, nothing renamed
                 raise IntegrityError(
-                    f"model {version}: sha256 of {self.location.url_of(key)} is {digest.hexdigest()}, "
-                    f"expected {sha256}"
+                    f"model {version}: sha256 of {self.location.url_of(key)} is {actual}, expected {sha256}"
                 )
-            os.chmod(temp, 0o444)
-            os.replace(temp, target)
+
+        try:
+            write_atomic(target, fetch_verified, read_only=True)
         except ObjectNotFound:
             raise IntegrityError(f"model {version}: {self.location.url_of(key)} is missing") from None
-        finally:
-            temp.unlink(missing_ok=True)
-        fsync_directory(target.parent)
         return target
 
     # -- status -----------------------------------------------------------------------------------
@@ -622,10 +607,10 @@ class ModelRegistry:
             current, target = aliases.get(PRODUCTION), aliases.get(PREVIOUS)
             if current is None or target is None:
                 raise RegistryError("nothing to roll back to: no production and previous versions")
-            status = self._build(target, events, aliases).status
+            status = self._status(target, events)
             if status != APPROVED:
                 raise RegistryError(f"cannot roll back to {target}: it is {status}")
-            self.verify(target)
+            self.verify(target)  # also: the version's files exist
             before = self._promoted_before(target, exclude={current, target}, events=events)
             aliases[PRODUCTION] = target
             if before is None:
@@ -651,7 +636,7 @@ class ModelRegistry:
         promoted = [event["version"] for event in events if event["event"] == "promoted"]
         last = max((index for index, name in enumerate(promoted) if name == version), default=len(promoted))
         for candidate in reversed(promoted[:last]):
-            if candidate not in exclude and self._build(candidate, events, {}).status == APPROVED:
+            if candidate not in exclude and self._status(candidate, events) == APPROVED:
                 return candidate
         return None
 

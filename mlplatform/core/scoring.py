@@ -17,9 +17,10 @@ the one artifact that is scored, and the fast path is parity-gated against ONNX 
   by ONNX Runtime itself;
 - a graph the fast path does not understand is scored by ONNX Runtime, chunks run in parallel.
 
-Batches under `fast_path_min_rows` (the endpoint's single reviews) take the fast path's per-text
-engine (`lean_scoring`), the same arithmetic without the bulk set-up cost; the parity probe checks
-both engines, and the same tie and case rules hand rows to ONNX Runtime.
+Lists of texts under `fast_path_min_rows` (the endpoint's requests) take the fast path's per-text
+engine (`lean_scoring`), the same arithmetic without the bulk set-up cost (a short polars Series, a
+file's last chunk, goes to ONNX Runtime); the load-time probe checks both engines, and the same tie
+and case rules hand rows to ONNX Runtime.
 
 Supported graph shape (what skl2onnx emits for TfidfVectorizer/CountVectorizer + a linear classifier):
 [Reshape/Flatten/Identity/Cast to float] -> [StringNormalizer LOWER|NONE, no stopwords] -> Tokenizer (a
@@ -54,12 +55,11 @@ from scipy import sparse
 from mlplatform.core.lean_scoring import LeanTextScorer
 from mlplatform.core.registry import verify_file
 from mlplatform.core.settings import Settings
-from mlplatform.core.text import LABELS, model_text
+from mlplatform.core.text import LABELS, PROBABILITY_COLUMNS, model_text
 
 log = logging.getLogger(__name__)
 
 CLASS_LABELS = LABELS  # probability columns, in this order
-PROBABILITY_COLUMNS = tuple(f"p_{label}" for label in CLASS_LABELS)
 OUTPUT_COLUMNS = ("row_id", "label", *PROBABILITY_COLUMNS, "model_version")
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -664,9 +664,22 @@ def _session_feed(texts: Sequence[str | None]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _FastPath:
+    """Everything the fast path reads per call, built once per model."""
+
     plan: LinearTextPlan
-    tail: ort.InferenceSession | None
     lean: LeanTextScorer
+    labels: np.ndarray  # the classifier's class labels, indexed by argmax of the scores
+    tail: ort.InferenceSession | None = None
+    tail_dtype: type = np.float32
+
+    @classmethod
+    def build(cls, plan: LinearTextPlan) -> _FastPath:
+        labels = np.asarray(plan.class_labels, dtype=object)
+        if plan.tail_model is None:
+            return cls(plan, LeanTextScorer.from_plan(plan), labels)
+        tail = _session(plan.tail_model)
+        dtype = np.float64 if tail.get_inputs()[0].type == "tensor(double)" else np.float32
+        return cls(plan, LeanTextScorer.from_plan(plan), labels, tail, dtype)
 
 
 class ScoringModel:
@@ -683,7 +696,6 @@ class ScoringModel:
         self.path = path
         self.sha256 = sha256
         self.rules = rules
-        self.version: str | None = None
         self._session = session
         self._rows_per_run = rules.rows_per_run(feature_width)
         # Swapped as one reference: the plan, the session of its numeric tail (or None) and the
@@ -698,8 +710,7 @@ class ScoringModel:
 
     def enable_fast_path(self, plan: LinearTextPlan) -> bool:
         """Switch the fast path on when it agrees with ONNX Runtime on the probe texts."""
-        tail = None if plan.tail_model is None else _session(plan.tail_model)
-        self._fast = _FastPath(plan, tail, LeanTextScorer.from_plan(plan))
+        self._fast = _FastPath.build(plan)
         mismatch = self.check_parity(parity_probe_texts(plan, self.rules.parity_probe_rows))
         if mismatch is not None:
             self.disable_fast_path(f"parity probe failed: {mismatch}")
@@ -714,17 +725,21 @@ class ScoringModel:
         self._fast = None
         self.fast_path_reason = reason
 
-    def check_parity(self, texts: Sequence[str]) -> str | None:
-        """None when the fast path matches ONNX Runtime on `texts`, else what differed."""
+    def check_parity(self, texts: Sequence[str], *, per_text: bool = True) -> str | None:
+        """None when the fast path matches ONNX Runtime on `texts`, else what differed.
+
+        The bulk engine is always checked; the per-text engine (small batches) too unless `per_text`
+        is False (a batch file's chunks never use it)."""
         if self._fast is None or not texts:
             return None
         series = pl.Series("text", list(texts), dtype=pl.String)
         labels, probabilities = self._predict_onnxruntime(series)
         # Both engines of the fast path answer for themselves: the bulk one and the per-text one.
-        for engine, (fast_labels, fast_probabilities) in (
-            ("bulk", self._predict_fast(series)),
-            ("per-text", self._predict_lean(list(texts))),
-        ):
+        engines = [("bulk", self._predict_fast)]
+        if per_text:
+            engines.append(("per-text", lambda _: self._predict_lean(list(texts))))
+        for engine, predict in engines:
+            fast_labels, fast_probabilities = predict(series)
             differing = int(np.sum(fast_labels != labels))
             if differing:
                 return f"{engine}: {differing} of {len(texts)} labels differ"
@@ -768,11 +783,9 @@ class ScoringModel:
         case_ambiguous = None
         if fast.plan.lowercase:
             case_ambiguous = series.fill_null("").str.contains(f"[{CASE_AMBIGUOUS_CHARACTERS}]").to_numpy()
-        labels, probabilities, delegated = self._from_scores(fast, scores, case_ambiguous)
-        if delegated.any():
-            rows = np.flatnonzero(delegated)
-            labels[rows], probabilities[rows] = self._predict_onnxruntime(series.gather(rows))
-        return labels, probabilities
+        return self._from_scores(
+            fast, scores, case_ambiguous, lambda rows: self._predict_onnxruntime(series.gather(rows))
+        )
 
     def _predict_lean(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         fast = self._fast
@@ -783,34 +796,44 @@ class ScoringModel:
             case_ambiguous = np.array(
                 [text is not None and any(c in text for c in CASE_AMBIGUOUS_CHARACTERS) for text in texts]
             )
-        labels, probabilities, delegated = self._from_scores(fast, scores, case_ambiguous)
-        if delegated.any():
-            rows = np.flatnonzero(delegated)
-            labels[rows], probabilities[rows] = self._run_session(_session_feed([texts[i] for i in rows]))
-        return labels, probabilities
+        return self._from_scores(
+            fast,
+            scores,
+            case_ambiguous,
+            lambda rows: self._run_session(_session_feed([texts[i] for i in rows])),
+        )
 
     def _from_scores(
-        self, fast: _FastPath, scores: np.ndarray, case_ambiguous: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Labels and probabilities from raw class scores, and which rows ONNX Runtime must score."""
+        self,
+        fast: _FastPath,
+        scores: np.ndarray,
+        case_ambiguous: np.ndarray | None,
+        onnxruntime_rows: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and probabilities from raw class scores; near-ties and case-ambiguous rows are
+        scored by `onnxruntime_rows(row indexes)` instead."""
         plan = fast.plan
         if fast.tail is not None:
-            labels, probabilities = self._run_tail(fast.tail, plan, scores)
+            labels, probabilities = self._run_tail(fast, scores)
         else:
-            labels = np.asarray(plan.class_labels, dtype=object)[np.argmax(scores, axis=1)]
+            labels = fast.labels[np.argmax(scores, axis=1)]
             probabilities = _post_transform(plan, scores)
         top_two = np.sort(scores, axis=1)[:, -2:]
         delegated = (top_two[:, 1] - top_two[:, 0]) < self.rules.tie_margin
         if case_ambiguous is not None:
             delegated |= case_ambiguous
-        return labels, probabilities, delegated
+        if delegated.any():
+            rows = np.flatnonzero(delegated)
+            labels[rows], probabilities[rows] = onnxruntime_rows(rows)
+        return labels, probabilities
 
-    def _run_tail(
-        self, tail: ort.InferenceSession, plan: LinearTextPlan, scores: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _run_tail(fast: _FastPath, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The graph's own numeric tail (probabilities, label) run by onnxruntime on the scores."""
-        dtype = np.float64 if tail.get_inputs()[0].type == "tensor(double)" else np.float32
-        labels, probabilities = tail.run(["label", "probabilities"], {plan.tail_input: scores.astype(dtype)})
+        assert fast.tail is not None
+        labels, probabilities = fast.tail.run(
+            ["label", "probabilities"], {fast.plan.tail_input: scores.astype(fast.tail_dtype)}
+        )
         return np.asarray(labels, dtype=object).ravel(), np.asarray(probabilities, dtype=np.float32)
 
     def _predict_onnxruntime(self, series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -1079,7 +1102,7 @@ def _chunks(frame: pl.LazyFrame, chunk_rows: int, input_path: Path):
 
 def _check_file_parity(model: ScoringModel, texts: pl.Series) -> None:
     sample = texts.head(model.rules.parity_probe_rows).to_list()
-    mismatch = model.check_parity(sample)
+    mismatch = model.check_parity(sample, per_text=False)
     if mismatch is not None:
         model.disable_fast_path(f"parity check on the input failed: {mismatch}")
 

@@ -19,7 +19,6 @@ the settings file.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -29,13 +28,19 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from mlplatform.core.fsio import write_atomic, write_bytes_atomic
+from mlplatform.core.fsio import (
+    HASH_CHUNK_BYTES,
+    sha256_bytes,
+    sha256_file,
+    sha256_stream,
+    write_atomic,
+    write_bytes_atomic,
+)
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
 
 STORAGE_SECTION = "storage"
 STORAGE_KINDS = ("lake", "artifacts", "registry", "capture")
-CHUNK_SIZE = 1 << 20
 _LOCAL_SCHEMES = frozenset({"file", "local"})
 
 
@@ -53,10 +58,6 @@ class ObjectNotFound(StorageError, LookupError):
 
 class ImmutableConflict(StorageError):
     """An immutable object exists already with different bytes (it is never overwritten)."""
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def validate_key(key: str) -> str:
@@ -154,7 +155,7 @@ class StorageLocation(ABC):
     def sha256(self, key: str) -> str:
         """The sha256 hex digest of the stored object, streamed."""
         with self.open_read(key) as handle:
-            return _stream_sha256(handle)
+            return sha256_stream(handle)
 
     def put_file(self, key: str, source: Path, *, immutable: bool = False) -> str:
         """Upload the local file `source` to `key`, then read it back and check its sha256.
@@ -163,7 +164,7 @@ class StorageLocation(ABC):
         (it is left alone); anything else raises ImmutableConflict. Raises StorageError when the
         stored copy does not match the source, so a caller may delete the source only on success.
         """
-        expected = _file_sha256(source)
+        expected = sha256_file(source)
         if immutable and self.exists(key):
             self._require_same(key, expected)
             return expected
@@ -190,18 +191,6 @@ class StorageLocation(ABC):
 
     def __hash__(self) -> int:
         return hash(self.url)
-
-
-def _stream_sha256(handle: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return _stream_sha256(handle)
 
 
 class LocalLocation(StorageLocation):
@@ -234,14 +223,14 @@ class LocalLocation(StorageLocation):
     def put_bytes(self, key: str, data: bytes, *, immutable: bool = False) -> None:
         target = self.path_of(key)
         if immutable and target.exists():
-            self._require_same(key, sha256_hex(data))
+            self._require_same(key, sha256_bytes(data))
             return
         write_bytes_atomic(target, data, read_only=immutable)
 
     def _upload(self, key: str, source: Path, *, read_only: bool) -> None:
         def copy(writer: BinaryIO) -> None:
             with open(source, "rb") as reader:
-                shutil.copyfileobj(reader, writer, CHUNK_SIZE)
+                shutil.copyfileobj(reader, writer, HASH_CHUNK_BYTES)
 
         write_atomic(self.path_of(key), copy, read_only=read_only)
 
@@ -303,7 +292,7 @@ class FsspecLocation(StorageLocation):
 
     def put_bytes(self, key: str, data: bytes, *, immutable: bool = False) -> None:
         if immutable and self.exists(key):
-            self._require_same(key, sha256_hex(data))
+            self._require_same(key, sha256_bytes(data))
             return
         self.fs.pipe_file(self._path(key), data)  # one PUT: atomic on object stores
 

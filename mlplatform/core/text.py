@@ -13,6 +13,8 @@ import polars as pl
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 """Sentiment classes, in the order of every model's probability columns."""
+PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{label}" for label in LABELS)
+"""Column names of the class probabilities in predictions and the capture."""
 
 # Whitespace runs collapse to one space. An explicit character class rather than `\s`, because
 # Python's `\s` and the Rust regex engine behind polars disagree on a few control characters, and

@@ -25,7 +25,7 @@ from dagster import AssetExecutionContext
 from mlplatform.core import deploy, scoring
 from mlplatform.core.artifacts import Bundle
 from mlplatform.core.deploy import DeployAction, DeploymentRules, SmokeResult
-from mlplatform.core.lake import sha256_file
+from mlplatform.core.fsio import sha256_file
 from mlplatform.core.registry import PREVIOUS, PRODUCTION, ModelRegistry, ModelVersion
 from mlplatform.core.scoring import ScoringError, ScoringRules
 from mlplatform.core.settings import Settings

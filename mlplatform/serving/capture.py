@@ -48,13 +48,12 @@ import polars as pl
 
 from mlplatform.core.fsio import fsync_directory
 from mlplatform.core.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
-from mlplatform.core.text import LABELS
+from mlplatform.core.text import PROBABILITY_COLUMNS
 
 log = logging.getLogger(__name__)
 
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
-PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{label}" for label in LABELS)
 
 # The schema as written (time is an ISO-8601 UTC string in the file, a Datetime once read).
 _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
@@ -305,11 +304,14 @@ class _SegmentPublisher:
         while True:
             self._wake.wait()
             self._wake.clear()
+            # Read before publishing: a stop() during this pass comes with a last seal this pass may
+            # have listed too early, so it earns one more pass.
+            stopping = self._stopping
             try:
                 publish_sealed_segments(self._root, self._location)
             except Exception as exc:  # kept locally; retried at the next seal or start
                 log.error("%s", exc)
-            if self._stopping:
+            if stopping:
                 return
 
 

@@ -24,7 +24,7 @@ from mlplatform.core.artifacts import (
     UnsafeName,
     decode,
     encode,
-    sha256_hex,
+    sha256_bytes,
 )
 from mlplatform.core.home import PlatformHome
 
@@ -72,7 +72,7 @@ def test_encoding_is_deterministic_and_round_trips(name: str) -> None:
     first, second = encode(_values()[name]), encode(_values()[name])
     assert first.fmt == name
     assert first.payload == second.payload
-    assert first.sha256 == second.sha256 == sha256_hex(first.payload)
+    assert first.sha256 == second.sha256 == sha256_bytes(first.payload)
     decoded = decode(first.payload, first.fmt)
     original = _values()[name]
     if isinstance(original, pl.DataFrame):

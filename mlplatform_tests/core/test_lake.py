@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.core.fsio import sha256_bytes, sha256_file
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.lake import (
     AccessDenied,
@@ -18,8 +19,6 @@ from mlplatform.core.lake import (
     UnknownDataset,
     UnknownDrop,
     UnsafePathError,
-    sha256_bytes,
-    sha256_file,
 )
 
 CSV_A = b"Clothing ID,Age,Rating\n1,30,5\n"

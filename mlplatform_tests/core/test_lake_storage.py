@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.core.fsio import sha256_bytes
 from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake, LakeError, sha256_bytes
+from mlplatform.core.lake import Lake, LakeError
 from mlplatform.core.settings import Settings
 from mlplatform.core.storage import LocalLocation, StorageLocation, open_location
 

@@ -41,7 +41,10 @@ def pg_url(request) -> str | None:
 
 @pytest.fixture
 def records(tmp_path: Path, pg_url: str | None) -> Records:
-    return open_records(file_records(tmp_path / "records"), "test", pg_url)
+    opened = open_records(file_records(tmp_path / "records"), "test", pg_url)
+    # The PostgreSQL cases must really run on PostgreSQL, not quietly on the files.
+    assert isinstance(opened, PostgresRecords) == (pg_url is not None)
+    return opened
 
 
 # ------------------------------------------------------------------------------------ both backends
@@ -90,6 +93,7 @@ def test_appends_from_several_processes_are_all_kept_in_order(tmp_path: Path, pg
     _run_processes(_append_many, [(str(directory), pg_url, worker, per_worker) for worker in range(workers)])
 
     entries = open_records(file_records(directory), "test", pg_url).read().entries
+    assert pg_url is None or not list(tmp_path.rglob("*.jsonl")), "PostgreSQL appends went to files"
     assert len(entries) == workers * per_worker
     for worker in range(workers):
         assert [e["index"] for e in entries if e["worker"] == worker] == list(range(per_worker))
@@ -257,6 +261,7 @@ def test_concurrent_writers_on_postgres_lose_nothing_and_number_versions_in_orde
     promotions = [e for e in events if e["event"] == "promoted"]
     assert [e["from"] for e in promotions] == [None, *[e["to"] for e in promotions[:-1]]]
     assert registry.aliases() == {"production": promotions[-1]["to"], "previous": promotions[-2]["to"]}
+    assert not (root / "registry" / "events.jsonl").exists(), "events went to files, not PostgreSQL"
 
 
 # ---------------------------------------------------------------------------------- the audit ledger
@@ -306,6 +311,7 @@ def test_ledger_keeps_every_read_of_concurrent_runs(lake_home: PlatformHome) -> 
         _read_many, [(str(lake_home.root), lake_home.pg_url, worker, per_worker) for worker in range(workers)]
     )
     entries = Lake(lake_home).audit()
+    assert lake_home.pg_url is None or not list(lake_home.root.rglob("*.jsonl")), "ledger went to files"
     assert {(e.consumer, e.version) for e in entries} == {
         (f"run-{w}:reviews", f"v{i}") for w in range(workers) for i in range(per_worker)
     }

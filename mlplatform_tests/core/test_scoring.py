@@ -235,12 +235,23 @@ def test_single_reviews_take_the_per_text_engine_and_match_onnxruntime(
     assert len(session_rows) == len(ambiguous) >= 1
 
 
-def test_per_text_engine_serves_the_graphs_own_tail(tail_graph_file, rules) -> None:
+def test_per_text_engine_serves_the_graphs_own_tail(tail_graph_file, rules, monkeypatch) -> None:
     model = load_model(*tail_graph_file, rules)
     texts = tricky_texts(60, seed=12)
     expected_labels, expected_probabilities = onnxruntime_answers(tail_graph_file[0], texts)
+    full_graph_runs = []
+    run_session = model._run_session
+    monkeypatch.setattr(
+        model, "_run_session", lambda feed: full_graph_runs.append(len(feed)) or run_session(feed)
+    )
 
     answers = [model.predict([text]) for text in texts]
+
+    assert model.engine == "fast", model.fast_path_reason
+    # Scores from the per-text engine, only the graph's tail from onnxruntime; the whole graph ran for
+    # the case-ambiguous texts (and near-ties) alone.
+    ambiguous = [text for text in texts if any(c in text for c in CASE_AMBIGUOUS_CHARACTERS)]
+    assert len(ambiguous) <= len(full_graph_runs) < len(texts) // 2
 
     assert [label[0] for label, _ in answers] == list(expected_labels)
     probabilities = np.vstack([probability for _, probability in answers])

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mlplatform.core.artifacts import ArtifactStore, IntegrityError, encode, sha256_hex
+from mlplatform.core.artifacts import ArtifactStore, IntegrityError, encode, sha256_bytes
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
 from mlplatform.core.storage import (
@@ -43,7 +43,7 @@ def test_put_get_exists_size(location: StorageLocation) -> None:
     assert location.exists("a/b.bin")
     assert location.get_bytes("a/b.bin") == b"hello"
     assert location.size("a/b.bin") == 5
-    assert location.sha256("a/b.bin") == sha256_hex(b"hello")
+    assert location.sha256("a/b.bin") == sha256_bytes(b"hello")
     with location.open_read("a/b.bin") as handle:
         assert handle.read(2) == b"he"
     location.put_bytes("a/b.bin", b"replaced")  # a mutable object may be replaced (atomically)
@@ -79,7 +79,7 @@ def test_list_is_sorted_relative_and_optionally_shallow(location: StorageLocatio
 def test_put_file_uploads_and_verifies(location: StorageLocation, tmp_path: Path) -> None:
     source = tmp_path / "segment.jsonl"
     source.write_bytes(b"line\n" * 1000)
-    assert location.put_file("segments/s1.jsonl", source, immutable=True) == sha256_hex(source.read_bytes())
+    assert location.put_file("segments/s1.jsonl", source, immutable=True) == sha256_bytes(source.read_bytes())
     assert location.get_bytes("segments/s1.jsonl") == source.read_bytes()
     assert location.put_file("segments/s1.jsonl", source, immutable=True)  # identical: left alone
     source.write_bytes(b"different")

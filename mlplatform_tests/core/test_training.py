@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from types import MappingProxyType
 
 import polars as pl
 import pytest
 
+from mlplatform.core import export
 from mlplatform.core.export import OnnxSentimentModel, to_onnx
 from mlplatform.core.training import (
     NoEligibleCandidateError,
@@ -133,11 +136,11 @@ def test_training_is_deterministic_and_exports_working_onnx(config: TrainingConf
         assert probabilities.shape == (1, 3)
 
 
-def test_export_leaves_the_fitted_vocabulary_in_place_and_scores_like_scikit_learn(
-    config: TrainingConfig,
+def test_export_hands_skl2onnx_a_vocabulary_view_and_gives_the_same_bytes(
+    config: TrainingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # to_onnx hands skl2onnx a read-only view of the vocabulary (speed); the pipeline must get its
-    # own dict back, and the export must still hold every term.
+    # to_onnx hands skl2onnx a read-only view of the vocabulary (speed); the bytes must be those of a
+    # plain conversion, and the pipeline must get its own dict back.
     frame = review_frame()
     pipeline = fit_candidate(
         candidate_specs(config)[0], frame.filter(pl.col("split") == "train"), config.seed
@@ -145,9 +148,22 @@ def test_export_leaves_the_fitted_vocabulary_in_place_and_scores_like_scikit_lea
     vectorizer = pipeline.steps[0][1]
     vocabulary = vectorizer.vocabulary_
     texts = frame["text"].to_list()
+    seen_types = []
+    convert = export.skl2onnx_to_onnx
 
-    labels, probabilities = OnnxSentimentModel.from_bytes(to_onnx(pipeline)).predict(texts)
+    def recording_convert(model, *args, **kwargs):
+        seen_types.append(type(model.steps[0][1].vocabulary_))
+        return convert(model, *args, **kwargs)
 
+    monkeypatch.setattr(export, "skl2onnx_to_onnx", recording_convert)
+    onnx_bytes = to_onnx(pipeline)
+    monkeypatch.setattr(export, "_vocabulary_as_view", lambda _vectorizer: contextlib.nullcontext())
+    plain_bytes = to_onnx(pipeline)
+
+    labels, probabilities = OnnxSentimentModel.from_bytes(onnx_bytes).predict(texts)
+
+    assert seen_types == [MappingProxyType, dict]
+    assert onnx_bytes == plain_bytes
     assert vectorizer.vocabulary_ is vocabulary and isinstance(vocabulary, dict)
     assert labels.tolist() == pipeline.predict(texts).tolist()
     assert abs(probabilities - pipeline.predict_proba(texts)).max() < 1e-4

@@ -17,8 +17,9 @@ import pytest
 
 from mlplatform.core.artifacts import ArtifactStore
 from mlplatform.core.deploy import SMOKE_CASES
+from mlplatform.core.fsio import sha256_file
 from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake, sha256_file
+from mlplatform.core.lake import Lake
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.synthetic import write_demo_drops
 from mlplatform.instance import open_instance

@@ -92,8 +92,9 @@ def test_the_instance_retries_dead_runs_but_not_runs_whose_steps_failed(home):
 
 
 def test_candidates_train_side_by_side_in_separate_processes(home, tmp_path):
-    """The multiprocess executor runs two candidates at once, each in its own process (max_concurrent 2)."""
-    write_execution_settings(home, executor="multiprocess", max_concurrent=2, max_concurrent_training=2)
+    """The multiprocess executor runs candidates in their own processes, two at once: room for three
+    processes (max_concurrent 3), so only the training limit (max_concurrent_training 2) holds the third."""
+    write_execution_settings(home, executor="multiprocess", max_concurrent=3, max_concurrent_training=2)
     assert land_demo_data(home, tmp_path, groups=["features"]).exit_code == 0
     job = build_definitions(home).resolve_job_def(PIPELINE_JOB)
     keys = candidate_keys(job)
@@ -107,6 +108,6 @@ def test_candidates_train_side_by_side_in_separate_processes(home, tmp_path):
     intervals = sorted((kinds["STEP_START"][0][0], kinds["STEP_SUCCESS"][0][0]) for kinds in steps.values())
     pids = {kinds["STEP_START"][0][1] for kinds in steps.values()}
     assert len(pids) == len(steps) == 3
-    # The first two start together; the third waits for a free process (max_concurrent = 2).
+    # The first two start together; the third waits for a training slot (max_concurrent_training = 2).
     assert intervals[1][0] < intervals[0][1]
     assert intervals[2][0] >= min(intervals[0][1], intervals[1][1])

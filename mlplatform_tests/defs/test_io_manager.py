@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mlplatform.core.artifacts import ArtifactStore, sha256_hex
+from mlplatform.core.artifacts import ArtifactStore, sha256_bytes
 from mlplatform.core.home import PlatformHome
 from mlplatform.defs.io_manager import (
     COLUMN_SCHEMA_KEY,
@@ -61,7 +61,7 @@ def test_chain_stores_content_addressed_versions_with_metadata(home: PlatformHom
     stored = Path(meta["path"].value)
     sha = meta["sha256"].value
     assert _data_version(instance, "doubled") == sha
-    assert sha256_hex(stored.read_bytes()) == sha
+    assert sha256_bytes(stored.read_bytes()) == sha
     assert stored.parent == home.artifacts / "doubled"
     assert meta["size_bytes"].value == stored.stat().st_size
     assert meta["format"].value == "parquet"

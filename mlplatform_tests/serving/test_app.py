@@ -315,6 +315,39 @@ def slow_fsync(seconds: float) -> Callable[[int], None]:
     return fsync
 
 
+def test_capture_is_told_whether_a_request_is_alone_in_flight(
+    home: PlatformHome, test_settings: Settings, deployed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(home, test_settings)
+    capture = app.state.serving.capture
+    real_append = capture.append
+    seen: list[bool] = []
+    second_arrived = asyncio.Event()
+
+    async def recording_append(payload: bytes, *, alone: bool = False) -> None:
+        seen.append(alone)
+        if len(seen) == 2:  # the second request of the pair: let the first one finish
+            second_arrived.set()
+        elif len(seen) == 1:  # the first of the pair waits here, still in flight
+            await second_arrived.wait()
+        await real_append(payload, alone=alone)
+
+    monkeypatch.setattr(capture, "append", recording_append)
+
+    async def scenario() -> list[int]:
+        async with async_client(app) as http:
+            pair = await asyncio.gather(
+                *(http.post("/predict", json={"reviews": [REVIEW]}) for _ in range(2))
+            )
+            lone = await http.post("/predict", json={"reviews": [REVIEW]})
+            return [response.status_code for response in (*pair, lone)]
+
+    assert asyncio.run(scenario()) == [200, 200, 200]
+    # The first of the pair arrived alone; the second found it in flight; the last came alone.
+    assert seen == [True, False, True]
+    assert read_capture(home.capture).height == 3
+
+
 def test_beyond_the_concurrency_limit_a_fast_503(
     home: PlatformHome, test_settings: Settings, deployed: str
 ) -> None:

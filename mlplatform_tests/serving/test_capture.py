@@ -251,8 +251,10 @@ def test_requests_in_company_are_committed_by_the_writer_thread(tmp_path: Path) 
 
 def test_an_inline_write_failure_is_reported_and_nothing_partial_kept(tmp_path: Path) -> None:
     failing = [False]
+    threads: list[str] = []
 
     def flaky_fsync(fd: int) -> None:
+        threads.append(threading.current_thread().name)
         if failing[0]:
             raise OSError(errno.EIO, "Input/output error")
         os.fsync(fd)
@@ -267,3 +269,6 @@ def test_an_inline_write_failure_is_reported_and_nothing_partial_kept(tmp_path: 
     asyncio.run(writer.append(rows("after"), alone=True))
     writer.close()
     assert read_capture(tmp_path)["request_id"].to_list() == ["w1", "w2", "w3", "inline-ok", "after"]
+    caller = threading.current_thread().name
+    # The failure happened inline; the failed fsync closed the inline path, so "after" took the thread.
+    assert threads == ["capture-writer"] * 3 + [caller, caller, "capture-writer"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -40,6 +41,26 @@ class CorruptingUpload(LocalLocation):
 
     def _upload(self, key: str, source: Path, *, read_only: bool) -> None:
         self.put_bytes(key, b"garbled\n")
+
+
+class SlowUpload(LocalLocation):
+    """A location whose uploads take a while (a busy object store)."""
+
+    def _upload(self, key: str, source: Path, *, read_only: bool) -> None:
+        time.sleep(0.3)
+        super()._upload(key, source, read_only=read_only)
+
+
+def test_the_segment_sealed_at_close_is_published_even_while_an_upload_is_running(tmp_path: Path) -> None:
+    local, location = tmp_path / "capture", SlowUpload(tmp_path / "bucket")
+    writer = CaptureWriter(local, SMALL_SEGMENTS, publish_to=location)
+    writer.start()
+    asyncio.run(append_all(writer, [rows("r1")]))
+    asyncio.run(append_all(writer, [rows("r2")]))  # seals r1's segment: its upload starts
+    time.sleep(0.05)
+    writer.close()  # seals r2's segment while r1's is still uploading
+    assert list(local.iterdir()) == []
+    assert read_capture(local, location)["request_id"].to_list() == ["r1", "r2"]
 
 
 def test_sealed_segments_move_to_the_location_and_read_back(tmp_path: Path) -> None:
