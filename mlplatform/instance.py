@@ -77,12 +77,20 @@ def prepare_instance(home: PlatformHome) -> Path:
     with file_lock(home.dagster / ".instance.lock"):
         config_path = home.dagster / "dagster.yaml"
         wanted = dagster_yaml(home)
-        if not config_path.exists() or config_path.read_text(encoding="utf-8") != wanted:
+        changed = not config_path.exists() or config_path.read_text(encoding="utf-8") != wanted
+        if changed:
             # Owner-only: with PostgreSQL the file holds the database URL, which may carry a password.
             write_bytes_atomic(config_path, wanted.encode("utf-8"), mode=0o600)
         # Opening the instance creates and migrates its storage; do it here, under the lock(s).
         with _migration_lock(home), DagsterInstance.from_config(str(home.dagster)) as instance:
             instance.get_runs(limit=1)
+            if changed:
+                # Dagster sets a pool's limit on the first step that claims it; two runs reaching
+                # the pool at once on a fresh instance could both do so and both get a slot. So the
+                # platform's pool gets its limit here, once, under the lock.
+                from mlplatform.defs.execution import DEPLOYMENT_POOL
+
+                instance.event_log_storage.initialize_concurrency_limit_to_default(DEPLOYMENT_POOL)
     return home.dagster
 
 

@@ -3,6 +3,10 @@
 The runs are real: two processes, each executing a job on the home's instance (the dagster.yaml the
 platform writes), released at once by a barrier. This module imports little on purpose: each spawned
 process imports it again.
+
+On PostgreSQL storage: Dagster claims a pool slot with SELECT ... FOR UPDATE SKIP LOCKED, which SQLite
+ignores, so on the SQLite default two steps reaching the pool in the same instant can both claim its
+one slot (seen under load). The README says so.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlplatform.core.home import PlatformHome
+from mlplatform.core.home import PG_URL_ENV, PlatformHome
 from mlplatform.defs.execution import DEPLOYMENT_POOL
 from mlplatform.instance import open_instance, prepare_instance
 
@@ -37,7 +41,7 @@ def _deploy_job() -> dg.JobDefinition:
 
 def _deploy_when_released(home_root: str, barrier) -> None:
     job = _deploy_job()
-    with open_instance(PlatformHome(Path(home_root))) as instance:
+    with open_instance(PlatformHome.at(Path(home_root))) as instance:
         barrier.wait(timeout=60)
         result = job.execute_in_process(instance=instance, raise_on_error=False)
     if not result.success:
@@ -65,7 +69,10 @@ def test_the_instance_limits_the_deployment_pool_from_settings(home):
         assert pool_config.pool_granularity.value == "op"
 
 
-def test_two_runs_that_deploy_at_once_take_turns_in_the_deployment_pool(home):
+@pytest.mark.postgres
+def test_two_runs_that_deploy_at_once_take_turns_in_the_deployment_pool(home, postgres_url, monkeypatch):
+    monkeypatch.setenv(PG_URL_ENV, postgres_url)  # the spawned runs inherit it
+    home = PlatformHome.at(home.root)
     prepare_instance(home)  # created once, before the two runs race to open it
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
