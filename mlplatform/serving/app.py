@@ -471,7 +471,7 @@ def create_app(
     api_keys: frozenset[str] = frozenset(),
     registry: ProductionRegistry | None = None,
     loader: ModelLoader | None = None,
-    sync_file: Callable[[int], None] = os.fsync,
+    sync_file: Callable[[int], None] = os.fdatasync,
 ) -> FastAPI:
     """The endpoint app for `home`. `api_keys` empty: no auth (see `api_keys_from_env`).
 

@@ -18,6 +18,15 @@ mid-append leaves at most a torn last line in the `.open` segment; `read_capture
 next writer seals a dead process's segment after cutting the torn tail. After a failed write the
 segment is cut back to its last durable record and sealed, so a bad line never sits mid-file.
 
+Preallocation (`capture_segment_preallocate_bytes`): an open segment is zero-filled ahead of its
+records, and records overwrite the zeros. Appending to a file grows it, so every fsync must also
+commit the new size through the filesystem's journal; over blocks that are already written, a
+`fdatasync` flushes the data alone (the WAL technique of databases), with no journal commit to wait
+for. So an open segment ends in zeros: readers take its bytes up
+to the first NUL (JSON lines never contain one: orjson escapes control characters) and then up to
+the last newline; sealing cuts the zeros off. A crash can leave any mix of zeros and partial bytes
+after the last durable record, never before it, so the same rule recovers it.
+
 Capture location (`[storage] capture`): the open segment is always a local file (appends and fsync are
 what make a request durable before it is answered). When the capture location is elsewhere (object
 storage), a publisher thread uploads each sealed segment there under its own name, reads it back to
@@ -85,8 +94,10 @@ class CaptureConfig:
     batch_max_records: int
     segment_max_bytes: int
     segment_max_age_s: float
+    preallocate_bytes: int = 0
     inline_sync_max_s: float = 0.0
     inline_warmup_syncs: int = 0
+    inline_stall_s: float = 0.0
     inline_cooldown_s: float = 0.0
 
     @classmethod
@@ -96,8 +107,10 @@ class CaptureConfig:
             batch_max_records=int(serving["capture_batch_max_records"]),
             segment_max_bytes=int(serving["capture_segment_max_bytes"]),
             segment_max_age_s=float(serving["capture_segment_max_age_s"]),
+            preallocate_bytes=int(serving["capture_segment_preallocate_bytes"]),
             inline_sync_max_s=float(serving["capture_inline_sync_max_ms"]) / 1000.0,
             inline_warmup_syncs=int(serving["capture_inline_warmup_syncs"]),
+            inline_stall_s=float(serving["capture_inline_stall_ms"]) / 1000.0,
             inline_cooldown_s=float(serving["capture_inline_cooldown_s"]),
         )
 
@@ -106,14 +119,17 @@ class _SyncHealth:
     """Whether fsyncs have been fast enough, for long enough, to let a lone request sync inline.
 
     The inline path blocks the event loop for one fsync: fine for a fraction of a millisecond, not for
-    a stalling disk. So it opens only after `warmup` consecutive fsyncs within `max_s`, and any slower
-    fsync closes it for `cooldown_s` (and restarts the warm-up): a disk that starts stalling holds the
-    loop for at most one fsync before every record goes through the writer thread again.
+    a stalling disk. So it opens only after `warmup` consecutive fsyncs within `max_s`. A slower fsync
+    restarts the warm-up (virtual disks have an occasional slow one; a disk that is slow as a rule
+    never completes a warm-up). One over `stall_s`, or a failed one, also closes the path for
+    `cooldown_s`: a disk that starts stalling holds the loop for at most one fsync before every record
+    goes through the writer thread again.
     """
 
     def __init__(self, config: CaptureConfig, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._max_s = config.inline_sync_max_s
         self._warmup = config.inline_warmup_syncs
+        self._stall_s = config.inline_stall_s
         self._cooldown_s = config.inline_cooldown_s
         self._monotonic = monotonic
         self._fast_in_a_row = 0
@@ -122,8 +138,9 @@ class _SyncHealth:
     def observe(self, seconds: float) -> None:
         if seconds <= self._max_s:
             self._fast_in_a_row += 1
-        else:
-            self._fast_in_a_row = 0
+            return
+        self._fast_in_a_row = 0
+        if seconds > self._stall_s:
             self._closed_until = self._monotonic() + self._cooldown_s
 
     def inline_allowed(self) -> bool:
@@ -180,6 +197,8 @@ def encode_capture_rows(
 # --- writing ------------------------------------------------------------------------------------------
 
 _STOP = object()
+_TOP_UP = object()  # a lone request used up the preallocated room: zero-fill more off its path
+_ZEROS = bytes(1 << 20)
 _PendingItem = tuple[bytes, asyncio.AbstractEventLoop, asyncio.Future]
 
 
@@ -225,8 +244,31 @@ def _segment_pid(open_path: Path) -> int | None:
     return int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else None
 
 
+def complete_lines(data: bytes) -> bytes:
+    """A segment's records: its bytes up to the first NUL (preallocated zeros, or what a crash left after
+    the last durable record), then up to the last newline (a torn last line is skipped)."""
+    end = data.find(b"\0")
+    if end >= 0:
+        data = data[:end]
+    return data[: data.rfind(b"\n") + 1]
+
+
+def _written_length(path: Path, block: int = 1 << 16) -> int:
+    """How far a local segment holds data: its size less a zero tail (read backwards, block by block)."""
+    with path.open("rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            data = handle.read(end - start).rstrip(b"\0")
+            if data:
+                return start + len(data)
+            end = start
+    return 0
+
+
 def seal_abandoned_segments(root: Path) -> list[Path]:
-    """Seal `.open` segments left by dead processes, cutting a torn last line. Returns the sealed paths."""
+    """Seal `.open` segments left by dead processes, cut to their complete records. Returns the sealed paths."""
     sealed = []
     for open_path in sorted(root.glob(f"*{SEALED_SUFFIX}{OPEN_SUFFIX}")):
         pid = _segment_pid(open_path)
@@ -234,7 +276,7 @@ def seal_abandoned_segments(root: Path) -> list[Path]:
             continue
         data = open_path.read_bytes()
         with open_path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
+            handle.truncate(len(complete_lines(data)))
             handle.flush()
             os.fsync(handle.fileno())
         target = _sealed_name(open_path)
@@ -318,8 +360,9 @@ class _SegmentPublisher:
 class CaptureWriter:
     """One writer thread appending capture records to rotating segments, fsync'ed in groups.
 
-    `sync_file` is the fsync used for record data (injectable so tests can simulate a failing disk);
-    `clock` gives wall time for segment names and age. With `publish_to` (the `[storage] capture`
+    `sync_file` makes written bytes durable: `fdatasync` by default, which is enough because the
+    segment's size changes only when it is zero-filled ahead or sealed (injectable so tests can
+    simulate a failing disk); `clock` gives wall time for segment names and age. With `publish_to` (the `[storage] capture`
     location) other than `root` itself, sealed segments are moved there by a publisher thread.
     """
 
@@ -328,7 +371,7 @@ class CaptureWriter:
         root: Path,
         config: CaptureConfig,
         *,
-        sync_file: Callable[[int], None] = os.fsync,
+        sync_file: Callable[[int], None] = os.fdatasync,
         clock: Callable[[], float] = time.time,
         publish_to: StorageLocation | None = None,
     ) -> None:
@@ -348,7 +391,9 @@ class CaptureWriter:
         self._stopped_because = "capture writer is not running"
         self._fd: int | None = None
         self._path: Path | None = None
-        self._size = 0
+        self._size = 0  # bytes of records written (and synced, between commits)
+        self._allocated = 0  # bytes of the open segment zero-filled and synced (0 without preallocation)
+        self._top_up_requested = False
         self._opened_at = 0.0
         self._sequence = 0
 
@@ -384,10 +429,14 @@ class CaptureWriter:
             try:
                 # Re-checked under the lock: close() seals the last segment under it, after the flag.
                 error_message = self._stopped_because if self._closed else self._commit_data(payload)
+                top_up = error_message is None and self._room_is_low() and not self._top_up_requested
+                self._top_up_requested |= top_up
             finally:
                 self._segment_lock.release()
             if error_message is not None:
                 raise CaptureError(error_message)
+            if top_up:
+                self._queue.put(_TOP_UP)
             return
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -428,9 +477,14 @@ class CaptureWriter:
             except queue.Empty:
                 with self._segment_lock:
                     self._rotate_if_due_safely()
+                    self._top_up_safely()
                 continue
             if first is _STOP:
                 break
+            if first is _TOP_UP:
+                with self._segment_lock:
+                    self._top_up_safely()
+                continue
             batch, stopping = self._gather([first])
             self._commit(batch)
 
@@ -445,13 +499,17 @@ class CaptureWriter:
                 break
             if item is _STOP:
                 return batch, True
-            batch.append(item)
+            if item is not _TOP_UP:  # the commit below tops up anyway
+                batch.append(item)
         return batch, False
 
     def _commit(self, batch: list[_PendingItem]) -> None:
         with self._segment_lock:
             error_message = self._commit_data(b"".join(item[0] for item in batch))
         _wake(batch, error_message)
+        if error_message is None:
+            with self._segment_lock:  # after the wake: the requests are not kept waiting for zeros
+                self._top_up_safely()
 
     def _commit_data(self, data: bytes) -> str | None:
         """Write and sync `data` (segment lock held): None once durable, else why not."""
@@ -469,14 +527,44 @@ class CaptureWriter:
         self._rotate_if_due()
         if self._fd is None:
             self._open_segment()
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        if self._size + len(data) > self._allocated:
+            self._preallocate(self._size + len(data))
+        _write_all_at(self._fd, data, self._size)
         started = time.monotonic()
         self._sync_file(self._fd)
         self._sync_health.observe(time.monotonic() - started)
         self._size += len(data)
+
+    def _room_is_low(self) -> bool:
+        """The open segment's zero-filled room is under half the preallocation step."""
+        step = self._config.preallocate_bytes
+        return step > 0 and self._fd is not None and self._allocated - self._size < step // 2
+
+    def _preallocate(self, at_least: int) -> None:
+        """Zero-fill the open segment from its allocated end to a step boundary past `at_least`, durably.
+
+        Without preallocation the records simply extend the file (then `allocated` is left at 0 and
+        this only runs when records are written: a no-op).
+        """
+        step = self._config.preallocate_bytes
+        if step <= 0:
+            return
+        target = -(-max(at_least, self._allocated + step) // step) * step
+        offset = self._allocated
+        while offset < target:
+            offset += _write_all_at(self._fd, memoryview(_ZEROS)[: min(len(_ZEROS), target - offset)], offset)
+        self._sync_file(self._fd)
+        self._allocated = target
+
+    def _top_up_safely(self) -> None:
+        """Keep at least half a step of zero-filled room ahead (writer thread, segment lock held)."""
+        self._top_up_requested = False
+        if not self._room_is_low():
+            return
+        try:
+            self._preallocate(self._allocated + 1)
+        except OSError as exc:  # the next record extends the file itself, or fails and is refused
+            log.error("capture segment %s could not be preallocated: %s", self._path, exc)
 
     def _rotate_if_due(self) -> None:
         if self._fd is None:
@@ -498,17 +586,22 @@ class CaptureWriter:
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self._sequence += 1
         path = self._root / f"{stamp}-{os.getpid()}-{self._sequence:06d}{SEALED_SUFFIX}{OPEN_SUFFIX}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        self._fd = os.open(path, flags, 0o644)
-        self._path, self._size, self._opened_at = path, 0, now
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._path, self._size, self._allocated, self._opened_at = path, 0, 0, now
+        self._preallocate(1)
         fsync_directory(self._root)  # the new name itself must survive a crash
 
     def _seal_current(self) -> None:
         if self._fd is None or self._path is None:
             return
-        fd, path = self._fd, self._path
+        fd, path, size, preallocated = self._fd, self._path, self._size, self._allocated > 0
         self._fd, self._path = None, None
-        os.close(fd)
+        try:
+            if preallocated:  # a sealed segment holds its records only
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.rename(path, _sealed_name(path))
         fsync_directory(self._root)
         if self._publisher is not None:
@@ -541,7 +634,7 @@ class CaptureWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if item is not _STOP and item is not _TOP_UP:
                 leftovers.append(item)
         _wake(leftovers, "capture writer closed")
 
@@ -552,6 +645,15 @@ class CaptureWriter:
 def _segment_order(item: tuple[str, Any]) -> str:
     """Segments sort by name (UTC stamp first), an open one with the sealed name it will get."""
     return item[0].removesuffix(OPEN_SUFFIX)
+
+
+def _write_all_at(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """pwrite all of `data` at `offset` (a short write continues where it stopped); returns its length."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+    return len(data)
 
 
 def _read_local_segment(path: Path, remote: StorageLocation | None) -> bytes:
@@ -571,11 +673,6 @@ def _read_local_segment(path: Path, remote: StorageLocation | None) -> bytes:
         ) from None
 
 
-def _complete_lines(data: bytes) -> bytes:
-    """The segment's bytes up to its last newline (a torn tail is skipped)."""
-    return data[: data.rfind(b"\n") + 1]
-
-
 def _published_segments(remote: StorageLocation | None) -> list[str]:
     if remote is None:
         return []
@@ -586,14 +683,19 @@ def _published_segments(remote: StorageLocation | None) -> list[str]:
 
 
 def list_segments(root: Path, location: StorageLocation | None = None) -> list[tuple[str, int]]:
-    """(name, size) of every segment, local (open and sealed) and published, in write order."""
+    """(name, size) of every segment, local (open and sealed) and published, in write order.
+
+    An open segment's size is how far it holds records (its zero-filled room ahead is not counted), so
+    the size grows with every record whether or not the segment is preallocated.
+    """
     remote = _remote(location, Path(root))
     found = {name: remote.size(name) for name in _published_segments(remote)} if remote is not None else {}
     if Path(root).is_dir():
         for path in Path(root).iterdir():
             if path.name.endswith((SEALED_SUFFIX, SEALED_SUFFIX + OPEN_SUFFIX)):
                 with contextlib.suppress(FileNotFoundError):  # sealed or published meanwhile
-                    found[path.name] = path.stat().st_size
+                    open_segment = path.name.endswith(OPEN_SUFFIX)
+                    found[path.name] = _written_length(path) if open_segment else path.stat().st_size
     return sorted(found.items(), key=_segment_order)
 
 
@@ -629,7 +731,7 @@ def read_capture(root: Path, location: StorageLocation | None = None) -> pl.Data
     frames = []
     for name, raw in _segment_bytes(root, _remote(location, root)):
         path = root / name
-        data = _complete_lines(raw)
+        data = complete_lines(raw)
         if not data:
             continue
         try:

@@ -20,6 +20,7 @@ from mlplatform.serving.capture import (
     CaptureError,
     CaptureWriter,
     encode_capture_rows,
+    list_segments,
     read_capture,
     seal_abandoned_segments,
 )
@@ -27,6 +28,13 @@ from mlplatform.serving.capture import (
 CONFIG = CaptureConfig(
     fsync_max_delay_s=0.0, batch_max_records=1000, segment_max_bytes=1 << 20, segment_max_age_s=3600.0
 )
+PREALLOCATED = dataclasses.replace(CONFIG, preallocate_bytes=4096)
+
+
+@pytest.fixture(params=[CONFIG, PREALLOCATED], ids=["appended", "preallocated"])
+def config(request: pytest.FixtureRequest) -> CaptureConfig:
+    """Both ways of laying out an open segment: plain appends, and records over zero-filled room."""
+    return request.param
 
 
 def rows(request_id: str, count: int = 1, version: str = "v1") -> bytes:
@@ -48,8 +56,8 @@ async def append_all(writer: CaptureWriter, payloads: list[bytes]) -> None:
     await asyncio.gather(*(writer.append(payload) for payload in payloads))
 
 
-def test_appended_rows_are_readable_with_polars(tmp_path: Path) -> None:
-    writer = CaptureWriter(tmp_path, CONFIG)
+def test_appended_rows_are_readable_with_polars(tmp_path: Path, config: CaptureConfig) -> None:
+    writer = CaptureWriter(tmp_path, config)
     writer.start()
     asyncio.run(append_all(writer, [rows("r1", count=2), rows("r2")]))
     # Readable while the segment is still open (what a crash would leave) ...
@@ -67,14 +75,14 @@ def test_appended_rows_are_readable_with_polars(tmp_path: Path) -> None:
     assert frame["review_id"].null_count() == 3
 
 
-def test_many_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
+def test_many_concurrent_appends_share_fsyncs(tmp_path: Path, config: CaptureConfig) -> None:
     fsyncs = []
 
     def counting_fsync(fd: int) -> None:
         fsyncs.append(fd)
         os.fsync(fd)
 
-    writer = CaptureWriter(tmp_path, CONFIG, sync_file=counting_fsync)
+    writer = CaptureWriter(tmp_path, config, sync_file=counting_fsync)
     writer.start()
     asyncio.run(append_all(writer, [rows(f"r{i}") for i in range(200)]))
     writer.close()
@@ -103,9 +111,71 @@ def test_dead_writers_segment_is_cut_and_sealed(tmp_path: Path) -> None:
     assert live.exists()  # a live writer's segment is left alone
 
 
-def test_segments_rotate_by_size_with_atomic_rename(tmp_path: Path) -> None:
+def test_reader_skips_zero_filled_room_and_what_a_crash_left_in_it(tmp_path: Path) -> None:
+    whole = rows("whole")
+    torn = rows("torn")
+    # Preallocated room after the records ...
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open").write_bytes(whole + bytes(4096))
+    # ... and a crash that wrote the end of a record's page but not its start: zeros, then bytes.
+    (tmp_path / "20240101T000000000000Z-999999999-000002.jsonl.open").write_bytes(
+        whole + bytes(30) + torn[30:] + bytes(100)
+    )
+    assert read_capture(tmp_path)["request_id"].to_list() == ["whole", "whole"]
+
+
+def test_dead_writers_preallocated_segment_is_cut_to_its_records(tmp_path: Path) -> None:
+    torn = tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open"
+    torn.write_bytes(rows("whole") + rows("torn")[:40] + bytes(8192))
+    sealed = seal_abandoned_segments(tmp_path)
+    assert [path.read_bytes() for path in sealed] == [rows("whole")]
+
+
+def test_an_open_preallocated_segment_is_zero_filled_ahead_and_listed_by_its_records(tmp_path: Path) -> None:
+    writer = CaptureWriter(tmp_path, PREALLOCATED)
+    writer.start()
+    sizes = []
+    for request_id in ["r1", "r2"]:
+        asyncio.run(writer.append(rows(request_id)))
+        sizes.append(list_segments(tmp_path)[0][1])
+    (open_segment,) = tmp_path.glob("*.open")
+    written = len(rows("r1") + rows("r2"))
+    data = open_segment.read_bytes()
+    assert len(data) % PREALLOCATED.preallocate_bytes == 0 and len(data) - written >= 4096 // 2
+    assert data[written:] == bytes(len(data) - written)
+    # What monitoring fingerprints grows with each record, though the file's size does not.
+    assert sizes == [len(rows("r1")), written]
+    writer.close()
+    assert [path.read_bytes() for path in tmp_path.glob("*.jsonl")] == [rows("r1") + rows("r2")]
+
+
+def test_lone_requests_leave_the_zero_filling_to_the_writer_thread(tmp_path: Path) -> None:
+    syncs: list[tuple[str, int]] = []  # (thread, file size at the sync): a size change is a zero fill
+
+    def recording_fsync(fd: int) -> None:
+        syncs.append((threading.current_thread().name, os.fstat(fd).st_size))
+        os.fsync(fd)
+
+    config = dataclasses.replace(INLINE, preallocate_bytes=4096)
+    writer = CaptureWriter(tmp_path, config, sync_file=recording_fsync)
+    writer.start()
+    request_ids = [f"r{i}" for i in range(200)]  # about 40 kB: several steps of room
+    asyncio.run(append_alone(writer, request_ids))
+    writer.close()
+    assert read_capture(tmp_path)["request_id"].to_list() == request_ids
+    caller = threading.current_thread().name
+    assert any(thread == caller for thread, _ in syncs), "no record was synced inline"
+    fills = [
+        (thread, size)
+        for (thread, size), (_, before) in zip(syncs[1:], syncs, strict=False)
+        if size != before
+    ]
+    assert len(fills) >= 5
+    assert {thread for thread, _ in fills} == {"capture-writer"}
+
+
+def test_segments_rotate_by_size_with_atomic_rename(tmp_path: Path, config: CaptureConfig) -> None:
     one_record = len(rows("r0"))
-    config = CaptureConfig(0.0, 1, segment_max_bytes=2 * one_record, segment_max_age_s=3600.0)
+    config = dataclasses.replace(config, batch_max_records=1, segment_max_bytes=2 * one_record)
     writer = CaptureWriter(tmp_path, config)
     writer.start()
 
@@ -120,11 +190,17 @@ def test_segments_rotate_by_size_with_atomic_rename(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.open"))) == 0
     assert len(list(tmp_path.glob("*.jsonl"))) == 3
     assert read_capture(tmp_path)["request_id"].to_list() == [f"r{i}" for i in range(5)]
+    # Sealed segments hold their records only: no zero-filled room is left behind.
+    assert [path.stat().st_size for path in sorted(tmp_path.glob("*.jsonl"))] == [
+        2 * one_record,
+        2 * one_record,
+        one_record,
+    ]
 
 
-def test_segments_rotate_by_age(tmp_path: Path) -> None:
+def test_segments_rotate_by_age(tmp_path: Path, config: CaptureConfig) -> None:
     now = [1_700_000_000.0]
-    config = CaptureConfig(0.0, 1000, segment_max_bytes=1 << 20, segment_max_age_s=0.05)
+    config = dataclasses.replace(config, segment_max_age_s=0.05)
     writer = CaptureWriter(tmp_path, config, clock=lambda: now[0])
     writer.start()
     asyncio.run(writer.append(rows("early")))
@@ -139,7 +215,9 @@ def test_segments_rotate_by_age(tmp_path: Path) -> None:
     assert read_capture(tmp_path)["request_id"].to_list() == ["early", "late"]
 
 
-def test_failed_fsync_fails_the_append_and_keeps_no_partial_record(tmp_path: Path) -> None:
+def test_failed_fsync_fails_the_append_and_keeps_no_partial_record(
+    tmp_path: Path, config: CaptureConfig
+) -> None:
     failing = [False]
 
     def flaky_fsync(fd: int) -> None:
@@ -147,7 +225,7 @@ def test_failed_fsync_fails_the_append_and_keeps_no_partial_record(tmp_path: Pat
             raise OSError(errno.EIO, "Input/output error")
         os.fsync(fd)
 
-    writer = CaptureWriter(tmp_path, CONFIG, sync_file=flaky_fsync)
+    writer = CaptureWriter(tmp_path, config, sync_file=flaky_fsync)
     writer.start()
     asyncio.run(writer.append(rows("before")))
     failing[0] = True
@@ -158,7 +236,8 @@ def test_failed_fsync_fails_the_append_and_keeps_no_partial_record(tmp_path: Pat
     writer.close()
     # The failed record was cut back out; the writer moved on to a fresh segment.
     assert read_capture(tmp_path)["request_id"].to_list() == ["before", "after"]
-    assert len(list(tmp_path.glob("*.jsonl"))) == 2
+    sealed = sorted(tmp_path.glob("*.jsonl"))
+    assert [path.read_bytes() for path in sealed] == [rows("before"), rows("after")]
 
 
 def test_append_after_close_is_refused(tmp_path: Path) -> None:
@@ -182,7 +261,9 @@ def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
 
 # -- a lone request syncing inline ------------------------------------------------------------------
 
-INLINE = dataclasses.replace(CONFIG, inline_sync_max_s=0.05, inline_warmup_syncs=3, inline_cooldown_s=3600.0)
+INLINE = dataclasses.replace(
+    CONFIG, inline_sync_max_s=0.05, inline_warmup_syncs=3, inline_stall_s=0.07, inline_cooldown_s=3600.0
+)
 
 
 def thread_recording_fsync(threads: list[str], delay_s: float = 0.0):
@@ -220,9 +301,21 @@ def test_a_slow_disk_never_gets_the_inline_path(tmp_path: Path) -> None:
     assert threads == ["capture-writer"] * 5
 
 
-def test_one_slow_inline_fsync_sends_records_back_through_the_writer_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("slow_s", "after_it"),
+    [
+        # A stall (over inline_stall_s) closes the inline path for the cooldown: the thread from then on.
+        (0.09, ["capture-writer"] * 5),
+        # A slow fsync short of a stall only restarts the warm-up: 3 through the thread, then inline.
+        (0.06, ["capture-writer"] * 3 + ["caller"] * 2),
+    ],
+    ids=["stall", "slow"],
+)
+def test_a_slow_inline_fsync_sends_records_back_through_the_writer_thread(
+    tmp_path: Path, slow_s: float, after_it: list[str]
+) -> None:
     threads: list[str] = []
-    delays = iter([0.0, 0.0, 0.0, 0.08])  # warm-up, then one stall on the inline path
+    delays = iter([0.0, 0.0, 0.0, slow_s])  # warm-up, then one slow fsync on the inline path
 
     def fsync(fd: int) -> None:
         threads.append(threading.current_thread().name)
@@ -231,11 +324,12 @@ def test_one_slow_inline_fsync_sends_records_back_through_the_writer_thread(tmp_
 
     writer = CaptureWriter(tmp_path, INLINE, sync_file=fsync)
     writer.start()
-    asyncio.run(append_alone(writer, [f"r{i}" for i in range(7)]))
+    asyncio.run(append_alone(writer, [f"r{i}" for i in range(9)]))
     writer.close()
     caller = threading.current_thread().name
-    assert threads == ["capture-writer"] * 3 + [caller] + ["capture-writer"] * 3
-    assert read_capture(tmp_path)["request_id"].n_unique() == 7
+    expected = ["capture-writer"] * 3 + ["caller"] + after_it
+    assert threads == [caller if name == "caller" else name for name in expected]
+    assert read_capture(tmp_path)["request_id"].n_unique() == 9
 
 
 def test_requests_in_company_are_committed_by_the_writer_thread(tmp_path: Path) -> None:
