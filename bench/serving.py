@@ -10,7 +10,9 @@ temporary MLPLATFORM_HOME per server variant, and starts the servers on loopback
   made durable before the answer), with its defaults (single reviews scored by the parity-gated
   per-text reading of the ONNX graph, ONNX Runtime on near-ties; capture segments zero-filled ahead),
   with `[scoring] fast_path = false` (every review scored by ONNX Runtime), with
-  `[serving] capture_segment_preallocate_bytes = 0` (capture appended to a growing file), and with
+  `[serving] capture_segment_preallocate_bytes = 0` (capture appended to a growing file), with
+  `[serving] capture_inline_stall_ms = 2` (the inline-sync gate of earlier versions: one fsync over
+  2 ms sends every record through the writer thread for 30 s), and with
   `[serving] capture_sample_rate = 0` (no capture: what durability costs);
 - baseline: the same scikit-learn pipeline behind FastAPI with pydantic request models and
   `predict_proba`, the server most users write by hand (`async def`, access log off, like ours).
@@ -57,6 +59,9 @@ CONCURRENCIES = (1, 16)
 OURS = "mlplatform (defaults: per-text fast path, ONNX Runtime on ties; capture synced)"
 OURS_ORT_ONLY = "mlplatform ([scoring] fast_path = false: ONNX Runtime only; capture synced)"
 OURS_APPENDED = "mlplatform ([serving] capture_segment_preallocate_bytes = 0: capture appended + synced)"
+OURS_STRICT_GATE = (
+    "mlplatform ([serving] capture_inline_stall_ms = 2: any slow fsync closes the inline path for 30 s)"
+)
 OURS_NO_CAPTURE = "mlplatform ([serving] capture_sample_rate = 0: no capture)"
 BASELINE = "baseline (scikit-learn + FastAPI)"
 # Our server's variants: the platform.toml of each one's home.
@@ -64,11 +69,13 @@ OUR_VARIANTS = {
     OURS: "",
     OURS_ORT_ONLY: "[scoring]\nfast_path = false\n",
     OURS_APPENDED: "[serving]\ncapture_segment_preallocate_bytes = 0\n",
+    OURS_STRICT_GATE: "[serving]\ncapture_inline_stall_ms = 2.0\n",
     OURS_NO_CAPTURE: "[serving]\ncapture_sample_rate = 0.0\n",
 }
 VARIANT_KEYS = {
     "onnxruntime_only": OURS_ORT_ONLY,
     "appended_capture": OURS_APPENDED,
+    "strict_inline_gate": OURS_STRICT_GATE,
     "without_capture": OURS_NO_CAPTURE,
 }
 SYNTHETIC_ROWS = 20_000
