@@ -11,17 +11,18 @@ temporary MLPLATFORM_HOME per server variant, and starts the servers on loopback
   per-text reading of the ONNX graph, ONNX Runtime on near-ties; capture segments zero-filled ahead),
   with `[scoring] fast_path = false` (every review scored by ONNX Runtime), with
   `[serving] capture_segment_preallocate_bytes = 0` (capture appended to a growing file), with
-  `[serving] capture_inline_stall_ms = 2` (the inline-sync gate of earlier versions: one fsync over
-  2 ms sends every record through the writer thread for 30 s), and with
-  `[serving] capture_sample_rate = 0` (no capture: what durability costs);
+  `[serving] capture_inline_stall_ms = 2` and `capture_inline_cooldown_s = 30` (the inline-sync gate
+  of earlier versions: one sync over 2 ms sends every record through the writer thread for 30 s), and
+  with `[serving] capture_sample_rate = 0` (no capture: what durability costs);
 - baseline: the same scikit-learn pipeline behind FastAPI with pydantic request models and
   `predict_proba`, the server most users write by hand (`async def`, access log off, like ours).
 
 All are driven with single-review `POST /v2/models/sentiment/infer` requests at concurrency 1 and 16
 for a fixed duration, with `wrk` when installed, else an asyncio + httpx load generator. The whole
 sequence runs `--rounds` times, and each ratio to the baseline is taken within one round, so a run
-shows how steady the ratios are, not one draw. Also measures the disk's own latency to sync one
-record both ways. Prints a Markdown table and writes bench/results/serving.json (with the machine
+shows how steady the ratios are, not one draw. For our servers each run also records, from their
+/metrics, how many capture syncs the lone requests did themselves, how many the writer thread did,
+and how many took over 2 ms. Also measures the disk's own latency to sync one record both ways. Prints a Markdown table and writes bench/results/serving.json (with the machine
 and the commit measured).
 """
 
@@ -60,7 +61,8 @@ OURS = "mlplatform (defaults: per-text fast path, ONNX Runtime on ties; capture 
 OURS_ORT_ONLY = "mlplatform ([scoring] fast_path = false: ONNX Runtime only; capture synced)"
 OURS_APPENDED = "mlplatform ([serving] capture_segment_preallocate_bytes = 0: capture appended + synced)"
 OURS_STRICT_GATE = (
-    "mlplatform ([serving] capture_inline_stall_ms = 2: any slow fsync closes the inline path for 30 s)"
+    "mlplatform ([serving] capture_inline_stall_ms = 2, capture_inline_cooldown_s = 30: the inline-sync "
+    "gate of earlier versions)"
 )
 OURS_NO_CAPTURE = "mlplatform ([serving] capture_sample_rate = 0: no capture)"
 BASELINE = "baseline (scikit-learn + FastAPI)"
@@ -69,7 +71,7 @@ OUR_VARIANTS = {
     OURS: "",
     OURS_ORT_ONLY: "[scoring]\nfast_path = false\n",
     OURS_APPENDED: "[serving]\ncapture_segment_preallocate_bytes = 0\n",
-    OURS_STRICT_GATE: "[serving]\ncapture_inline_stall_ms = 2.0\n",
+    OURS_STRICT_GATE: "[serving]\ncapture_inline_stall_ms = 2.0\ncapture_inline_cooldown_s = 30.0\n",
     OURS_NO_CAPTURE: "[serving]\ncapture_sample_rate = 0.0\n",
 }
 VARIANT_KEYS = {
@@ -273,7 +275,7 @@ def run_httpx_load(url: str, body: str, connections: int, duration_s: float) -> 
     }
 
 
-def sync_latency_ms(directory: Path, *, preallocated: bool, records: int = 300) -> dict[str, float]:
+def sync_latency_ms(directory: Path, *, preallocated: bool, records: int = 3000) -> dict[str, float]:
     """The disk's own latency to make one 640-byte record durable where capture is written.
 
     `preallocated`: overwrite zero-filled room and `fdatasync` (capture's default); else append and
@@ -298,7 +300,34 @@ def sync_latency_ms(directory: Path, *, preallocated: bool, records: int = 300) 
     finally:
         os.close(fd)
         path.unlink()
-    return {"p50_ms": float(np.percentile(timings, 50)), "p99_ms": float(np.percentile(timings, 99))}
+    return {
+        "records": records,
+        "p50_ms": float(np.percentile(timings, 50)),
+        "p99_ms": float(np.percentile(timings, 99)),
+        "max_ms": float(max(timings)),
+        # What the inline-sync gate counts as slow (its default capture_inline_sync_max_ms).
+        "over_2ms": int(sum(timing > 2.0 for timing in timings)),
+    }
+
+
+def capture_syncs(base_url: str) -> dict[str, int]:
+    """The server's capture syncs so far (its /metrics): by the lone request itself, by the writer
+    thread, and how many took over 2 ms (the default `capture_inline_sync_max_ms`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {"by_request": 0, "by_writer": 0, "over_2ms": 0}
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mlplatform_serving_capture_sync_seconds_count":
+                counts[f"by_{sample.labels['by']}"] += int(sample.value)
+                counts["over_2ms"] += int(sample.value)
+            elif (
+                sample.name == "mlplatform_serving_capture_sync_seconds_bucket"
+                and sample.labels["le"] == "0.002"
+            ):
+                counts["over_2ms"] -= int(sample.value)
+    return counts
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -389,10 +418,16 @@ def main() -> None:
                         warm = min(2.0, args.duration)
                         if load_tool == "wrk":
                             run_wrk(url, body, concurrency, warm, work)
-                            result = run_wrk(url, body, concurrency, args.duration, work)
                         else:
                             run_httpx_load(url, body, concurrency, warm)
+                        syncs_before = capture_syncs(base_url) if name != BASELINE else None
+                        if load_tool == "wrk":
+                            result = run_wrk(url, body, concurrency, args.duration, work)
+                        else:
                             result = run_httpx_load(url, body, concurrency, args.duration)
+                        if syncs_before is not None:
+                            after = capture_syncs(base_url)
+                            result["capture_syncs"] = {key: after[key] - syncs_before[key] for key in after}
                         rows.append(
                             {"round": round_number, "server": name, "concurrency": concurrency, **result}
                         )

@@ -256,7 +256,12 @@ def cmd_models_reject(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome) -> int:
-    moved_from, moved_to = _registry(home).rollback(by=_who(args), reason=args.reason)
+    from mlplatform.core.deploy import DeploymentRules, deployment_lock
+
+    rules = DeploymentRules.from_settings(Settings.load(home.settings_file))
+    # Never in the middle of a deployment: its smoke test would judge (and undo) this move as its own.
+    with deployment_lock(home, rules.lock_timeout_s):
+        moved_from, moved_to = _registry(home).rollback(by=_who(args), reason=args.reason)
     print(f"production {moved_from} -> {moved_to}")
     return EXIT_OK
 
@@ -377,7 +382,7 @@ def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome) -> int:
 def cmd_alerts(args: argparse.Namespace, home: PlatformHome) -> int:
     from mlplatform.core.alerts import FIRING, AlertStore
 
-    alerts = AlertStore(home.alerts).list()
+    alerts = AlertStore.for_home(home).list()
     if not args.all:
         alerts = [alert for alert in alerts if alert.state == FIRING]
     if args.json:

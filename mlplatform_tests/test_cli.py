@@ -122,3 +122,24 @@ def test_unexpected_errors_are_one_line_with_the_traceback_logged(capsys, home, 
     assert code == 1 and err.count("\n") == 1 and "disk on fire" in err
     assert "RuntimeError" in (home.root / "logs" / "cli-errors.log").read_text()
     assert Path(home.root / "logs" / "cli-errors.log").stat().st_size > 0
+
+
+def test_models_rollback_moves_production_back_and_waits_for_a_deployment(capsys, home):
+    from mlplatform.core.deploy import deployment_lock
+    from mlplatform.core.registry import ModelRegistry
+
+    registry = ModelRegistry.for_home(home.ensure())
+    for tag in ("one", "two"):
+        version = registry.register(f"model {tag}".encode(), {"name": tag}, {"macro_f1": 0.5}).version
+        registry.approve(version, by="test")
+        registry.promote(version, by="test")
+    (home.root / "platform.toml").write_text("[deployment]\nlock_timeout_s = 0.3\n")
+
+    with deployment_lock(home, timeout_s=1.0):  # a deployment in progress
+        code, out, err = run_cli(capsys, home, "models", "rollback")
+    assert code == 1 and out == "" and err.count("\n") == 1 and "deployment lock" in err
+    assert registry.production().version == "v2"  # untouched while the deployment held the lock
+
+    code, out, _ = run_cli(capsys, home, "models", "rollback")
+    assert code == 0 and out.strip() == "production v2 -> v1"
+    assert registry.production().version == "v1"

@@ -1,6 +1,10 @@
-"""Alerts: an append-only JSON-lines log under `alerts/`, one firing alert per standing condition, and a webhook.
+"""Alerts: an append-only event log, one firing alert per standing condition, and a webhook.
 
-Every event is one line of `alerts.jsonl`:
+The log is kept through the platform's records (mlplatform/core/records.py), like the registry's
+events and the lake's audit ledger: the JSON-lines file `alerts/alerts.jsonl` by default, or journal
+`alerts` in PostgreSQL when the home has a pg_url (MLPLATFORM_PG_URL), so several machines share one
+alert state. An existing `alerts.jsonl` is imported into PostgreSQL once, on its first use; the file
+backend then refuses to run on that directory. Every event is one entry:
 
 - `{"event": "raised", "id", "time", "kind", "severity", "source", "message", "state": "firing", "key"}`
 - `{"event": "resolved", "id", "time", "key"}` — the condition cleared
@@ -8,20 +12,20 @@ Every event is one line of `alerts.jsonl`:
 
 `AlertStore.list` folds them into one `Alert` per raised alert, its state and last delivery attempt
 included. A `key` names the standing condition (e.g. "drift_report:v3:length_psi"): raising while an
-alert with that key is firing is a no-op, so one condition is one alert until `resolve(key)`.
+alert with that key is firing is a no-op, so one condition is one alert until `resolve(key)`. The check
+and the append run in ONE exclusive section of the records, so two processes never both raise a key.
 
-Appends happen under an exclusive flock and are fsync'ed. A crash mid-append leaves at most a torn last
-line; readers skip it and the next writer cuts it off before appending. The webhook is posted after the
-record is durable and outside the lock; a failed post is itself recorded and never loses the alert.
+Appends are durable when they return (fsync'ed lines, or a committed transaction). A crash mid-append
+leaves at most a torn line, which is not corruption: it is skipped when read, the next append starts on
+a fresh line, and `AlertStore.alert_log()` counts it (with any other entry that is not an alert event).
+The webhook is posted after the record is durable and outside the exclusive section (a slow receiver
+never blocks other writers); a failed post is itself recorded and never loses the alert.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +33,13 @@ from typing import Any
 
 import httpx
 
-from mlplatform.core.fsio import file_lock
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.records import FileRecords, Records, open_records
 from mlplatform.core.settings import Settings, SettingsError
 
 WEBHOOK_ENV = "MLPLATFORM_ALERT_WEBHOOK"
 ALERT_LOG = "alerts.jsonl"
+ALERT_RECORDS = "alerts"  # the alert log's journal name in PostgreSQL
 SEVERITIES: tuple[str, ...] = ("WARN", "ERROR")
 FIRING = "firing"
 RESOLVED = "resolved"
@@ -41,7 +47,7 @@ _SLACK_COLOURS = {"ERROR": "#d93f0b", "WARN": "#fbca04", RESOLVED: "#2eb886"}
 
 
 class AlertError(ValueError):
-    """An alert is malformed or the alert log is unreadable."""
+    """An alert is malformed (severity, kind, source or key) or its webhook URL is not http(s)."""
 
 
 @dataclass(frozen=True)
@@ -172,93 +178,112 @@ def _raised_record(alert: Alert) -> dict[str, Any]:
     return {name: getattr(alert, name) for name in fields}
 
 
+def _apply(alerts: dict[str, Alert], event: Mapping[str, Any]) -> bool:
+    """Fold one event into `alerts` (by id); False when it is not an alert event this log can place.
+
+    Raises KeyError or TypeError for an event lacking a field or with an unhashable id.
+    """
+    kind = event.get("event")
+    if kind == "raised":
+        alert = Alert(
+            id=event["id"],
+            time=event["time"],
+            kind=event["kind"],
+            severity=event["severity"],
+            source=event["source"],
+            message=event["message"],
+            key=event["key"],
+        )
+        alerts[alert.id] = alert
+        return True
+    alert = alerts.get(event["id"])
+    if alert is None:
+        return False
+    if kind == "resolved":
+        alerts[alert.id] = replace(alert, state=RESOLVED, resolved_at=event["time"])
+        return True
+    if kind == "delivery":
+        delivery = Delivery(
+            event["ok"], event["status_code"], event["error"], event["time"], event.get("action", FIRING)
+        )
+        alerts[alert.id] = replace(alert, deliveries=(*alert.deliveries, delivery))
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class AlertLog:
+    """Every alert ever raised, oldest first, and how many entries could not be read as alert events
+    (a line torn by a crash mid-append, or a damaged entry)."""
+
+    alerts: tuple[Alert, ...]
+    skipped_lines: int
+
+
+def _fold_events(events: Iterable[Mapping[str, Any]], skipped: int = 0) -> AlertLog:
+    """The alerts the events describe; `skipped` (lines the journal could not parse) is counted in."""
+    alerts: dict[str, Alert] = {}
+    for event in events:
+        try:
+            applied = _apply(alerts, event)
+        except (KeyError, TypeError):
+            applied = False
+        skipped += not applied
+    return AlertLog(tuple(alerts.values()), skipped)
+
+
+def _firing(alerts: Iterable[Alert], key: str) -> Alert | None:
+    return next((alert for alert in alerts if alert.key == key and alert.state == FIRING), None)
+
+
 class AlertStore:
-    """The alert log under `root` (`PlatformHome.alerts`); optionally posts each change to a webhook."""
+    """The alert log of `root` (`PlatformHome.alerts`); optionally posts each change to a webhook.
+
+    `records` is where the log lives: by default the file records under `root`; `for_home` picks
+    PostgreSQL when the home has a pg_url, as the registry does.
+    """
 
     def __init__(
         self,
         root: Path,
         notifier: WebhookNotifier | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        *,
+        records: Records | None = None,
     ) -> None:
         self.root = Path(root)
         self.notifier = notifier
         self._clock = clock
+        self._records = records if records is not None else self.file_records(self.root)
+
+    @classmethod
+    def for_home(cls, home: PlatformHome, notifier: WebhookNotifier | None = None) -> AlertStore:
+        """The home's alert log: in PostgreSQL when the home has a pg_url, else `alerts/alerts.jsonl`."""
+        root = home.alerts
+        return cls(root, notifier, records=open_records(cls.file_records(root), ALERT_RECORDS, home.pg_url))
 
     @property
-    def path(self) -> Path:
-        return self.root / ALERT_LOG
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with file_lock(self.root / ".lock"):
-            yield
-
-    def _read_events(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]  # a torn last line (crash mid-append) is not an event
-        events = []
-        for number, line in enumerate(complete.splitlines(), start=1):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise AlertError(f"alert log {self.path} line {number} is not JSON: {exc}") from None
-        return events
-
-    def _append(self, *events: Mapping[str, Any]) -> None:
-        """Append complete lines durably (caller holds the lock), first cutting a torn tail."""
-        payload = b"".join(json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n" for event in events)
-        with open(self.path, "ab+") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            if size:
-                handle.seek(max(0, size - 1))
-                if handle.read(1) != b"\n":
-                    handle.seek(0)
-                    existing = handle.read()
-                    handle.truncate(existing.rfind(b"\n") + 1)
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+    def records(self) -> Records:
+        """Where the log lives: the file records or PostgreSQL."""
+        return self._records
 
     @staticmethod
-    def _fold(events: list[dict[str, Any]]) -> dict[str, Alert]:
-        alerts: dict[str, Alert] = {}
-        for event in events:
-            kind = event.get("event")
-            if kind == "raised":
-                alerts[event["id"]] = Alert(
-                    id=event["id"],
-                    time=event["time"],
-                    kind=event["kind"],
-                    severity=event["severity"],
-                    source=event["source"],
-                    message=event["message"],
-                    key=event["key"],
-                )
-            elif kind == "resolved" and event["id"] in alerts:
-                alerts[event["id"]] = replace(alerts[event["id"]], state=RESOLVED, resolved_at=event["time"])
-            elif kind == "delivery" and event["id"] in alerts:
-                delivery = Delivery(
-                    event["ok"],
-                    event["status_code"],
-                    event["error"],
-                    event["time"],
-                    event.get("action", FIRING),
-                )
-                alert = alerts[event["id"]]
-                alerts[event["id"]] = replace(alert, deliveries=(*alert.deliveries, delivery))
-        return alerts
+    def file_records(root: Path) -> FileRecords:
+        """The file backend: `alerts.jsonl` under `root`, locked through `root/.lock`."""
+        return FileRecords(Path(root) / ALERT_LOG, Path(root) / ".lock")
+
+    def alert_log(self) -> AlertLog:
+        """Every alert ever raised, oldest first, and how many unreadable entries were skipped."""
+        journal = self._records.read()
+        return _fold_events(journal.entries, journal.skipped)
 
     def list(self) -> list[Alert]:
         """Every alert ever raised, oldest first, with its current state and delivery attempts."""
-        return list(self._fold(self._read_events()).values())
+        return list(self.alert_log().alerts)
 
     def firing(self, key: str) -> Alert | None:
         """The firing alert of a standing condition, if any."""
-        return next((alert for alert in self.list() if alert.key == key and alert.state == FIRING), None)
+        return _firing(self.list(), key)
 
     def raise_alert(self, kind: str, severity: str, source: str, message: str, key: str) -> Alert | None:
         """Record an alert unless one with `key` is already firing (then None); post it to the webhook."""
@@ -266,31 +291,28 @@ class AlertStore:
             raise AlertError(f"alert severity must be one of {SEVERITIES}, got {severity!r}")
         if not kind or not key or not source:
             raise AlertError("an alert needs a kind, a source and a key")
-        with self._locked():
-            if any(a.key == key and a.state == FIRING for a in self._fold(self._read_events()).values()):
+        with self._records.exclusive() as section:
+            if _firing(_fold_events(section.entries()).alerts, key) is not None:
                 return None
             alert = Alert(uuid.uuid4().hex, _iso(self._clock()), kind, severity, source, message, key)
-            self._append({"event": "raised", **_raised_record(alert)})
+            section.append({"event": "raised", **_raised_record(alert)})
         return self._notify(alert, FIRING)
 
     def resolve(self, key: str) -> Alert | None:
         """Clear the standing condition `key`: its firing alert becomes resolved (None when none fired)."""
-        with self._locked():
-            alert = next(
-                (a for a in self._fold(self._read_events()).values() if a.key == key and a.state == FIRING),
-                None,
-            )
+        with self._records.exclusive() as section:
+            alert = _firing(_fold_events(section.entries()).alerts, key)
             if alert is None:
                 return None
             now = _iso(self._clock())
-            self._append({"event": "resolved", "id": alert.id, "time": now, "key": key})
+            section.append({"event": "resolved", "id": alert.id, "time": now, "key": key})
             alert = replace(alert, state=RESOLVED, resolved_at=now)
         return self._notify(alert, RESOLVED)
 
     def _notify(self, alert: Alert, action: str) -> Alert:
+        """Post outside the exclusive section (the change is durable by now), then record the attempt."""
         if self.notifier is None:
             return alert
         delivery = replace(self.notifier.post(alert, action), time=_iso(self._clock()))
-        with self._locked():
-            self._append({"event": "delivery", "id": alert.id, **delivery.to_dict()})
+        self._records.append({"event": "delivery", "id": alert.id, **delivery.to_dict()})
         return replace(alert, deliveries=(*alert.deliveries, delivery))

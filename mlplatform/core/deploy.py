@@ -4,23 +4,41 @@ The smoke test asks the serving model about a few canned clothing reviews whose 
 doubt (clearly negative, clearly positive; the neutral class is too fuzzy to assert) and judges the
 answer: every label as expected, the answer names the version just deployed, latency within budget.
 Pure code: the endpoint call itself lives in the Dagster resource (defs/resources.py).
+
+A deployment (promote, wait, smoke test, rollback) runs under the platform's deployment lock, so two
+runs deploying at once take turns whatever Dagster's storage (its `deployment` pool is not strict on
+SQLite). The lock lives where the registry's records do: an flock file in the home, or a PostgreSQL
+advisory lock when the home has a pg_url; both hold across processes and machines sharing them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from mlplatform.core.registry import APPROVED, PENDING, ModelVersion
+from mlplatform.core.fsio import LockTimeout, file_lock
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.records import RecordsLockTimeout, postgres_location, postgres_transaction
+from mlplatform.core.registry import APPROVED, PENDING, PREVIOUS, PRODUCTION, ModelRegistry, ModelVersion
 from mlplatform.core.settings import Settings, SettingsError
+
+DEPLOYMENT_LOCK = "mlplatform:deployment"  # the advisory lock's name on PostgreSQL
+DEPLOYMENT_LOCK_FILE = ".deployment.lock"  # the flock file in the registry's directory
 
 
 class DeployError(RuntimeError):
     """The deployment cannot go ahead (one-line message)."""
+
+
+class DeploymentLockTimeout(DeployError):
+    """Another deployment held the deployment lock for longer than `[deployment] lock_timeout_s`."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class DeploymentRules:
     poll_interval_s: float
     request_timeout_s: float
     smoke_max_latency_ms: float
+    lock_timeout_s: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeploymentRules:
@@ -76,12 +95,16 @@ class DeploymentRules:
             poll_interval_s=float(section["poll_interval_s"]),
             request_timeout_s=float(section["request_timeout_s"]),
             smoke_max_latency_ms=float(section["smoke_max_latency_ms"]),
+            lock_timeout_s=float(section["lock_timeout_s"]),
         )
         if url and not url.startswith(("http://", "https://")):
             raise SettingsError(f"[deployment] endpoint_url must start with http:// or https://, got {url!r}")
-        if min(rules.wait_timeout_s, rules.poll_interval_s, rules.request_timeout_s) <= 0:
+        if (
+            min(rules.wait_timeout_s, rules.poll_interval_s, rules.request_timeout_s, rules.lock_timeout_s)
+            <= 0
+        ):
             raise SettingsError(
-                "[deployment] wait_timeout_s, poll_interval_s and request_timeout_s must be > 0"
+                "[deployment] wait_timeout_s, poll_interval_s, request_timeout_s and lock_timeout_s must be > 0"
             )
         return rules
 
@@ -208,3 +231,121 @@ def judge_smoke(
 def failed_smoke(reason: str, latency_ms: float = 0.0, served_version: str | None = None) -> SmokeResult:
     """A smoke test that could not be judged (endpoint unreachable, never reported the version...)."""
     return SmokeResult(False, reason, served_version, latency_ms, ())
+
+
+# ------------------------------------------------------------------------------ the deploy section
+
+
+def deployment_lock_path(home: PlatformHome) -> Path:
+    """The flock file serialising deployments of a home on the file backend."""
+    return home.registry / DEPLOYMENT_LOCK_FILE
+
+
+def _lock_location(home: PlatformHome) -> str:
+    if home.pg_url is None:
+        return str(deployment_lock_path(home))
+    return f"PostgreSQL advisory lock {DEPLOYMENT_LOCK!r}, {postgres_location(home.pg_url)}"
+
+
+@contextmanager
+def deployment_lock(home: PlatformHome, timeout_s: float) -> Iterator[float]:
+    """Hold the home's deployment lock for the block; yields how many seconds it waited for it.
+
+    Waits at most `timeout_s` for a deployment holding it to end, then raises DeploymentLockTimeout
+    (nothing inside the block has run). Released when the block ends, however it ends.
+    """
+    started = time.monotonic()
+    with ExitStack() as held:
+        try:
+            if home.pg_url is None:
+                held.enter_context(file_lock(deployment_lock_path(home), timeout_s=timeout_s))
+            else:
+                held.enter_context(
+                    postgres_transaction(home.pg_url, lock=DEPLOYMENT_LOCK, lock_timeout_s=timeout_s)
+                )
+        except (LockTimeout, RecordsLockTimeout):
+            raise DeploymentLockTimeout(
+                f"another deployment held the deployment lock ({_lock_location(home)}) for more than "
+                f"{timeout_s:g} s ([deployment] lock_timeout_s): nothing was deployed, aliases untouched"
+            ) from None
+        yield time.monotonic() - started
+
+
+class DeployState(StrEnum):
+    """How a deployment ended."""
+
+    DEPLOYED = "deployed"  # promoted and smoke-tested
+    ROLLED_BACK = "rolled_back"  # promoted, smoke test failed, both aliases restored
+    REFUSED = "refused"  # failed the in-process smoke test, never promoted
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """What a deployment did, its smoke test, and how long it waited for the deployment lock."""
+
+    state: DeployState
+    smoke: SmokeResult
+    lock_wait_s: float = 0.0
+
+
+SmokeTest = Callable[[ModelVersion], SmokeResult]
+
+
+def deploy_live(
+    registry: ModelRegistry, target: ModelVersion, smoke_test: SmokeTest, by: str
+) -> DeployOutcome:
+    """Promote, smoke-test what now serves production, restore both aliases exactly on failure.
+
+    Call it under `deployment_lock`: another deployment moving the aliases in between would be judged
+    (and rolled back) as this one.
+    """
+    before = registry.aliases()
+    registry.promote(target.version, by=by)
+    try:
+        smoke = smoke_test(target)
+    except Exception as exc:  # a smoke test that crashed did not pass: never leave the promotion behind
+        _restore(registry, before, by, f"smoke_test crashed: {exc}")
+        raise
+    if smoke.passed:
+        return DeployOutcome(DeployState.DEPLOYED, smoke)
+    _restore(registry, before, by, f"smoke_test: {smoke.reason}")
+    return DeployOutcome(DeployState.ROLLED_BACK, smoke)
+
+
+def _restore(registry: ModelRegistry, before: Mapping[str, str], by: str, reason: str) -> None:
+    registry.restore_aliases(before.get(PRODUCTION), before.get(PREVIOUS), by=by, reason=reason)
+
+
+def deploy_offline(
+    registry: ModelRegistry, target: ModelVersion, smoke_test: SmokeTest, by: str
+) -> DeployOutcome:
+    """Smoke-test the version in-process, then promote; a failing version is rejected, never promoted."""
+    smoke = smoke_test(target)
+    if smoke.passed:
+        registry.promote(target.version, by=by)
+        return DeployOutcome(DeployState.DEPLOYED, smoke)
+    if PRODUCTION not in target.aliases:
+        registry.reject(target.version, reason=f"smoke_test: {smoke.reason}", by=by)
+    return DeployOutcome(DeployState.REFUSED, smoke)
+
+
+def deploy_exclusively(
+    home: PlatformHome,
+    registry: ModelRegistry,
+    target: ModelVersion,
+    smoke_test: SmokeTest,
+    *,
+    live: bool,
+    lock_timeout_s: float,
+    by: str,
+) -> DeployOutcome:
+    """Deploy `target` (live: `deploy_live`, else `deploy_offline`) under the home's deployment lock.
+
+    The version is read again once the lock is held: a deployment that ran meanwhile may have moved
+    its aliases. DeploymentLockTimeout when the lock is not taken within `lock_timeout_s`.
+    """
+    with deployment_lock(home, lock_timeout_s) as waited_s:
+        current = registry.get(target.version)
+        deploy_with = deploy_live if live else deploy_offline
+        outcome = deploy_with(registry, current, smoke_test, by)
+    return DeployOutcome(outcome.state, outcome.smoke, waited_s)

@@ -10,11 +10,12 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 
 def temp_path_for(target: Path) -> Path:
@@ -98,12 +99,39 @@ def write_json_atomic(target: Path, data: Any, *, read_only: bool = False) -> No
     write_bytes_atomic(target, text.encode("utf-8"), read_only=read_only)
 
 
+class LockTimeout(TimeoutError):
+    """A lock was not taken within its timeout (one-line message)."""
+
+
+LOCK_POLL_SECONDS = 0.05  # how often a bounded wait for a file lock tries again
+
+
+def _flock_within(handle: IO[str], operation: int, lock_path: Path, timeout_s: float | None) -> None:
+    """flock `handle`, waiting forever (timeout_s None) or at most `timeout_s` seconds."""
+    if timeout_s is None:
+        fcntl.flock(handle, operation)
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeout(f"{lock_path} stayed locked for more than {timeout_s:g} s") from None
+            time.sleep(min(LOCK_POLL_SECONDS, remaining))
+
+
 @contextmanager
-def file_lock(lock_path: Path, *, exclusive: bool = True) -> Iterator[None]:
-    """Hold an inter-process flock on `lock_path` (created if missing) for the block."""
+def file_lock(lock_path: Path, *, exclusive: bool = True, timeout_s: float | None = None) -> Iterator[None]:
+    """Hold an inter-process flock on `lock_path` (created if missing) for the block.
+
+    With `timeout_s`, wait at most that long for it, then raise LockTimeout; None waits as long as it takes.
+    """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        _flock_within(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, lock_path, timeout_s)
         try:
             yield
         finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -49,6 +50,12 @@ _SCHEMA = (
         revision bigint NOT NULL)""",
 )
 
+_SCHEMA_PRESENT = (
+    "SELECT to_regclass('mlplatform_journal') IS NOT NULL, "
+    "to_regclass('mlplatform_journal_by_name') IS NOT NULL, "
+    "to_regclass('mlplatform_pointers') IS NOT NULL"
+)
+
 
 class RecordsError(RuntimeError):
     """Records could not be read or written (one-line message)."""
@@ -56,6 +63,10 @@ class RecordsError(RuntimeError):
 
 class RecordsUnavailable(RecordsError):
     """The PostgreSQL server holding the records could not be reached or dropped the connection."""
+
+
+class RecordsLockTimeout(RecordsError):
+    """An advisory lock was not taken within its timeout (another session held it all along)."""
 
 
 @dataclass(frozen=True)
@@ -271,11 +282,14 @@ def sqlalchemy_url(pg_url: str) -> str:
 
 
 @contextmanager
-def postgres_transaction(pg_url: str, *, lock: str | None = None) -> Iterator[Any]:
+def postgres_transaction(
+    pg_url: str, *, lock: str | None = None, lock_timeout_s: float | None = None
+) -> Iterator[Any]:
     """A cursor in one transaction (committed when the block ends, rolled back on error).
 
     With `lock`, the transaction first takes that name's advisory lock, so such sections run one at a
-    time across every process and machine. Connection failures raise RecordsUnavailable; the driver's
+    time across every process and machine; with `lock_timeout_s` too, it waits at most that long for
+    it, then raises RecordsLockTimeout. Connection failures raise RecordsUnavailable; the driver's
     own message is in it (its first line), and the driver exception is not chained, so runs report
     this one line as the cause.
     """
@@ -290,13 +304,33 @@ def postgres_transaction(pg_url: str, *, lock: str | None = None) -> Iterator[An
     try:
         cursor = connection.cursor()
         if lock is not None:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(lock),))
+            _take_advisory_lock(cursor, lock, lock_timeout_s, pg_url)
         yield cursor
         connection.commit()
     except psycopg2.Error as exc:
         raise _translated(exc, pg_url) from None
     finally:
         connection.close()  # an open transaction is rolled back by the server
+
+
+def _take_advisory_lock(cursor: Any, lock: str, timeout_s: float | None, pg_url: str) -> None:
+    """`lock`'s transaction-scoped advisory lock; a bounded wait uses the server's lock_timeout."""
+    from psycopg2.errors import LockNotAvailable
+
+    if timeout_s is None:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(lock),))
+        return
+    # SET LOCAL semantics (is_local = true): the bound ends with this transaction at the latest.
+    cursor.execute(
+        "SELECT set_config('lock_timeout', %s, true)", (f"{max(1, math.ceil(timeout_s * 1000))}ms",)
+    )
+    try:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(lock),))
+    except LockNotAvailable:
+        raise RecordsLockTimeout(
+            f"advisory lock {lock!r} stayed held for more than {timeout_s:g} s ({postgres_location(pg_url)})"
+        ) from None
+    cursor.execute("RESET lock_timeout")  # the block's own statements wait as the session says
 
 
 def _translated(exc: Exception, pg_url: str) -> RecordsError:
@@ -331,13 +365,22 @@ class PostgresRecords:
     def _ensure_ready(self) -> None:
         if self._ready:
             return
-        with postgres_transaction(self.pg_url, lock=_SCHEMA_LOCK) as cursor:
-            for statement in _SCHEMA:
-                cursor.execute(statement)
+        with postgres_transaction(self.pg_url) as cursor:
+            cursor.execute(_SCHEMA_PRESENT)
+            present = all(cursor.fetchone())
+        if not present:  # DDL only when needed: CREATE INDEX IF NOT EXISTS waits behind open writes
+            with postgres_transaction(self.pg_url, lock=_SCHEMA_LOCK) as cursor:
+                for statement in _SCHEMA:
+                    cursor.execute(statement)
         if not self.files.marker_path.exists():
+            adopted = False
             with postgres_transaction(self.pg_url, lock=self._lock_name) as cursor:
-                self._adopt_file_records(_PostgresSection(cursor, self.name))
-            write_json_atomic(self.files.marker_path, {"backend": POSTGRES_BACKEND, "name": self.name})
+                # Checked again under the lock: another process may have imported (and appended) since.
+                if not self.files.marker_path.exists():
+                    self._adopt_file_records(_PostgresSection(cursor, self.name))
+                    adopted = True
+            if adopted:  # after the commit: the marker never claims an import that did not happen
+                write_json_atomic(self.files.marker_path, {"backend": POSTGRES_BACKEND, "name": self.name})
         self._ready = True
 
     @property

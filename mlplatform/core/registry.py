@@ -24,7 +24,11 @@ content-addressed cache (`<registry dir>/cache/<sha256>.onnx`), downloaded atomi
 because ONNX Runtime loads files.
 
 A version's status is derived from the events log, so the log is the single record of who changed
-what and when; the version's files never change after registration.
+what and when; the version's files never change after registration. A "registered" event also
+carries the model's sha256, so registering finds a duplicate and the next number from one listing of
+`versions/` (with sizes) and the log, reading only the meta.json of a version that may hold the same
+bytes: one whose event names this sha256, or one without such an event (registered before events had
+it, or whose event was lost) whose model.onnx has the same size.
 """
 
 from __future__ import annotations
@@ -174,6 +178,25 @@ def _version_key(version: str, name: str) -> str:
     return f"{VERSIONS}/{version}/{name}"
 
 
+def _complete_versions(stored: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The registered versions of a listing (those with a meta.json), oldest first."""
+    return sorted((name for name, files in stored.items() if META_FILE in files), key=_version_number)
+
+
+def _highest_version_number(stored: Mapping[str, Mapping[str, int]]) -> int:
+    """The highest number in a listing, counting versions whose registration died before meta.json."""
+    return max(map(_version_number, stored), default=0)
+
+
+def _registered_sha256s(events: list[dict[str, Any]]) -> dict[str, str]:
+    """{version: sha256} from the "registered" events that carry one."""
+    return {
+        event["version"]: event["sha256"]
+        for event in events
+        if event["event"] == "registered" and "sha256" in event
+    }
+
+
 class ModelRegistry:
     """Model versions, their approval status and the production/previous aliases.
 
@@ -244,13 +267,22 @@ class ModelRegistry:
         metrics_dict = json.loads(self._json_text(dict(metrics), "model metrics"))
         sha256 = sha256_bytes(onnx_bytes)
         with self._records.exclusive() as section:
-            registered_at = _utc_now()
-            version = self._find_by_sha256(sha256)
+            registered_at, events = _utc_now(), section.entries()
+            stored = self._version_files()
+            version = self._find_by_sha256(sha256, len(onnx_bytes), stored, events)
             if version is None:
                 meta = {"sha256": sha256, "size_bytes": len(onnx_bytes), "created_at": registered_at}
-                version = self._store_new_version(files, {**meta, "metrics": metrics_dict})
-            if not _has_event(section.entries(), "registered", version):
-                section.append({"event": "registered", "version": version, "by": by, "time": registered_at})
+                version = self._store_new_version(files, {**meta, "metrics": metrics_dict}, stored, events)
+            if not _has_event(events, "registered", version):
+                section.append(
+                    {
+                        "event": "registered",
+                        "version": version,
+                        "sha256": sha256,
+                        "by": by,
+                        "time": registered_at,
+                    }
+                )
         return self.get(version)
 
     @staticmethod
@@ -260,19 +292,26 @@ class ModelRegistry:
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"{what} is not JSON-serialisable: {exc}") from exc
 
-    def _store_new_version(self, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
-        """Write the version under the next free number; returns it.
+    def _store_new_version(
+        self,
+        files: Mapping[str, bytes],
+        meta: Mapping[str, Any],
+        stored: Mapping[str, Mapping[str, int]],
+        events: list[dict[str, Any]],
+    ) -> str:
+        """Write the version under the next number free in `stored` (the listing); returns it.
 
-        A number another writer took between our listing and our write (ImmutableConflict) is skipped;
-        if that writer stored these very bytes, its version is the answer.
+        A number another writer took between our listing and our write (ImmutableConflict) is skipped
+        after listing again; if that writer stored these very bytes, its version is the answer.
         """
         for _ in range(NUMBER_ATTEMPTS):
-            version = f"v{self._highest_version_number() + 1}"
+            version = f"v{_highest_version_number(stored) + 1}"
             meta_bytes = json.dumps({**meta, "version": version}, indent=2, sort_keys=True).encode()
             try:
                 self._write_version(version, {**files, META_FILE: meta_bytes})
             except ImmutableConflict:
-                taken = self._find_by_sha256(meta["sha256"])
+                stored = self._version_files()
+                taken = self._find_by_sha256(meta["sha256"], meta["size_bytes"], stored, events)
                 if taken is not None:
                     return taken
                 continue
@@ -315,26 +354,37 @@ class ModelRegistry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def _version_files(self) -> dict[str, set[str]]:
-        """The file names stored under each `versions/<v>/`, complete or not."""
-        found: dict[str, set[str]] = {}
-        for key in self.location.list(VERSIONS):
+    def _version_files(self) -> dict[str, dict[str, int]]:
+        """{version: {file name: size}} of everything under `versions/`, complete or not: one listing."""
+        found: dict[str, dict[str, int]] = {}
+        for key, size in self.location.list_sizes(VERSIONS).items():
             parts = key.split("/")
             if len(parts) == 3 and _VERSION_NAME.match(parts[1]):
-                found.setdefault(parts[1], set()).add(parts[2])
+                found.setdefault(parts[1], {})[parts[2]] = size
         return found
 
-    def _version_names(self) -> list[str]:
-        """The registered versions (those with a meta.json), oldest first."""
-        names = [name for name, files in self._version_files().items() if META_FILE in files]
-        return sorted(names, key=_version_number)
+    def _find_by_sha256(
+        self,
+        sha256: str,
+        size_bytes: int,
+        stored: Mapping[str, Mapping[str, int]],
+        events: list[dict[str, Any]],
+    ) -> str | None:
+        """The oldest registered version whose model has this sha256, or None.
 
-    def _highest_version_number(self) -> int:
-        """The highest number in use, counting versions whose registration died before meta.json."""
-        return max(map(_version_number, self._version_files()), default=0)
+        Only versions that may hold these bytes have their meta.json read (see the module docstring):
+        not one the log records with another sha256, nor an unrecorded one whose model.onnx has another
+        size (an unrecorded version without a model.onnx is read).
+        """
+        recorded = _registered_sha256s(events)
 
-    def _find_by_sha256(self, sha256: str) -> str | None:
-        metas = self._read_documents(self._version_names(), (META_FILE,))
+        def may_match(version: str) -> bool:
+            if version in recorded:
+                return recorded[version] == sha256
+            return stored[version].get(MODEL_FILE, size_bytes) == size_bytes
+
+        candidates = [version for version in _complete_versions(stored) if may_match(version)]
+        metas = self._read_documents(candidates, (META_FILE,))
         return next((name for name, (meta,) in metas.items() if meta["sha256"] == sha256), None)
 
     def _read_documents(self, versions: list[str], names: tuple[str, ...]) -> dict[str, tuple[dict, ...]]:
@@ -422,7 +472,7 @@ class ModelRegistry:
     def list(self) -> list[ModelVersion]:
         """Every version, newest first (their metas and cards are fetched together)."""
         events, aliases = self.events(), self.aliases()
-        names = list(reversed(self._version_names()))
+        names = list(reversed(_complete_versions(self._version_files())))
         documents = self._read_documents(names, (META_FILE, CARD_FILE))
         return [self._assemble(name, *documents[name], events, aliases) for name in names]
 

@@ -9,7 +9,8 @@ locks, no renames):
                            Local: temp file + fsync + rename. Object store: one PUT (or a multipart
                            upload, which is also invisible until complete).
     immutable=True         written once: an existing object must already hold these exact bytes.
-    get_bytes, open_read, exists, size, sha256, list
+    get_bytes, open_read, exists, sha256, list
+    list_sizes             names with sizes from one listing (no request per object)
 
 Keys are relative '/'-separated names (`reviews/<sha>.parquet`). Local directories keep the fast
 local code (`mlplatform.core.fsio`). Credentials and endpoints come from each driver's own
@@ -20,10 +21,10 @@ the settings file.
 from __future__ import annotations
 
 import shutil
+import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -79,15 +80,6 @@ class StorageLocation(ABC):
     def url(self) -> str:
         """The location as a URL (a plain absolute path for local directories)."""
 
-    @property
-    @abstractmethod
-    def is_local(self) -> bool:
-        """True for a directory on this machine's filesystem."""
-
-    @abstractmethod
-    def child(self, prefix: str) -> StorageLocation:
-        """The location `prefix` below this one."""
-
     @abstractmethod
     def url_of(self, key: str) -> str:
         """Where the object `key` lives, for messages and metadata (a local path or a URL)."""
@@ -107,10 +99,6 @@ class StorageLocation(ABC):
     @abstractmethod
     def _read(self, key: str) -> bytes:
         """The object's bytes (FileNotFoundError when missing)."""
-
-    @abstractmethod
-    def _size(self, key: str) -> int:
-        """The object's size (FileNotFoundError when missing)."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -136,17 +124,17 @@ class StorageLocation(ABC):
         with self._not_found_is_an_error(key):
             return self._read(key)
 
-    def size(self, key: str) -> int:
-        """The object's size in bytes; raises ObjectNotFound."""
-        with self._not_found_is_an_error(key):
-            return self._size(key)
-
     @abstractmethod
-    def list(self, prefix: str = "", *, recursive: bool = True) -> list[str]:
-        """Keys of the objects under the directory `prefix`, sorted (empty when there is none).
+    def list_sizes(self, prefix: str = "", *, recursive: bool = True) -> dict[str, int]:
+        """{key: size in bytes} of the objects under the directory `prefix`, sorted by key (empty when
+        there is none), from one listing: on object storage one LIST (per 1000 keys), no request per object.
 
         `recursive=False` gives only the objects directly in `prefix`, not those in its subdirectories.
         """
+
+    def list(self, prefix: str = "", *, recursive: bool = True) -> list[str]:
+        """Keys of the objects under the directory `prefix`, sorted (see `list_sizes`)."""
+        return [*self.list_sizes(prefix, recursive=recursive)]
 
     def get_many(self, keys: list[str]) -> dict[str, bytes]:
         """The bytes of several objects (remote locations fetch them concurrently)."""
@@ -206,16 +194,9 @@ class LocalLocation(StorageLocation):
     def url(self) -> str:
         return str(self.root)
 
-    @property
-    def is_local(self) -> bool:
-        return True
-
     def path_of(self, key: str) -> Path:
         """The local file of `key`."""
         return self.root.joinpath(*validate_key(key).split("/"))
-
-    def child(self, prefix: str) -> LocalLocation:
-        return LocalLocation(self.path_of(prefix))
 
     def url_of(self, key: str) -> str:
         return str(self.path_of(key))
@@ -243,21 +224,24 @@ class LocalLocation(StorageLocation):
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
 
-    def _size(self, key: str) -> int:
-        return self.path_of(key).stat().st_size
-
-    def list(self, prefix: str = "", *, recursive: bool = True) -> list[str]:
+    def list_sizes(self, prefix: str = "", *, recursive: bool = True) -> dict[str, int]:
         base = self.path_of(prefix) if prefix else self.root
         if not base.is_dir():
-            return []
+            return {}
         candidates = base.rglob("*") if recursive else base.iterdir()
-        keys = []
+        sizes = {}
         for path in candidates:
             relative = path.relative_to(self.root)
             # dot-names are temp files of writes in progress (fsio.temp_path_for)
-            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-                keys.append(relative.as_posix())
-        return sorted(keys)
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # removed since the directory was read: no longer there
+                continue
+            if stat.S_ISREG(info.st_mode):
+                sizes[relative.as_posix()] = info.st_size
+        return dict(sorted(sizes.items()))
 
 
 class FsspecLocation(StorageLocation):
@@ -272,15 +256,8 @@ class FsspecLocation(StorageLocation):
     def url(self) -> str:
         return self._url
 
-    @property
-    def is_local(self) -> bool:
-        return False
-
     def _path(self, key: str) -> str:
         return f"{self.root}/{validate_key(key)}"
-
-    def child(self, prefix: str) -> FsspecLocation:
-        return FsspecLocation(f"{self._url}/{validate_key(prefix)}", self.fs, self._path(prefix))
 
     def url_of(self, key: str) -> str:
         return f"{self._url}/{validate_key(key)}"
@@ -318,20 +295,22 @@ class FsspecLocation(StorageLocation):
     def exists(self, key: str) -> bool:
         return bool(self.fs.isfile(self._fresh(self._path(key))))
 
-    def _size(self, key: str) -> int:
-        return int(self.fs.size(self._fresh(self._path(key))))
-
-    def list(self, prefix: str = "", *, recursive: bool = True) -> list[str]:
+    def list_sizes(self, prefix: str = "", *, recursive: bool = True) -> dict[str, int]:
         base = self._fresh(self._path(prefix) if prefix else self.root)
         try:
             if recursive:
-                paths = self.fs.find(base)
+                infos = list(self.fs.find(base, detail=True).values())
             else:
-                paths = [item["name"] for item in self.fs.ls(base, detail=True) if item["type"] == "file"]
+                infos = self.fs.ls(base, detail=True)
         except FileNotFoundError:
-            return []
+            return {}
         start = len(self.root) + 1 if self.root else 0
-        return sorted(_strip_protocol(self.fs, path)[start:] for path in paths)
+        sizes = {
+            _strip_protocol(self.fs, info["name"])[start:]: int(info["size"])
+            for info in infos
+            if info["type"] == "file"
+        }
+        return dict(sorted(sizes.items()))
 
 
 def _strip_protocol(fs: Any, path: str) -> str:
@@ -382,32 +361,12 @@ def _fsspec_location(url: str, scheme: str) -> FsspecLocation:
     return FsspecLocation(url, fs, str(root))
 
 
-@dataclass(frozen=True)
-class StorageLocations:
-    """Where the lake, artifacts, registry and capture keep their bytes (the `[storage]` settings)."""
-
-    lake: StorageLocation
-    artifacts: StorageLocation
-    registry: StorageLocation
-    capture: StorageLocation
-
-    @classmethod
-    def from_settings(cls, home: PlatformHome, settings: Settings) -> StorageLocations:
-        """Every location, validated at once: a bad URL fails here, before anything is written."""
-        return cls(**{kind: location_from_settings(home, settings, kind) for kind in STORAGE_KINDS})
-
-
 def location_from_settings(home: PlatformHome, settings: Settings, kind: str) -> StorageLocation:
     """The location of `kind` (lake, artifacts, registry, capture): `[storage] <kind>`, or the home's
-    own directory when that is empty."""
-    return resolve_location(home, settings.section(STORAGE_SECTION), kind)
-
-
-def resolve_location(home: PlatformHome, section: Mapping[str, Any], kind: str) -> StorageLocation:
-    """`location_from_settings` on an already loaded `[storage]` section."""
+    own directory when that is empty. Raises StorageConfigError (one line) for a bad setting."""
     if kind not in STORAGE_KINDS:
         raise StorageConfigError(f"unknown storage kind {kind!r} (known: {', '.join(STORAGE_KINDS)})")
-    spec = section.get(kind, "")
+    spec = settings.section(STORAGE_SECTION).get(kind, "")
     if not isinstance(spec, str):
         raise StorageConfigError(
             f"[storage] {kind} must be a string (a URL, or empty for the home), got {spec!r}"
@@ -434,10 +393,8 @@ __all__ = [
     "StorageConfigError",
     "StorageError",
     "StorageLocation",
-    "StorageLocations",
     "is_home_directory",
     "location_from_settings",
     "open_location",
-    "resolve_location",
     "validate_key",
 ]

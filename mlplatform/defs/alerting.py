@@ -43,7 +43,7 @@ def alert_store(home: PlatformHome, environ: Mapping[str, str] | None = None) ->
     if url:
         rules = AlertRules.from_settings(Settings.load(home.settings_file))
         notifier = WebhookNotifier(url, rules.webhook_timeout_s, rules.max_message_chars)
-    return AlertStore(home.ensure().alerts, notifier)
+    return AlertStore.for_home(home.ensure(), notifier)
 
 
 def record_check_alerts(instance: dg.DagsterInstance, run_id: str, store: AlertStore) -> list[Alert]:

@@ -11,6 +11,10 @@ of best_model's own output (never "the newest in storage"):
 - Pending manual approval, or rejected: nothing moves, the non-blocking `approval` check fails with the
   reason and the asset is not materialized, so every `mlplatform run` retries until a person decides.
 
+Both approved cases run under the platform's deployment lock (core/deploy.py): a second run deploying
+at the same time waits for the first to end (at most `[deployment] lock_timeout_s`, then the step fails
+with the reason), on any Dagster storage; the `deployment` pool queues the step in the UI too.
+
 batch_predictions scores one file of `lake/batch/` (partition key: its sha256) with the production
 version at run time; the file is never moved or deleted.
 """
@@ -26,7 +30,7 @@ from mlplatform.core import deploy, scoring
 from mlplatform.core.artifacts import Bundle
 from mlplatform.core.deploy import DeployAction, DeploymentRules, SmokeResult
 from mlplatform.core.fsio import sha256_file
-from mlplatform.core.registry import PREVIOUS, PRODUCTION, ModelRegistry, ModelVersion
+from mlplatform.core.registry import PREVIOUS, PRODUCTION, ModelVersion
 from mlplatform.core.scoring import ScoringError, ScoringRules
 from mlplatform.core.settings import Settings
 from mlplatform.defs.checks import check_result
@@ -66,34 +70,6 @@ def _smoke(endpoint: EndpointResource, target: ModelVersion, rules: DeploymentRu
     return deploy.judge_smoke(answer.body, answer.latency_ms, target.version, rules.smoke_max_latency_ms)
 
 
-def _deploy_live(
-    registry: ModelRegistry, endpoint: EndpointResource, target: ModelVersion, rules: DeploymentRules
-) -> tuple[str, SmokeResult]:
-    """Promote, smoke-test the live endpoint, roll back exactly on failure; returns (state, smoke)."""
-    before = registry.aliases()
-    registry.promote(target.version, by=DEPLOYED_BY)
-    smoke = _smoke(endpoint, target, rules)
-    if smoke.passed:
-        return "deployed", smoke
-    registry.restore_aliases(
-        before.get(PRODUCTION), before.get(PREVIOUS), by=DEPLOYED_BY, reason=f"smoke_test: {smoke.reason}"
-    )
-    return "rolled_back", smoke
-
-
-def _deploy_offline(
-    registry: ModelRegistry, endpoint: EndpointResource, target: ModelVersion, rules: DeploymentRules
-) -> tuple[str, SmokeResult]:
-    """Smoke-test the version in-process, then promote; a failing version is rejected, never promoted."""
-    smoke = _smoke(endpoint, target, rules)
-    if smoke.passed:
-        registry.promote(target.version, by=DEPLOYED_BY)
-        return "deployed", smoke
-    if PRODUCTION not in target.aliases:
-        registry.reject(target.version, reason=f"smoke_test: {smoke.reason}", by=DEPLOYED_BY)
-    return "refused", smoke
-
-
 def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
     # A multi_asset only for can_subset: it makes the check outputs optional, so a version that waits for
     # approval reports `approval` and leaves the asset (and its smoke test) unmaterialized.
@@ -111,7 +87,8 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
         },
         ins={"best_model": dg.AssetIn("best_model")},
         can_subset=True,
-        # One deployment at a time across all runs (the pool's limit is in the instance's dagster.yaml).
+        # One deployment at a time across all runs: the pool queues the step (its limit is in the
+        # instance's dagster.yaml) and the deployment lock makes it strict on any storage.
         # No retry policy: a half-done deployment is rolled back and reported, never run again blindly.
         pool=DEPLOYMENT_POOL,
         check_specs=[
@@ -151,8 +128,16 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
             return
 
         rules = DeploymentRules.from_settings(platform.settings())
-        deploy_with = _deploy_live if endpoint.live else _deploy_offline
-        state, smoke = deploy_with(registry, endpoint, target, rules)
+        outcome = deploy.deploy_exclusively(
+            platform.platform_home(),
+            registry,
+            target,
+            lambda version: _smoke(endpoint, version, rules),
+            live=endpoint.live,
+            lock_timeout_s=rules.lock_timeout_s,
+            by=DEPLOYED_BY,
+        )
+        state, smoke = outcome.state.value, outcome.smoke
         aliases = registry.aliases()
         record = {
             "state": state,
@@ -162,7 +147,10 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
             "endpoint_url": endpoint.location(),
             "smoke_test": smoke.to_dict(),
         }
-        context.log.info(f"{state} {target.version}; production is {record['production']}")
+        context.log.info(
+            f"{state} {target.version} after {outcome.lock_wait_s:.1f} s waiting for the deployment lock; "
+            f"production is {record['production']}"
+        )
         yield versioned_output(
             record,
             output_name=SENTIMENT_ENDPOINT,
@@ -173,6 +161,7 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
                 "previous": str(record["previous"]),
                 "endpoint_url": str(record["endpoint_url"] or "in-process (no endpoint configured)"),
                 "smoke_latency_ms": smoke.latency_ms,
+                "lock_wait_s": round(outcome.lock_wait_s, 3),
                 "reason": smoke.reason or "smoke test passed",
             },
         )

@@ -10,7 +10,8 @@ Everything comes from the `[execution]` settings:
   exception, `max_step_retries` times. A failed quality gate is not an exception of the step's body but
   a failed blocking check, which Dagster never retries.
 - sentiment_endpoint claims a slot of the `deployment` pool; the instance allows
-  `deployment_pool_limit` claims at once across all runs, so deployments never overlap.
+  `deployment_pool_limit` claims at once across all runs, which queues deployments in the UI. What
+  keeps two deployments apart, on every storage, is the deployment lock (core/deploy.py).
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ def instance_yaml_lines(rules: ExecutionRules) -> list[str]:
         "  pools:",
         "    granularity: op",
         f"    default_limit: {rules.deployment_pool_limit}",
+        # The console of step worker processes logs at this level too (their DEBUG engine lines would
+        # otherwise interleave with the CLI's output); the event log keeps every event regardless.
+        "python_logs:",
+        "  python_log_level: INFO",
     ]
 
 

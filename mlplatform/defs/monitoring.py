@@ -12,16 +12,16 @@
   production version's live macro-F1 falls more than `[monitoring].max_macro_f1_drop` below its test one.
 - `product_quality_report`: products drawing an unusual share of negative predictions (taxonomy from
   `reviews`), written as a Bundle of a formula-safe CSV and a Markdown table.
-- `system_health`: the endpoint's `/metrics` (process CPU and memory, request and error rate, p50/p99
-  latency of the inference routes, all since the endpoint process started); with no endpoint configured
-  its checks fail as a WARN "no endpoint configured", never a pretend pass.
+- `system_health`: the endpoint's `/metrics`: request and error rate, p50/p99 latency of the inference
+  routes over the endpoint's recent window (`[serving].health_window_s`, metadata `window_s`), CPU share
+  since the process started, memory now; with no endpoint configured its checks fail as a WARN "no
+  endpoint configured", never a pretend pass.
 
 Every check is non-blocking: monitoring reports, it never stops the pipeline. `mlplatform run` runs the
 group when the capture or the labels changed (`monitoring_fingerprint`), and `monitoring_schedule` runs it on the daemon.
 """
 
 import hashlib
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +31,6 @@ import dagster as dg
 import onnx
 import polars as pl
 from dagster import AssetExecutionContext
-from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform.core import drift, live_quality, monitoring, product_report
 from mlplatform.core.artifacts import Bundle
@@ -41,10 +40,14 @@ from mlplatform.core.live_quality import LIVE_QUALITY_CHECK, ground_truth
 from mlplatform.core.monitoring import (
     DRIFT_METRICS,
     ERROR,
+    ERROR_RATE_CHECK,
+    LATENCY_CHECK,
     WARN,
     MonitoringRules,
     MonitorOutcome,
+    health_outcomes,
     not_enough_data,
+    system_health_numbers,
 )
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
@@ -71,8 +74,6 @@ MONITORING_ASSETS: tuple[str, ...] = (
 INPUT_FINGERPRINT = "input_fingerprint"
 REPORT_CSV = "product_quality_report.csv"
 REPORT_MARKDOWN = "product_quality_report.md"
-ERROR_RATE_CHECK = "error_rate"
-LATENCY_CHECK = "latency"
 NO_ENDPOINT = "no endpoint configured: system health is not observed"
 
 
@@ -357,103 +358,6 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
 # ---- system_health ----------------------------------------------------------------------------------
 
 
-def _is_inference_route(route: str) -> bool:
-    return route == "/predict" or route.endswith("/infer")
-
-
-def _histogram_quantile(buckets: Mapping[float, float], quantile: float) -> float:
-    """Prometheus-style quantile from cumulative buckets (upper bound -> count), linear within a bucket."""
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-    rank = quantile * total
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):  # beyond the last finite bucket: its bound is the best we can say
-                return lower
-            share = (rank - below) / (count - below) if count > below else 1.0
-            return lower + (bound - lower) * share
-        lower, below = bound, count
-    return lower
-
-
-def system_health_numbers(metrics_text: str, now: float) -> dict[str, float]:
-    """CPU, memory, request and error rate, p50/p99 latency (ms) of the inference routes, from /metrics.
-
-    Rates are averages since the endpoint process started (process_start_time_seconds).
-    """
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-
-    def single(name: str) -> float:
-        values = samples.get(name)
-        if not values:
-            raise EndpointError(f"the endpoint's /metrics lacks {name}")
-        return values[0][1]
-
-    uptime = max(now - single("process_start_time_seconds"), 1e-9)
-    requests = [
-        (labels, value)
-        for labels, value in samples.get("mlplatform_serving_requests_total", [])
-        if _is_inference_route(labels.get("route", ""))
-    ]
-    total = sum(value for _, value in requests)
-    errors = sum(value for labels, value in requests if labels.get("status", "").startswith("5"))
-    buckets: dict[float, float] = {}
-    for labels, value in samples.get("mlplatform_serving_request_latency_seconds_bucket", []):
-        if _is_inference_route(labels.get("route", "")):
-            bound = float(labels["le"])
-            buckets[bound] = buckets.get(bound, 0.0) + value
-    numbers = {
-        "uptime_s": uptime,
-        "cpu_share": single("process_cpu_seconds_total") / uptime,
-        "memory_mb": single("process_resident_memory_bytes") / 1e6,
-        "requests": total,
-        "request_rate_per_s": total / uptime,
-        "errors_5xx": errors,
-        "error_rate": errors / total if total else 0.0,
-    }
-    if total:
-        numbers["p50_latency_ms"] = _histogram_quantile(buckets, 0.50) * 1000
-        numbers["p99_latency_ms"] = _histogram_quantile(buckets, 0.99) * 1000
-    return numbers
-
-
-def health_outcomes(
-    numbers: Mapping[str, float], monitoring_section: Mapping[str, Any]
-) -> list[MonitorOutcome]:
-    """Error rate and p99 latency against `[monitoring].max_error_rate` / `max_p99_latency_ms` (ERROR)."""
-    max_error_rate = float(monitoring_section["max_error_rate"])
-    max_p99 = float(monitoring_section["max_p99_latency_ms"])
-    error_rate = numbers["error_rate"]
-    outcomes = [
-        MonitorOutcome(
-            ERROR_RATE_CHECK,
-            error_rate <= max_error_rate,
-            None if error_rate <= max_error_rate else ERROR,
-            f"5xx share of inference requests {error_rate:.4f} (bound {max_error_rate})",
-            {"error_rate": error_rate, "requests": int(numbers["requests"]), "bound": max_error_rate},
-        )
-    ]
-    if "p99_latency_ms" not in numbers:
-        outcomes.append(not_enough_data(LATENCY_CHECK, 0, 1, "inference requests"))
-    else:
-        p99 = numbers["p99_latency_ms"]
-        outcomes.append(
-            MonitorOutcome(
-                LATENCY_CHECK,
-                p99 <= max_p99,
-                None if p99 <= max_p99 else ERROR,
-                f"p99 latency {p99:.1f} ms (bound {max_p99} ms)",
-                {"p99_latency_ms": p99, "p50_latency_ms": numbers["p50_latency_ms"], "bound": max_p99},
-            )
-        )
-    return outcomes
-
-
 def _unobserved(reason: str, severity: str) -> list[MonitorOutcome]:
     return [
         MonitorOutcome(name, False, severity, reason, {"evaluated": 0})
@@ -471,15 +375,18 @@ def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(
                 ERROR_RATE_CHECK,
                 asset=SYSTEM_HEALTH,
-                description="5xx share of inference requests under [monitoring].max_error_rate.",
+                description="5xx share of recent inference requests under [monitoring].max_error_rate.",
             ),
             dg.AssetCheckSpec(
                 LATENCY_CHECK,
                 asset=SYSTEM_HEALTH,
-                description="p99 latency of inference requests under [monitoring].max_p99_latency_ms.",
+                description="p99 latency of recent inference requests under [monitoring].max_p99_latency_ms.",
             ),
         ],
-        description="The endpoint's CPU, memory, request rate, error rate and p50/p99 latency from /metrics.",
+        description=(
+            "The endpoint's request rate, error rate and p50/p99 latency over its recent window "
+            "([serving].health_window_s), CPU share since it started and memory, from /metrics."
+        ),
     )
     def system_health(context: AssetExecutionContext, platform: PlatformResource, endpoint: EndpointResource):
         section = platform.settings().section("monitoring")

@@ -91,6 +91,7 @@ class ServingConfig:
     graceful_shutdown_s: float
     capture_sample_rate: float
     capture_durable_timeout_s: float
+    health_window_s: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServingConfig:
@@ -106,6 +107,7 @@ class ServingConfig:
             graceful_shutdown_s=float(section["graceful_shutdown_s"]),
             capture_sample_rate=float(section["capture_sample_rate"]),
             capture_durable_timeout_s=float(section["capture_durable_timeout_s"]),
+            health_window_s=int(section["health_window_s"]),
         )
 
     @property
@@ -486,13 +488,15 @@ def create_app(
         else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
         poll_interval_s=config.swap_poll_interval_s,
     )
+    metrics = ServingMetrics(holder.status, health_window_s=config.health_window_s)
     capture = CaptureWriter(
         home.capture,
         CaptureConfig.from_settings(settings.section("serving")),
         sync_file=sync_file,
         publish_to=location_from_settings(home, settings, "capture"),
+        on_sync=metrics.observe_capture_sync,
     )
-    state = ServingState(config, holder, capture, ServingMetrics(holder.status), random.Random(), InFlight())
+    state = ServingState(config, holder, capture, metrics, random.Random(), InFlight())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -360,7 +360,8 @@ class _SegmentPublisher:
 class CaptureWriter:
     """One writer thread appending capture records to rotating segments, fsync'ed in groups.
 
-    `sync_file` makes written bytes durable: `fdatasync` by default, which is enough because the
+    `on_sync(seconds, inline)` hears of every record sync (for metrics; `inline`: synced by the
+    request itself). `sync_file` makes written bytes durable: `fdatasync` by default, which is enough because the
     segment's size changes only when it is zero-filled ahead or sealed (injectable so tests can
     simulate a failing disk); `clock` gives wall time for segment names and age. With `publish_to` (the `[storage] capture`
     location) other than `root` itself, sealed segments are moved there by a publisher thread.
@@ -374,8 +375,10 @@ class CaptureWriter:
         sync_file: Callable[[int], None] = os.fdatasync,
         clock: Callable[[], float] = time.time,
         publish_to: StorageLocation | None = None,
+        on_sync: Callable[[float, bool], None] | None = None,
     ) -> None:
         self._root = Path(root)
+        self._on_sync = on_sync
         self._config = config
         self._sync_file = sync_file
         self._clock = clock
@@ -428,7 +431,9 @@ class CaptureWriter:
         ):
             try:
                 # Re-checked under the lock: close() seals the last segment under it, after the flag.
-                error_message = self._stopped_because if self._closed else self._commit_data(payload)
+                error_message = (
+                    self._stopped_because if self._closed else self._commit_data(payload, inline=True)
+                )
                 top_up = error_message is None and self._room_is_low() and not self._top_up_requested
                 self._top_up_requested |= top_up
             finally:
@@ -505,16 +510,16 @@ class CaptureWriter:
 
     def _commit(self, batch: list[_PendingItem]) -> None:
         with self._segment_lock:
-            error_message = self._commit_data(b"".join(item[0] for item in batch))
+            error_message = self._commit_data(b"".join(item[0] for item in batch), inline=False)
         _wake(batch, error_message)
         if error_message is None:
             with self._segment_lock:  # after the wake: the requests are not kept waiting for zeros
                 self._top_up_safely()
 
-    def _commit_data(self, data: bytes) -> str | None:
+    def _commit_data(self, data: bytes, *, inline: bool) -> str | None:
         """Write and sync `data` (segment lock held): None once durable, else why not."""
         try:
-            self._write_durably(data)
+            self._write_durably(data, inline)
         except OSError as exc:
             error_message = f"capture write failed ({self._path}): {exc}"
             log.error(error_message)
@@ -523,7 +528,7 @@ class CaptureWriter:
             return error_message
         return None
 
-    def _write_durably(self, data: bytes) -> None:
+    def _write_durably(self, data: bytes, inline: bool) -> None:
         self._rotate_if_due()
         if self._fd is None:
             self._open_segment()
@@ -532,8 +537,11 @@ class CaptureWriter:
         _write_all_at(self._fd, data, self._size)
         started = time.monotonic()
         self._sync_file(self._fd)
-        self._sync_health.observe(time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._sync_health.observe(seconds)
         self._size += len(data)
+        if self._on_sync is not None:
+            self._on_sync(seconds, inline)
 
     def _room_is_low(self) -> bool:
         """The open segment's zero-filled room is under half the preallocation step."""
@@ -673,13 +681,15 @@ def _read_local_segment(path: Path, remote: StorageLocation | None) -> bytes:
         ) from None
 
 
-def _published_segments(remote: StorageLocation | None) -> list[str]:
+def _published_segments(remote: StorageLocation | None) -> dict[str, int]:
+    """{name: size} of the published segments, sorted, from one listing (no request per segment)."""
     if remote is None:
-        return []
+        return {}
     try:
-        return [key for key in remote.list(recursive=False) if key.endswith(SEALED_SUFFIX)]
+        listed = remote.list_sizes(recursive=False)
     except (StorageError, OSError) as exc:
         raise CaptureError(f"capture location {remote.url} cannot be listed: {exc}") from exc
+    return {key: size for key, size in listed.items() if key.endswith(SEALED_SUFFIX)}
 
 
 def list_segments(root: Path, location: StorageLocation | None = None) -> list[tuple[str, int]]:
@@ -688,8 +698,7 @@ def list_segments(root: Path, location: StorageLocation | None = None) -> list[t
     An open segment's size is how far it holds records (its zero-filled room ahead is not counted), so
     the size grows with every record whether or not the segment is preallocated.
     """
-    remote = _remote(location, Path(root))
-    found = {name: remote.size(name) for name in _published_segments(remote)} if remote is not None else {}
+    found = _published_segments(_remote(location, Path(root)))
     if Path(root).is_dir():
         for path in Path(root).iterdir():
             if path.name.endswith((SEALED_SUFFIX, SEALED_SUFFIX + OPEN_SUFFIX)):

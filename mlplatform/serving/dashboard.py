@@ -27,6 +27,7 @@ from starlette.responses import Response
 from mlplatform.core.alerts import FIRING, AlertError, AlertStore
 from mlplatform.core.artifacts import ArtifactError, ArtifactStore, Bundle, StoredArtifact
 from mlplatform.core.home import PlatformHome
+from mlplatform.core.records import RecordsError
 from mlplatform.core.registry import PREVIOUS, PRODUCTION, ModelRegistry, RegistryError
 from mlplatform.core.settings import Settings, SettingsError
 from mlplatform.serving.model_holder import HolderStatus
@@ -51,6 +52,7 @@ READ_ERRORS = (
     ArtifactError,
     RegistryError,
     AlertError,
+    RecordsError,  # PostgreSQL records unreachable: the section shows the error, the page still loads
     SettingsError,
     OSError,
     ValueError,
@@ -453,7 +455,7 @@ def dashboard_data(
         "live_quality": _section(lambda: _live_quality(store, config.max_versions)),
         "flagged_products": _section(lambda: _flagged_products(store, config.max_rows)),
         "system_health": _section(lambda: _system_health(store)),
-        "alerts": _section(lambda: _alerts(AlertStore(home.alerts), config.max_rows)),
+        "alerts": _section(lambda: _alerts(AlertStore.for_home(home), config.max_rows)),
     }
 
 

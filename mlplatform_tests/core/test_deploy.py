@@ -1,9 +1,10 @@
-"""Deploy decisions and smoke-test judging on canned answers."""
+"""Deploy decisions, smoke-test judging on canned answers, and the deploy section under its lock."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,23 @@ from mlplatform.core.deploy import (
     SMOKE_CASES,
     DeployAction,
     DeployError,
+    DeploymentLockTimeout,
     DeploymentRules,
+    DeployState,
+    SmokeResult,
     best_model_sha256,
     deploy_decision,
+    deploy_exclusively,
+    deploy_live,
+    deploy_offline,
+    deployment_lock,
+    failed_smoke,
     judge_smoke,
     smoke_request,
     version_with_sha256,
 )
-from mlplatform.core.registry import APPROVED, PENDING, REJECTED, ModelVersion
+from mlplatform.core.home import PlatformHome
+from mlplatform.core.registry import APPROVED, PENDING, REJECTED, ModelRegistry, ModelVersion
 from mlplatform.core.settings import Settings, SettingsError
 
 
@@ -103,3 +113,124 @@ def test_deployment_rules_read_settings_and_refuse_a_bad_url(tmp_path):
     override.write_text('[deployment]\nendpoint_url = "localhost:9"\n')
     with pytest.raises(SettingsError, match="endpoint_url"):
         DeploymentRules.from_settings(Settings.load(override))
+
+    override.write_text("[deployment]\nlock_timeout_s = 0\n")
+    with pytest.raises(SettingsError, match="lock_timeout_s must be > 0"):
+        DeploymentRules.from_settings(Settings.load(override))
+
+
+# ---------------------------------------------------------------------------- the deploy section
+
+BY = "sentiment_endpoint"
+PASSED = SmokeResult(True, "", "v2", 1.0, tuple(EXPECTED))
+
+
+def _registry_with_v1_in_production_and_v2_approved(home: PlatformHome) -> ModelRegistry:
+    registry = ModelRegistry.for_home(home)
+    for name in ("v1", "v2"):
+        version = registry.register(f"onnx bytes of {name}".encode(), {}, {"macro_f1": 0.7})
+        assert version.version == name
+        registry.approve(name, by="test")
+    registry.promote("v1", by="test")
+    return registry
+
+
+def test_a_live_deployment_that_passes_moves_production(home):
+    registry = _registry_with_v1_in_production_and_v2_approved(home)
+    seen = []
+
+    def smoke(version: ModelVersion) -> SmokeResult:
+        seen.append((version.version, registry.aliases()))
+        return PASSED
+
+    outcome = deploy_live(registry, registry.get("v2"), smoke, BY)
+
+    assert outcome.state == DeployState.DEPLOYED and outcome.smoke is PASSED
+    # The smoke test ran after the promotion: the live endpoint follows the production alias.
+    assert seen == [("v2", {"production": "v2", "previous": "v1"})]
+    assert registry.aliases() == {"production": "v2", "previous": "v1"}
+
+
+def test_a_failed_or_crashed_live_smoke_test_restores_both_aliases(home):
+    registry = _registry_with_v1_in_production_and_v2_approved(home)
+    failed = deploy_live(registry, registry.get("v2"), lambda _: failed_smoke("answered by 'v1'"), BY)
+    assert failed.state == DeployState.ROLLED_BACK
+    assert registry.aliases() == {"production": "v1"}
+    assert registry.events()[-1]["reason"] == "smoke_test: answered by 'v1'"
+
+    def crash(_: ModelVersion) -> SmokeResult:
+        raise ValueError("endpoint client bug")
+
+    with pytest.raises(ValueError, match="endpoint client bug"):
+        deploy_live(registry, registry.get("v2"), crash, BY)
+    assert registry.aliases() == {"production": "v1"}
+    assert registry.events()[-1]["reason"] == "smoke_test crashed: endpoint client bug"
+
+
+def test_an_offline_deployment_that_fails_rejects_the_version_without_promoting(home):
+    registry = _registry_with_v1_in_production_and_v2_approved(home)
+    outcome = deploy_offline(registry, registry.get("v2"), lambda _: failed_smoke("2 of 4 wrong"), BY)
+    assert outcome.state == DeployState.REFUSED
+    assert registry.aliases() == {"production": "v1"}
+    assert registry.get("v2").status == REJECTED
+
+
+def test_the_deployment_lock_waits_then_fails_with_one_line_and_is_released_on_error(home):
+    with deployment_lock(home, timeout_s=1.0):
+        started = time.monotonic()
+        with pytest.raises(DeploymentLockTimeout) as raised, deployment_lock(home, timeout_s=0.3):
+            pytest.fail("a second holder entered the deployment lock")
+        assert 0.3 <= time.monotonic() - started < 2.0
+    message = str(raised.value)
+    assert "\n" not in message and "more than 0.3 s ([deployment] lock_timeout_s)" in message
+    assert str(home.registry / ".deployment.lock") in message
+
+    with pytest.raises(RuntimeError, match="deployment failed"), deployment_lock(home, timeout_s=1.0):
+        raise RuntimeError("deployment failed")
+    with deployment_lock(home, timeout_s=0.1) as waited_s:  # released by the failure above
+        assert waited_s < 0.1
+
+
+def test_a_deployment_that_cannot_take_the_lock_changes_nothing(home):
+    registry = _registry_with_v1_in_production_and_v2_approved(home)
+    events_before = registry.events()
+    asked = []
+    with deployment_lock(home, timeout_s=1.0), pytest.raises(DeploymentLockTimeout):
+        deploy_exclusively(
+            home, registry, registry.get("v2"), asked.append, live=True, lock_timeout_s=0.2, by=BY
+        )
+    assert asked == [] and registry.aliases() == {"production": "v1"} and registry.events() == events_before
+
+
+def test_a_deployment_reads_the_version_again_once_it_holds_the_lock(home):
+    registry = _registry_with_v1_in_production_and_v2_approved(home)
+    stale = registry.get("v1")
+    registry.promote("v2", by="another deployment")  # after `stale` was read, before the lock
+    seen = []
+
+    def smoke(version: ModelVersion) -> SmokeResult:
+        seen.append(version.aliases)
+        return failed_smoke("wrong labels")
+
+    outcome = deploy_exclusively(home, registry, stale, smoke, live=False, lock_timeout_s=1.0, by=BY)
+
+    assert outcome.state == DeployState.REFUSED and seen == [("previous",)]
+    # v1 no longer serves production, so the failed smoke test rejects it (stale aliases would not).
+    assert registry.get("v1").status == REJECTED and registry.aliases() == {"production": "v2"}
+
+
+@pytest.mark.postgres
+def test_the_deployment_lock_on_postgresql_waits_then_fails_and_is_released(tmp_path, postgres_url):
+    home = PlatformHome(tmp_path / "home", pg_url=postgres_url)
+    with deployment_lock(home, timeout_s=1.0):
+        with pytest.raises(DeploymentLockTimeout) as raised, deployment_lock(home, timeout_s=0.3):
+            pytest.fail("a second session entered the deployment lock")
+        assert not (home.registry / ".deployment.lock").exists()
+    message = str(raised.value)
+    assert "\n" not in message and "PostgreSQL advisory lock 'mlplatform:deployment'" in message
+    assert "postgres@" not in message  # where, never the credentials
+
+    with pytest.raises(RuntimeError, match="deployment failed"), deployment_lock(home, timeout_s=1.0):
+        raise RuntimeError("deployment failed")
+    with deployment_lock(home, timeout_s=0.5) as waited_s:
+        assert waited_s < 0.5

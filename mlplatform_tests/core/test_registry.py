@@ -84,6 +84,30 @@ def test_register_is_idempotent_by_content_hash(registry: ModelRegistry) -> None
     assert [event["event"] for event in registry.events()] == ["registered"]
 
 
+def test_the_registered_event_records_the_models_sha256(registry: ModelRegistry) -> None:
+    version = registry.register(model_bytes("a"), {}, METRICS)
+    (event,) = registry.events()
+    assert (event["event"], event["version"], event["sha256"]) == ("registered", "v1", version.sha256)
+
+
+def test_duplicates_are_found_in_registries_whose_events_lack_the_sha256(
+    file_registry: ModelRegistry,
+) -> None:
+    registry = file_registry
+    first = registry.register(model_bytes("a"), {}, METRICS)
+    registry.register(model_bytes("b"), {}, METRICS)
+    older_events = [{k: v for k, v in event.items() if k != "sha256"} for event in registry.events()]
+    registry.events_path.write_text("".join(json.dumps(event) + "\n" for event in older_events))
+
+    assert registry.register(model_bytes("a"), {}, METRICS).version == first.version
+    assert registry.register(model_bytes("c"), {}, METRICS).version == "v3"
+    assert [(event["version"], "sha256" in event) for event in registry.events()] == [
+        ("v1", False),
+        ("v2", False),
+        ("v3", True),
+    ]
+
+
 @pytest.mark.parametrize(
     ("card", "metrics", "message"),
     [

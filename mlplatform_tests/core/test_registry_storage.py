@@ -104,13 +104,13 @@ def test_a_number_taken_by_another_writer_is_skipped(
     # Another machine (its own records) takes v1 after this registry listed the versions.
     other = ModelRegistry(tmp_path / "other", location=location)
     assert other.register(model_bytes("theirs"), {}, METRICS).version == "v1"
-    real, calls = registry._highest_version_number, []
+    real, calls = registry._version_files, []
 
-    def stale_then_real() -> int:
+    def stale_then_real() -> dict[str, dict[str, int]]:
         calls.append(1)
-        return 0 if len(calls) == 1 else real()
+        return {} if len(calls) == 1 else real()
 
-    monkeypatch.setattr(registry, "_highest_version_number", stale_then_real)
+    monkeypatch.setattr(registry, "_version_files", stale_then_real)
 
     assert registry.register(model_bytes("mine"), {}, METRICS).version == "v2"
     assert len(calls) == 2  # v1 was tried, refused, and the listing taken again
@@ -122,7 +122,7 @@ def test_endless_number_conflicts_fail_with_a_clear_error(
     registry: ModelRegistry, location, tmp_path: Path, monkeypatch
 ) -> None:
     ModelRegistry(tmp_path / "other", location=location).register(model_bytes("theirs"), {}, METRICS)
-    monkeypatch.setattr(registry, "_highest_version_number", lambda: 0)
+    monkeypatch.setattr(registry, "_version_files", dict)  # a listing that never sees v1
 
     with pytest.raises(RegistryError, match="no free version number after 5 attempts"):
         registry.register(model_bytes("mine"), {}, METRICS)
@@ -195,3 +195,82 @@ def test_a_registered_version_missing_its_card_is_named(registry: ModelRegistry,
     location.fs.rm_file(f"{location.root}/versions/v1/card.json")
     with pytest.raises(RegistryError, match=r"v1 is incomplete: .*versions/v1/card\.json is missing"):
         registry.get("v1")
+
+
+class StorageCalls:
+    """What a registry asks of its location: the listings and the keys read."""
+
+    def __init__(self, location: StorageLocation, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.listings: list[str] = []
+        self.reads: list[str] = []
+        list_sizes, get_many = location.list_sizes, location.get_many
+
+        def counted_list_sizes(prefix: str = "", *, recursive: bool = True) -> dict[str, int]:
+            self.listings.append(prefix)
+            return list_sizes(prefix, recursive=recursive)
+
+        def counted_get_many(keys: list[str]) -> dict[str, bytes]:
+            self.reads.extend(keys)
+            return get_many(keys)
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the registry read its location around list_sizes and get_many")
+
+        monkeypatch.setattr(location, "list_sizes", counted_list_sizes)
+        monkeypatch.setattr(location, "get_many", counted_get_many)
+        for name in ("list", "get_bytes", "open_read"):
+            monkeypatch.setattr(location, name, refused)
+
+    def reset(self) -> None:
+        self.listings.clear()
+        self.reads.clear()
+
+
+def test_registering_lists_once_and_reads_no_other_version(
+    registry: ModelRegistry, location: StorageLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for tag in "abcd":  # models of one size: the log's sha256, not the size, rules the others out
+        registry.register(model_bytes(tag), {}, METRICS)
+    calls = StorageCalls(location, monkeypatch)
+
+    assert registry.register(model_bytes("e"), {}, METRICS).version == "v5"
+    assert calls.listings == ["versions"]
+    assert calls.reads == ["versions/v5/meta.json", "versions/v5/card.json"]  # the answer, by get()
+
+    calls.reset()
+    assert registry.register(model_bytes("b"), {}, METRICS).version == "v2"  # a duplicate
+    assert calls.listings == ["versions"]
+    assert calls.reads == ["versions/v2/meta.json", "versions/v2/meta.json", "versions/v2/card.json"]
+    assert [event.get("sha256") for event in registry.events()] == [
+        hashlib.sha256(model_bytes(tag)).hexdigest() for tag in "abcde"
+    ]
+
+
+def test_a_duplicate_registered_elsewhere_is_found_by_its_meta(
+    registry: ModelRegistry, location: StorageLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another machine (its own records) registered these bytes: this log knows nothing of them.
+    other = ModelRegistry(tmp_path / "other", location=location)
+    other.register(model_bytes("a"), {}, METRICS)
+    other.register(model_bytes("a") * 2, {}, METRICS)
+    calls = StorageCalls(location, monkeypatch)
+
+    assert registry.register(model_bytes("a"), {}, METRICS).version == "v1"
+    assert "versions/v2/meta.json" not in calls.reads  # another size: not these bytes
+    assert calls.reads[0] == "versions/v1/meta.json"
+    (event,) = registry.events()
+    assert (event["event"], event["version"], event["sha256"]) == (
+        "registered",
+        "v1",
+        hashlib.sha256(model_bytes("a")).hexdigest(),
+    )
+
+
+def test_a_duplicate_the_log_records_is_found_whatever_its_stored_model_size(
+    registry: ModelRegistry, location: StorageLocation
+) -> None:
+    registry.register(model_bytes("a"), {}, METRICS)
+    location.put_bytes("versions/v1/model.onnx", b"truncated")  # damaged: the size no longer matches
+
+    assert registry.register(model_bytes("a"), {}, METRICS).version == "v1"
+    assert [version.version for version in registry.list()] == ["v1"]

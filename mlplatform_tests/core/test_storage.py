@@ -19,8 +19,8 @@ from mlplatform.core.storage import (
     StorageConfigError,
     StorageError,
     StorageLocation,
-    StorageLocations,
     is_home_directory,
+    location_from_settings,
     open_location,
 )
 
@@ -37,12 +37,11 @@ def _settings(**storage: str) -> Settings:
     return Settings({**base.values, "storage": {**base.section("storage"), **storage}})
 
 
-def test_put_get_exists_size(location: StorageLocation) -> None:
+def test_put_get_exists(location: StorageLocation) -> None:
     assert not location.exists("a/b.bin")
     location.put_bytes("a/b.bin", b"hello")
     assert location.exists("a/b.bin")
     assert location.get_bytes("a/b.bin") == b"hello"
-    assert location.size("a/b.bin") == 5
     assert location.sha256("a/b.bin") == sha256_bytes(b"hello")
     with location.open_read("a/b.bin") as handle:
         assert handle.read(2) == b"he"
@@ -51,9 +50,8 @@ def test_put_get_exists_size(location: StorageLocation) -> None:
 
 
 def test_missing_objects_raise_object_not_found(location: StorageLocation) -> None:
-    for read in (location.get_bytes, location.size):
-        with pytest.raises(ObjectNotFound, match="no object"):
-            read("nothing/here")
+    with pytest.raises(ObjectNotFound, match="no object"):
+        location.get_bytes("nothing/here")
     with pytest.raises(ObjectNotFound), location.open_read("nothing/here"):
         pass
 
@@ -76,6 +74,16 @@ def test_list_is_sorted_relative_and_optionally_shallow(location: StorageLocatio
     assert location.get_many(["y/4.json", "x/1.json"]) == {"y/4.json": b"{}", "x/1.json": b"{}"}
 
 
+def test_list_sizes_gives_each_key_with_its_size(location: StorageLocation) -> None:
+    for key, data in {"x/b": b"12345", "x/a": b"", "x/deeper/c": b"123", "y/d": b"1"}.items():
+        location.put_bytes(key, data)
+    assert location.list_sizes("x") == {"x/a": 0, "x/b": 5, "x/deeper/c": 3}
+    assert list(location.list_sizes("x")) == location.list("x")  # sorted like list
+    assert location.list_sizes("x", recursive=False) == {"x/a": 0, "x/b": 5}
+    assert location.list_sizes() == {"x/a": 0, "x/b": 5, "x/deeper/c": 3, "y/d": 1}
+    assert location.list_sizes("absent") == {}
+
+
 def test_put_file_uploads_and_verifies(location: StorageLocation, tmp_path: Path) -> None:
     source = tmp_path / "segment.jsonl"
     source.write_bytes(b"line\n" * 1000)
@@ -93,19 +101,13 @@ def test_keys_cannot_escape(location: StorageLocation, key: str) -> None:
         location.put_bytes(key, b"x")
 
 
-def test_child_locations_share_the_parent(location: StorageLocation) -> None:
-    child = location.child("sub/dir")
-    child.put_bytes("k", b"v")
-    assert location.get_bytes("sub/dir/k") == b"v"
-    assert child.url == location.url + "/sub/dir"
-
-
 def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
     location = LocalLocation(tmp_path)
     location.put_bytes("d/blob", b"x" * 10, immutable=True)
     assert (tmp_path / "d" / "blob").stat().st_mode & 0o222 == 0
     (tmp_path / "d" / ".blob.0123.tmp").write_bytes(b"half")  # a write in progress elsewhere
     assert location.list() == ["d/blob"]
+    assert location.list_sizes() == {"d/blob": 10}
 
 
 @pytest.mark.parametrize(
@@ -142,18 +144,21 @@ def test_file_urls_and_absolute_paths_are_local(tmp_path: Path) -> None:
 
 
 def test_settings_select_locations(home: PlatformHome, tmp_path: Path) -> None:
-    defaults = StorageLocations.from_settings(home, Settings.load())
-    assert defaults.artifacts == LocalLocation(home.artifacts)
-    assert is_home_directory(defaults.lake, home.lake)
-    assert is_home_directory(defaults.capture, home.capture)
-    chosen = StorageLocations.from_settings(
-        home, _settings(artifacts="memory://mlp-settings/artifacts", capture=f"file://{tmp_path}/capture")
-    )
-    assert chosen.artifacts.url == "memory://mlp-settings/artifacts"
-    assert chosen.capture == LocalLocation(tmp_path / "capture")
-    assert not is_home_directory(chosen.capture, home.capture)
+    defaults = Settings.load()
+    assert location_from_settings(home, defaults, "artifacts") == LocalLocation(home.artifacts)
+    assert is_home_directory(location_from_settings(home, defaults, "lake"), home.lake)
+    assert is_home_directory(location_from_settings(home, defaults, "capture"), home.capture)
+    chosen = _settings(artifacts="memory://mlp-settings/artifacts", capture=f"file://{tmp_path}/capture")
+    assert location_from_settings(home, chosen, "artifacts").url == "memory://mlp-settings/artifacts"
+    capture = location_from_settings(home, chosen, "capture")
+    assert capture == LocalLocation(tmp_path / "capture")
+    assert not is_home_directory(capture, home.capture)
     with pytest.raises(StorageConfigError, match=r"^\[storage\] registry: .*unknown scheme"):
-        StorageLocations.from_settings(home, _settings(registry="bogus://x/y"))
+        location_from_settings(home, _settings(registry="bogus://x/y"), "registry")
+    with pytest.raises(StorageConfigError, match=r"^\[storage\] lake must be a string"):
+        location_from_settings(home, Settings({**defaults.values, "storage": {"lake": 3}}), "lake")
+    with pytest.raises(StorageConfigError, match="unknown storage kind 'models'"):
+        location_from_settings(home, defaults, "models")
 
 
 def test_artifact_store_on_object_storage_keeps_history_and_verifies() -> None:

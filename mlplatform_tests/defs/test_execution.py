@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dagster as dg
 import pytest
 
 from mlplatform.core.settings import Settings
@@ -91,18 +92,25 @@ def test_the_instance_retries_dead_runs_but_not_runs_whose_steps_failed(home):
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 3
 
 
-def test_candidates_train_side_by_side_in_separate_processes(home, tmp_path):
+def test_candidates_train_side_by_side_in_separate_processes(home, tmp_path, capfd):
     """The multiprocess executor runs candidates in their own processes, two at once: room for three
     processes (max_concurrent 3), so only the training limit (max_concurrent_training 2) holds the third."""
     write_execution_settings(home, executor="multiprocess", max_concurrent=3, max_concurrent_training=2)
     assert land_demo_data(home, tmp_path, groups=["features"]).exit_code == 0
     job = build_definitions(home).resolve_job_def(PIPELINE_JOB)
     keys = candidate_keys(job)
+    capfd.readouterr()
     with open_instance(home) as instance:
         result = execute(job, str(home.root), instance, run_config=QUIET_CONSOLE, asset_selection=keys)
         assert result.success
         events = step_events(instance, result.run_id)
+        worker_events = instance.get_records_for_run(
+            result.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED
+        ).records
     assert materialized(result) == {key.to_user_string() for key in keys}
+    # The step processes' DEBUG engine lines stay out of the terminal, yet the event log keeps them.
+    assert " - DEBUG - " not in capfd.readouterr().err
+    assert len(worker_events) == 3
 
     steps = {step: events[step] for step in events if step.startswith("candidate_models")}
     intervals = sorted((kinds["STEP_START"][0][0], kinds["STEP_SUCCESS"][0][0]) for kinds in steps.values())

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform.core.features import LABELS
 from mlplatform.core.home import PlatformHome
@@ -405,6 +406,34 @@ def test_metrics_report_requests_latency_batches_version_and_process(
     assert f'mlplatform_serving_model_version{{version="{deployed}"}} 1.0' in text
     assert "mlplatform_serving_ready 1.0" in text
     assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
+
+
+def test_every_capture_sync_is_measured_by_who_synced(
+    home: PlatformHome, test_settings: Settings, deployed: str
+) -> None:
+    settings = with_serving(test_settings, capture_inline_warmup_syncs=2, capture_inline_sync_max_ms=1000.0)
+    with TestClient(create_app(home, settings)) as http:
+        for _ in range(5):  # one at a time: each request is alone in flight
+            assert http.post("/predict", json={"reviews": [REVIEW]}).status_code == 200
+        families = {
+            sample.labels["by"]: sample.value
+            for family in text_string_to_metric_families(http.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "mlplatform_serving_capture_sync_seconds_count"
+        }
+    # The warm-up's two syncs by the writer thread, then each lone request synced its own record.
+    assert families == {"writer": 2.0, "request": 3.0}
+
+
+def test_the_recent_window_of_metrics_comes_from_the_settings(
+    home: PlatformHome, test_settings: Settings, deployed: str
+) -> None:
+    with TestClient(create_app(home, with_serving(test_settings, health_window_s=1))) as http:
+        time.sleep(1.2)  # older than its window: the window is the setting, not the process's age
+        http.post("/predict", json={"reviews": [REVIEW]})
+        text = http.get("/metrics").text
+    assert "mlplatform_serving_recent_window_seconds 1.0" in text
+    assert "mlplatform_serving_recent_requests 1.0" in text
 
 
 def test_an_unexpected_failure_is_a_500_with_the_request_id(
