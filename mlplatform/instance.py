@@ -12,12 +12,16 @@ other machines may share the database.
 from __future__ import annotations
 
 import json
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlplatform.core.fsio import file_lock, write_bytes_atomic
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.records import postgres_session_lock, sqlalchemy_url
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 MIGRATION_LOCK = "mlplatform:dagster-instance"
 
@@ -71,18 +75,29 @@ def prepare_instance(home: PlatformHome) -> Path:
 
     Safe to call from any number of processes at once: the first creates, the rest find it ready.
     """
+    with _open_prepared(home):
+        pass
+    return home.dagster
+
+
+def open_instance(home: PlatformHome) -> DagsterInstance:
+    """The home's DagsterInstance, created first if needed; the caller closes it (`with`)."""
+    return _open_prepared(home)
+
+
+def _open_prepared(home: PlatformHome) -> DagsterInstance:
+    """Write dagster.yaml if it changed and open the instance, creating its storage, under the lock(s).
+
+    The instance that prepared the storage is the one returned, so each caller opens it once.
+    """
     from dagster import DagsterInstance
 
     home.ensure()
     with file_lock(home.dagster / ".instance.lock"):
-        config_path = home.dagster / "dagster.yaml"
-        wanted = dagster_yaml(home)
-        changed = not config_path.exists() or config_path.read_text(encoding="utf-8") != wanted
-        if changed:
-            # Owner-only: with PostgreSQL the file holds the database URL, which may carry a password.
-            write_bytes_atomic(config_path, wanted.encode("utf-8"), mode=0o600)
+        changed = _write_config(home)
         # Opening the instance creates and migrates its storage; do it here, under the lock(s).
-        with _migration_lock(home), DagsterInstance.from_config(str(home.dagster)) as instance:
+        with _migration_lock(home), ExitStack() as close_on_error:
+            instance = close_on_error.enter_context(DagsterInstance.from_config(str(home.dagster)))
             instance.get_runs(limit=1)
             if changed:
                 # Dagster sets a pool's limit on the first step that claims it; two runs reaching
@@ -91,11 +106,16 @@ def prepare_instance(home: PlatformHome) -> Path:
                 from mlplatform.defs.execution import DEPLOYMENT_POOL
 
                 instance.event_log_storage.initialize_concurrency_limit_to_default(DEPLOYMENT_POOL)
-    return home.dagster
+            close_on_error.pop_all()
+    return instance
 
 
-def open_instance(home: PlatformHome):
-    """The home's DagsterInstance, created first if needed."""
-    from dagster import DagsterInstance
-
-    return DagsterInstance.from_config(str(prepare_instance(home)))
+def _write_config(home: PlatformHome) -> bool:
+    """Write the home's dagster.yaml unless it already says what the platform wants; True if written."""
+    config_path = home.dagster / "dagster.yaml"
+    wanted = dagster_yaml(home)
+    if config_path.exists() and config_path.read_text(encoding="utf-8") == wanted:
+        return False
+    # Owner-only: with PostgreSQL the file holds the database URL, which may carry a password.
+    write_bytes_atomic(config_path, wanted.encode("utf-8"), mode=0o600)
+    return True

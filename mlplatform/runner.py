@@ -146,12 +146,29 @@ def _step_failures(result: dg.ExecuteInProcessResult | dg.ExecutionResult) -> li
     ]
 
 
+def _logged_fingerprint(instance: dg.DagsterInstance) -> str | None:
+    """The input fingerprint (capture and labels) the latest prediction_log saw (None: never built)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(PREDICTION_LOG))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get(INPUT_FINGERPRINT)
+    return None if value is None else str(value.value)
+
+
 def run_pending(
     home: PlatformHome, say: Callable[[str], None] = print, groups: Sequence[str] | None = None
 ) -> RunReport:
     """Ingest pending drops, then bring every downstream asset (of `groups`, default all) up to date."""
     with open_instance(home) as instance:
-        return _run_pending(home, instance, say, groups)
+        session = RunSession(home, instance, build_definitions(home), say)
+        session.ingest_drops()
+        session.run_downstream(groups)
+        if groups is None or DEPLOYMENT_GROUP in groups:
+            session.run_batches()
+        if groups is None or MONITORING_GROUP in groups:
+            session.run_monitoring()
+        record_run_alerts(home, instance, session.report.run_ids)
+        return session.report
 
 
 def _register_partitions(instance: dg.DagsterInstance, partitions: str, keys: Iterable[str]) -> None:
@@ -162,160 +179,144 @@ def _register_partitions(instance: dg.DagsterInstance, partitions: str, keys: It
         instance.add_dynamic_partitions(partitions, new)
 
 
-def _run_pending(
-    home: PlatformHome, instance: dg.DagsterInstance, say: Callable[[str], None], groups: Sequence[str] | None
-) -> RunReport:
-    report = RunReport()
-    defs = build_definitions(home)
-    lake = Lake.from_settings(home, Settings.load(home.settings_file))
+@dataclass
+class RunSession:
+    """One `mlplatform run`: the home, its open instance and definitions, where progress goes, and the
+    report every stage adds its runs, materializations and blocks to."""
 
-    _register_partitions(instance, DROPS.name, (drop.hash for drop in lake.pending()))
-    materialized = instance.get_materialized_partitions(RAW_REVIEWS)
-    todo = [key for key in instance.get_dynamic_partitions(DROPS.name) if key not in materialized]
+    home: PlatformHome
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+    say: Callable[[str], None]
+    report: RunReport = field(default_factory=RunReport)
 
-    ingest_job = defs.resolve_job_def(INGEST_JOB)
-    for index, drop_hash in enumerate(todo, start=1):
-        say(f"[{index}/{len(todo)}] validating drop {drop_hash[:12]}")
-        result = _run_partition(ingest_job, instance, drop_hash, "mlplatform/drop", report)
-        state = lake.drop(drop_hash)
-        if result.success:
-            report.accepted.append(drop_hash)
-            say(f"  accepted ({', '.join(state.names)})")
-        elif state.state == "quarantined":
-            report.quarantined.append(drop_hash)
-            report.blocked.append(Blocked(f"raw_reviews[{drop_hash[:12]}]", f"{state.check}: {state.reason}"))
-            say(f"  quarantined: {state.check}: {state.reason}")
-        else:
-            for failure in _step_failures(result):
-                report.blocked.append(Blocked(f"raw_reviews[{drop_hash[:12]}]", failure.reason))
+    def ingest_drops(self) -> None:
+        """Register pending drops as partitions of raw_reviews and validate each unvalidated one, one run each."""
+        lake = Lake.from_settings(self.home, Settings.load(self.home.settings_file))
+        _register_partitions(self.instance, DROPS.name, (drop.hash for drop in lake.pending()))
+        materialized = self.instance.get_materialized_partitions(RAW_REVIEWS)
+        todo = [key for key in self.instance.get_dynamic_partitions(DROPS.name) if key not in materialized]
 
-    _run_downstream(home, instance, defs, groups, say, report)
-    if groups is None or DEPLOYMENT_GROUP in groups:
-        _run_batches(home, instance, defs, say, report)
-    if groups is None or MONITORING_GROUP in groups:
-        _run_monitoring(home, instance, defs, say, report)
-    record_run_alerts(home, instance, report.run_ids)
-    return report
+        ingest_job = self.defs.resolve_job_def(INGEST_JOB)
+        for index, drop_hash in enumerate(todo, start=1):
+            self.say(f"[{index}/{len(todo)}] validating drop {drop_hash[:12]}")
+            result = self._run_partition(ingest_job, drop_hash, "mlplatform/drop")
+            state = lake.drop(drop_hash)
+            blocked_asset = f"raw_reviews[{drop_hash[:12]}]"
+            if result.success:
+                self.report.accepted.append(drop_hash)
+                self.say(f"  accepted ({', '.join(state.names)})")
+            elif state.state == "quarantined":
+                self.report.quarantined.append(drop_hash)
+                self.report.blocked.append(Blocked(blocked_asset, f"{state.check}: {state.reason}"))
+                self.say(f"  quarantined: {state.check}: {state.reason}")
+            else:
+                for failure in _step_failures(result):
+                    self.report.blocked.append(Blocked(blocked_asset, failure.reason))
 
+    def run_downstream(self, groups: Sequence[str] | None) -> None:
+        """Materialize the missing or stale unpartitioned assets (of `groups`), pass after pass.
 
-def _run_partition(
-    job: dg.JobDefinition, instance: dg.DagsterInstance, key: str, tag: str, report: RunReport
-) -> dg.ExecuteInProcessResult:
-    """One run of `job` for one partition, recorded in the instance and in the report."""
-    result = job.execute_in_process(
-        instance=instance, partition_key=key, raise_on_error=False, run_config=QUIET_CONSOLE, tags={tag: key}
-    )
-    report.run_ids.append(result.run_id)
-    return result
+        Dagster calls an asset stale only once one of its inputs was re-materialized: the splits of a
+        `reviews` about to change look current until `reviews` has run. So each pass runs what is stale
+        now and the next one what that run made stale, until nothing is left; an asset runs at most
+        once, and a failed run ends the passes (its report says why).
+        """
+        if not self.instance.get_materialized_partitions(RAW_REVIEWS):
+            self.say("no accepted drops yet: nothing downstream to do")
+            return
 
+        pipeline_job = self.defs.resolve_job_def(PIPELINE_JOB)
+        graph = self.defs.resolve_asset_graph()
+        downstream = [
+            key
+            for key in pipeline_job.asset_layer.executable_asset_keys
+            if groups is None or graph.get(key).group_name in groups
+        ]
+        already_run: set[dg.AssetKey] = set()
+        while True:
+            stale = _stale_or_missing(self.instance, self.defs, downstream)
+            due, held_back = _held_back_by_failed_gates(self.instance, self.defs, stale)
+            self.report.blocked.extend(blocked for blocked in held_back if blocked not in self.report.blocked)
+            due = [key for key in due if key not in already_run]
+            if not due:
+                if not already_run:
+                    self.say("everything downstream is up to date")
+                return
+            already_run.update(due)
+            self.say(f"materializing {', '.join(key.to_user_string() for key in due)}")
+            if not self._execute(pipeline_job, asset_selection=due):
+                return
 
-def _execute(
-    job: dg.JobDefinition,
-    home: PlatformHome,
-    instance: dg.DagsterInstance,
-    report: RunReport,
-    asset_selection: list[dg.AssetKey] | None = None,
-) -> None:
-    """One run of `job` with its own executor ([execution] for the pipeline job); its materializations,
-    failed blocking checks and failed steps go into the report."""
-    result = execute(job, str(home.root), instance, run_config=QUIET_CONSOLE, asset_selection=asset_selection)
-    report.run_ids.append(result.run_id)
-    for event in result.all_events:
-        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-            report.materialized.append(event.asset_key.to_user_string())
-    report.blocked.extend(_failed_checks(instance, result.run_id))
-    report.blocked.extend(_step_failures(result))
+    def run_batches(self) -> None:
+        """Register new files of lake/batch as partitions and score every unscored one, one run per file.
 
+        A file that fails stays in place and unscored, so it is retried (and reported) on every run.
+        """
+        settle_seconds = float(Settings.load(self.home.settings_file).section("lake")["settle_seconds"])
+        settled_before = time.time() - settle_seconds
+        files = {
+            sha: path
+            for sha, path in batch_files(self.home.batch).items()
+            if path.stat().st_mtime <= settled_before
+        }
+        _register_partitions(self.instance, BATCHES.name, files)
+        scored = self.instance.get_materialized_partitions(dg.AssetKey(BATCH_PREDICTIONS))
+        todo = [sha for sha in files if sha not in scored]
+        batch_job = self.defs.resolve_job_def(BATCH_JOB)
+        for index, sha in enumerate(todo, start=1):
+            name = files[sha].name
+            self.say(f"[{index}/{len(todo)}] scoring batch {name} ({sha[:12]})")
+            result = self._run_partition(batch_job, sha, "mlplatform/batch")
+            failures = [*_failed_checks(self.instance, result.run_id), *_step_failures(result)]
+            for failure in failures:
+                self.report.blocked.append(Blocked(f"{BATCH_PREDICTIONS}[{name}]", failure.reason))
+                self.say(f"  failed: {failure.reason}")
+            if not failures and result.success:
+                self.report.materialized.append(f"{BATCH_PREDICTIONS}[{name}]")
 
-def _run_downstream(
-    home: PlatformHome,
-    instance: dg.DagsterInstance,
-    defs: dg.Definitions,
-    groups: Sequence[str] | None,
-    say: Callable[[str], None],
-    report: RunReport,
-) -> None:
-    """Materialize the missing or stale unpartitioned assets (of `groups`) in one run."""
-    if not instance.get_materialized_partitions(RAW_REVIEWS):
-        say("no accepted drops yet: nothing downstream to do")
-        return
+    def run_monitoring(self) -> None:
+        """Run the monitoring group when capture or labels changed, or a monitoring asset is missing or stale.
 
-    pipeline_job = defs.resolve_job_def(PIPELINE_JOB)
-    graph = defs.resolve_asset_graph()
-    downstream = [
-        key
-        for key in pipeline_job.asset_layer.executable_asset_keys
-        if groups is None or graph.get(key).group_name in groups
-    ]
-    due, held_back = _held_back_by_failed_gates(instance, defs, _stale_or_missing(instance, defs, downstream))
-    report.blocked.extend(held_back)
-    if not due:
-        say("everything downstream is up to date")
-        return
-    say(f"materializing {', '.join(key.to_user_string() for key in due)}")
-    _execute(pipeline_job, home, instance, report, asset_selection=due)
+        Nothing captured yet: nothing to monitor (the schedule still reports system health).
+        """
+        fingerprint = monitoring_fingerprint(self.home)
+        if fingerprint is None:
+            self.say("nothing captured yet: monitoring skipped")
+            return
+        monitoring_job = self.defs.resolve_job_def(MONITORING_JOB)
+        keys = list(monitoring_job.asset_layer.executable_asset_keys)
+        if fingerprint == _logged_fingerprint(self.instance) and not _stale_or_missing(
+            self.instance, self.defs, keys
+        ):
+            self.say("monitoring is up to date with the capture")
+            return
+        self.say("monitoring the captured predictions")
+        self._execute(monitoring_job)
 
+    def _run_partition(self, job: dg.JobDefinition, key: str, tag: str) -> dg.ExecuteInProcessResult:
+        """One run of `job` for one partition, recorded in the instance and in the report."""
+        result = job.execute_in_process(
+            instance=self.instance,
+            partition_key=key,
+            raise_on_error=False,
+            run_config=QUIET_CONSOLE,
+            tags={tag: key},
+        )
+        self.report.run_ids.append(result.run_id)
+        return result
 
-def _run_batches(
-    home: PlatformHome,
-    instance: dg.DagsterInstance,
-    defs: dg.Definitions,
-    say: Callable[[str], None],
-    report: RunReport,
-) -> None:
-    """Register new files of lake/batch as partitions and score every unscored one, one run per file.
-
-    A file that fails stays in place and unscored, so it is retried (and reported) on every run.
-    """
-    settle_seconds = float(Settings.load(home.settings_file).section("lake")["settle_seconds"])
-    settled_before = time.time() - settle_seconds
-    files = {
-        sha: path for sha, path in batch_files(home.batch).items() if path.stat().st_mtime <= settled_before
-    }
-    _register_partitions(instance, BATCHES.name, files)
-    scored = instance.get_materialized_partitions(dg.AssetKey(BATCH_PREDICTIONS))
-    todo = [sha for sha in files if sha not in scored]
-    batch_job = defs.resolve_job_def(BATCH_JOB)
-    for index, sha in enumerate(todo, start=1):
-        name = files[sha].name
-        say(f"[{index}/{len(todo)}] scoring batch {name} ({sha[:12]})")
-        result = _run_partition(batch_job, instance, sha, "mlplatform/batch", report)
-        failures = [*_failed_checks(instance, result.run_id), *_step_failures(result)]
-        for failure in failures:
-            report.blocked.append(Blocked(f"{BATCH_PREDICTIONS}[{name}]", failure.reason))
-            say(f"  failed: {failure.reason}")
-        if not failures and result.success:
-            report.materialized.append(f"{BATCH_PREDICTIONS}[{name}]")
-
-
-def _logged_fingerprint(instance: dg.DagsterInstance) -> str | None:
-    """The input fingerprint (capture and labels) the latest prediction_log saw (None: never built)."""
-    event = instance.get_latest_materialization_event(dg.AssetKey(PREDICTION_LOG))
-    if event is None or event.asset_materialization is None:
-        return None
-    value = event.asset_materialization.metadata.get(INPUT_FINGERPRINT)
-    return None if value is None else str(value.value)
-
-
-def _run_monitoring(
-    home: PlatformHome,
-    instance: dg.DagsterInstance,
-    defs: dg.Definitions,
-    say: Callable[[str], None],
-    report: RunReport,
-) -> None:
-    """Run the monitoring group when capture or labels changed, or a monitoring asset is missing or stale.
-
-    Nothing captured yet: nothing to monitor (the schedule still reports system health).
-    """
-    fingerprint = monitoring_fingerprint(home)
-    if fingerprint is None:
-        say("nothing captured yet: monitoring skipped")
-        return
-    monitoring_job = defs.resolve_job_def(MONITORING_JOB)
-    keys = list(monitoring_job.asset_layer.executable_asset_keys)
-    if fingerprint == _logged_fingerprint(instance) and not _stale_or_missing(instance, defs, keys):
-        say("monitoring is up to date with the capture")
-        return
-    say("monitoring the captured predictions")
-    _execute(monitoring_job, home, instance, report)
+    def _execute(self, job: dg.JobDefinition, asset_selection: list[dg.AssetKey] | None = None) -> bool:
+        """One run of `job` with its own executor ([execution] for the pipeline job); its materializations,
+        failed blocking checks and failed steps go into the report. True when the run succeeded."""
+        result = execute(
+            job, str(self.home.root), self.instance, run_config=QUIET_CONSOLE, asset_selection=asset_selection
+        )
+        self.report.run_ids.append(result.run_id)
+        for event in result.all_events:
+            if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                self.report.materialized.append(event.asset_key.to_user_string())
+        failed_checks = _failed_checks(self.instance, result.run_id)
+        self.report.blocked.extend(failed_checks)
+        self.report.blocked.extend(_step_failures(result))
+        return result.success and not failed_checks

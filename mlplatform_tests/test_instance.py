@@ -35,6 +35,25 @@ def test_dagster_yaml_is_written_under_the_home(home):
     assert dagster_home == home.dagster
 
 
+def test_open_instance_opens_the_instance_once_and_hands_back_the_prepared_one(home, monkeypatch):
+    from dagster import DagsterInstance
+
+    opened = []
+    from_config = DagsterInstance.from_config
+
+    def counting_from_config(*args, **kwargs):
+        opened.append(from_config(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(DagsterInstance, "from_config", staticmethod(counting_from_config))
+    with open_instance(home) as instance:
+        assert opened == [instance]  # the one that created the storage and set the pool's limit
+        assert instance.event_log_storage.get_pool_config().default_pool_limit is not None
+    with open_instance(home) as again:  # a ready instance: still one open per call
+        assert opened == [instance, again]
+    assert stat.S_IMODE((home.dagster / "dagster.yaml").stat().st_mode) == 0o600
+
+
 def test_without_a_pg_url_the_instance_stays_on_sqlite(home):
     text = dagster_yaml(home)
     assert "sqlite:" in text and "postgres" not in text

@@ -1,15 +1,18 @@
 """Text-aware drift of live traffic against a model version's training baseline.
 
-The baseline (`DriftBaseline`, stored by the lead as a JSON artifact next to the model) holds:
+A version's `TrainingBaseline` is computed once, when the version is registered, from the train split
+it was fitted on, and recorded in its model card under `BASELINE_CARD_KEY` (so new data landing later
+never moves it). It holds:
 
 - `predicted_class_shares`: the model's predicted-class shares on its test split (what a healthy live
   mix looks like; the true label mix would blame the model's known bias on the traffic);
 - `length_counts`: how many training texts have each length in characters (after trimming) — the whole
   length distribution, so any quantile bins and an exact KS statistic can be derived later;
 - `oov_rate` / `tokens`: the out-of-vocabulary token share of the training texts themselves, so the
-  live check judges the increase over what the vocabulary already misses (min_df, max_features cuts);
-- `vocabulary`: the model's unigram vocabulary and its tokeniser (pattern, lowercasing, min length),
-  read from the ONNX graph with `ModelVocabulary.from_onnx`.
+  live check judges the increase over what the vocabulary already misses (min_df, max_features cuts).
+
+A `DriftBaseline` adds the model's unigram vocabulary and its tokeniser (pattern, lowercasing, min
+length), read from the version's ONNX graph with `ModelVocabulary.from_onnx` (not copied into the card).
 
 `drift_report` compares the captured rows of ONE model version with it:
 
@@ -49,6 +52,8 @@ from mlplatform.core.scoring import UnsupportedGraph, linear_text_plan
 from mlplatform.core.text import LABELS
 
 _SHARE_TOLERANCE = 1e-6
+BASELINE_CARD_KEY = "drift_baseline"  # where a model card records its version's TrainingBaseline
+_BASELINE_KEYS = ("rows", "predicted_class_shares", "length_counts", "tokens", "oov_rate")
 
 
 @dataclass(frozen=True)
@@ -128,17 +133,42 @@ def ks_statistic(sample_a: np.ndarray, sample_b: np.ndarray) -> float:
     return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
+class MissingBaseline(MonitoringError):
+    """A model version has no training baseline: none recorded in its card, and its split version is gone."""
+
+
+def predicted_class_shares(confusion_matrix: Mapping[str, Any]) -> dict[str, float]:
+    """Predicted-class shares from a confusion matrix (`labels`, `matrix` with rows = true labels)."""
+    labels, rows = confusion_matrix["labels"], confusion_matrix["matrix"]
+    column_sums = [sum(row[index] for row in rows) for index in range(len(labels))]
+    total = sum(column_sums)
+    if total == 0:
+        raise MonitoringError("the test confusion matrix is empty: no predicted-class shares")
+    return {label: count / total for label, count in zip(labels, column_sums, strict=True)}
+
+
+def _checked_shares(shares: Mapping[str, float]) -> dict[str, float]:
+    """The shares over every label (a missing label has share 0); unknown labels or a sum off 1 raise."""
+    unknown = set(shares) - set(LABELS)
+    if unknown:
+        raise MonitoringError(f"predicted-class shares name unknown labels {sorted(unknown)}")
+    total = sum(shares.values())
+    if abs(total - 1.0) > _SHARE_TOLERANCE:
+        raise MonitoringError(f"predicted-class shares must sum to 1, got {total}")
+    return {label: float(shares.get(label, 0.0)) for label in LABELS}
+
+
 @dataclass(frozen=True)
-class DriftBaseline:
-    """What a model version's live traffic is compared with (see the module docstring)."""
+class TrainingBaseline:
+    """What a model version's training texts and test predictions looked like, recorded in its model card
+    (`BASELINE_CARD_KEY`) when the version is registered. The vocabulary is not part of it: it is read
+    from the version's ONNX graph, which the registry already holds."""
 
     rows: int
     predicted_class_shares: dict[str, float]
     length_counts: dict[int, int]
     tokens: int
     oov_rate: float
-    vocabulary: ModelVocabulary
-    model_version: str | None = None
 
     @classmethod
     def from_training(
@@ -146,31 +176,31 @@ class DriftBaseline:
         train_texts: Sequence[str] | pl.Series,
         test_predicted_class_shares: Mapping[str, float],
         vocabulary: ModelVocabulary,
-        model_version: str | None = None,
-    ) -> DriftBaseline:
-        """Summarise the training texts and the model's predicted-class shares on its test split."""
+    ) -> TrainingBaseline:
+        """Summarise the training texts (tokenised by `vocabulary`) and the test predicted-class shares."""
         texts = pl.Series("text", train_texts, dtype=pl.String)
         if texts.len() == 0:
             raise MonitoringError("a drift baseline needs at least one training text")
-        unknown = set(test_predicted_class_shares) - set(LABELS)
-        if unknown:
-            raise MonitoringError(f"predicted-class shares name unknown labels {sorted(unknown)}")
-        total = sum(test_predicted_class_shares.values())
-        if abs(total - 1.0) > _SHARE_TOLERANCE:
-            raise MonitoringError(f"predicted-class shares must sum to 1, got {total}")
+        shares = _checked_shares(test_predicted_class_shares)
         values, counts = np.unique(text_lengths(texts), return_counts=True)
         tokens, oov = vocabulary.token_counts(texts)
         return cls(
             rows=texts.len(),
-            predicted_class_shares={
-                label: float(test_predicted_class_shares.get(label, 0.0)) for label in LABELS
-            },
+            predicted_class_shares=shares,
             length_counts={int(value): int(count) for value, count in zip(values, counts, strict=True)},
             tokens=tokens,
             oov_rate=oov / tokens if tokens else 0.0,
-            vocabulary=vocabulary,
-            model_version=model_version,
         )
+
+    @classmethod
+    def from_splits(
+        cls, splits: pl.DataFrame, test_confusion_matrix: Mapping[str, Any], vocabulary: ModelVocabulary
+    ) -> TrainingBaseline:
+        """The baseline of a version fitted on the `train` rows of `splits` (a `review_splits` frame), whose
+        test confusion matrix (as its model card records it) gives the predicted-class shares."""
+        require_columns(splits, ("split", "text"), "review_splits")
+        train_texts = splits.filter(pl.col("split") == "train")["text"]
+        return cls.from_training(train_texts, predicted_class_shares(test_confusion_matrix), vocabulary)
 
     def lengths(self) -> np.ndarray:
         """The training texts' lengths (sorted), rebuilt from the counts."""
@@ -180,33 +210,50 @@ class DriftBaseline:
         return np.repeat(values[order], counts[order])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (length keys become strings in JSON; `from_dict` reads them back)."""
+        """JSON-ready form (length keys become strings; `from_dict` reads them back)."""
         return {
             "rows": self.rows,
             "predicted_class_shares": dict(self.predicted_class_shares),
             "length_counts": {str(length): count for length, count in sorted(self.length_counts.items())},
             "tokens": self.tokens,
             "oov_rate": self.oov_rate,
-            "vocabulary": self.vocabulary.to_dict(),
-            "model_version": self.model_version,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DriftBaseline:
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingBaseline:
+        """The baseline `to_dict` wrote; missing keys, bad values or inconsistent counts raise MonitoringError."""
+        if not isinstance(data, Mapping):
+            raise MonitoringError(f"recorded drift baseline is a {type(data).__name__}, not a mapping")
+        missing = sorted(set(_BASELINE_KEYS) - set(data))
+        if missing:
+            raise MonitoringError(f"recorded drift baseline lacks keys {missing}")
         try:
-            return cls(
+            baseline = cls(
                 rows=int(data["rows"]),
-                predicted_class_shares={
-                    label: float(data["predicted_class_shares"][label]) for label in LABELS
-                },
+                predicted_class_shares=_checked_shares(
+                    {label: float(share) for label, share in data["predicted_class_shares"].items()}
+                ),
                 length_counts={int(length): int(count) for length, count in data["length_counts"].items()},
                 tokens=int(data["tokens"]),
                 oov_rate=float(data["oov_rate"]),
-                vocabulary=ModelVocabulary.from_dict(data["vocabulary"]),
-                model_version=data.get("model_version"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MonitoringError(f"drift baseline is malformed: {exc!r}") from exc
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise MonitoringError(f"recorded drift baseline is malformed: {exc}") from exc
+        if baseline.rows < 1 or sum(baseline.length_counts.values()) != baseline.rows:
+            raise MonitoringError(
+                f"recorded drift baseline counts {sum(baseline.length_counts.values())} text lengths "
+                f"for {baseline.rows} rows"
+            )
+        return baseline
+
+
+@dataclass(frozen=True)
+class DriftBaseline:
+    """What a model version's live traffic is compared with: its training baseline and its vocabulary."""
+
+    training: TrainingBaseline
+    vocabulary: ModelVocabulary
+    model_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -271,29 +318,31 @@ def drift_metrics(
     log_rows: pl.DataFrame, baseline: DriftBaseline, rules: MonitoringRules
 ) -> dict[str, float]:
     """Every drift number of `log_rows` (columns text, label) against the baseline."""
+    training = baseline.training
     live_shares = _live_class_shares(log_rows["label"])
-    base_lengths, live_lengths = baseline.lengths(), text_lengths(log_rows["text"])
+    base_lengths, live_lengths = training.lengths(), text_lengths(log_rows["text"])
     tokens, oov = baseline.vocabulary.token_counts(log_rows["text"])
     live_oov_rate = oov / tokens if tokens else 0.0
     live_short = float(np.mean(live_lengths < rules.short_text_chars))
     base_short = float(np.mean(base_lengths < rules.short_text_chars))
-    base_class, live_class = _shares(baseline.predicted_class_shares), _shares(live_shares)
+    base_class, live_class = _shares(training.predicted_class_shares), _shares(live_shares)
     return {
         "predicted_class_psi": population_stability_index(base_class, live_class, rules.psi_floor_share),
         "predicted_class_js": js_divergence(base_class, live_class),
         "length_psi": _length_psi(base_lengths, live_lengths, rules),
         "length_ks": ks_statistic(base_lengths, live_lengths),
-        "oov_rate_increase": live_oov_rate - baseline.oov_rate,
+        "oov_rate_increase": live_oov_rate - training.oov_rate,
         "short_text_share_increase": live_short - base_short,
         "live_oov_rate": live_oov_rate,
-        "baseline_oov_rate": baseline.oov_rate,
+        "baseline_oov_rate": training.oov_rate,
+        "baseline_rows": float(training.rows),
         "live_tokens": float(tokens),
         "live_short_text_share": live_short,
         "baseline_short_text_share": base_short,
         "live_median_length": float(np.median(live_lengths)),
         "baseline_median_length": float(np.median(base_lengths)),
         **{f"live_share_{label}": live_shares[label] for label in LABELS},
-        **{f"baseline_share_{label}": baseline.predicted_class_shares[label] for label in LABELS},
+        **{f"baseline_share_{label}": training.predicted_class_shares[label] for label in LABELS},
     }
 
 
@@ -333,3 +382,14 @@ def drift_report(log_rows: pl.DataFrame, baseline: DriftBaseline, rules: Monitor
         raise MonitoringError(f"drift metrics of {version} are not finite: {metrics}")
     outcomes = tuple(_judge(metric, metrics[metric], rules, rows) for metric in DRIFT_METRICS)
     return DriftReport(version, rows, metrics, outcomes)
+
+
+def unjudged_report(version: str, rows: int, reason: str) -> DriftReport:
+    """The report of a version without a training baseline: every outcome an explicit "not enough data"
+    WARN naming `reason`, and no numbers (there is nothing to compare the traffic with)."""
+    description = f"not enough data: {reason}; not evaluated"
+    outcomes = tuple(
+        MonitorOutcome(metric, False, WARN, description, {"evaluated": 0, "rows": rows})
+        for metric in DRIFT_METRICS
+    )
+    return DriftReport(version, rows, {}, outcomes)

@@ -42,20 +42,11 @@ class LeanTextScorer:
 
     @classmethod
     def from_plan(cls, plan: LinearTextPlan) -> LeanTextScorer:
-        categories = plan.pool_tokens.categories.to_list()
-        n_ids = len(categories)
+        """The scorer of `plan`, its n-gram tables decoded once by `LinearTextPlan.pool_ngrams`."""
         tables: dict[int, dict[str, int]] = {}
-        if plan.unigram_columns is not None:
-            known = np.flatnonzero(plan.unigram_columns >= 0).tolist()
-            tables[1] = {categories[token_id]: int(plan.unigram_columns[token_id]) for token_id in known}
-        for length, lookup in sorted(plan.ngram_tables.items()):
-            used = lookup.slot_keys >= 0
-            powers = [n_ids**power for power in range(length - 1, -1, -1)]
-            keys, values = lookup.slot_keys[used].tolist(), lookup.slot_values[used].tolist()
-            tables[length] = {
-                " ".join(categories[(key // power) % n_ids] for power in powers): column
-                for key, column in zip(keys, values, strict=True)
-            }
+        for length in plan.gram_lengths:
+            texts, columns = plan.pool_ngrams(length)
+            tables[length] = dict(zip(texts.tolist(), columns.tolist(), strict=True))
         return cls(plan, re.compile(plan.token_pattern), tables)
 
     def _term_counts(self, text: str | None) -> Counter[int]:

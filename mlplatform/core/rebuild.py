@@ -9,7 +9,11 @@ byte; anything else means the recorded inputs or code are not what produced the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
 
 from mlplatform.core.artifacts import ArtifactStore
 from mlplatform.core.home import PlatformHome
@@ -41,6 +45,16 @@ class Rebuild:
         return self.registered_sha256 == self.rebuilt_sha256
 
 
+def recorded_splits(home: PlatformHome, card: Mapping[str, Any]) -> tuple[str, pl.DataFrame]:
+    """The `review_splits` version a model card records, and that frame loaded from the artifact store.
+
+    Raises ArtifactNotFound when that version is no longer stored.
+    """
+    split_version = card["lineage"]["split_versions"]["review_splits"]
+    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    return split_version, store.load(store.get("review_splits", split_version))
+
+
 def rebuild_model(home: PlatformHome, version: str, config: TrainingConfig) -> Rebuild:
     """Refit the model registered as `version` from its recorded split version with `config`."""
     model = ModelRegistry.for_home(home).get(version)
@@ -54,9 +68,7 @@ def rebuild_model(home: PlatformHome, version: str, config: TrainingConfig) -> R
     specs = [spec for spec in candidate_specs(config) if spec.name == candidate]
     if not specs:
         raise RebuildError(f"{version}: candidate {candidate!r} is not in the current search config")
-    split_version = lineage["split_versions"]["review_splits"]
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
-    splits = store.load(store.get("review_splits", split_version))
+    split_version, splits = recorded_splits(home, model.card)
     rebuilt = train_candidate(specs[0], split_frames(splits), config)
     return Rebuild(
         version=version,

@@ -199,6 +199,31 @@ class IntegerLookup:
             probe += 1
         return found
 
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) of every stored entry, in slot order."""
+        stored = self.slot_keys >= 0
+        return self.slot_keys[stored], self.slot_values[stored]
+
+
+def ngram_keys(token_ids: np.ndarray, n_ids: int) -> np.ndarray:
+    """The key of each n-gram in `token_ids` [N, length] (pool token ids in text order).
+
+    The one encoding of an n-gram's tokens in the lookup tables: the tokens' pool ids as the digits of
+    a base-`n_ids` number, first token most significant, so (t1, ..., tn) has the key
+    t1 * n_ids**(n-1) + ... + tn. Keys are unique within one length only, hence one table per length.
+    `ngram_token_ids` is the inverse.
+    """
+    keys = np.zeros(len(token_ids), dtype=np.int64)
+    for position in range(token_ids.shape[1]):
+        keys = keys * n_ids + token_ids[:, position]
+    return keys
+
+
+def ngram_token_ids(keys: np.ndarray, length: int, n_ids: int) -> np.ndarray:
+    """[N, length] pool token ids of `length`-token n-gram keys: the inverse of `ngram_keys`."""
+    powers = n_ids ** np.arange(length - 1, -1, -1, dtype=np.int64)
+    return keys[:, None] // powers % n_ids
+
 
 @dataclass(frozen=True)
 class LinearTextPlan:
@@ -222,6 +247,29 @@ class LinearTextPlan:
     # model that onnxruntime runs on the [N, classes] scores (cheap: no string operators).
     tail_model: bytes | None = None
     tail_input: str | None = None
+
+    @property
+    def gram_lengths(self) -> list[int]:
+        """The n-gram lengths that have feature columns, ascending."""
+        return ([1] if self.unigram_columns is not None else []) + sorted(self.ngram_tables)
+
+    def pool_ngrams(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(texts, feature columns) of the pool's `length`-token n-grams, the tokens joined by one space.
+
+        Unigrams in pool-id order, longer n-grams in their table's slot order, decoded from the keys
+        with `ngram_token_ids`. A unigram may itself hold a space (skl2onnx can list the vocabulary's
+        "a b" among the 1-grams), so texts identify an n-gram only together with its length.
+        """
+        vocabulary = self.pool_tokens.categories.to_numpy()
+        if length == 1:
+            if self.unigram_columns is None:
+                raise KeyError("the plan has no unigram features")
+            token_ids = np.flatnonzero(self.unigram_columns >= 0)
+            return vocabulary[token_ids], self.unigram_columns[token_ids]
+        keys, columns = self.ngram_tables[length].entries()
+        token_ids = ngram_token_ids(keys, length, len(vocabulary))
+        words = (vocabulary[token_ids[:, position]] for position in range(length))
+        return np.asarray(list(map(" ".join, zip(*words, strict=True))), dtype=object), columns
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -362,10 +410,7 @@ def _ngram_stage(walk: _GraphWalk, node: onnx.NodeProto) -> dict[str, Any]:
             unigram_columns = np.full(n_ids, -1, dtype=np.int64)
             unigram_columns[grams[:, 0]] = columns
             continue
-        keys = np.zeros(len(grams), dtype=np.int64)
-        for position in range(length):
-            keys = keys * n_ids + grams[:, position]
-        tables[length] = IntegerLookup.build(keys, columns)
+        tables[length] = IntegerLookup.build(ngram_keys(grams, n_ids), columns)
     walk.take(node)
     return {
         "pool_tokens": pl.Enum(pool_tokens),
@@ -531,7 +576,7 @@ def _token_ids(plan: LinearTextPlan, texts: pl.Series) -> tuple[np.ndarray, np.n
 def _ngram_columns(plan: LinearTextPlan, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """[tokens, n-gram lengths]: feature column of the n-gram starting at each token, -1 if none."""
     n_ids = len(plan.pool_tokens.categories)
-    lengths = ([1] if plan.unigram_columns is not None else []) + sorted(plan.ngram_tables)
+    lengths = plan.gram_lengths
     columns = np.full((len(ids), len(lengths)), -1, dtype=np.int64)
     for slot, length in enumerate(lengths):
         if length == 1:
@@ -542,11 +587,11 @@ def _ngram_columns(plan: LinearTextPlan, rows: np.ndarray, ids: np.ndarray) -> n
             continue
         # Rows are sorted, so the first and last token of a window in one row means one row.
         valid = rows[:starts] == rows[length - 1 :]
-        keys = np.zeros(starts, dtype=np.int64)
-        for position in range(length):
-            window = ids[position : position + starts]
-            valid &= window >= 0
-            keys = keys * n_ids + np.maximum(window, 0)
+        for position in range(length):  # one slice at a time: faster than .all(axis=1) on the windows
+            valid &= ids[position : position + starts] >= 0
+        # Keys of all windows (meaningless where a token is outside the pool), then only valid ones
+        # looked up: cheaper than gathering the valid windows first.
+        keys = ngram_keys(np.lib.stride_tricks.sliding_window_view(ids, length), n_ids)
         where = np.flatnonzero(valid)
         columns[where, slot] = plan.ngram_tables[length].get(keys[where])
     return columns
@@ -619,18 +664,6 @@ def _session(model: Path | bytes) -> ort.InferenceSession:
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _pool_ngrams(plan: LinearTextPlan, vocabulary: np.ndarray) -> np.ndarray:
-    """The pool's multi-token n-grams as text ("fits perfectly"), decoded from the lookup keys."""
-    n_ids = len(vocabulary)
-    phrases = []
-    for length, lookup in plan.ngram_tables.items():
-        keys = lookup.slot_keys[lookup.slot_keys >= 0]
-        digits = [(keys // n_ids**power) % n_ids for power in range(length - 1, -1, -1)]
-        words = [vocabulary[digit] for digit in digits]
-        phrases.append(np.asarray([" ".join(parts) for parts in zip(*words, strict=True)], dtype=object))
-    return np.concatenate(phrases) if phrases else np.empty(0, dtype=object)
-
-
 def parity_probe_texts(plan: LinearTextPlan, count: int, seed: int = 0) -> list[str]:
     """Deterministic texts that exercise the model's vocabulary and the tokenizer's edge cases."""
     rng = np.random.default_rng(seed)
@@ -647,7 +680,8 @@ def parity_probe_texts(plan: LinearTextPlan, count: int, seed: int = 0) -> list[
         "x" * 5000,
     ]
     separators = [" ", ", ", "! ", ". ", " - ", "\n", "é", " ’ "]
-    phrases = np.concatenate([vocabulary, _pool_ngrams(plan, vocabulary)])
+    # Every pool token (even one without a unigram column) and the multi-token n-grams ("fits perfectly").
+    phrases = np.concatenate([vocabulary, *(plan.pool_ngrams(length)[0] for length in plan.ngram_tables)])
     texts = list(edge_cases)
     while len(texts) < count:
         words = rng.choice(phrases, size=int(rng.integers(1, 40)))

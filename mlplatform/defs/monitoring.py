@@ -3,9 +3,12 @@
 - `prediction_log`: the capture store (`capture/`) as one table, deduplicated by (request_id, row), with
   the model version of each row. Unpartitioned on purpose: the capture only grows (append-only segments),
   so each version of the log is the whole history and the monitors below always see all of it.
-- `drift_report`: every model version in the log against its training baseline (train texts of
-  `review_splits`, the version's test predicted-class shares from its card's confusion matrix, the
-  vocabulary of its ONNX graph). Every version's numbers are metadata (`<version>/<metric>`); the checks
+- `drift_report`: every model version in the log against its own training baseline, recorded in its
+  model card when it was registered (`drift_baseline`: its train texts' lengths and OOV rate, its test
+  predicted-class shares), with the vocabulary of its ONNX graph. A version registered before baselines
+  were recorded gets one from the split version its card records; with that gone too its checks are a
+  WARN "no training baseline recorded". Never the current `review_splits`: new data does not move an
+  old version's baseline. Every version's numbers are metadata (`<version>/<metric>`); the checks
   judge the version in production now, the one whose behaviour can still be acted on.
 - `live_model_quality`: the log joined with ground truth landed as CSV files under
   `lake/landing/labels/` (columns `review_id` and `label` or `rating`); the check fails when the
@@ -33,8 +36,15 @@ import polars as pl
 from dagster import AssetExecutionContext
 
 from mlplatform.core import drift, live_quality, monitoring, product_report
-from mlplatform.core.artifacts import Bundle
-from mlplatform.core.drift import DriftBaseline, DriftReport, ModelVocabulary
+from mlplatform.core.artifacts import ArtifactNotFound, Bundle
+from mlplatform.core.drift import (
+    BASELINE_CARD_KEY,
+    DriftBaseline,
+    DriftReport,
+    MissingBaseline,
+    ModelVocabulary,
+    TrainingBaseline,
+)
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.live_quality import LIVE_QUALITY_CHECK, ground_truth
 from mlplatform.core.monitoring import (
@@ -49,6 +59,7 @@ from mlplatform.core.monitoring import (
     not_enough_data,
     system_health_numbers,
 )
+from mlplatform.core.rebuild import recorded_splits
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
 from mlplatform.core.storage import StorageLocation, location_from_settings
@@ -185,24 +196,43 @@ def _prediction_log_asset(settings: Settings) -> dg.AssetsDefinition:
 # ---- drift_report -----------------------------------------------------------------------------------
 
 
-def predicted_class_shares_on_test(card: Mapping[str, Any]) -> dict[str, float]:
-    """The model's predicted-class shares on its test split: column sums of the card's confusion matrix."""
-    matrix = card["metrics"]["test"]["confusion_matrix"]
-    labels, rows = matrix["labels"], matrix["matrix"]
-    column_sums = [sum(row[index] for row in rows) for index in range(len(labels))]
-    total = sum(column_sums)
-    if total == 0:
-        raise monitoring.MonitoringError("the model card's test confusion matrix is empty")
-    return {label: count / total for label, count in zip(labels, column_sums, strict=True)}
+def training_baseline(
+    home: PlatformHome, card: Mapping[str, Any], vocabulary: ModelVocabulary
+) -> TrainingBaseline:
+    """The training baseline a model card records; for a version registered before baselines were
+    recorded, the one derived from its recorded split version (never from the current splits).
+
+    Raises MissingBaseline when the card records neither a baseline nor a split version still stored.
+    """
+    if BASELINE_CARD_KEY in card:
+        return TrainingBaseline.from_dict(card[BASELINE_CARD_KEY])
+    try:
+        _, splits = recorded_splits(home, card)
+    except ArtifactNotFound as exc:
+        raise MissingBaseline(f"its recorded split version is gone ({exc})") from exc
+    return TrainingBaseline.from_splits(splits, card["metrics"]["test"]["confusion_matrix"], vocabulary)
 
 
-def drift_baseline(registry: ModelRegistry, version: str, train_texts: pl.Series) -> DriftBaseline:
-    """`version`'s baseline: the training texts, its test predicted-class shares and its ONNX vocabulary."""
-    model = registry.get(version)
+def drift_baseline(home: PlatformHome, registry: ModelRegistry, version: str) -> DriftBaseline:
+    """`version`'s baseline: its recorded training baseline and the vocabulary of its ONNX graph."""
     vocabulary = ModelVocabulary.from_onnx(onnx.load(str(registry.verify(version))))
-    return DriftBaseline.from_training(
-        train_texts, predicted_class_shares_on_test(model.card), vocabulary, model_version=version
-    )
+    try:
+        training = training_baseline(home, registry.get(version).card, vocabulary)
+    except MissingBaseline as exc:
+        raise MissingBaseline(f"no training baseline recorded for {version}: {exc}") from exc
+    return DriftBaseline(training, vocabulary, model_version=version)
+
+
+def version_drift(
+    home: PlatformHome, registry: ModelRegistry, log_rows: pl.DataFrame, version: str, rules: MonitoringRules
+) -> DriftReport:
+    """The drift of `version`'s rows of the log; unjudged (not enough data) when it has no baseline."""
+    rows = log_rows.filter(pl.col("model_version") == version)
+    try:
+        baseline = drift_baseline(home, registry, version)
+    except MissingBaseline as exc:
+        return drift.unjudged_report(version, rows.height, str(exc))
+    return drift.drift_report(rows, baseline, rules)
 
 
 def _drift_outcomes(
@@ -219,7 +249,7 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         name=DRIFT_REPORT,
         group_name=MONITORING_GROUP,
-        ins={PREDICTION_LOG: dg.AssetIn(), "review_splits": dg.AssetIn()},
+        ins={PREDICTION_LOG: dg.AssetIn()},
         kinds={"polars"},
         code_version=code_version([drift, monitoring], settings.section("monitoring")),
         check_specs=[
@@ -233,16 +263,11 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
         ],
         description="Text-aware drift of each model version's live traffic against its training baseline.",
     )
-    def drift_report(prediction_log: pl.DataFrame, review_splits: pl.DataFrame, platform: PlatformResource):
+    def drift_report(prediction_log: pl.DataFrame, platform: PlatformResource):
         rules = MonitoringRules.from_settings(platform.settings())
-        registry = platform.registry()
-        train_texts = review_splits.filter(pl.col("split") == "train")["text"]
+        home, registry = platform.platform_home(), platform.registry()
         reports = {
-            version: drift.drift_report(
-                prediction_log.filter(pl.col("model_version") == version),
-                drift_baseline(registry, version, train_texts),
-                rules,
-            )
+            version: version_drift(home, registry, prediction_log, version, rules)
             for version in _versions_in(prediction_log)
         }
         judged = _production_version(platform)

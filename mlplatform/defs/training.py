@@ -11,11 +11,13 @@ import json
 from datetime import UTC, datetime
 
 import dagster as dg
+import onnx
 import polars as pl
 from dagster import AssetExecutionContext
 
 from mlplatform.core import evaluation, export, selection, training
 from mlplatform.core.artifacts import Bundle, encode
+from mlplatform.core.drift import BASELINE_CARD_KEY, ModelVocabulary, TrainingBaseline
 from mlplatform.core.evaluation import GateRules, render_model_card_markdown
 from mlplatform.core.features import FeatureRules
 from mlplatform.core.registry import RegistryRules
@@ -171,6 +173,12 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
                 "production_compared": production.version if production else None,
             },
         )
+        # Recorded now, from the texts this version is fitted on: its drift is judged against them for good.
+        card[BASELINE_CARD_KEY] = TrainingBaseline.from_splits(
+            review_splits,
+            judgement.test_metrics["confusion_matrix"],
+            ModelVocabulary.from_onnx(onnx.load_from_string(chosen.onnx_bytes)),
+        ).to_dict()
         markdown = render_model_card_markdown(card)
         test = judgement.test_metrics
         registered = registry.register(

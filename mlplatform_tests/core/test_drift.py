@@ -17,9 +17,12 @@ from sklearn.pipeline import Pipeline
 from mlplatform.core.drift import (
     DriftBaseline,
     ModelVocabulary,
+    TrainingBaseline,
     drift_report,
     ks_statistic,
     population_stability_index,
+    predicted_class_shares,
+    unjudged_report,
 )
 from mlplatform.core.export import TOKEN_PATTERN, to_onnx
 from mlplatform.core.features import label_from_rating
@@ -69,7 +72,8 @@ class TrainedSlices:
         self.vocabulary = ModelVocabulary.from_onnx(onnx.load_from_string(to_onnx(self.pipeline)))
         predicted = self.pipeline.predict(self.test["text"].to_list())
         shares = {label: float(np.mean(predicted == label)) for label in LABELS}
-        self.baseline = DriftBaseline.from_training(self.train["text"], shares, self.vocabulary, VERSION)
+        training = TrainingBaseline.from_training(self.train["text"], shares, self.vocabulary)
+        self.baseline = DriftBaseline(training, self.vocabulary, VERSION)
 
     def log_rows(self, texts: list[str]) -> pl.DataFrame:
         return pl.DataFrame(
@@ -142,13 +146,82 @@ def test_too_little_traffic_is_not_enough_data_not_a_pass(synthetic: TrainedSlic
     assert report.metrics == {}
 
 
-def test_baseline_survives_a_json_round_trip(synthetic: TrainedSlices, rules) -> None:
-    restored = DriftBaseline.from_dict(json.loads(json.dumps(synthetic.baseline.to_dict())))
+def test_training_baseline_survives_a_json_round_trip(synthetic: TrainedSlices, rules) -> None:
+    recorded = json.loads(json.dumps(synthetic.baseline.training.to_dict()))
+    assert "vocabulary" not in recorded  # the vocabulary stays in the ONNX graph, not in the card
+    restored = DriftBaseline(TrainingBaseline.from_dict(recorded), synthetic.vocabulary, VERSION)
     assert restored == synthetic.baseline
     rows = synthetic.log_rows(generic_sentences(300, seed=2))
     assert (
         drift_report(rows, restored, rules).metrics == drift_report(rows, synthetic.baseline, rules).metrics
     )
+
+
+def test_training_baseline_summarises_the_texts_it_is_given(synthetic: TrainedSlices) -> None:
+    texts = ["  abc  ", "hello world", "", "abc"]
+    shares = {"negative": 0.25, "neutral": 0.25, "positive": 0.5}
+    baseline = TrainingBaseline.from_training(texts, shares, synthetic.vocabulary)
+    assert baseline.rows == 4
+    assert baseline.length_counts == {0: 1, 3: 2, 11: 1}
+    assert baseline.lengths().tolist() == [0, 3, 3, 11]
+    assert baseline.predicted_class_shares == shares
+    tokens, oov = synthetic.vocabulary.token_counts(pl.Series(texts))
+    assert (baseline.tokens, baseline.oov_rate) == (tokens, oov / tokens)
+
+
+def test_training_baseline_from_splits_reads_only_the_train_rows(synthetic: TrainedSlices) -> None:
+    splits = pl.DataFrame({"split": ["train", "test", "train"], "text": ["abc", "a much longer text", "xy"]})
+    matrix = {"labels": list(LABELS), "matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 2]]}
+    baseline = TrainingBaseline.from_splits(splits, matrix, synthetic.vocabulary)
+    assert (baseline.rows, baseline.length_counts) == (2, {2: 1, 3: 1})
+    assert baseline.predicted_class_shares == {"negative": 0.25, "neutral": 0.25, "positive": 0.5}
+    with pytest.raises(MonitoringError, match="split"):
+        TrainingBaseline.from_splits(splits.drop("split"), matrix, synthetic.vocabulary)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda card: card.pop("length_counts"), r"lacks keys \['length_counts'\]"),
+        (lambda card: card.update(rows="many"), "malformed"),
+        (lambda card: card.update(predicted_class_shares={"negative": 1.0, "meh": 0.0}), "unknown labels"),
+        (lambda card: card.update(predicted_class_shares={"negative": 0.5}), "sum to 1"),
+        (lambda card: card.update(rows=card["rows"] + 1), "text lengths for"),
+        (lambda card: card.update(length_counts=[1, 2]), "malformed"),
+    ],
+)
+def test_a_malformed_recorded_baseline_is_refused_in_one_line(
+    synthetic: TrainedSlices, change, message
+) -> None:
+    card = synthetic.baseline.training.to_dict()
+    change(card)
+    with pytest.raises(MonitoringError, match=message) as raised:
+        TrainingBaseline.from_dict(card)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_recorded_baseline_that_is_not_a_mapping_is_refused() -> None:
+    with pytest.raises(MonitoringError, match="not a mapping"):
+        TrainingBaseline.from_dict(["rows", 3])  # type: ignore[arg-type]
+
+
+def test_predicted_class_shares_are_the_confusion_matrix_column_sums() -> None:
+    matrix = {"labels": list(LABELS), "matrix": [[3, 1, 0], [0, 2, 2], [1, 1, 10]]}
+    assert predicted_class_shares(matrix) == pytest.approx(
+        dict(zip(LABELS, [4 / 20, 4 / 20, 12 / 20], strict=True))
+    )
+    with pytest.raises(MonitoringError, match="empty"):
+        predicted_class_shares({"labels": list(LABELS), "matrix": [[0] * 3] * 3})
+
+
+def test_a_version_without_a_baseline_is_unjudged_not_passed() -> None:
+    report = unjudged_report("v3", 500, "no training baseline recorded for v3")
+    assert [outcome.name for outcome in report.outcomes] == list(DRIFT_METRICS)
+    assert all(
+        not o.passed and o.severity == "WARN" and o.metadata["evaluated"] == 0 for o in report.outcomes
+    )
+    assert report.outcomes[0].description.startswith("not enough data: no training baseline recorded for v3")
+    assert (report.rows, report.metrics, report.worst_severity) == (500, {}, "WARN")
 
 
 def test_rows_of_another_version_or_of_several_versions_are_refused(synthetic: TrainedSlices, rules) -> None:

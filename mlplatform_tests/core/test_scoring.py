@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import Pipeline
 
+from mlplatform.core.lean_scoring import LeanTextScorer
 from mlplatform.core.registry import IntegrityError
 from mlplatform.core.scoring import (
     CASE_AMBIGUOUS_CHARACTERS,
@@ -28,7 +29,10 @@ from mlplatform.core.scoring import (
     ScoringInputError,
     ScoringModel,
     ScoringRules,
+    linear_text_plan,
     load_model,
+    ngram_keys,
+    ngram_token_ids,
     score_file,
 )
 from mlplatform.core.settings import Settings
@@ -258,18 +262,19 @@ def test_per_text_engine_serves_the_graphs_own_tail(tail_graph_file, rules, monk
     assert np.max(np.abs(probabilities - expected_probabilities)) <= 1e-4
 
 
-def test_a_pool_entry_holding_a_space_never_counts_as_a_two_word_phrase(rules, tmp_path) -> None:
-    # A vocabulary with the phrase "love the" but not the word "the" (as max_features can leave it):
-    # skl2onnx then lists "love the" among the 1-grams, where no single token can ever match it.
+def space_holding_pipeline() -> Pipeline:
+    """A vocabulary with the phrase "love the" but not the word "the" (as max_features can leave it):
+    skl2onnx then lists "love the" among the 1-grams, where no single token can ever match it."""
     texts, targets = training_corpus(300, seed=4)
     vocabulary = sorted(
         {word for words in WORDS.values() for word in words} | {"dress", "love dress", "love the"}
     )
     vectorizer = TfidfVectorizer(token_pattern=TOKEN_PATTERN, ngram_range=(1, 2), vocabulary=vocabulary)
-    pipeline = Pipeline([("tfidf", vectorizer), ("clf", LogisticRegression(max_iter=500))]).fit(
-        texts, targets
-    )
-    content = export(pipeline, LogisticRegression)
+    return Pipeline([("tfidf", vectorizer), ("clf", LogisticRegression(max_iter=500))]).fit(texts, targets)
+
+
+def test_a_pool_entry_holding_a_space_never_counts_as_a_two_word_phrase(rules, tmp_path) -> None:
+    content = export(space_holding_pipeline(), LogisticRegression)
     graph = onnx.load_from_string(content)
     pool = next(
         list(attribute.strings)
@@ -292,6 +297,33 @@ def test_a_pool_entry_holding_a_space_never_counts_as_a_two_word_phrase(rules, t
     np.testing.assert_allclose(
         np.vstack([probability for _, probability in single]), expected_probabilities, atol=1e-4
     )
+
+
+def test_pool_ngrams_decode_the_graphs_vocabulary_per_length() -> None:
+    pipeline = space_holding_pipeline()
+    columns = pipeline.named_steps["tfidf"].vocabulary_
+    plan = linear_text_plan(onnx.load_from_string(export(pipeline, LogisticRegression)))
+
+    unigrams = dict(zip(*(part.tolist() for part in plan.pool_ngrams(1)), strict=True))
+    bigrams = dict(zip(*(part.tolist() for part in plan.pool_ngrams(2)), strict=True))
+    lean_tables = LeanTextScorer.from_plan(plan).gram_columns
+
+    # "love the" stays a 1-gram, as the graph lists it; "love dress" is decoded from its 2-gram key.
+    assert bigrams == {"love dress": columns["love dress"]}
+    assert unigrams == {phrase: column for phrase, column in columns.items() if phrase != "love dress"}
+    assert plan.gram_lengths == [1, 2]
+    assert lean_tables == {1: unigrams, 2: bigrams}
+
+
+def test_ngram_keys_put_the_first_token_first_and_decode_back() -> None:
+    rng = np.random.default_rng(3)
+    token_ids = rng.integers(0, 7, size=(500, 3))
+
+    keys = ngram_keys(token_ids, n_ids=7)
+
+    assert ngram_keys(np.array([[2, 0, 5]]), n_ids=7).tolist() == [2 * 49 + 0 * 7 + 5]
+    assert len(np.unique(keys)) == len(np.unique(token_ids, axis=0))
+    np.testing.assert_array_equal(ngram_token_ids(keys, 3, n_ids=7), token_ids)
 
 
 def test_an_unsupported_graph_is_scored_by_onnxruntime(skip_gram_file, rules) -> None:

@@ -10,23 +10,34 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
+import onnx
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
 from mlplatform.core.alerts import FIRING, RESOLVED, WEBHOOK_ENV, AlertStore
 from mlplatform.core.artifacts import ArtifactStore
+from mlplatform.core.drift import BASELINE_CARD_KEY, ModelVocabulary, TrainingBaseline
 from mlplatform.core.features import model_text
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.lake import Lake
-from mlplatform.core.monitoring import DRIFT_METRICS
+from mlplatform.core.monitoring import DRIFT_METRICS, MonitoringRules
+from mlplatform.core.rebuild import recorded_splits
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
 from mlplatform.core.synthetic import generate_reviews, write_demo_drops
 from mlplatform.core.text import LABELS
 from mlplatform.definitions import MONITORING_JOB
 from mlplatform.defs.alerting import build_alert_sensors, record_rollback_alerts
-from mlplatform.defs.monitoring import NO_ENDPOINT, health_outcomes, labels_dir, system_health_numbers
+from mlplatform.defs.monitoring import (
+    NO_ENDPOINT,
+    drift_baseline,
+    health_outcomes,
+    labels_dir,
+    system_health_numbers,
+    version_drift,
+)
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
 from mlplatform.serving.app import create_app
@@ -201,6 +212,70 @@ def test_generic_sentences_drift_and_alert_once_per_condition_with_webhook(home,
     assert run_pending(home, say=lambda _: None, groups=["monitoring"]).exit_code == 0
     states = {alert.key: alert.state for alert in store.list()}
     assert states[f"run:{MONITORING_JOB}"] == RESOLVED and states["drift_report:length_psi"] == FIRING
+
+
+def _drift_metadata(home: PlatformHome) -> dict:
+    event = open_instance(home).get_latest_materialization_event(dg.AssetKey("drift_report"))
+    return {key: entry.value for key, entry in event.asset_materialization.metadata.items()}
+
+
+def _baseline_of(splits: pl.DataFrame, card: dict, vocabulary: ModelVocabulary) -> TrainingBaseline:
+    return TrainingBaseline.from_splits(splits, card["metrics"]["test"]["confusion_matrix"], vocabulary)
+
+
+def test_a_version_is_judged_against_its_own_training_texts_after_the_splits_moved_on(home, tmp_path):
+    registry = ModelRegistry.for_home(home)
+    production = registry.production()
+    version, card = production.version, production.card
+    vocabulary = ModelVocabulary.from_onnx(onnx.load(str(registry.verify(version))))
+    _, trained_on = recorded_splits(home, card)
+    assert TrainingBaseline.from_dict(card[BASELINE_CARD_KEY]) == _baseline_of(trained_on, card, vocabulary)
+
+    # New data lands and review_splits moves on; the version stays in production.
+    more = write_demo_drops(tmp_path / "more", n_drops=DROPS + 1, rows_per_drop=ROWS_PER_DROP, seed=SEED)
+    Lake(home).land(more[-1:])
+    moved = run_pending(home, say=lambda _: None, groups=["features"])  # one run: reviews, then its splits
+    assert moved.exit_code == 0, moved.blocked
+    assert "review_splits" in moved.materialized and "best_model" not in moved.materialized
+    assert registry.production().version == version
+    now = _baseline_of(_latest(home, "review_splits"), card, vocabulary)
+    then = TrainingBaseline.from_dict(card[BASELINE_CARD_KEY])
+    assert now.rows > then.rows
+
+    _send(home, _held_back(300).select("text").to_dicts())
+    _monitor(home)
+    metadata = _drift_metadata(home)
+    assert metadata[f"{version}/baseline_rows"] == then.rows
+    assert metadata[f"{version}/baseline_oov_rate"] == then.oov_rate != now.oov_rate
+    assert metadata[f"{version}/baseline_median_length"] == float(np.median(then.lengths()))
+    for metric in DRIFT_METRICS:
+        assert _check(home, "drift_report", metric).passed  # held-back reviews: no drift against A
+
+
+def test_a_version_without_a_recorded_baseline_uses_its_split_version_or_says_it_has_none(home, settings):
+    registry = ModelRegistry.for_home(home)
+    version = registry.production().version
+    recorded = TrainingBaseline.from_dict(registry.get(version).card[BASELINE_CARD_KEY])
+    card_file = home.registry / "versions" / version / "card.json"
+    legacy = {
+        key: value for key, value in json.loads(card_file.read_text()).items() if key != BASELINE_CARD_KEY
+    }
+    card_file.write_text(json.dumps(legacy))  # as a version registered before baselines were recorded
+    rows = pl.DataFrame(
+        {"model_version": [version] * 200, "text": ["fits well"] * 200, "label": ["positive"] * 200}
+    )
+    rules = MonitoringRules.from_settings(Settings.load(home.settings_file))
+
+    assert drift_baseline(home, registry, version).training == recorded  # from its recorded split version
+    assert version_drift(home, registry, rows, version, rules).metrics["baseline_rows"] == recorded.rows
+
+    store = ArtifactStore(home.artifacts)
+    Path(store.get("review_splits", legacy["lineage"]["split_versions"]["review_splits"]).path).unlink()
+    report = version_drift(home, registry, rows, version, rules)
+    assert report.metrics == {} and report.rows == 200
+    for outcome in report.outcomes:
+        assert not outcome.passed and outcome.severity == "WARN"
+        assert f"not enough data: no training baseline recorded for {version}" in outcome.description
 
 
 def test_system_health_reads_the_endpoint_metrics(home):
