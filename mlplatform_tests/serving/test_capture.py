@@ -262,7 +262,7 @@ def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
 # -- a lone request syncing inline ------------------------------------------------------------------
 
 INLINE = dataclasses.replace(
-    CONFIG, inline_sync_max_s=0.05, inline_warmup_syncs=3, inline_stall_s=0.07, inline_cooldown_s=3600.0
+    CONFIG, inline_sync_max_s=0.2, inline_warmup_syncs=3, inline_stall_s=1.0, inline_cooldown_s=3600.0
 )
 
 
@@ -294,7 +294,7 @@ def test_a_lone_request_syncs_inline_once_fsyncs_proved_fast(tmp_path: Path) -> 
 
 def test_a_slow_disk_never_gets_the_inline_path(tmp_path: Path) -> None:
     threads: list[str] = []
-    writer = CaptureWriter(tmp_path, INLINE, sync_file=thread_recording_fsync(threads, delay_s=0.06))
+    writer = CaptureWriter(tmp_path, INLINE, sync_file=thread_recording_fsync(threads, delay_s=0.25))
     writer.start()
     asyncio.run(append_alone(writer, [f"r{i}" for i in range(5)]))
     writer.close()
@@ -305,9 +305,9 @@ def test_a_slow_disk_never_gets_the_inline_path(tmp_path: Path) -> None:
     ("slow_s", "after_it"),
     [
         # A stall (over inline_stall_s) closes the inline path for the cooldown: the thread from then on.
-        (0.09, ["capture-writer"] * 5),
+        (1.2, ["capture-writer"] * 5),
         # A slow fsync short of a stall only restarts the warm-up: 3 through the thread, then inline.
-        (0.06, ["capture-writer"] * 3 + ["caller"] * 2),
+        (0.4, ["capture-writer"] * 3 + ["caller"] * 2),
     ],
     ids=["stall", "slow"],
 )
