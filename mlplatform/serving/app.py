@@ -21,7 +21,6 @@ import contextlib
 import functools
 import hmac
 import logging
-import os
 import random
 import re
 import time
@@ -473,7 +472,7 @@ def create_app(
     api_keys: frozenset[str] = frozenset(),
     registry: ProductionRegistry | None = None,
     loader: ModelLoader | None = None,
-    sync_file: Callable[[int], None] = os.fdatasync,
+    sync_file: Callable[[int], None] | None = None,
 ) -> FastAPI:
     """The endpoint app for `home`. `api_keys` empty: no auth (see `api_keys_from_env`).
 

@@ -198,7 +198,6 @@ def encode_capture_rows(
 
 _STOP = object()
 _TOP_UP = object()  # a lone request used up the preallocated room: zero-fill more off its path
-_ZEROS = bytes(1 << 20)
 _PendingItem = tuple[bytes, asyncio.AbstractEventLoop, asyncio.Future]
 
 
@@ -372,7 +371,7 @@ class CaptureWriter:
         root: Path,
         config: CaptureConfig,
         *,
-        sync_file: Callable[[int], None] = os.fdatasync,
+        sync_file: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.time,
         publish_to: StorageLocation | None = None,
         on_sync: Callable[[float, bool], None] | None = None,
@@ -380,7 +379,7 @@ class CaptureWriter:
         self._root = Path(root)
         self._on_sync = on_sync
         self._config = config
-        self._sync_file = sync_file
+        self._sync_file = os.fdatasync if sync_file is None else sync_file
         self._clock = clock
         remote = _remote(publish_to, self._root)
         self._publisher = _SegmentPublisher(self._root, remote) if remote is not None else None
@@ -558,9 +557,10 @@ class CaptureWriter:
         if step <= 0:
             return
         target = -(-max(at_least, self._allocated + step) // step) * step
+        zeros = memoryview(bytes(min(step, 1 << 20)))  # written in pieces of at most 1 MiB
         offset = self._allocated
         while offset < target:
-            offset += _write_all_at(self._fd, memoryview(_ZEROS)[: min(len(_ZEROS), target - offset)], offset)
+            offset += _write_all_at(self._fd, zeros[: target - offset], offset)
         self._sync_file(self._fd)
         self._allocated = target
 

@@ -217,16 +217,20 @@ def test_small_batches_and_the_fallback_give_the_same_answers(model, model_file,
     np.testing.assert_allclose(single_probabilities[0], slow_probabilities[0], atol=1e-6)
 
 
+def record_session_runs(model, monkeypatch) -> list[int]:
+    """The row count of every run of the model's full ONNX Runtime session, as it happens."""
+    rows: list[int] = []
+    run_session = model._run_session
+    monkeypatch.setattr(model, "_run_session", lambda feed: rows.append(len(feed)) or run_session(feed))
+    return rows
+
+
 def test_single_reviews_take_the_per_text_engine_and_match_onnxruntime(
     model, model_file, monkeypatch
 ) -> None:
     texts = tricky_texts(120, seed=11)
     expected_labels, expected_probabilities = onnxruntime_answers(model_file[0], texts)
-    session_rows = []
-    run_session = model._run_session
-    monkeypatch.setattr(
-        model, "_run_session", lambda feed: session_rows.append(len(feed)) or run_session(feed)
-    )
+    session_rows = record_session_runs(model, monkeypatch)
 
     answers = [model.predict([text]) for text in texts]
 
@@ -243,11 +247,7 @@ def test_per_text_engine_serves_the_graphs_own_tail(tail_graph_file, rules, monk
     model = load_model(*tail_graph_file, rules)
     texts = tricky_texts(60, seed=12)
     expected_labels, expected_probabilities = onnxruntime_answers(tail_graph_file[0], texts)
-    full_graph_runs = []
-    run_session = model._run_session
-    monkeypatch.setattr(
-        model, "_run_session", lambda feed: full_graph_runs.append(len(feed)) or run_session(feed)
-    )
+    full_graph_runs = record_session_runs(model, monkeypatch)
 
     answers = [model.predict([text]) for text in texts]
 

@@ -12,6 +12,7 @@ from mlplatform.core.alerts import AlertStore
 from mlplatform.core.artifacts import ArtifactStore, Bundle, encode
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.product_report import to_safe_csv
+from mlplatform.core.records import RECORDS_MARKER
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
 from mlplatform.serving.app import create_app
@@ -226,3 +227,17 @@ def test_api_keys_gate_the_dashboard(home: PlatformHome, fast_settings: Settings
         assert client.get("/dashboard/data").status_code == 401
         assert client.get("/dashboard", headers={"X-API-Key": "secret"}).status_code == 200
         assert client.get("/dashboard/data", headers={"Authorization": "Bearer secret"}).status_code == 200
+
+
+def test_records_that_cannot_be_read_are_an_error_of_their_section(
+    home: PlatformHome, settings: Settings
+) -> None:
+    # The alerts moved to PostgreSQL, but this process has no MLPLATFORM_PG_URL: the file backend refuses.
+    home.alerts.mkdir(parents=True, exist_ok=True)
+    (home.alerts / RECORDS_MARKER).write_text('{"backend": "postgresql", "name": "alerts"}')
+
+    data = dashboard_data(home, config(settings))
+
+    assert data["alerts"]["state"] == "error"
+    assert "live in PostgreSQL" in data["alerts"]["error"]
+    assert data["drift"]["state"] != "error"  # the rest of the page still loads
