@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 from _common import machine, peak_rss_bytes
 
-from mlplatform.core.export import TOKEN_PATTERN, to_onnx
+from mlplatform.core.training.export import TOKEN_PATTERN, to_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
@@ -64,7 +64,7 @@ def fit_and_export(reviews: pl.DataFrame, workdir: Path) -> tuple[Any, Path, str
 
 
 def model_texts(reviews: pl.DataFrame) -> list[str]:
-    from mlplatform.core.text import model_text
+    from mlplatform.core.data.text import model_text
 
     return reviews.select(model_text(pl.col("Title"), pl.col("Review Text")))[:, 0].to_list()
 
@@ -89,8 +89,8 @@ def in_chunks(texts: list[str], chunk_rows: int) -> list[list[str]]:
 
 
 def throughput(args: argparse.Namespace, reviews: pl.DataFrame, workdir: Path) -> dict[str, Any]:
-    from mlplatform.core.scoring import ScoringRules, load_model, score_file
-    from mlplatform.core.settings import Settings
+    from mlplatform.core.platform.settings import Settings
+    from mlplatform.core.scoring.files import ScoringRules, load_model, score_file
 
     print(f"fitting the reference model on {reviews.height} reviews ...", flush=True)
     pipeline, model_path, sha256 = fit_and_export(reviews, workdir)
@@ -184,7 +184,7 @@ def peak_rss(args: argparse.Namespace, reviews: pl.DataFrame, workdir: Path) -> 
 
 def score_child(input_path: str, output_path: str, model_path: str, sha256: str) -> None:
     """The subprocess side of peak_rss: score one file, print a JSON line with its peak RSS."""
-    from mlplatform.core.scoring import load_model, score_file
+    from mlplatform.core.scoring.files import load_model, score_file
 
     model = load_model(Path(model_path), sha256)
     rss_after_load = peak_rss_bytes()

@@ -56,10 +56,10 @@ def main() -> None:
     if not args.data.exists():
         raise SystemExit(f"real data not found at {args.data} (see ../shared/data/README.md)")
 
-    from mlplatform.core.home import PlatformHome
-    from mlplatform.core.lake import Lake
-    from mlplatform.core.schema import read_drop
-    from mlplatform.core.synthetic import to_published_csv
+    from mlplatform.core.data.lake import Lake
+    from mlplatform.core.data.schema import read_drop
+    from mlplatform.core.data.synthetic import to_published_csv
+    from mlplatform.core.platform.home import PlatformHome
     from mlplatform.instance import open_instance, prepare_instance
 
     work = Path(tempfile.mkdtemp(prefix="mlplatform-e2e-"))

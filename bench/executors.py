@@ -21,9 +21,9 @@ from typing import Any
 
 from _common import machine
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.synthetic import write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import write_demo_drops
+from mlplatform.core.platform.home import PlatformHome
 from mlplatform.definitions import PIPELINE_JOB, build_definitions
 from mlplatform.defs.execution import execute
 from mlplatform.instance import open_instance

@@ -22,13 +22,13 @@ from typing import Any
 
 import polars as pl
 
-from mlplatform.core.evaluation import classification_metrics
-from mlplatform.core.export import LABELS, OnnxSentimentModel
-from mlplatform.core.features import FeatureRules, build_reviews
-from mlplatform.core.schema import read_drop
-from mlplatform.core.settings import Settings
-from mlplatform.core.splits import SplitRules, assign_splits
-from mlplatform.core.training import (
+from mlplatform.core.data.features import FeatureRules, build_reviews
+from mlplatform.core.data.schema import read_drop
+from mlplatform.core.data.splits import SplitRules, assign_splits
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.training.evaluation import classification_metrics
+from mlplatform.core.training.export import LABELS, OnnxSentimentModel
+from mlplatform.core.training.fit import (
     CandidateSpec,
     TrainedCandidate,
     TrainingConfig,

@@ -140,7 +140,7 @@ def stage_generate(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 
 def _write_artifact(value: Any, target: Path) -> int:
     """Encode a value as the versioned IO manager stores it and write it; its size in bytes."""
-    from mlplatform.core.artifacts import encode
+    from mlplatform.core.platform.artifacts import encode
 
     encoded = encode(value)
     target.write_bytes(encoded.payload)
@@ -149,16 +149,16 @@ def _write_artifact(value: Any, target: Path) -> int:
 
 def _read_table(path: Path) -> Any:
     """A stored table, decoded as the versioned IO manager hands it to the next asset."""
-    from mlplatform.core.artifacts import FORMAT_PARQUET, decode
+    from mlplatform.core.platform.artifacts import FORMAT_PARQUET, decode
 
     return decode(path, FORMAT_PARQUET)
 
 
 def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
-    from mlplatform.core.home import PlatformHome
-    from mlplatform.core.lake import Lake
-    from mlplatform.core.quality import IngestRules, validate_drop
-    from mlplatform.core.settings import Settings
+    from mlplatform.core.data.lake import Lake
+    from mlplatform.core.data.quality import IngestRules, validate_drop
+    from mlplatform.core.platform.home import PlatformHome
+    from mlplatform.core.platform.settings import Settings
 
     home = PlatformHome(directory / "home")
     settings = Settings.load(home.settings_file)
@@ -179,9 +179,9 @@ def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 
 
 def stage_features(directory: Path, rows: int, data: Path) -> dict[str, Any]:
-    from mlplatform.core.bias import check_bias, pretraining_bias
-    from mlplatform.core.features import FeatureRules, build_reviews, check_label_distribution
-    from mlplatform.core.settings import Settings
+    from mlplatform.core.data.bias import check_bias, pretraining_bias
+    from mlplatform.core.data.features import FeatureRules, build_reviews, check_label_distribution
+    from mlplatform.core.platform.settings import Settings
 
     rules = FeatureRules.from_settings(Settings.load())
     drop_hash = (directory / DROP_HASH_FILE).read_text()
@@ -201,8 +201,7 @@ def stage_features(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 
 
 def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
-    from mlplatform.core.settings import Settings
-    from mlplatform.core.splits import (
+    from mlplatform.core.data.splits import (
         SplitRules,
         assign_splits,
         check_class_coverage,
@@ -210,6 +209,7 @@ def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
         check_proportions,
         split_metadata,
     )
+    from mlplatform.core.platform.settings import Settings
 
     rules = SplitRules.from_settings(Settings.load())
     frame = assign_splits(_read_table(directory / REVIEWS_PARQUET), rules)
@@ -228,7 +228,7 @@ def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 
 def training_spec(name: str | None) -> Any:
     """The candidate to train: `name`, else the one bench/model_quality.py selected, else the first."""
-    from mlplatform.core.training import candidate_specs, load_training_config
+    from mlplatform.core.training.fit import candidate_specs, load_training_config
 
     specs = {spec.name: spec for spec in candidate_specs(load_training_config())}
     if name is None:
@@ -257,9 +257,9 @@ def onnx_vocabulary_size(onnx_bytes: bytes) -> int:
 
 
 def stage_training(directory: Path, rows: int, data: Path, candidate: str | None = None) -> dict[str, Any]:
-    from mlplatform.core.artifacts import Bundle
-    from mlplatform.core.selection import candidate_files
-    from mlplatform.core.training import load_training_config, split_frames, train_candidate
+    from mlplatform.core.platform.artifacts import Bundle
+    from mlplatform.core.training.fit import load_training_config, split_frames, train_candidate
+    from mlplatform.core.training.selection import candidate_files
 
     spec = training_spec(candidate)
     parts = split_frames(_read_table(directory / SPLITS_PARQUET))

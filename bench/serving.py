@@ -48,8 +48,8 @@ import polars as pl
 from _common import free_port, machine
 from pydantic import BaseModel
 
-from mlplatform.core.export import TOKEN_PATTERN, to_onnx
-from mlplatform.core.text import LABELS
+from mlplatform.core.data.text import LABELS
+from mlplatform.core.training.export import TOKEN_PATTERN, to_onnx
 from mlplatform.serving.capture import read_capture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ SYNTHETIC_ROWS = 20_000
 
 def training_data(data_path: Path) -> tuple[list[str], list[str], str]:
     """(texts, labels, source) from the real CSV when present, else synthetic reviews."""
-    from mlplatform.core.text import model_text_values
+    from mlplatform.core.data.text import model_text_values
 
     if data_path.exists():
         frame = pl.read_csv(data_path, columns=["Title", "Review Text", "Rating"], infer_schema_length=0)
@@ -96,7 +96,7 @@ def training_data(data_path: Path) -> tuple[list[str], list[str], str]:
         source = f"real data ({data_path.name}, {frame.height} reviews)"
         titles, texts, ratings = frame["Title"], frame["Review Text"], frame["Rating"]
     else:
-        from mlplatform.core.synthetic import generate_reviews
+        from mlplatform.core.data.synthetic import generate_reviews
 
         frame = generate_reviews(SYNTHETIC_ROWS, seed=7)
         source = f"synthetic reviews ({SYNTHETIC_ROWS}; real data not found at {data_path})"
@@ -130,8 +130,8 @@ def train(texts: list[str], labels: list[str]) -> Any:
 
 
 def deploy_to_home(home_root: Path, onnx_bytes: bytes) -> str:
-    from mlplatform.core.home import PlatformHome
-    from mlplatform.core.registry import ModelRegistry
+    from mlplatform.core.platform.home import PlatformHome
+    from mlplatform.core.release.registry import ModelRegistry
 
     registry = ModelRegistry.for_home(PlatformHome.at(home_root).ensure())
     version = registry.register(onnx_bytes, card={"model": "bench"}, metrics={"macro_f1": 0.0}).version

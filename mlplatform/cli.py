@@ -11,8 +11,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.settings import Settings
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.errors import one_line, silence_dagster_stability_warnings
 
 EXIT_OK, EXIT_BLOCKED, EXIT_USAGE = 0, 1, 2
@@ -38,7 +38,7 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def _lake(home: PlatformHome):
-    from mlplatform.core.lake import Lake
+    from mlplatform.core.data.lake import Lake
 
     return Lake.from_settings(home, Settings.load(home.settings_file))
 
@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.synthetic import write_demo_drops
+    from mlplatform.core.data.synthetic import write_demo_drops
 
     lake = _lake(home)
     with tempfile.TemporaryDirectory() as scratch:
@@ -160,7 +160,7 @@ def cmd_lake_land(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_lake_checkout(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.artifacts import ArtifactStore
+    from mlplatform.core.platform.artifacts import ArtifactStore
 
     store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
 
@@ -212,7 +212,7 @@ def cmd_lake_audit(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def _registry(home: PlatformHome):
-    from mlplatform.core.registry import ModelRegistry
+    from mlplatform.core.release.registry import ModelRegistry
 
     return ModelRegistry.for_home(home.ensure())
 
@@ -256,7 +256,7 @@ def cmd_models_reject(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.deploy import DeploymentRules, deployment_lock
+    from mlplatform.core.release.deploy import DeploymentRules, deployment_lock
 
     rules = DeploymentRules.from_settings(Settings.load(home.settings_file))
     # Never in the middle of a deployment: its smoke test would judge (and undo) this move as its own.
@@ -267,8 +267,8 @@ def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_models_rebuild(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.rebuild import rebuild_model
-    from mlplatform.core.training import load_training_config
+    from mlplatform.core.training.fit import load_training_config
+    from mlplatform.core.training.rebuild import rebuild_model
 
     config = load_training_config(home.training_file if home.training_file.exists() else None)
     _progress(f"refitting {args.version} from its recorded split version ...")
@@ -289,7 +289,7 @@ def cmd_serve(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.scoring import ScoringRules, load_model, score_file
+    from mlplatform.core.scoring.files import ScoringRules, load_model, score_file
 
     settings = Settings.load(home.settings_file)
     production = _registry(home).production()
@@ -311,8 +311,13 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.lineage import LineageError, asset_lineage, prediction_lineage, render_lineage_text
-    from mlplatform.core.storage import location_from_settings
+    from mlplatform.core.monitoring.lineage import (
+        LineageError,
+        asset_lineage,
+        prediction_lineage,
+        render_lineage_text,
+    )
+    from mlplatform.core.platform.storage import location_from_settings
     from mlplatform.serving.capture import CaptureError, read_capture
 
     if args.prediction is not None and args.version is not None:
@@ -334,8 +339,8 @@ def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_artifacts_list(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.artifacts import ArtifactError
-    from mlplatform.core.lineage import list_artifact_versions
+    from mlplatform.core.monitoring.lineage import list_artifact_versions
+    from mlplatform.core.platform.artifacts import ArtifactError
 
     try:
         versions = list_artifact_versions(home, args.asset)
@@ -362,7 +367,7 @@ def cmd_artifacts_list(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.artifacts import ArtifactError, ArtifactStore
+    from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore
 
     dest = Path(args.dest)
     if args.dest.endswith(("/", os.sep)):  # a directory by intent: the file keeps its stored name
@@ -380,7 +385,7 @@ def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.alerts import FIRING, AlertStore
+    from mlplatform.core.monitoring.alerts import FIRING, AlertStore
 
     alerts = AlertStore.for_home(home).list()
     if not args.all:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.settings import Settings
-from mlplatform.core.training import load_training_config
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.training.fit import load_training_config
 from mlplatform.defs.alerting import build_alert_sensors
 from mlplatform.defs.automation import build_automation_sensor, build_landing_sensor, with_platform_policy
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, build_deployment_assets

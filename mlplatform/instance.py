@@ -16,9 +16,9 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlplatform.core.fsio import file_lock, write_bytes_atomic
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.records import postgres_session_lock, sqlalchemy_url
+from mlplatform.core.platform.fsio import file_lock, write_bytes_atomic
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.records import postgres_session_lock, sqlalchemy_url
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -64,7 +64,7 @@ def _migration_lock(home: PlatformHome) -> AbstractContextManager[None]:
 
 def _execution_yaml(home: PlatformHome) -> list[str]:
     """Run retries and the deployment pool's limit, from the home's [execution] settings."""
-    from mlplatform.core.settings import Settings
+    from mlplatform.core.platform.settings import Settings
     from mlplatform.defs.execution import ExecutionRules, instance_yaml_lines
 
     return instance_yaml_lines(ExecutionRules.from_settings(Settings.load(home.settings_file)))

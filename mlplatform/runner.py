@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.settings import Settings
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
 from mlplatform.defs.alerting import record_run_alerts
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, batch_files

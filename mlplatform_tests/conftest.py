@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.settings import Settings
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform_tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 REAL_DATA = (

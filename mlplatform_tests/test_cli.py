@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlplatform.cli import main
-from mlplatform.core.synthetic import generate_reviews, to_published_csv, write_demo_drops
+from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -125,8 +125,8 @@ def test_unexpected_errors_are_one_line_with_the_traceback_logged(capsys, home, 
 
 
 def test_models_rollback_moves_production_back_and_waits_for_a_deployment(capsys, home):
-    from mlplatform.core.deploy import deployment_lock
-    from mlplatform.core.registry import ModelRegistry
+    from mlplatform.core.release.deploy import deployment_lock
+    from mlplatform.core.release.registry import ModelRegistry
 
     registry = ModelRegistry.for_home(home.ensure())
     for tag in ("one", "two"):

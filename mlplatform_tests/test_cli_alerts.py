@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mlplatform.cli import main
-from mlplatform.core.alerts import AlertStore
+from mlplatform.core.monitoring.alerts import AlertStore
 
 REQUIRED = {"time", "kind", "severity", "source", "message", "state"}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mlplatform.cli import main
-from mlplatform.core.artifacts import ArtifactStore
-from mlplatform_tests.core.lineage_fixtures import REQUEST_ID, TracedHome, build_traced_home
+from mlplatform.core.platform.artifacts import ArtifactStore
+from mlplatform_tests.core.monitoring.lineage_fixtures import REQUEST_ID, TracedHome, build_traced_home
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

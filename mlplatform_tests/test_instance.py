@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.records import RecordsUnavailable, sqlalchemy_url
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.records import RecordsUnavailable, sqlalchemy_url
 from mlplatform.instance import dagster_yaml, open_instance, prepare_instance
 from mlplatform_tests.postgres import database_name
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlplatform.core.home import PG_URL_ENV, PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.records import RecordsUnavailable
-from mlplatform.core.registry import APPROVED, PRODUCTION, ModelRegistry
-from mlplatform.core.synthetic import write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import write_demo_drops
+from mlplatform.core.platform.home import PG_URL_ENV, PlatformHome
+from mlplatform.core.platform.records import RecordsUnavailable
+from mlplatform.core.release.registry import APPROVED, PRODUCTION, ModelRegistry
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
 from mlplatform_tests.postgres import PostgresServer

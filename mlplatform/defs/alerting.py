@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
-from mlplatform.core.alerts import WEBHOOK_ENV, Alert, AlertRules, AlertStore, WebhookNotifier
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.settings import Settings
+from mlplatform.core.monitoring.alerts import WEBHOOK_ENV, Alert, AlertRules, AlertStore, WebhookNotifier
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.registry import ModelRegistry
 
 CHECK_KIND = "check"
 RUN_FAILURE_KIND = "run_failure"

@@ -11,7 +11,7 @@ of best_model's own output (never "the newest in storage"):
 - Pending manual approval, or rejected: nothing moves, the non-blocking `approval` check fails with the
   reason and the asset is not materialized, so every `mlplatform run` retries until a person decides.
 
-Both approved cases run under the platform's deployment lock (core/deploy.py): a second run deploying
+Both approved cases run under the platform's deployment lock (core/release/deploy.py): a second run deploying
 at the same time waits for the first to end (at most `[deployment] lock_timeout_s`, then the step fails
 with the reason), on any Dagster storage; the `deployment` pool queues the step in the UI too.
 
@@ -26,13 +26,14 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core import deploy, scoring
-from mlplatform.core.artifacts import Bundle
-from mlplatform.core.deploy import DeployAction, DeploymentRules, SmokeResult
-from mlplatform.core.fsio import sha256_file
-from mlplatform.core.registry import PREVIOUS, PRODUCTION, ModelVersion
-from mlplatform.core.scoring import ScoringError, ScoringRules
-from mlplatform.core.settings import Settings
+from mlplatform.core.platform.artifacts import Bundle
+from mlplatform.core.platform.fsio import sha256_file
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release import deploy
+from mlplatform.core.release.deploy import DeployAction, DeploymentRules, SmokeResult
+from mlplatform.core.release.registry import PREVIOUS, PRODUCTION, ModelVersion
+from mlplatform.core.scoring import files as scoring
+from mlplatform.core.scoring.files import ScoringError, ScoringRules
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.execution import DEPLOYMENT_POOL, ExecutionRules, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output

@@ -11,7 +11,7 @@ Everything comes from the `[execution]` settings:
   a failed blocking check, which Dagster never retries.
 - sentiment_endpoint claims a slot of the `deployment` pool; the instance allows
   `deployment_pool_limit` claims at once across all runs, which queues deployments in the UI. What
-  keeps two deployments apart, on every storage, is the deployment lock (core/deploy.py).
+  keeps two deployments apart, on every storage, is the deployment lock (core/release/deploy.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import dagster as dg
 
-from mlplatform.core.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import Settings, SettingsError
 
 EXECUTORS = ("in_process", "multiprocess", "dask")
 DEPLOYMENT_POOL = "deployment"

@@ -4,11 +4,10 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core import bias, features, splits
-from mlplatform.core.bias import check_bias, pretraining_bias
-from mlplatform.core.features import FeatureRules, build_reviews, check_label_distribution
-from mlplatform.core.settings import Settings
-from mlplatform.core.splits import (
+from mlplatform.core.data import bias, features, splits
+from mlplatform.core.data.bias import check_bias, pretraining_bias
+from mlplatform.core.data.features import FeatureRules, build_reviews, check_label_distribution
+from mlplatform.core.data.splits import (
     SplitRules,
     assign_splits,
     check_class_coverage,
@@ -16,6 +15,7 @@ from mlplatform.core.splits import (
     check_proportions,
     split_metadata,
 )
+from mlplatform.core.platform.settings import Settings
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import PlatformResource

@@ -7,9 +7,9 @@ A drop that fails a blocking check is quarantined with the check's reason, its p
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mlplatform.core import quality, schema
-from mlplatform.core.quality import IngestRules, validate_drop
-from mlplatform.core.settings import Settings
+from mlplatform.core.data import quality, schema
+from mlplatform.core.data.quality import IngestRules, validate_drop
+from mlplatform.core.platform.settings import Settings
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import PlatformResource

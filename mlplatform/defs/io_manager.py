@@ -7,7 +7,7 @@ An asset encodes its value once and hands Dagster the hash as its data version:
         frame = ...
         return versioned_output(frame, metadata={"share_missing": ...})
 
-The IO manager writes those exact bytes to the artifact store (core/artifacts.py), records path,
+The IO manager writes those exact bytes to the artifact store (core/platform/artifacts.py), records path,
 hash, size, rows and schema as output metadata, and gives downstream assets the decoded value.
 Annotate such assets with `-> dg.Output` (or nothing): the output value is an encoded artifact,
 not the plain frame, so `-> pl.DataFrame` would fail Dagster's type check.
@@ -22,7 +22,8 @@ from typing import Any
 
 import dagster as dg
 
-from mlplatform.core.artifacts import (
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.platform.artifacts import (
     FORMAT_PARQUET,
     ArtifactNotFound,
     ArtifactStore,
@@ -30,9 +31,8 @@ from mlplatform.core.artifacts import (
     StoredArtifact,
     encode,
 )
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.settings import Settings
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 
 ROW_COUNT_KEY = "dagster/row_count"
 COLUMN_SCHEMA_KEY = "dagster/column_schema"

@@ -35,9 +35,9 @@ import onnx
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core import drift, live_quality, monitoring, product_report
-from mlplatform.core.artifacts import ArtifactNotFound, Bundle
-from mlplatform.core.drift import (
+from mlplatform.core.monitoring import drift, live_quality, product_report
+from mlplatform.core.monitoring import rules as monitoring
+from mlplatform.core.monitoring.drift import (
     BASELINE_CARD_KEY,
     DriftBaseline,
     DriftReport,
@@ -45,9 +45,8 @@ from mlplatform.core.drift import (
     ModelVocabulary,
     TrainingBaseline,
 )
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.live_quality import LIVE_QUALITY_CHECK, ground_truth
-from mlplatform.core.monitoring import (
+from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, ground_truth
+from mlplatform.core.monitoring.rules import (
     DRIFT_METRICS,
     ERROR,
     ERROR_RATE_CHECK,
@@ -59,10 +58,12 @@ from mlplatform.core.monitoring import (
     not_enough_data,
     system_health_numbers,
 )
-from mlplatform.core.rebuild import recorded_splits
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.settings import Settings
-from mlplatform.core.storage import StorageLocation, location_from_settings
+from mlplatform.core.platform.artifacts import ArtifactNotFound, Bundle
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.storage import StorageLocation, location_from_settings
+from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.training.rebuild import recorded_splits
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource

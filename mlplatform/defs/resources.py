@@ -13,13 +13,13 @@ from typing import Any
 import dagster as dg
 import httpx
 
-from mlplatform.core.deploy import DeploymentRules
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.registry import PRODUCTION, ModelRegistry, ModelVersion
-from mlplatform.core.scoring import ScoringRules, load_model
-from mlplatform.core.settings import Settings
-from mlplatform.core.text import LABELS
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.text import LABELS
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.deploy import DeploymentRules
+from mlplatform.core.release.registry import PRODUCTION, ModelRegistry, ModelVersion
+from mlplatform.core.scoring.files import ScoringRules, load_model
 
 API_KEYS_ENV = "MLPLATFORM_API_KEYS"
 

@@ -15,13 +15,16 @@ import onnx
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core import evaluation, export, selection, training
-from mlplatform.core.artifacts import Bundle, encode
-from mlplatform.core.drift import BASELINE_CARD_KEY, ModelVocabulary, TrainingBaseline
-from mlplatform.core.evaluation import GateRules, render_model_card_markdown
-from mlplatform.core.features import FeatureRules
-from mlplatform.core.registry import RegistryRules
-from mlplatform.core.selection import (
+from mlplatform.core.data.features import FeatureRules
+from mlplatform.core.monitoring.drift import BASELINE_CARD_KEY, ModelVocabulary, TrainingBaseline
+from mlplatform.core.platform.artifacts import Bundle, encode
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.registry import RegistryRules
+from mlplatform.core.training import evaluation, export, selection
+from mlplatform.core.training import fit as training
+from mlplatform.core.training.evaluation import GateRules, render_model_card_markdown
+from mlplatform.core.training.fit import CandidateSpec, TrainingConfig, config_fingerprint, split_frames
+from mlplatform.core.training.selection import (
     CANDIDATES_GROUP_PREFIX,
     MODEL_CARD_FILE,
     MODEL_CARD_MARKDOWN_FILE,
@@ -32,8 +35,6 @@ from mlplatform.core.selection import (
     judge,
     test_rows,
 )
-from mlplatform.core.settings import Settings
-from mlplatform.core.training import CandidateSpec, TrainingConfig, config_fingerprint, split_frames
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.execution import TRAINING_OP_TAGS, ExecutionRules, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output

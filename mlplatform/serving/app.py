@@ -39,12 +39,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.scoring import ScoringRules, load_model
-from mlplatform.core.settings import Settings
-from mlplatform.core.storage import location_from_settings
-from mlplatform.core.text import LABELS
+from mlplatform.core.data.text import LABELS
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.storage import location_from_settings
+from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.scoring.files import ScoringRules, load_model
 from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
 from mlplatform.serving.dashboard import add_dashboard_routes
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics

@@ -55,9 +55,9 @@ import numpy as np
 import orjson
 import polars as pl
 
-from mlplatform.core.fsio import fsync_directory
-from mlplatform.core.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
-from mlplatform.core.text import PROBABILITY_COLUMNS
+from mlplatform.core.data.text import PROBABILITY_COLUMNS
+from mlplatform.core.platform.fsio import fsync_directory
+from mlplatform.core.platform.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
 
 log = logging.getLogger(__name__)
 

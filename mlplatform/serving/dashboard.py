@@ -24,12 +24,12 @@ import polars as pl
 from fastapi import FastAPI
 from starlette.responses import Response
 
-from mlplatform.core.alerts import FIRING, AlertError, AlertStore
-from mlplatform.core.artifacts import ArtifactError, ArtifactStore, Bundle, StoredArtifact
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.records import RecordsError
-from mlplatform.core.registry import PREVIOUS, PRODUCTION, ModelRegistry, RegistryError
-from mlplatform.core.settings import Settings, SettingsError
+from mlplatform.core.monitoring.alerts import FIRING, AlertError, AlertStore
+from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, Bundle, StoredArtifact
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.records import RecordsError
+from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.release.registry import PREVIOUS, PRODUCTION, ModelRegistry, RegistryError
 from mlplatform.serving.model_holder import HolderStatus
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ class Predictor(Protocol):
 
 
 class ProductionRegistry(Protocol):
-    """What the holder needs of `mlplatform.core.registry.ModelRegistry`."""
+    """What the holder needs of `mlplatform.core.release.registry.ModelRegistry`."""
 
     def production_pointer(self) -> tuple[str | None, float]: ...
 

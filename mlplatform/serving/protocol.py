@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlplatform.core.text import LABELS, model_text_values
+from mlplatform.core.data.text import LABELS, model_text_values
 
 ASGIScope = MutableMapping[str, Any]
 ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]

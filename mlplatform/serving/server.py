@@ -10,8 +10,8 @@ from types import FrameType
 
 import uvicorn
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.settings import Settings
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.serving.app import ServingConfig, api_keys_from_env, create_app
 from mlplatform.serving.model_holder import ModelHolder
 

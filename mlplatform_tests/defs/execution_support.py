@@ -9,9 +9,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.synthetic import write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import write_demo_drops
+from mlplatform.core.platform.home import PlatformHome
 from mlplatform.runner import RunReport, run_pending
 
 CANDIDATES_PREFIX = "candidate_models"

@@ -9,8 +9,8 @@ import time
 import dagster as dg
 import pytest
 
-from mlplatform.core.lake import Lake
-from mlplatform.core.synthetic import generate_reviews, to_published_csv, write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
 from mlplatform.definitions import INGEST_JOB, build_definitions
 from mlplatform.defs.automation import build_landing_sensor
 from mlplatform.defs.ingest import DROPS

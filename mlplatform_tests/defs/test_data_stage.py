@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.core.artifacts import ArtifactStore
-from mlplatform.core.lake import Lake
-from mlplatform.core.synthetic import generate_reviews, to_published_csv, write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
+from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.runner import run_pending
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -15,13 +15,13 @@ import httpx
 import polars as pl
 import pytest
 
-from mlplatform.core.artifacts import ArtifactStore
-from mlplatform.core.deploy import SMOKE_CASES
-from mlplatform.core.fsio import sha256_file
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.synthetic import write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import write_demo_drops
+from mlplatform.core.platform.artifacts import ArtifactStore
+from mlplatform.core.platform.fsio import sha256_file
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.release.deploy import SMOKE_CASES
+from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
 from mlplatform_tests.integration.processes import endpoint_process

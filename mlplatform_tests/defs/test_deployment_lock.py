@@ -23,12 +23,12 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from mlplatform.core.artifacts import Bundle
-from mlplatform.core.deploy import SMOKE_CASES, deployment_lock
-from mlplatform.core.fsio import sha256_bytes
-from mlplatform.core.home import PG_URL_ENV, PlatformHome
-from mlplatform.core.registry import PRODUCTION, ModelRegistry, ModelVersion
-from mlplatform.core.settings import Settings
+from mlplatform.core.platform.artifacts import Bundle
+from mlplatform.core.platform.fsio import sha256_bytes
+from mlplatform.core.platform.home import PG_URL_ENV, PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.deploy import SMOKE_CASES, deployment_lock
+from mlplatform.core.release.registry import PRODUCTION, ModelRegistry, ModelVersion
 from mlplatform.defs.deployment import ASSET_KEY, SENTIMENT_ENDPOINT, build_deployment_assets
 from mlplatform.defs.resources import EndpointAnswer, EndpointResource, PlatformResource
 from mlplatform.instance import open_instance, prepare_instance

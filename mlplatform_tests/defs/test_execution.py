@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from mlplatform.core.settings import Settings
-from mlplatform.core.training import load_training_config
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.training.fit import load_training_config
 from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
 from mlplatform.defs.execution import (
     DEPLOYMENT_POOL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from mlplatform.core import training
+from mlplatform.core.training import fit as training
 from mlplatform.definitions import PIPELINE_JOB, build_definitions
 from mlplatform.defs.execution import execute
 from mlplatform.instance import open_instance

@@ -6,8 +6,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mlplatform.core.artifacts import ArtifactStore, sha256_bytes
-from mlplatform.core.home import PlatformHome
+from mlplatform.core.platform.artifacts import ArtifactStore, sha256_bytes
+from mlplatform.core.platform.home import PlatformHome
 from mlplatform.defs.io_manager import (
     COLUMN_SCHEMA_KEY,
     ROW_COUNT_KEY,

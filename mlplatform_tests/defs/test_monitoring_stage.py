@@ -16,18 +16,18 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from mlplatform.core.alerts import FIRING, RESOLVED, WEBHOOK_ENV, AlertStore
-from mlplatform.core.artifacts import ArtifactStore
-from mlplatform.core.drift import BASELINE_CARD_KEY, ModelVocabulary, TrainingBaseline
-from mlplatform.core.features import model_text
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.monitoring import DRIFT_METRICS, MonitoringRules
-from mlplatform.core.rebuild import recorded_splits
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.settings import Settings
-from mlplatform.core.synthetic import generate_reviews, write_demo_drops
-from mlplatform.core.text import LABELS
+from mlplatform.core.data.features import model_text
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import generate_reviews, write_demo_drops
+from mlplatform.core.data.text import LABELS
+from mlplatform.core.monitoring.alerts import FIRING, RESOLVED, WEBHOOK_ENV, AlertStore
+from mlplatform.core.monitoring.drift import BASELINE_CARD_KEY, ModelVocabulary, TrainingBaseline
+from mlplatform.core.monitoring.rules import DRIFT_METRICS, MonitoringRules
+from mlplatform.core.platform.artifacts import ArtifactStore
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.training.rebuild import recorded_splits
 from mlplatform.definitions import MONITORING_JOB
 from mlplatform.defs.alerting import build_alert_sensors, record_rollback_alerts
 from mlplatform.defs.monitoring import (

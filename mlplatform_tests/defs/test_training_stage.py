@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from mlplatform.core.lake import Lake
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.synthetic import write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import write_demo_drops
+from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mlplatform.core.alerts import AlertStore
-from mlplatform.core.artifacts import ArtifactStore, Bundle, encode
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.product_report import to_safe_csv
-from mlplatform.core.registry import ModelRegistry
+from mlplatform.core.monitoring.alerts import AlertStore
+from mlplatform.core.monitoring.product_report import to_safe_csv
+from mlplatform.core.platform.artifacts import ArtifactStore, Bundle, encode
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.release.registry import ModelRegistry
 from mlplatform_tests.integration.processes import endpoint_process
 from mlplatform_tests.serving.conftest import tiny_model_bytes
 from mlplatform_tests.serving.test_dashboard import CARD, DRIFT_REPORT

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.core.artifacts import ArtifactStore
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.settings import Settings
-from mlplatform.core.synthetic import write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import write_demo_drops
+from mlplatform.core.platform.artifacts import ArtifactStore
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.runner import run_pending
 from mlplatform_tests.integration.processes import free_port, start, stop, wait_until
 

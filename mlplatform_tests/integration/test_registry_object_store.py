@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.core.artifacts import ArtifactStore
-from mlplatform.core.deploy import SMOKE_CASES
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.lake import Lake
-from mlplatform.core.registry import APPROVED, IntegrityError, ModelRegistry
-from mlplatform.core.scoring import load_model
-from mlplatform.core.settings import Settings
-from mlplatform.core.synthetic import write_demo_drops
+from mlplatform.core.data.lake import Lake
+from mlplatform.core.data.synthetic import write_demo_drops
+from mlplatform.core.platform.artifacts import ArtifactStore
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.deploy import SMOKE_CASES
+from mlplatform.core.release.registry import APPROVED, IntegrityError, ModelRegistry
+from mlplatform.core.scoring.files import load_model
 from mlplatform.runner import run_pending
 from mlplatform_tests.integration.test_object_store import BUCKET, s3_endpoint  # noqa: F401 (a fixture)
 

@@ -13,9 +13,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.settings import Settings
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.registry import ModelRegistry
 
 TRAINING_REVIEWS: tuple[tuple[str, str], ...] = (
     ("I love this dress, it fits perfectly and looks great", "positive"),

@@ -18,10 +18,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlplatform.core.features import LABELS
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.settings import Settings
+from mlplatform.core.data.features import LABELS
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.serving.app import api_keys_from_env, create_app
 from mlplatform.serving.capture import read_capture
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, with_serving

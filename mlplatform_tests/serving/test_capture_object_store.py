@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlplatform.serving.capture import list_segments, publish_sealed_segments, read_capture
-from mlplatform_tests.core.test_storage_object_store import RequestLog, is_listing, s3_location
+from mlplatform_tests.core.platform.test_storage_object_store import RequestLog, is_listing, s3_location
 from mlplatform_tests.integration.test_object_store import s3_endpoint  # noqa: F401 (a fixture)
 from mlplatform_tests.serving.test_capture import rows
 

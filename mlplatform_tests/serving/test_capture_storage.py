@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.core.storage import LocalLocation, StorageLocation, open_location
+from mlplatform.core.platform.storage import LocalLocation, StorageLocation, open_location
 from mlplatform.serving.capture import (
     CaptureConfig,
     CaptureError,

@@ -8,13 +8,13 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from mlplatform.core.alerts import AlertStore
-from mlplatform.core.artifacts import ArtifactStore, Bundle, encode
-from mlplatform.core.home import PlatformHome
-from mlplatform.core.product_report import to_safe_csv
-from mlplatform.core.records import RECORDS_MARKER
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.settings import Settings
+from mlplatform.core.monitoring.alerts import AlertStore
+from mlplatform.core.monitoring.product_report import to_safe_csv
+from mlplatform.core.platform.artifacts import ArtifactStore, Bundle, encode
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.records import RECORDS_MARKER
+from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.serving.app import create_app
 from mlplatform.serving.dashboard import DashboardConfig, dashboard_data
 from mlplatform_tests.serving.conftest import deploy

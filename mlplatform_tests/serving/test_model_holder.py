@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mlplatform.core.registry import ModelRegistry
-from mlplatform.core.scoring import load_model
+from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.scoring.files import load_model
 from mlplatform.serving.model_holder import NO_PRODUCTION_MODEL, SHUTTING_DOWN, ModelHolder
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register
 

@@ -1,0 +1,179 @@
+"""The blocking checks of a drop: schema, completeness, duplicates, non_empty."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from mlplatform.core.data.quality import BLOCKING_CHECKS, IngestRules, validate_drop
+from mlplatform.core.platform.settings import Settings, SettingsError
+
+HEADER = ",Clothing ID,Age,Title,Review Text,Rating,Recommended IND,Positive Feedback Count,Division Name,Department Name,Class Name\n"
+RULES = IngestRules(
+    max_missing_review_text_share=0.25, max_duplicate_row_share=0.0, min_age=18, max_age=99, min_rows=1
+)
+
+
+def review(source_row: int, text: str = "Lovely, soft top", age: int = 30, title: str = "") -> str:
+    return f'{source_row},862,{age},{title},"{text}",5,1,0,General,Tops,Knits\n'
+
+
+def drop(*rows: str, header: str = HEADER) -> bytes:
+    return (header + "".join(rows)).encode("utf-8")
+
+
+GOOD = drop(review(0), review(1, "Runs small"), review(2, "Too short"), review(3, "Great"))
+
+
+def test_rules_come_from_the_ingest_section(settings: Settings) -> None:
+    rules = IngestRules.from_settings(settings)
+    section = settings.section("ingest")
+    assert dataclasses.asdict(rules) == {field: section[field] for field in dataclasses.asdict(rules)}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"max_missing_review_text_share": 1.5}, "max_missing_review_text_share must be a share"),
+        ({"max_duplicate_row_share": -0.1}, "max_duplicate_row_share must be a share"),
+        ({"min_age": 120}, "min_age (120) exceeds max_age"),
+        ({"min_rows": -1}, "min_rows must not be negative"),
+    ],
+)
+def test_implausible_rules_are_refused(change: dict[str, float], message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        dataclasses.replace(RULES, **change)
+
+
+def test_rules_missing_a_key_are_refused() -> None:
+    section = dataclasses.asdict(RULES)
+    del section["min_rows"]
+    with pytest.raises(SettingsError, match="lacks key 'min_rows'"):
+        IngestRules.from_mapping(section)
+
+
+def test_good_drop_passes_all_four_checks_in_order() -> None:
+    validation = validate_drop(GOOD, "csv", RULES)
+    assert [outcome.name for outcome in validation.checks] == list(BLOCKING_CHECKS)
+    assert [outcome.name for outcome in validation.checks] == [
+        "schema",
+        "completeness",
+        "duplicates",
+        "non_empty",
+    ]
+    assert validation.passed
+    assert validation.first_failure is None
+    assert validation.frame is not None
+    assert validation.frame.height == 4
+
+
+# Every bad drop of issue 2 section 7 that this module judges: (drop, failed check, reason fragment).
+BAD_DROPS = {
+    "missing-column": (drop(header=HEADER.replace(",Rating", "")), "schema", "missing column(s) 'Rating'"),
+    "renamed-column": (
+        drop(review(0), header=HEADER.replace("Rating", "Stars")),
+        "schema",
+        "'Rating' missing and 'Stars' unexpected (renamed?)",
+    ),
+    "wrong-type": (
+        drop(review(0), review(1).replace(",5,1,0,", ",five,1,0,")),
+        "schema",
+        "column 'Rating' must hold integers: 1 bad value(s), first 'five' at line 3",
+    ),
+    "empty-file": (b"", "schema", "empty file (0 bytes)"),
+    "header-only": (HEADER.encode(), "non_empty", "only 0 rows, at least 1 required"),
+    "truncated-last-line": (
+        drop(review(0), "1,862,30,,"),
+        "schema",
+        "truncated last line: line 3 has 5 of 11 fields",
+    ),
+    "unbalanced-quotes": (
+        drop(review(0), '1,862,30,,"never closed,5,1,0,General,Tops,Knits\n'),
+        "schema",
+        "unbalanced quotes: a quoted field in the record starting on line 3 is never closed",
+    ),
+    "non-utf8": (
+        drop(review(0)).replace(b"soft", b"s\xe9ft"),
+        "schema",
+        f"not valid UTF-8: byte 0xe9 at byte offset {len(HEADER) + 20} (line 2)",
+    ),
+    "all-null-review-text": (
+        drop(review(0, text=""), review(1, text="")),
+        "completeness",
+        "review text is missing in every row (2 of 2)",
+    ),
+    "implausible-age": (drop(review(0, age=7)), "schema", "age in_range(18, 99): '7' at row 1"),
+    "duplicate-rows": (drop(review(0), review(1)), "duplicates", "1 duplicate row(s) (50.00%)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DROPS))
+def test_bad_drop_fails_its_check_with_a_clear_reason(case: str) -> None:
+    data, check, fragment = BAD_DROPS[case]
+    validation = validate_drop(data, "csv", RULES)
+    assert not validation.passed
+    failure = validation.first_failure
+    assert failure is not None
+    assert failure.name == check
+    assert fragment in failure.description
+    assert [outcome.name for outcome in validation.checks] == list(BLOCKING_CHECKS)
+
+
+def test_unparseable_drop_reports_the_later_checks_as_not_evaluated() -> None:
+    validation = validate_drop(b"", "csv", RULES)
+    assert validation.frame is None
+    assert [(outcome.name, outcome.passed) for outcome in validation.checks] == [
+        (name, False) for name in BLOCKING_CHECKS
+    ]
+    assert {outcome.description for outcome in validation.checks[1:]} == {
+        "not evaluated: empty file (0 bytes)"
+    }
+
+
+def test_completeness_counts_blank_text_and_reports_numeric_missing_shares() -> None:
+    data = drop(review(0), review(1, text="   "), review(2, "Fine", title="Nice"), review(3, "Good"))
+    outcome = validate_drop(data, "csv", RULES).checks[1]
+    assert outcome.passed  # 1 of 4 = 25% is within the 25% bound
+    assert outcome.description == "review text missing in 1 of 4 rows (25.00%), within the bound of 25.00%"
+    assert outcome.metadata["missing_share_review_text"] == 0.25
+    assert outcome.metadata["missing_share_title"] == 0.75
+    assert outcome.metadata["missing_share_rating"] == 0.0
+    stricter = dataclasses.replace(RULES, max_missing_review_text_share=0.2)
+    strict_outcome = validate_drop(data, "csv", stricter).checks[1]
+    assert not strict_outcome.passed
+    assert "exceeds the bound of 20.00%" in strict_outcome.description
+
+
+def test_duplicates_ignore_the_index_and_respect_the_bound() -> None:
+    data = drop(review(0), review(1, "Other"), review(5), review(9), review(7, "Third"))
+    outcome = validate_drop(data, "csv", RULES).checks[2]
+    assert not outcome.passed
+    assert outcome.metadata["duplicate_rows"] == 2
+    assert outcome.metadata["duplicate_row_share"] == pytest.approx(0.4)
+    assert "e.g. source_rows 0/5/9" in outcome.description
+    lenient = dataclasses.replace(RULES, max_duplicate_row_share=0.4)
+    assert validate_drop(data, "csv", lenient).checks[2].passed
+
+
+def test_non_empty_needs_min_rows() -> None:
+    rules = dataclasses.replace(RULES, min_rows=5)
+    outcome = validate_drop(GOOD, "csv", rules).checks[3]
+    assert not outcome.passed
+    assert outcome.description == "only 4 rows, at least 5 required"
+    assert outcome.metadata == {"rows": 4, "min_rows": 5}
+
+
+@pytest.mark.realdata
+def test_real_file_passes_every_check_with_the_default_rules(
+    real_data_path: Path, settings: Settings
+) -> None:
+    validation = validate_drop(real_data_path.read_bytes(), "csv", IngestRules.from_settings(settings))
+    assert validation.passed, validation.first_failure
+    assert validation.frame is not None
+    assert validation.frame.height == 19_986
+    completeness, duplicates = validation.checks[1], validation.checks[2]
+    assert completeness.metadata["missing_share_review_text"] == pytest.approx(717 / 19_986)
+    assert duplicates.metadata["duplicate_rows"] == 13

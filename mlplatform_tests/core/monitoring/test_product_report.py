@@ -1,0 +1,108 @@
+"""Product report: a product with many negative predictions is flagged, one with a handful is not."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import polars as pl
+import pytest
+
+from mlplatform.core.monitoring.product_report import (
+    REPORT_COLUMNS,
+    product_quality_report,
+    to_markdown,
+    to_safe_csv,
+)
+from mlplatform.core.monitoring.rules import MonitoringError, MonitoringRules
+from mlplatform.core.platform.settings import Settings
+
+
+@pytest.fixture
+def rules(settings: Settings) -> MonitoringRules:
+    return MonitoringRules.from_settings(settings)
+
+
+def predictions(product_id: str | None, negative: int, positive: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "product_id": [product_id] * (negative + positive),
+            "label": ["negative"] * negative + ["positive"] * positive,
+        },
+        schema={"product_id": pl.String, "label": pl.String},
+    )
+
+
+@pytest.fixture
+def log() -> pl.DataFrame:
+    background = [predictions(str(product), negative=2, positive=38) for product in range(100, 120)]
+    return pl.concat(
+        [
+            *background,
+            predictions("1078", negative=30, positive=30),  # seeded with many negative reviews
+            predictions("862", negative=4, positive=1),  # only a handful, however negative
+            predictions(None, negative=50, positive=0),  # no product: in neither the products nor the rate
+        ]
+    )
+
+
+def test_flags_the_product_seeded_with_negatives_and_not_the_one_with_a_handful(log, rules) -> None:
+    report = product_quality_report(log, None, rules)
+    assert report.columns == list(REPORT_COLUMNS)
+    assert report["product_id"].to_list() == ["1078"]
+    row = report.row(0, named=True)
+    assert row["predictions"] == 60 and row["negative_predictions"] == 30
+    assert row["overall_negative_rate"] == pytest.approx((20 * 2 + 30 + 4) / (20 * 40 + 60 + 5))
+    assert row["overall_negative_rate"] < row["wilson_lower"] < row["negative_share"] == 0.5
+
+
+def test_catalogue_adds_the_most_frequent_class_and_department(log, rules) -> None:
+    catalogue = pl.DataFrame(
+        {
+            "clothing_id": [1078, 1078, 1078, 862],
+            "department_name": ["Dresses", "Dresses", "Tops", "Tops"],
+            "class_name": ["Dresses", "Dresses", "Knits", "Knits"],
+        }
+    )
+    row = product_quality_report(log, catalogue, rules).row(0, named=True)
+    assert (row["product_id"], row["department_name"], row["class_name"], row["division_name"]) == (
+        "1078",
+        "Dresses",
+        "Dresses",
+        None,
+    )
+
+
+def test_a_log_without_any_product_is_refused(rules) -> None:
+    with pytest.raises(MonitoringError, match="names a product"):
+        product_quality_report(predictions(None, 3, 3), None, rules)
+
+
+def test_csv_cells_that_start_a_formula_are_neutralised() -> None:
+    frame = pl.DataFrame(
+        {
+            "product_id": ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tx", "1078"],
+            "predictions": [1, 2, 3, 4, 5, -6],
+        }
+    )
+    rows = list(csv.reader(io.StringIO(to_safe_csv(frame).decode("utf-8"))))
+    assert rows[0] == ["product_id", "predictions"]
+    assert [row[0] for row in rows[1:]] == [
+        '\'=HYPERLINK("http://x")',
+        "'+1",
+        "'-2",
+        "'@SUM(A1)",
+        "'\tx",
+        "1078",
+    ]
+    assert rows[-1][1] == "-6"  # numbers stay numbers
+
+
+def test_markdown_shows_the_top_rows_and_escapes_pipes() -> None:
+    frame = pl.DataFrame({"product_id": ["a|b", "c", "d"], "negative_share": [0.5, 0.25, 0.125]})
+    markdown = to_markdown(frame, top_n=2)
+    lines = markdown.splitlines()
+    assert lines[0] == "| product_id | negative_share |"
+    assert lines[2] == "| a\\|b | 0.5000 |"
+    assert len([line for line in lines if line.startswith("| ")]) == 3
+    assert "(1 more rows not shown)" in markdown
