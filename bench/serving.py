@@ -49,8 +49,8 @@ from _common import free_port, machine
 from pydantic import BaseModel
 
 from mlplatform.core.data.text import LABELS
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.training.export import TOKEN_PATTERN, to_onnx
-from mlplatform.serving.capture import read_capture
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"

@@ -267,12 +267,15 @@ def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_models_rebuild(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.platform.artifacts import ArtifactStore
     from mlplatform.core.training.fit import load_training_config
     from mlplatform.core.training.rebuild import rebuild_model
 
     config = load_training_config(home.training_file if home.training_file.exists() else None)
+    model = _registry(home).get(args.version)
+    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
     _progress(f"refitting {args.version} from its recorded split version ...")
-    result = rebuild_model(home, args.version, config)
+    result = rebuild_model(store, model.version, model.card, model.sha256, config)
     verdict = "identical" if result.identical else "DIFFERENT"
     print(
         f"{result.version}: rebuilt {result.candidate} from review_splits {result.split_version[:12]}: "
@@ -311,6 +314,7 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.monitoring.capture import CaptureError, read_capture
     from mlplatform.core.monitoring.lineage import (
         LineageError,
         asset_lineage,
@@ -318,7 +322,6 @@ def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
         render_lineage_text,
     )
     from mlplatform.core.platform.storage import location_from_settings
-    from mlplatform.serving.capture import CaptureError, read_capture
 
     if args.prediction is not None and args.version is not None:
         print("error: --version applies to an asset, not to --prediction", file=sys.stderr)

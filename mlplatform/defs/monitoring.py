@@ -35,7 +35,7 @@ import onnx
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core.monitoring import drift, live_quality, product_report
+from mlplatform.core.monitoring import capture, drift, live_quality, product_report
 from mlplatform.core.monitoring import rules as monitoring
 from mlplatform.core.monitoring.drift import (
     BASELINE_CARD_KEY,
@@ -58,7 +58,7 @@ from mlplatform.core.monitoring.rules import (
     not_enough_data,
     system_health_numbers,
 )
-from mlplatform.core.platform.artifacts import ArtifactNotFound, Bundle
+from mlplatform.core.platform.artifacts import ArtifactNotFound, ArtifactStore, Bundle
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import StorageLocation, location_from_settings
@@ -68,7 +68,6 @@ from mlplatform.defs.checks import check_result
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
 from mlplatform.defs.versions import code_version
-from mlplatform.serving import capture
 
 MONITORING_GROUP = "monitoring"
 PREDICTION_LOG = "prediction_log"
@@ -208,7 +207,8 @@ def training_baseline(
     if BASELINE_CARD_KEY in card:
         return TrainingBaseline.from_dict(card[BASELINE_CARD_KEY])
     try:
-        _, splits = recorded_splits(home, card)
+        store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+        _, splits = recorded_splits(store, card)
     except ArtifactNotFound as exc:
         raise MissingBaseline(f"its recorded split version is gone ({exc})") from exc
     return TrainingBaseline.from_splits(splits, card["metrics"]["test"]["confusion_matrix"], vocabulary)

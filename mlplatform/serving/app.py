@@ -40,12 +40,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlplatform.core.data.text import LABELS
+from mlplatform.core.monitoring.capture import CaptureError, encode_capture_rows
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.files import ScoringRules, load_model
-from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
+from mlplatform.serving.capture import CaptureConfig, CaptureWriter
 from mlplatform.serving.dashboard import add_dashboard_routes
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import ModelHolder, ModelLoader, Predictor, ProductionRegistry

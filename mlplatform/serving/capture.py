@@ -1,11 +1,7 @@
-"""Request/response capture: append-only JSON-lines segments under `capture/`, durable by group commit.
+"""The capture writer: append-only JSON-lines segments under `capture/`, durable by group commit.
 
-Format: JSON lines, one line per review row of a 2xx inference request. A request of N reviews writes N
-lines that share its `request_id` and are numbered by `row` (0..N-1); a row is what monitoring joins with
-ground truth (by `review_id`), so one row per review keeps the file readable as a table with no
-unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the request arrived (UTC), `latency_ms` runs
-from arrival until the answer was ready, before the wait for the capture fsync (which the latency
-histogram in /metrics includes).
+The record format, the segment names and the reader are core's (`mlplatform.core.monitoring.capture`:
+monitoring reads what this writes without importing the endpoint); this module writes them.
 
 Durability: `CaptureWriter.append` hands the request's lines to one writer thread and waits until they
 are written and fsync'ed. The thread writes whatever is pending in one `write` + one `fsync` (group
@@ -39,51 +35,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-import polars as pl
-
-from mlplatform.core.data.text import PROBABILITY_COLUMNS
+from mlplatform.core.monitoring.capture import (
+    OPEN_SUFFIX,
+    SEALED_SUFFIX,
+    CaptureError,
+    complete_lines,
+    remote_location,
+    sealed_name,
+)
 from mlplatform.core.platform.fsio import fsync_directory
-from mlplatform.core.platform.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
+from mlplatform.core.platform.storage import StorageError, StorageLocation
 
 log = logging.getLogger(__name__)
-
-OPEN_SUFFIX = ".open"
-SEALED_SUFFIX = ".jsonl"
-
-# The schema as written (time is an ISO-8601 UTC string in the file, a Datetime once read).
-_WRITTEN_SCHEMA: dict[str, pl.DataType] = {
-    "request_id": pl.String(),
-    "time": pl.String(),
-    "route": pl.String(),
-    "model_version": pl.String(),
-    "row": pl.Int64(),
-    "text": pl.String(),
-    "product_id": pl.String(),
-    "review_id": pl.String(),
-    "label": pl.String(),
-    **{column: pl.Float64() for column in PROBABILITY_COLUMNS},
-    "latency_ms": pl.Float64(),
-}
-CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
-_TIME_DTYPE = pl.Datetime("us", "UTC")
-
-
-class CaptureError(RuntimeError):
-    """Capture records could not be written (or read back)."""
 
 
 @dataclass(frozen=True)
@@ -151,49 +125,6 @@ class _SyncHealth:
         )
 
 
-def utc_iso(epoch_seconds: float) -> str:
-    """ISO-8601 UTC with microseconds, the `time` column as written."""
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def encode_capture_rows(
-    *,
-    request_id: str,
-    received_at: float,
-    route: str,
-    model_version: str,
-    texts: Sequence[str],
-    product_ids: Sequence[str | None],
-    review_ids: Sequence[str | None],
-    labels: Sequence[str],
-    probabilities: np.ndarray,
-    latency_ms: float,
-) -> bytes:
-    """The capture lines of one request: one JSON object per review row, each ending in a newline."""
-    shared = {
-        "request_id": request_id,
-        "time": utc_iso(received_at),
-        "route": route,
-        "model_version": model_version,
-    }
-    lines = []
-    for row, (text, product_id, review_id, label, scores) in enumerate(
-        zip(texts, product_ids, review_ids, labels, probabilities, strict=True)
-    ):
-        record = {
-            **shared,
-            "row": row,
-            "text": text,
-            "product_id": product_id,
-            "review_id": review_id,
-            "label": label,
-            **dict(zip(PROBABILITY_COLUMNS, scores, strict=True)),
-            "latency_ms": latency_ms,
-        }
-        lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
-    return b"".join(lines)
-
-
 # --- writing ------------------------------------------------------------------------------------------
 
 _STOP = object()
@@ -222,10 +153,6 @@ def _wake(items: list[_PendingItem], error_message: str | None) -> None:
             loop.call_soon_threadsafe(_settle, futures, error_message)
 
 
-def _sealed_name(open_path: Path) -> Path:
-    return open_path.with_name(open_path.name.removesuffix(OPEN_SUFFIX))
-
-
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -243,27 +170,13 @@ def _segment_pid(open_path: Path) -> int | None:
     return int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else None
 
 
-def complete_lines(data: bytes) -> bytes:
-    """A segment's records: its bytes up to the first NUL (preallocated zeros, or what a crash left after
-    the last durable record), then up to the last newline (a torn last line is skipped)."""
-    end = data.find(b"\0")
-    if end >= 0:
-        data = data[:end]
-    return data[: data.rfind(b"\n") + 1]
-
-
-def _written_length(path: Path, block: int = 1 << 16) -> int:
-    """How far a local segment holds data: its size less a zero tail (read backwards, block by block)."""
-    with path.open("rb") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        while end > 0:
-            start = max(0, end - block)
-            handle.seek(start)
-            data = handle.read(end - start).rstrip(b"\0")
-            if data:
-                return start + len(data)
-            end = start
-    return 0
+def _write_all_at(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """pwrite all of `data` at `offset` (a short write continues where it stopped); returns its length."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+    return len(data)
 
 
 def seal_abandoned_segments(root: Path) -> list[Path]:
@@ -278,18 +191,13 @@ def seal_abandoned_segments(root: Path) -> list[Path]:
             handle.truncate(len(complete_lines(data)))
             handle.flush()
             os.fsync(handle.fileno())
-        target = _sealed_name(open_path)
+        target = sealed_name(open_path)
         os.rename(open_path, target)
         sealed.append(target)
     if sealed:
         fsync_directory(root)
         log.info("sealed %d capture segment(s) left by dead processes", len(sealed))
     return sealed
-
-
-def _remote(location: StorageLocation | None, root: Path) -> StorageLocation | None:
-    """The capture location when it is not the local capture directory itself, else None."""
-    return None if location is None or is_home_directory(location, root) else location
 
 
 def _local_sealed_segments(root: Path) -> list[Path]:
@@ -381,7 +289,7 @@ class CaptureWriter:
         self._config = config
         self._sync_file = os.fdatasync if sync_file is None else sync_file
         self._clock = clock
-        remote = _remote(publish_to, self._root)
+        remote = remote_location(publish_to, self._root)
         self._publisher = _SegmentPublisher(self._root, remote) if remote is not None else None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Held while the open segment is written, synced, rotated or sealed: by the writer thread, or
@@ -610,7 +518,7 @@ class CaptureWriter:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(path, _sealed_name(path))
+        os.rename(path, sealed_name(path))
         fsync_directory(self._root)
         if self._publisher is not None:
             self._publisher.wake()
@@ -645,109 +553,3 @@ class CaptureWriter:
             if item is not _STOP and item is not _TOP_UP:
                 leftovers.append(item)
         _wake(leftovers, "capture writer closed")
-
-
-# --- reading ------------------------------------------------------------------------------------------
-
-
-def _segment_order(item: tuple[str, Any]) -> str:
-    """Segments sort by name (UTC stamp first), an open one with the sealed name it will get."""
-    return item[0].removesuffix(OPEN_SUFFIX)
-
-
-def _write_all_at(fd: int, data: bytes | memoryview, offset: int) -> int:
-    """pwrite all of `data` at `offset` (a short write continues where it stopped); returns its length."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-    return len(data)
-
-
-def _read_local_segment(path: Path, remote: StorageLocation | None) -> bytes:
-    """A local segment's bytes, following a concurrent seal (open -> sealed) and publish (-> remote)."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        if path.name.endswith(OPEN_SUFFIX):
-            return _read_local_segment(_sealed_name(path), remote)
-        if remote is None:
-            raise
-    try:
-        return remote.get_bytes(path.name)
-    except ObjectNotFound:
-        raise CaptureError(
-            f"capture segment {path.name} vanished from {path.parent} and {remote.url}"
-        ) from None
-
-
-def _published_segments(remote: StorageLocation | None) -> dict[str, int]:
-    """{name: size} of the published segments, sorted, from one listing (no request per segment)."""
-    if remote is None:
-        return {}
-    try:
-        listed = remote.list_sizes(recursive=False)
-    except (StorageError, OSError) as exc:
-        raise CaptureError(f"capture location {remote.url} cannot be listed: {exc}") from exc
-    return {key: size for key, size in listed.items() if key.endswith(SEALED_SUFFIX)}
-
-
-def list_segments(root: Path, location: StorageLocation | None = None) -> list[tuple[str, int]]:
-    """(name, size) of every segment, local (open and sealed) and published, in write order.
-
-    An open segment's size is how far it holds records (its zero-filled room ahead is not counted), so
-    the size grows with every record whether or not the segment is preallocated.
-    """
-    found = _published_segments(_remote(location, Path(root)))
-    if Path(root).is_dir():
-        for path in Path(root).iterdir():
-            if path.name.endswith((SEALED_SUFFIX, SEALED_SUFFIX + OPEN_SUFFIX)):
-                with contextlib.suppress(FileNotFoundError):  # sealed or published meanwhile
-                    open_segment = path.name.endswith(OPEN_SUFFIX)
-                    found[path.name] = _written_length(path) if open_segment else path.stat().st_size
-    return sorted(found.items(), key=_segment_order)
-
-
-def _local_segments(root: Path) -> dict[str, Path]:
-    """Local segments by sealed name. Open ones are listed first: one sealed meanwhile is then still
-    seen (as sealed), and one seen both ways is read once, sealed."""
-    found = {_sealed_name(path).name: path for path in root.glob(f"*{SEALED_SUFFIX}{OPEN_SUFFIX}")}
-    found.update({path.name: path for path in root.glob(f"*{SEALED_SUFFIX}")})
-    return found
-
-
-def _segment_bytes(root: Path, remote: StorageLocation | None) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every segment, oldest first; a segment both local and published is read once."""
-    local = _local_segments(root)
-    published = [name for name in _published_segments(remote) if name not in local]
-    segments: list[tuple[str, bytes]] = []
-    if remote is not None and published:
-        fetched = remote.get_many(published)
-        segments += [(name, fetched[name]) for name in published]
-    segments += [(path.name, _read_local_segment(path, remote)) for path in local.values()]
-    return sorted(segments, key=_segment_order)
-
-
-def read_capture(root: Path, location: StorageLocation | None = None) -> pl.DataFrame:
-    """All capture records (sealed and open segments, oldest first) as a polars frame.
-
-    `root` is the local capture directory; `location` the `[storage] capture` location, whose
-    published segments are read too when it is elsewhere.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise CaptureError(f"capture directory {root} does not exist")
-    frames = []
-    for name, raw in _segment_bytes(root, _remote(location, root)):
-        path = root / name
-        data = complete_lines(raw)
-        if not data:
-            continue
-        try:
-            frames.append(pl.read_ndjson(io.BytesIO(data), schema=_WRITTEN_SCHEMA))
-        except pl.exceptions.PolarsError as exc:
-            raise CaptureError(f"capture segment {path} is unreadable: {exc}") from exc
-    frame = pl.concat(frames) if frames else pl.DataFrame(schema=_WRITTEN_SCHEMA)
-    return frame.with_columns(
-        pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC")
-    )

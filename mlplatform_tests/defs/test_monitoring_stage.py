@@ -228,7 +228,9 @@ def test_a_version_is_judged_against_its_own_training_texts_after_the_splits_mov
     production = registry.production()
     version, card = production.version, production.card
     vocabulary = ModelVocabulary.from_onnx(onnx.load(str(registry.verify(version))))
-    _, trained_on = recorded_splits(home, card)
+    _, trained_on = recorded_splits(
+        ArtifactStore.from_settings(home, Settings.load(home.settings_file)), card
+    )
     assert TrainingBaseline.from_dict(card[BASELINE_CARD_KEY]) == _baseline_of(trained_on, card, vocabulary)
 
     # New data lands and review_splits moves on; the version stays in production.

@@ -20,11 +20,11 @@ from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import to_published_csv
 from mlplatform.core.monitoring.alerts import AlertStore
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.monitoring.lineage import prediction_lineage
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.instance import prepare_instance
-from mlplatform.serving.capture import read_capture
 from mlplatform_tests.integration.processes import free_port, start, stop, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.realdata]

@@ -19,11 +19,11 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform.core.data.features import LABELS
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.serving.app import api_keys_from_env, create_app
-from mlplatform.serving.capture import read_capture
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, with_serving
 
 INFER = "/v2/models/sentiment/infer"

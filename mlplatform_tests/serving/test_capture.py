@@ -1,4 +1,5 @@
-"""Capture segments: group-committed appends, torn tails, rotation, crash recovery, write failures."""
+"""The capture writer: group-committed appends, rotation, crash recovery, write failures (the reader's
+own cases are in mlplatform_tests/core/monitoring/test_capture.py)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,17 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
-from mlplatform.serving.capture import (
+from mlplatform.core.monitoring.capture import (
     CAPTURE_COLUMNS,
-    CaptureConfig,
     CaptureError,
-    CaptureWriter,
-    encode_capture_rows,
     list_segments,
     read_capture,
-    seal_abandoned_segments,
 )
+from mlplatform.serving.capture import CaptureConfig, CaptureWriter, seal_abandoned_segments
+from mlplatform_tests.core.monitoring.test_capture import rows
 
 CONFIG = CaptureConfig(
     fsync_max_delay_s=0.0, batch_max_records=1000, segment_max_bytes=1 << 20, segment_max_age_s=3600.0
@@ -35,21 +33,6 @@ PREALLOCATED = dataclasses.replace(CONFIG, preallocate_bytes=4096)
 def config(request: pytest.FixtureRequest) -> CaptureConfig:
     """Both ways of laying out an open segment: plain appends, and records over zero-filled room."""
     return request.param
-
-
-def rows(request_id: str, count: int = 1, version: str = "v1") -> bytes:
-    return encode_capture_rows(
-        request_id=request_id,
-        received_at=1_700_000_000.25,
-        route="/predict",
-        model_version=version,
-        texts=[f"text {i} of {request_id}" for i in range(count)],
-        product_ids=[str(i) for i in range(count)],
-        review_ids=[None] * count,
-        labels=["positive"] * count,
-        probabilities=np.tile(np.array([0.1, 0.2, 0.7], dtype=np.float32), (count, 1)),
-        latency_ms=1.5,
-    )
 
 
 async def append_all(writer: CaptureWriter, payloads: list[bytes]) -> None:
@@ -90,15 +73,6 @@ def test_many_concurrent_appends_share_fsyncs(tmp_path: Path, config: CaptureCon
     assert len(fsyncs) < 200  # group commit: one fsync covers every record pending at the time
 
 
-def test_reader_skips_a_torn_tail(tmp_path: Path) -> None:
-    complete = rows("whole")
-    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open").write_bytes(
-        complete + rows("torn")[:25]
-    )
-    frame = read_capture(tmp_path)
-    assert frame["request_id"].to_list() == ["whole"]
-
-
 def test_dead_writers_segment_is_cut_and_sealed(tmp_path: Path) -> None:
     dead_pid = 999_999_999  # above any real pid_max
     torn = tmp_path / f"20240101T000000000000Z-{dead_pid}-000001.jsonl.open"
@@ -109,18 +83,6 @@ def test_dead_writers_segment_is_cut_and_sealed(tmp_path: Path) -> None:
     assert sealed == [tmp_path / f"20240101T000000000000Z-{dead_pid}-000001.jsonl"]
     assert sealed[0].read_bytes() == rows("whole")
     assert live.exists()  # a live writer's segment is left alone
-
-
-def test_reader_skips_zero_filled_room_and_what_a_crash_left_in_it(tmp_path: Path) -> None:
-    whole = rows("whole")
-    torn = rows("torn")
-    # Preallocated room after the records ...
-    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open").write_bytes(whole + bytes(4096))
-    # ... and a crash that wrote the end of a record's page but not its start: zeros, then bytes.
-    (tmp_path / "20240101T000000000000Z-999999999-000002.jsonl.open").write_bytes(
-        whole + bytes(30) + torn[30:] + bytes(100)
-    )
-    assert read_capture(tmp_path)["request_id"].to_list() == ["whole", "whole"]
 
 
 def test_dead_writers_preallocated_segment_is_cut_to_its_records(tmp_path: Path) -> None:
@@ -246,17 +208,6 @@ def test_append_after_close_is_refused(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(CaptureError, match="not running"):
         asyncio.run(writer.append(rows("late")))
-
-
-def test_reading_a_missing_directory_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(CaptureError, match="does not exist"):
-        read_capture(tmp_path / "absent")
-
-
-def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
-    frame = read_capture(tmp_path)
-    assert frame.height == 0
-    assert frame.columns == list(CAPTURE_COLUMNS)
 
 
 # -- a lone request syncing inline ------------------------------------------------------------------

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.serving.capture import list_segments, publish_sealed_segments, read_capture
+from mlplatform.core.monitoring.capture import list_segments, read_capture
+from mlplatform.serving.capture import publish_sealed_segments
+from mlplatform_tests.core.monitoring.test_capture import rows
 from mlplatform_tests.core.platform.test_storage_object_store import RequestLog, is_listing, s3_location
 from mlplatform_tests.integration.test_object_store import s3_endpoint  # noqa: F401 (a fixture)
-from mlplatform_tests.serving.test_capture import rows
 
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(60)]
 

@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.core.monitoring.capture import CaptureError, list_segments, read_capture
 from mlplatform.core.platform.storage import LocalLocation, StorageLocation, open_location
-from mlplatform.serving.capture import (
-    CaptureConfig,
-    CaptureError,
-    CaptureWriter,
-    list_segments,
-    publish_sealed_segments,
-    read_capture,
-)
-from mlplatform_tests.serving.test_capture import append_all, rows
+from mlplatform.serving.capture import CaptureConfig, CaptureWriter, publish_sealed_segments
+from mlplatform_tests.core.monitoring.test_capture import rows
+from mlplatform_tests.serving.test_capture import append_all
 
 SMALL_SEGMENTS = CaptureConfig(
     fsync_max_delay_s=0.0, batch_max_records=1, segment_max_bytes=1, segment_max_age_s=3600.0

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.serving.capture import read_capture
 from mlplatform_tests.integration.processes import endpoint_process
 from mlplatform_tests.serving.conftest import deploy
 

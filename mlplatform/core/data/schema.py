@@ -16,14 +16,11 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
-
-if TYPE_CHECKING:
-    from mlplatform.core.data.quality import IngestRules
 
 SCHEMA_CHECK = "schema"
 
@@ -297,7 +294,17 @@ def _as_text(column: pl.Series) -> pl.Series:
 # --- contract ------------------------------------------------------------------------------------------
 
 
-def raw_review_schema(rules: IngestRules) -> pa.DataFrameSchema:
+class AgeBounds(Protocol):
+    """The configurable part of the contract: the accepted ages (quality.IngestRules carries them)."""
+
+    @property
+    def min_age(self) -> int: ...
+
+    @property
+    def max_age(self) -> int: ...
+
+
+def raw_review_schema(rules: AgeBounds) -> pa.DataFrameSchema:
     """The pandera contract of a normalised drop: columns, dtypes, nullability and value ranges."""
 
     def column(name: str, *checks: pa.Check, unique: bool = False) -> pa.Column:
@@ -325,7 +332,7 @@ def raw_review_schema(rules: IngestRules) -> pa.DataFrameSchema:
     )
 
 
-def validate_schema(frame: pl.DataFrame, rules: IngestRules) -> str | None:
+def validate_schema(frame: pl.DataFrame, rules: AgeBounds) -> str | None:
     """Validate `frame` against the contract (lazily); None when valid, else a one-line failure summary."""
     try:
         raw_review_schema(rules).validate(frame, lazy=True)

@@ -41,7 +41,7 @@ BEST_MODEL = "best_model"
 CANDIDATES_PREFIX = f"{CANDIDATES_GROUP_PREFIX}/"
 DROP_HASH_COLUMN = "drop_hash"
 TEXT_PREVIEW_CHARS = 60
-# The capture columns a request's chain is read from (serving.capture writes them).
+# The capture columns a request's chain is read from (core/monitoring/capture.py; the endpoint writes them).
 CAPTURE_COLUMNS = ("request_id", "time", "route", "model_version", "row", "text", "product_id", "review_id")
 CAPTURE_COLUMNS += ("label", *PROBABILITY_COLUMNS, "latency_ms")
 
@@ -217,7 +217,7 @@ def _request_record(rows: pl.DataFrame) -> dict[str, Any]:
 def prediction_lineage(home: PlatformHome, request_id: str, capture: pl.DataFrame) -> dict[str, Any]:
     """The chain of one captured request: request -> model version -> run, splits, drops, code.
 
-    `capture` is the endpoint's capture log as read by `mlplatform.serving.capture.read_capture`
+    `capture` is the endpoint's capture log as read by `mlplatform.core.monitoring.capture.read_capture`
     (passed in: core does not import the serving layer). Raises LineageError for an unknown (or
     reused) request id and for any missing link.
     """

@@ -4,6 +4,10 @@ The model card records the split version it was trained on and the fingerprint o
 (which includes the library versions that shape the ONNX bytes). Training is deterministic, so
 refitting the recorded candidate on the recorded split must give the registered ONNX file byte for
 byte; anything else means the recorded inputs or code are not what produced the model.
+
+The caller hands in what the registry holds of the version (its card and the registered file's SHA-256)
+and the artifact store the splits are read from: training comes before release, so this module never
+reads the registry itself.
 """
 
 from __future__ import annotations
@@ -16,9 +20,6 @@ from typing import Any
 import polars as pl
 
 from mlplatform.core.platform.artifacts import ArtifactStore
-from mlplatform.core.platform.home import PlatformHome
-from mlplatform.core.platform.settings import Settings
-from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.training.fit import (
     TrainingConfig,
     candidate_specs,
@@ -45,20 +46,25 @@ class Rebuild:
         return self.registered_sha256 == self.rebuilt_sha256
 
 
-def recorded_splits(home: PlatformHome, card: Mapping[str, Any]) -> tuple[str, pl.DataFrame]:
+def recorded_splits(store: ArtifactStore, card: Mapping[str, Any]) -> tuple[str, pl.DataFrame]:
     """The `review_splits` version a model card records, and that frame loaded from the artifact store.
 
     Raises ArtifactNotFound when that version is no longer stored.
     """
     split_version = card["lineage"]["split_versions"]["review_splits"]
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
     return split_version, store.load(store.get("review_splits", split_version))
 
 
-def rebuild_model(home: PlatformHome, version: str, config: TrainingConfig) -> Rebuild:
-    """Refit the model registered as `version` from its recorded split version with `config`."""
-    model = ModelRegistry.for_home(home).get(version)
-    lineage, candidate = model.card["lineage"], model.card["model"]["name"]
+def rebuild_model(
+    store: ArtifactStore,
+    version: str,
+    card: Mapping[str, Any],
+    registered_sha256: str,
+    config: TrainingConfig,
+) -> Rebuild:
+    """Refit the model registered as `version` (its model card and file hash as the registry records them)
+    from its recorded split version with `config`."""
+    lineage, candidate = card["lineage"], card["model"]["name"]
     recorded = lineage.get("training_config")
     if recorded != config_fingerprint(config):
         raise RebuildError(
@@ -68,11 +74,11 @@ def rebuild_model(home: PlatformHome, version: str, config: TrainingConfig) -> R
     specs = [spec for spec in candidate_specs(config) if spec.name == candidate]
     if not specs:
         raise RebuildError(f"{version}: candidate {candidate!r} is not in the current search config")
-    split_version, splits = recorded_splits(home, model.card)
+    split_version, splits = recorded_splits(store, card)
     rebuilt = train_candidate(specs[0], split_frames(splits), config)
     return Rebuild(
         version=version,
-        registered_sha256=model.sha256,
+        registered_sha256=registered_sha256,
         rebuilt_sha256=hashlib.sha256(rebuilt.onnx_bytes).hexdigest(),
         split_version=split_version,
         candidate=candidate,

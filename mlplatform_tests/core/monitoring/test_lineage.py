@@ -12,6 +12,7 @@ import pytest
 
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.text import LABELS
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.monitoring.lineage import (
     LineageError,
     asset_lineage,
@@ -22,7 +23,6 @@ from mlplatform.core.monitoring.lineage import (
 from mlplatform.core.platform.artifacts import ArtifactStore, IntegrityError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.serving.capture import read_capture
 from mlplatform_tests.core.monitoring.lineage_fixtures import (
     REQUEST_ID,
     REUSED_REQUEST_ID,

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlplatform.core.monitoring.capture import CAPTURE_COLUMNS
 from mlplatform.core.monitoring.rules import (
     MonitoringError,
     MonitoringRules,
@@ -17,7 +18,6 @@ from mlplatform.core.monitoring.rules import (
     system_health_numbers,
 )
 from mlplatform.core.platform.settings import Settings, SettingsError
-from mlplatform.serving.capture import CAPTURE_COLUMNS
 from mlplatform.serving.metrics import ServingMetrics
 from mlplatform.serving.model_holder import HolderStatus
 from mlplatform_tests.serving.test_metrics import FakeClock

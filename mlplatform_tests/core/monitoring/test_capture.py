@@ -1,0 +1,62 @@
+"""The capture record format and its reader: torn tails, zero-filled room, a missing or empty capture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlplatform.core.monitoring.capture import (
+    CAPTURE_COLUMNS,
+    CaptureError,
+    encode_capture_rows,
+    read_capture,
+)
+
+
+def rows(request_id: str, count: int = 1, version: str = "v1") -> bytes:
+    return encode_capture_rows(
+        request_id=request_id,
+        received_at=1_700_000_000.25,
+        route="/predict",
+        model_version=version,
+        texts=[f"text {i} of {request_id}" for i in range(count)],
+        product_ids=[str(i) for i in range(count)],
+        review_ids=[None] * count,
+        labels=["positive"] * count,
+        probabilities=np.tile(np.array([0.1, 0.2, 0.7], dtype=np.float32), (count, 1)),
+        latency_ms=1.5,
+    )
+
+
+def test_reader_skips_a_torn_tail(tmp_path: Path) -> None:
+    complete = rows("whole")
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open").write_bytes(
+        complete + rows("torn")[:25]
+    )
+    frame = read_capture(tmp_path)
+    assert frame["request_id"].to_list() == ["whole"]
+
+
+def test_reader_skips_zero_filled_room_and_what_a_crash_left_in_it(tmp_path: Path) -> None:
+    whole = rows("whole")
+    torn = rows("torn")
+    # Preallocated room after the records ...
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl.open").write_bytes(whole + bytes(4096))
+    # ... and a crash that wrote the end of a record's page but not its start: zeros, then bytes.
+    (tmp_path / "20240101T000000000000Z-999999999-000002.jsonl.open").write_bytes(
+        whole + bytes(30) + torn[30:] + bytes(100)
+    )
+    assert read_capture(tmp_path)["request_id"].to_list() == ["whole", "whole"]
+
+
+def test_reading_a_missing_directory_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CaptureError, match="does not exist"):
+        read_capture(tmp_path / "absent")
+
+
+def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
+    frame = read_capture(tmp_path)
+    assert frame.height == 0
+    assert frame.columns == list(CAPTURE_COLUMNS)
