@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from mlplatform.core.data.lake import Lake
+from mlplatform.core.monitoring.prediction_log import INPUT_FINGERPRINT
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
@@ -25,12 +26,7 @@ from mlplatform.defs.alerting import record_run_alerts
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, batch_files
 from mlplatform.defs.execution import execute
 from mlplatform.defs.ingest import DROPS
-from mlplatform.defs.monitoring import (
-    INPUT_FINGERPRINT,
-    MONITORING_GROUP,
-    PREDICTION_LOG,
-    monitoring_fingerprint,
-)
+from mlplatform.defs.monitoring import MONITORING_GROUP, PREDICTION_LOG, monitoring_fingerprint
 from mlplatform.instance import open_instance
 
 RAW_REVIEWS = dg.AssetKey("raw_reviews")

@@ -1,4 +1,9 @@
-"""Turning core check outcomes into Dagster check results (one shape for every stage)."""
+"""Turning core check outcomes into Dagster check results (one shape for every stage).
+
+Every number a check judges is in its metadata, so the UI shows (and plots) it beside the verdict:
+nested mappings from core (a gate's per-class recalls, per-facet gaps) become flat `outer/inner` keys,
+and a value that was not measured (None) is left out rather than shown as a number.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+
+
+def flat_metadata(metadata: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"gaps": {"age": {"max_recall_gap": 0.1}}}` as `{"gaps/age/max_recall_gap": 0.1}`; None dropped."""
+    flat: dict[str, Any] = {}
+    for key, value in metadata.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_metadata(value, f"{name}/"))
+        elif value is not None:
+            flat[name] = value
+    return flat
 
 
 def check_result(
@@ -23,5 +40,5 @@ def check_result(
         passed=bool(passed),
         severity=dg.AssetCheckSeverity.WARN if warn_only else dg.AssetCheckSeverity.ERROR,
         description=description,
-        metadata=dict(metadata or {}),
+        metadata=flat_metadata(metadata or {}),
     )

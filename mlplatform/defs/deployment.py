@@ -31,7 +31,7 @@ from mlplatform.core.platform.fsio import sha256_file
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release import deploy
 from mlplatform.core.release.deploy import DeployAction, DeploymentRules, SmokeResult
-from mlplatform.core.release.registry import PREVIOUS, PRODUCTION, ModelVersion
+from mlplatform.core.release.registry import ModelVersion
 from mlplatform.core.scoring import files as scoring
 from mlplatform.core.scoring.files import ScoringError, ScoringRules
 from mlplatform.defs.checks import check_result
@@ -129,48 +129,29 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
             return
 
         rules = DeploymentRules.from_settings(platform.settings())
-        outcome = deploy.deploy_exclusively(
+        deployment = deploy.deploy_version(
             platform.platform_home(),
             registry,
             target,
             lambda version: _smoke(endpoint, version, rules),
+            rules,
             live=endpoint.live,
-            lock_timeout_s=rules.lock_timeout_s,
+            endpoint_url=endpoint.location(),
             by=DEPLOYED_BY,
         )
-        state, smoke = outcome.state.value, outcome.smoke
-        aliases = registry.aliases()
-        record = {
-            "state": state,
-            "deployed_version": target.version,
-            "production": aliases.get(PRODUCTION),
-            "previous": aliases.get(PREVIOUS),
-            "endpoint_url": endpoint.location(),
-            "smoke_test": smoke.to_dict(),
-        }
         context.log.info(
-            f"{state} {target.version} after {outcome.lock_wait_s:.1f} s waiting for the deployment lock; "
-            f"production is {record['production']}"
+            f"{deployment.outcome.state.value} {target.version} after {deployment.outcome.lock_wait_s:.1f} s "
+            f"waiting for the deployment lock; production is {deployment.production}"
         )
         yield versioned_output(
-            record,
-            output_name=SENTIMENT_ENDPOINT,
-            metadata={
-                "state": state,
-                "deployed_version": target.version,
-                "production": str(record["production"]),
-                "previous": str(record["previous"]),
-                "endpoint_url": str(record["endpoint_url"] or "in-process (no endpoint configured)"),
-                "smoke_latency_ms": smoke.latency_ms,
-                "lock_wait_s": round(outcome.lock_wait_s, 3),
-                "reason": smoke.reason or "smoke test passed",
-            },
+            deployment.record(), output_name=SENTIMENT_ENDPOINT, metadata=deployment.metadata()
         )
+        smoke = deployment.outcome.smoke
         yield check_result(
             "smoke_test",
             smoke.passed,
-            smoke.reason or f"{len(deploy.SMOKE_CASES)} canned reviews right, answered by {target.version}",
-            {"latency_ms": smoke.latency_ms, "state": state},
+            deployment.smoke_description,
+            {"latency_ms": smoke.latency_ms, "state": deployment.outcome.state.value},
             asset_key=ASSET_KEY,
         )
 

@@ -22,48 +22,35 @@
 
 Every check is non-blocking: monitoring reports, it never stops the pipeline. `mlplatform run` runs the
 group when the capture or the labels changed (`monitoring_fingerprint`), and `monitoring_schedule` runs it on the daemon.
+
+The monitors themselves are core's (core/monitoring/); each asset here hands one of them its inputs and
+turns its verdicts into check results.
 """
 
-import hashlib
 import time
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import dagster as dg
-import onnx
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core.monitoring import capture, drift, live_quality, product_report
-from mlplatform.core.monitoring import rules as monitoring
-from mlplatform.core.monitoring.drift import (
-    BASELINE_CARD_KEY,
-    DriftBaseline,
-    DriftReport,
-    MissingBaseline,
-    ModelVocabulary,
-    TrainingBaseline,
+from mlplatform.core.monitoring import (
+    capture,
+    drift,
+    health,
+    inputs,
+    live_quality,
+    prediction_log,
+    product_report,
 )
-from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, ground_truth
-from mlplatform.core.monitoring.rules import (
-    DRIFT_METRICS,
-    ERROR,
-    ERROR_RATE_CHECK,
-    LATENCY_CHECK,
-    WARN,
-    MonitoringRules,
-    MonitorOutcome,
-    health_outcomes,
-    not_enough_data,
-    system_health_numbers,
-)
-from mlplatform.core.platform.artifacts import ArtifactNotFound, ArtifactStore, Bundle
+from mlplatform.core.monitoring.drift import judge_drift
+from mlplatform.core.monitoring.health import ERROR_RATE_CHECK, LATENCY_CHECK, judge_system_health
+from mlplatform.core.monitoring.inputs import MonitoringInputs, read_prediction_log
+from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, judge_live_quality
+from mlplatform.core.monitoring.rules import DRIFT_METRICS, WARN, MonitoringRules, MonitorOutcome
+from mlplatform.core.platform.artifacts import ArtifactStore, Bundle
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
-from mlplatform.core.platform.storage import StorageLocation, location_from_settings
-from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.training.rebuild import recorded_splits
+from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
@@ -82,77 +69,23 @@ MONITORING_ASSETS: tuple[str, ...] = (
     PRODUCT_QUALITY_REPORT,
     SYSTEM_HEALTH,
 )
-INPUT_FINGERPRINT = "input_fingerprint"
-REPORT_CSV = "product_quality_report.csv"
-REPORT_MARKDOWN = "product_quality_report.md"
-NO_ENDPOINT = "no endpoint configured: system health is not observed"
 
 
-# ---- inputs outside the asset graph ----------------------------------------------------------------
-
-
-def labels_dir(home: PlatformHome) -> Path:
-    """Where ground truth lands: CSV files keyed by `review_id` with a `label` or a `rating` column."""
-    return home.lake / "landing" / "labels"
-
-
-def _label_files(home: PlatformHome) -> list[Path]:
-    directory = labels_dir(home)
-    return sorted(directory.glob("*.csv")) if directory.is_dir() else []
-
-
-def capture_location(home: PlatformHome) -> StorageLocation:
-    """Where the endpoint publishes sealed capture segments (`[storage] capture`)."""
-    return location_from_settings(home, Settings.load(home.settings_file), "capture")
+def monitoring_inputs(home: PlatformHome, settings: Settings) -> MonitoringInputs:
+    """The home's capture (local directory and `[storage] capture` location) and labels landing."""
+    return MonitoringInputs(home.capture, location_from_settings(home, settings, "capture"), home.labels)
 
 
 def monitoring_fingerprint(home: PlatformHome) -> str | None:
-    """A hash of what the monitors read from outside the graph (None: nothing captured yet).
-
-    The capture segments' names and sizes (append-only, so a new or grown segment changes it) and the
-    labels files' names, sizes and modification times: the runner's cue that monitoring is behind.
-    """
-    segments = capture.list_segments(home.capture, capture_location(home))
-    if not segments:
-        return None
-    digest = hashlib.sha256()
-    for name, size in segments:
-        digest.update(f"capture\0{name}\0{size}\n".encode())
-    for path in _label_files(home):
-        stat = path.stat()
-        digest.update(f"labels\0{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    """What the monitors read from outside the graph, hashed (None: nothing captured yet): the runner's
+    and the schedule's cue that monitoring is behind."""
+    return monitoring_inputs(home, Settings.load(home.settings_file)).fingerprint()
 
 
-def read_labels(home: PlatformHome) -> pl.DataFrame:
-    """Every labels file of the home as one (review_id, label) frame (empty when none landed)."""
-    frames = []
-    for path in _label_files(home):
-        frame = pl.read_csv(path, infer_schema=False)
-        if "rating" in frame.columns:
-            frame = frame.with_columns(pl.col("rating").cast(pl.Int64))
-        try:
-            frames.append(ground_truth(frame).rename({"true_label": "label"}))
-        except (monitoring.MonitoringError, pl.exceptions.PolarsError) as exc:
-            raise monitoring.MonitoringError(f"labels file {path}: {exc}") from exc
-    if not frames:
-        return pl.DataFrame(schema={"review_id": pl.String, "label": pl.String})
-    return pl.concat(frames)
-
-
-def _production_version(platform: PlatformResource) -> str | None:
-    production = platform.registry().production()
-    return None if production is None else production.version
-
-
-def _versions_in(log: pl.DataFrame) -> list[str]:
-    return sorted(log["model_version"].unique().to_list())
-
-
-def _check(outcome: MonitorOutcome, asset: str, name: str | None = None) -> dg.AssetCheckResult:
+def _check(outcome: MonitorOutcome, asset: str) -> dg.AssetCheckResult:
     """A core outcome as a non-blocking check result (a passed check is reported with ERROR severity)."""
     return check_result(
-        name or outcome.name,
+        outcome.name,
         outcome.passed,
         outcome.description,
         outcome.metadata,
@@ -169,81 +102,19 @@ def _prediction_log_asset(settings: Settings) -> dg.AssetsDefinition:
         name=PREDICTION_LOG,
         group_name=MONITORING_GROUP,
         kinds={"polars"},
-        code_version=code_version([monitoring, capture]),
+        code_version=code_version([prediction_log, inputs, capture]),
         description="Every captured prediction (one row per request row, first capture kept) with its "
         "model version; unpartitioned because the capture only grows.",
     )
-    def prediction_log(platform: PlatformResource):
-        home = platform.platform_home()
-        fingerprint = monitoring_fingerprint(home)
+    def prediction_log_asset(platform: PlatformResource):
         # A home that never served has no capture directory yet: its log is empty, not an error.
-        log, stats = monitoring.prediction_log(
-            capture.read_capture(home.ensure().capture, capture_location(home))
-        )
-        metadata: dict[str, Any] = {
-            key: value for key, value in stats.to_dict().items() if isinstance(value, int)
-        }
-        metadata.update({f"rows/{version}": rows for version, rows in stats.rows_by_version.items()})
-        metadata[INPUT_FINGERPRINT] = fingerprint or "nothing captured"
-        if log.height:
-            metadata["first_time"] = str(log["time"].min())
-            metadata["last_time"] = str(log["time"].max())
-        return versioned_output(log, metadata=metadata)
+        log = read_prediction_log(monitoring_inputs(platform.platform_home().ensure(), platform.settings()))
+        return versioned_output(log.frame, metadata=log.metadata())
 
-    return prediction_log
+    return prediction_log_asset
 
 
 # ---- drift_report -----------------------------------------------------------------------------------
-
-
-def training_baseline(
-    home: PlatformHome, card: Mapping[str, Any], vocabulary: ModelVocabulary
-) -> TrainingBaseline:
-    """The training baseline a model card records; for a version registered before baselines were
-    recorded, the one derived from its recorded split version (never from the current splits).
-
-    Raises MissingBaseline when the card records neither a baseline nor a split version still stored.
-    """
-    if BASELINE_CARD_KEY in card:
-        return TrainingBaseline.from_dict(card[BASELINE_CARD_KEY])
-    try:
-        store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
-        _, splits = recorded_splits(store, card)
-    except ArtifactNotFound as exc:
-        raise MissingBaseline(f"its recorded split version is gone ({exc})") from exc
-    return TrainingBaseline.from_splits(splits, card["metrics"]["test"]["confusion_matrix"], vocabulary)
-
-
-def drift_baseline(home: PlatformHome, registry: ModelRegistry, version: str) -> DriftBaseline:
-    """`version`'s baseline: its recorded training baseline and the vocabulary of its ONNX graph."""
-    vocabulary = ModelVocabulary.from_onnx(onnx.load(str(registry.verify(version))))
-    try:
-        training = training_baseline(home, registry.get(version).card, vocabulary)
-    except MissingBaseline as exc:
-        raise MissingBaseline(f"no training baseline recorded for {version}: {exc}") from exc
-    return DriftBaseline(training, vocabulary, model_version=version)
-
-
-def version_drift(
-    home: PlatformHome, registry: ModelRegistry, log_rows: pl.DataFrame, version: str, rules: MonitoringRules
-) -> DriftReport:
-    """The drift of `version`'s rows of the log; unjudged (not enough data) when it has no baseline."""
-    rows = log_rows.filter(pl.col("model_version") == version)
-    try:
-        baseline = drift_baseline(home, registry, version)
-    except MissingBaseline as exc:
-        return drift.unjudged_report(version, rows.height, str(exc))
-    return drift.drift_report(rows, baseline, rules)
-
-
-def _drift_outcomes(
-    reports: Mapping[str, DriftReport], judged: str | None, rows_min: int
-) -> list[MonitorOutcome]:
-    """The judged (production) version's outcomes; not enough data when it served nothing logged."""
-    if judged is not None and judged in reports:
-        return list(reports[judged].outcomes)
-    what = f"rows of production version {judged}" if judged else "rows (no production version)"
-    return [not_enough_data(metric, 0, rows_min, what) for metric in DRIFT_METRICS]
 
 
 def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -252,7 +123,7 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn()},
         kinds={"polars"},
-        code_version=code_version([drift, monitoring], settings.section("monitoring")),
+        code_version=code_version([drift, prediction_log], settings.section("monitoring")),
         check_specs=[
             dg.AssetCheckSpec(
                 metric,
@@ -265,24 +136,15 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
         description="Text-aware drift of each model version's live traffic against its training baseline.",
     )
     def drift_report(prediction_log: pl.DataFrame, platform: PlatformResource):
-        rules = MonitoringRules.from_settings(platform.settings())
-        home, registry = platform.platform_home(), platform.registry()
-        reports = {
-            version: version_drift(home, registry, prediction_log, version, rules)
-            for version in _versions_in(prediction_log)
-        }
-        judged = _production_version(platform)
-        metadata: dict[str, Any] = {"judged_version": str(judged), "versions": len(reports)}
-        for version, report in reports.items():
-            metadata[f"{version}/rows"] = report.rows
-            metadata.update({f"{version}/{name}": value for name, value in report.metrics.items()})
-        if judged in reports:  # the production version's numbers under stable keys, so the UI plots them
-            metadata.update(reports[judged].metrics)
-        yield versioned_output(
-            {"judged_version": judged, "by_version": {v: r.to_dict() for v, r in reports.items()}},
-            metadata=metadata,
+        settings_now = platform.settings()
+        judgement = judge_drift(
+            prediction_log,
+            ArtifactStore.from_settings(platform.platform_home(), settings_now),
+            platform.registry(),
+            MonitoringRules.from_settings(settings_now),
         )
-        for outcome in _drift_outcomes(reports, judged, rules.min_rows):
+        yield versioned_output(judgement.to_dict(), metadata=judgement.metadata())
+        for outcome in judgement.outcomes:
             yield _check(outcome, DRIFT_REPORT)
 
     return drift_report
@@ -297,7 +159,7 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn()},
         kinds={"polars"},
-        code_version=code_version([live_quality, monitoring], settings.section("monitoring")),
+        code_version=code_version([live_quality, inputs], settings.section("monitoring")),
         check_specs=[
             dg.AssetCheckSpec(
                 LIVE_QUALITY_CHECK,
@@ -310,31 +172,15 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
         "label or rating): macro-F1, per-class recall and confusion matrix per version and day.",
     )
     def live_model_quality(prediction_log: pl.DataFrame, platform: PlatformResource):
-        rules = MonitoringRules.from_settings(platform.settings())
-        registry = platform.registry()
-        labels = read_labels(platform.platform_home())
-        cards = {v: registry.get(v).card["metrics"]["test"] for v in _versions_in(prediction_log)}
-        quality = live_quality.live_quality(prediction_log, labels, cards, rules)
-        judged = _production_version(platform)
-        metadata: dict[str, Any] = {
-            "judged_version": str(judged),
-            "labelled_reviews": quality.labelled_reviews,
-            "rows_joined": quality.rows_joined,
-        }
-        for version, entry in quality.by_version.items():
-            metadata[f"{version}/rows_joined"] = entry.rows_joined
-            if entry.metrics is not None:
-                metadata[f"{version}/macro_f1"] = entry.metrics["macro_f1"]
-        if judged in quality.by_version and quality.by_version[judged].metrics is not None:
-            metadata["macro_f1"] = quality.by_version[judged].metrics["macro_f1"]
-            metadata["test_macro_f1"] = quality.by_version[judged].test_macro_f1
-        yield versioned_output(quality.to_dict(), metadata=metadata)
-        if judged in quality.by_version:
-            outcome = quality.by_version[judged].outcome
-        else:
-            what = f"labelled rows of production version {judged}"
-            outcome = not_enough_data(LIVE_QUALITY_CHECK, 0, rules.min_labelled_rows, what)
-        yield _check(outcome, LIVE_MODEL_QUALITY)
+        home, settings_now = platform.platform_home(), platform.settings()
+        judgement = judge_live_quality(
+            prediction_log,
+            monitoring_inputs(home, settings_now).labels(),
+            platform.registry(),
+            MonitoringRules.from_settings(settings_now),
+        )
+        yield versioned_output(judgement.quality.to_dict(), metadata=judgement.metadata())
+        yield _check(judgement.outcome, LIVE_MODEL_QUALITY)
 
     return live_model_quality
 
@@ -355,27 +201,12 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
     def product_quality_report(
         prediction_log: pl.DataFrame, reviews: pl.DataFrame, platform: PlatformResource
     ):
-        rules = MonitoringRules.from_settings(platform.settings())
-        with_product = prediction_log.filter(pl.col("product_id").is_not_null())
-        if with_product.height == 0:
-            report = pl.DataFrame(schema=dict.fromkeys(product_report.REPORT_COLUMNS, pl.String))
-            note = "no captured prediction names a product: nothing to report on"
-        else:
-            report = product_report.product_quality_report(prediction_log, reviews, rules)
-            note = f"{report.height} product(s) flagged of {with_product['product_id'].n_unique()}"
-        markdown = product_report.to_markdown(report, rules.report_top_n)
-        bundle = Bundle(
-            {REPORT_CSV: product_report.to_safe_csv(report), REPORT_MARKDOWN: markdown.encode("utf-8")}
+        report = product_report.product_report(
+            prediction_log, reviews, MonitoringRules.from_settings(platform.settings())
         )
         return versioned_output(
-            bundle,
-            metadata={
-                "flagged": report.height,
-                "predictions_with_product": with_product.height,
-                "summary": note,
-                "top_products": dg.MetadataValue.md(markdown),
-                "top_product_ids": ", ".join(report["product_id"].head(rules.report_top_n).to_list()),
-            },
+            Bundle(report.files()),
+            metadata={**report.metadata(), "top_products": dg.MetadataValue.md(report.markdown)},
         )
 
     return product_quality_report
@@ -384,19 +215,12 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
 # ---- system_health ----------------------------------------------------------------------------------
 
 
-def _unobserved(reason: str, severity: str) -> list[MonitorOutcome]:
-    return [
-        MonitorOutcome(name, False, severity, reason, {"evaluated": 0})
-        for name in (ERROR_RATE_CHECK, LATENCY_CHECK)
-    ]
-
-
 def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         name=SYSTEM_HEALTH,
         group_name=MONITORING_GROUP,
         kinds={"prometheus"},
-        code_version=code_version([], settings.section("monitoring")),
+        code_version=code_version([health], settings.section("monitoring")),
         check_specs=[
             dg.AssetCheckSpec(
                 ERROR_RATE_CHECK,
@@ -415,24 +239,16 @@ def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
         ),
     )
     def system_health(context: AssetExecutionContext, platform: PlatformResource, endpoint: EndpointResource):
-        section = platform.settings().section("monitoring")
-        record: dict[str, Any] = {"endpoint_url": endpoint.location()}
         try:
-            text = endpoint.metrics_text()
+            text, unreachable = endpoint.metrics_text(), None
         except EndpointError as exc:
-            text, outcomes = None, _unobserved(f"endpoint unreachable: {exc}", ERROR)
-            record["error"] = str(exc)
-        else:
-            outcomes = _unobserved(NO_ENDPOINT, WARN) if text is None else []
-        if text is not None:
-            numbers = system_health_numbers(text, time.time())
-            record.update(numbers)
-            outcomes = health_outcomes(numbers, section)
-        context.log.info(f"system health: {record}")
-        metadata = {key: value for key, value in record.items() if isinstance(value, int | float)}
-        metadata["endpoint_url"] = str(record["endpoint_url"] or "none configured")
-        yield versioned_output(record, metadata=metadata)
-        for outcome in outcomes:
+            text, unreachable = None, str(exc)
+        judgement = judge_system_health(
+            endpoint.location(), text, unreachable, platform.settings().section("monitoring"), time.time()
+        )
+        context.log.info(f"system health: {judgement.record}")
+        yield versioned_output(judgement.record, metadata=judgement.metadata())
+        for outcome in judgement.outcomes:
             yield _check(outcome, SYSTEM_HEALTH)
 
     return system_health

@@ -11,30 +11,21 @@ import json
 from datetime import UTC, datetime
 
 import dagster as dg
-import onnx
 import polars as pl
 from dagster import AssetExecutionContext
 
 from mlplatform.core.data.features import FeatureRules
-from mlplatform.core.monitoring.drift import BASELINE_CARD_KEY, ModelVocabulary, TrainingBaseline
-from mlplatform.core.platform.artifacts import Bundle, encode
+from mlplatform.core.monitoring.drift import baseline_card_section
+from mlplatform.core.platform.artifacts import Bundle
 from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release import registration
+from mlplatform.core.release.registration import Provenance, RegistrationRules, register_best
 from mlplatform.core.release.registry import RegistryRules
 from mlplatform.core.training import evaluation, export, selection
 from mlplatform.core.training import fit as training
-from mlplatform.core.training.evaluation import GateRules, render_model_card_markdown
+from mlplatform.core.training.evaluation import GateRules
 from mlplatform.core.training.fit import CandidateSpec, TrainingConfig, config_fingerprint, split_frames
-from mlplatform.core.training.selection import (
-    CANDIDATES_GROUP_PREFIX,
-    MODEL_CARD_FILE,
-    MODEL_CARD_MARKDOWN_FILE,
-    MODEL_FILE,
-    CandidateRecord,
-    candidate_files,
-    choose,
-    judge,
-    test_rows,
-)
+from mlplatform.core.training.selection import CANDIDATES_GROUP_PREFIX, CandidateRecord, candidate_files
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.execution import TRAINING_OP_TAGS, ExecutionRules, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output
@@ -118,7 +109,7 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
         kinds={"onnx"},
         ins={"review_splits": dg.AssetIn(), **inputs},
         code_version=code_version(
-            [selection, evaluation],
+            [selection, evaluation, registration],
             {name: settings.section(name) for name in ("gates", "registry", "features")},
         ),
         check_specs=[
@@ -139,99 +130,38 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
         context: AssetExecutionContext, review_splits: pl.DataFrame, platform: PlatformResource, **candidates
     ):
         settings_now = platform.settings()
-        feature_rules = FeatureRules.from_settings(settings_now)
-        registry = platform.registry()
-        chosen = choose([CandidateRecord.from_files(bundle.files) for bundle in candidates.values()])
-        production = registry.production()
-        production_onnx = registry.verify(production.version).read_bytes() if production else None
-        judgement = judge(
-            chosen,
-            test_rows(review_splits),
-            production_onnx,
-            GateRules.from_settings(settings_now),
-            feature_rules.facets,
-            feature_rules.min_facet_rows,
-        )
-        card = evaluation.model_card(
-            model_name=chosen.name,
-            family=chosen.family,
-            hyperparameters=chosen.hyperparameters,
-            test_metrics=judgement.test_metrics,
-            validation_metrics=chosen.validation_metrics,
-            facets=judgement.facets,
-            gates=judgement.gates,
-            latency=judgement.latency,
-            model_size_bytes=len(chosen.onnx_bytes),
-            onnx_sha256=hashlib.sha256(chosen.onnx_bytes).hexdigest(),
-            lineage={
-                "split_versions": {"review_splits": encode(review_splits).sha256},
-                "drop_hashes": sorted(review_splits["drop_hash"].unique().to_list()),
-                "code_version": context.assets_def.code_versions_by_key[context.asset_key],
-                "candidate_code_version": candidate_version,
-                "training_config": config_fingerprint(config),
-                "run_id": context.run_id,
-                "created_at": datetime.now(UTC).isoformat(),
-                "production_compared": production.version if production else None,
-            },
-        )
-        # Recorded now, from the texts this version is fitted on: its drift is judged against them for good.
-        card[BASELINE_CARD_KEY] = TrainingBaseline.from_splits(
+        registration = register_best(
+            platform.registry(),
+            [CandidateRecord.from_files(bundle.files) for bundle in candidates.values()],
             review_splits,
-            judgement.test_metrics["confusion_matrix"],
-            ModelVocabulary.from_onnx(onnx.load_from_string(chosen.onnx_bytes)),
-        ).to_dict()
-        markdown = render_model_card_markdown(card)
-        test = judgement.test_metrics
-        registered = registry.register(
-            chosen.onnx_bytes,
-            card,
-            {
-                "macro_f1": test["macro_f1"],
-                "accuracy": test["accuracy"],
-                "balanced_accuracy": test["balanced_accuracy"],
-                **{f"recall_{label}": entry["recall"] for label, entry in test["per_class"].items()},
-            },
-            card_markdown=markdown,
-        )
-        failures = judgement.blocking_failures
-        if registered.status == "PendingManualApproval":
-            if failures:
-                reason = "; ".join(f"{gate.name}: {gate.description}" for gate in failures)
-                registered = registry.reject(registered.version, reason=reason, by="gates")
-            elif RegistryRules.from_settings(settings_now).auto_approve:
-                registered = registry.approve(
-                    registered.version, by="gates", note="every blocking gate passed"
-                )
-        context.log.info(f"registered {registered.version} ({registered.status}) from {chosen.name}")
-
-        yield versioned_output(
-            Bundle(
-                {
-                    MODEL_FILE: chosen.onnx_bytes,
-                    MODEL_CARD_FILE: json.dumps(card, indent=2, sort_keys=True).encode(),
-                    MODEL_CARD_MARKDOWN_FILE: markdown.encode(),
-                }
+            RegistrationRules(
+                GateRules.from_settings(settings_now),
+                FeatureRules.from_settings(settings_now),
+                RegistryRules.from_settings(settings_now),
             ),
+            Provenance(
+                run_id=context.run_id,
+                code_version=context.assets_def.code_versions_by_key[context.asset_key],
+                candidate_code_version=candidate_version,
+                training_config=config_fingerprint(config),
+                created_at=datetime.now(UTC),
+            ),
+            card_sections=baseline_card_section,
+        )
+        registered = registration.version
+        context.log.info(
+            f"registered {registered.version} ({registered.status}) from {registration.chosen.name}"
+        )
+        yield versioned_output(
+            Bundle(registration.files()),
             metadata={
-                "registry_version": registered.version,
-                "registry_status": registered.status,
-                "candidate": chosen.name,
-                "test_macro_f1": test["macro_f1"],
-                "test_accuracy": test["accuracy"],
-                "test_balanced_accuracy": test["balanced_accuracy"],
-                **{f"test_f1/{label}": entry["f1"] for label, entry in test["per_class"].items()},
-                "latency_p99_ms": judgement.latency["p99_ms"],
-                "onnx_sha256": registered.sha256,
-                "model_card": dg.MetadataValue.md(markdown),
+                **registration.summary(),
+                "model_card": dg.MetadataValue.md(registration.card_markdown),
             },
         )
-        for gate in judgement.gates:
+        for gate in registration.gates:
             yield check_result(
-                gate.name,
-                gate.passed,
-                gate.description,
-                {key: value for key, value in gate.metadata.items() if isinstance(value, int | float | str)},
-                warn_only=gate.severity == "WARN",
+                gate.name, gate.passed, gate.description, gate.metadata, warn_only=gate.severity == "WARN"
             )
 
     return [*candidates, best_model]

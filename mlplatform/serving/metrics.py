@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from mlplatform.core.monitoring.rules import (
+from mlplatform.core.monitoring.health import (
     RECENT_ERROR_RATE,
     RECENT_ERRORS,
     RECENT_LATENCY_P50,

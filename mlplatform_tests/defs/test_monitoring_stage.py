@@ -21,7 +21,14 @@ from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import generate_reviews, write_demo_drops
 from mlplatform.core.data.text import LABELS
 from mlplatform.core.monitoring.alerts import FIRING, RESOLVED, WEBHOOK_ENV, AlertStore
-from mlplatform.core.monitoring.drift import BASELINE_CARD_KEY, ModelVocabulary, TrainingBaseline
+from mlplatform.core.monitoring.drift import (
+    BASELINE_CARD_KEY,
+    ModelVocabulary,
+    TrainingBaseline,
+    drift_baseline,
+    version_drift,
+)
+from mlplatform.core.monitoring.health import NO_ENDPOINT, health_outcomes, system_health_numbers
 from mlplatform.core.monitoring.rules import DRIFT_METRICS, MonitoringRules
 from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.home import PlatformHome
@@ -30,14 +37,6 @@ from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.training.rebuild import recorded_splits
 from mlplatform.definitions import MONITORING_JOB
 from mlplatform.defs.alerting import build_alert_sensors, record_rollback_alerts
-from mlplatform.defs.monitoring import (
-    NO_ENDPOINT,
-    drift_baseline,
-    health_outcomes,
-    labels_dir,
-    system_health_numbers,
-    version_drift,
-)
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
 from mlplatform.serving.app import create_app
@@ -157,8 +156,8 @@ def test_held_back_reviews_do_not_drift_labels_that_disagree_degrade_and_a_seede
             {label: LABELS[(i + 1) % len(LABELS)] for i, label in enumerate(LABELS)}
         ),
     )
-    labels_dir(home).mkdir(parents=True)
-    truth.write_csv(labels_dir(home) / "feedback.csv")
+    home.labels.mkdir(parents=True)
+    truth.write_csv(home.labels / "feedback.csv")
     # Complaints about one product, and a handful about another, arrive with the labels.
     negative = "Sadly returning. Way too expensive for what you get. I wanted to love it but I returned it."
     _send(home, [{"text": negative, "product_id": SEEDED}] * 25 + [{"text": negative, "product_id": FEW}] * 3)
@@ -200,14 +199,14 @@ def test_generic_sentences_drift_and_alert_once_per_condition_with_webhook(home,
     assert any("drift_report" in text and "length_psi" in text for text in bodies)
     assert len(bodies) == len(first)  # one post per alert, none for the standing conditions
 
-    (labels_dir(home)).mkdir(parents=True)
-    (labels_dir(home) / "broken.csv").write_text("review_id,stars\nx,5\n")
+    (home.labels).mkdir(parents=True)
+    (home.labels / "broken.csv").write_text("review_id,stars\nx,5\n")
     _send(home, generic[:10])
     report = run_pending(home, say=lambda _: None, groups=["monitoring"])
     assert report.exit_code == 1
     (failure,) = [alert for alert in store.list() if alert.kind == "run_failure"]
     assert failure.key == f"run:{MONITORING_JOB}" and "label" in failure.message
-    (labels_dir(home) / "broken.csv").unlink()
+    (home.labels / "broken.csv").unlink()
     _send(home, generic[:10])
     assert run_pending(home, say=lambda _: None, groups=["monitoring"]).exit_code == 0
     states = {alert.key: alert.state for alert in store.list()}
@@ -267,13 +266,13 @@ def test_a_version_without_a_recorded_baseline_uses_its_split_version_or_says_it
         {"model_version": [version] * 200, "text": ["fits well"] * 200, "label": ["positive"] * 200}
     )
     rules = MonitoringRules.from_settings(Settings.load(home.settings_file))
-
-    assert drift_baseline(home, registry, version).training == recorded  # from its recorded split version
-    assert version_drift(home, registry, rows, version, rules).metrics["baseline_rows"] == recorded.rows
-
     store = ArtifactStore(home.artifacts)
+
+    assert drift_baseline(store, registry, version).training == recorded  # from its recorded split version
+    assert version_drift(store, registry, rows, version, rules).metrics["baseline_rows"] == recorded.rows
+
     Path(store.get("review_splits", legacy["lineage"]["split_versions"]["review_splits"]).path).unlink()
-    report = version_drift(home, registry, rows, version, rules)
+    report = version_drift(store, registry, rows, version, rules)
     assert report.metrics == {} and report.rows == 200
     for outcome in report.outcomes:
         assert not outcome.passed and outcome.severity == "WARN"

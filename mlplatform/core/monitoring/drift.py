@@ -14,7 +14,8 @@ never moves it). It holds:
 A `DriftBaseline` adds the model's unigram vocabulary and its tokeniser (pattern, lowercasing, min
 length), read from the version's ONNX graph with `ModelVocabulary.from_onnx` (not copied into the card).
 
-`drift_report` compares the captured rows of ONE model version with it:
+`drift_report` compares the captured rows of ONE model version with it (`judge_drift` does so for every
+version in the prediction log, each against its own baseline, and judges the one in production):
 
 - predicted_class_psi / predicted_class_js: PSI and Jensen-Shannon divergence (nats) of the shares;
 - length_psi: PSI over bins cut at the baseline's length quantiles; length_ks: the largest gap between
@@ -39,6 +40,7 @@ import polars as pl
 
 from mlplatform.core.data.features import js_divergence
 from mlplatform.core.data.text import LABELS
+from mlplatform.core.monitoring.prediction_log import model_versions
 from mlplatform.core.monitoring.rules import (
     DRIFT_METRICS,
     ERROR,
@@ -49,7 +51,10 @@ from mlplatform.core.monitoring.rules import (
     not_enough_data,
     require_columns,
 )
+from mlplatform.core.platform.artifacts import ArtifactNotFound, ArtifactStore
+from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.files import UnsupportedGraph, linear_text_plan
+from mlplatform.core.training.rebuild import recorded_splits
 
 _SHARE_TOLERANCE = 1e-6
 BASELINE_CARD_KEY = "drift_baseline"  # where a model card records its version's TrainingBaseline
@@ -247,6 +252,16 @@ class TrainingBaseline:
         return baseline
 
 
+def baseline_card_section(
+    splits: pl.DataFrame, test_metrics: Mapping[str, Any], onnx_bytes: bytes
+) -> dict[str, Any]:
+    """The card section a version is registered with: the training baseline of the model `onnx_bytes`
+    fitted on `splits`, under `BASELINE_CARD_KEY` (its drift is judged against it for good)."""
+    vocabulary = ModelVocabulary.from_onnx(onnx.load_from_string(onnx_bytes))
+    baseline = TrainingBaseline.from_splits(splits, test_metrics["confusion_matrix"], vocabulary)
+    return {BASELINE_CARD_KEY: baseline.to_dict()}
+
+
 @dataclass(frozen=True)
 class DriftBaseline:
     """What a model version's live traffic is compared with: its training baseline and its vocabulary."""
@@ -393,3 +408,96 @@ def unjudged_report(version: str, rows: int, reason: str) -> DriftReport:
         for metric in DRIFT_METRICS
     )
     return DriftReport(version, rows, {}, outcomes)
+
+
+# --- every version of the log, each against its own baseline ---------------------------------------------
+
+
+def training_baseline(
+    store: ArtifactStore, card: Mapping[str, Any], vocabulary: ModelVocabulary
+) -> TrainingBaseline:
+    """The training baseline a model card records; for a version registered before baselines were
+    recorded, the one derived from its recorded split version in `store` (never from the current splits).
+
+    Raises MissingBaseline when the card records neither a baseline nor a split version still stored.
+    """
+    if BASELINE_CARD_KEY in card:
+        return TrainingBaseline.from_dict(card[BASELINE_CARD_KEY])
+    try:
+        _, splits = recorded_splits(store, card)
+    except ArtifactNotFound as exc:
+        raise MissingBaseline(f"its recorded split version is gone ({exc})") from exc
+    return TrainingBaseline.from_splits(splits, card["metrics"]["test"]["confusion_matrix"], vocabulary)
+
+
+def drift_baseline(store: ArtifactStore, registry: ModelRegistry, version: str) -> DriftBaseline:
+    """`version`'s baseline: its recorded training baseline and the vocabulary of its ONNX graph."""
+    vocabulary = ModelVocabulary.from_onnx(onnx.load(str(registry.verify(version))))
+    try:
+        training = training_baseline(store, registry.get(version).card, vocabulary)
+    except MissingBaseline as exc:
+        raise MissingBaseline(f"no training baseline recorded for {version}: {exc}") from exc
+    return DriftBaseline(training, vocabulary, model_version=version)
+
+
+def version_drift(
+    store: ArtifactStore,
+    registry: ModelRegistry,
+    log_rows: pl.DataFrame,
+    version: str,
+    rules: MonitoringRules,
+) -> DriftReport:
+    """The drift of `version`'s rows of the log; unjudged (not enough data) when it has no baseline."""
+    rows = log_rows.filter(pl.col("model_version") == version)
+    try:
+        baseline = drift_baseline(store, registry, version)
+    except MissingBaseline as exc:
+        return unjudged_report(version, rows.height, str(exc))
+    return drift_report(rows, baseline, rules)
+
+
+@dataclass(frozen=True)
+class DriftJudgement:
+    """Every logged version's drift report, and the verdicts on the version in production now (the one
+    whose behaviour can still be acted on)."""
+
+    judged_version: str | None
+    reports: Mapping[str, DriftReport]
+    outcomes: tuple[MonitorOutcome, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "judged_version": self.judged_version,
+            "by_version": {version: report.to_dict() for version, report in self.reports.items()},
+        }
+
+    def metadata(self) -> dict[str, float | int | str]:
+        """Every version's numbers as `<version>/<metric>`; the judged version's also under plain keys."""
+        metadata: dict[str, float | int | str] = {
+            "judged_version": str(self.judged_version),
+            "versions": len(self.reports),
+        }
+        for version, report in self.reports.items():
+            metadata[f"{version}/rows"] = report.rows
+            metadata.update({f"{version}/{name}": value for name, value in report.metrics.items()})
+        if self.judged_version in self.reports:  # stable keys, so the UI plots the production numbers
+            metadata.update(self.reports[self.judged_version].metrics)
+        return metadata
+
+
+def judge_drift(
+    log: pl.DataFrame, store: ArtifactStore, registry: ModelRegistry, rules: MonitoringRules
+) -> DriftJudgement:
+    """Each model version in the log against its own baseline; the production version's verdicts (not
+    enough data when it served nothing logged)."""
+    reports = {
+        version: version_drift(store, registry, log, version, rules) for version in model_versions(log)
+    }
+    production = registry.production()
+    judged = None if production is None else production.version
+    if judged is not None and judged in reports:
+        outcomes = tuple(reports[judged].outcomes)
+    else:
+        what = f"rows of production version {judged}" if judged else "rows (no production version)"
+        outcomes = tuple(not_enough_data(metric, 0, rules.min_rows, what) for metric in DRIFT_METRICS)
+    return DriftJudgement(judged, reports, outcomes)

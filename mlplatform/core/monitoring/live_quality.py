@@ -15,6 +15,7 @@ import polars as pl
 
 from mlplatform.core.data.features import label_from_rating
 from mlplatform.core.data.text import LABELS
+from mlplatform.core.monitoring.prediction_log import model_versions
 from mlplatform.core.monitoring.rules import (
     ERROR,
     MonitoringError,
@@ -23,6 +24,7 @@ from mlplatform.core.monitoring.rules import (
     not_enough_data,
     require_columns,
 )
+from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.training.evaluation import classification_metrics
 
 LIVE_QUALITY_CHECK = "live_quality"
@@ -166,3 +168,46 @@ def live_quality(
         outcome = _judge(version, rows.height, metrics, test_macro_f1, rules)
         by_version[version] = VersionQuality(version, rows.height, test_macro_f1, metrics, outcome)
     return LiveQuality(by_version, _by_day(joined), truth.height, joined.height)
+
+
+@dataclass(frozen=True)
+class LiveQualityJudgement:
+    """Live quality of every logged version, and the verdict on the version in production now."""
+
+    judged_version: str | None
+    quality: LiveQuality
+    outcome: MonitorOutcome
+
+    def metadata(self) -> dict[str, float | int | str]:
+        """Counts, every version's joined rows and live macro-F1; the judged version's under plain keys."""
+        quality, judged = self.quality, self.judged_version
+        metadata: dict[str, float | int | str] = {
+            "judged_version": str(judged),
+            "labelled_reviews": quality.labelled_reviews,
+            "rows_joined": quality.rows_joined,
+        }
+        for version, entry in quality.by_version.items():
+            metadata[f"{version}/rows_joined"] = entry.rows_joined
+            if entry.metrics is not None:
+                metadata[f"{version}/macro_f1"] = entry.metrics["macro_f1"]
+        if judged in quality.by_version and (metrics := quality.by_version[judged].metrics) is not None:
+            metadata["macro_f1"] = metrics["macro_f1"]
+            metadata["test_macro_f1"] = quality.by_version[judged].test_macro_f1
+        return metadata
+
+
+def judge_live_quality(
+    log: pl.DataFrame, labels: pl.DataFrame, registry: ModelRegistry, rules: MonitoringRules
+) -> LiveQualityJudgement:
+    """`live_quality` of the log against each version's model card, judged on the production version
+    (not enough data when it served no labelled row)."""
+    cards = {version: registry.get(version).card["metrics"]["test"] for version in model_versions(log)}
+    quality = live_quality(log, labels, cards, rules)
+    production = registry.production()
+    judged = None if production is None else production.version
+    if judged in quality.by_version:
+        outcome = quality.by_version[judged].outcome
+    else:
+        what = f"labelled rows of production version {judged}"
+        outcome = not_enough_data(LIVE_QUALITY_CHECK, 0, rules.min_labelled_rows, what)
+    return LiveQualityJudgement(judged, quality, outcome)

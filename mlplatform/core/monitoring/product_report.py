@@ -8,6 +8,8 @@ complaints is. Written as CSV with cells safe against spreadsheet formula inject
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
 from mlplatform.core.monitoring.rules import MonitoringError, MonitoringRules, require_columns
@@ -139,3 +141,42 @@ def to_markdown(frame: pl.DataFrame, top_n: int) -> str:
     elif frame.height == 0:
         lines += ["", "(no rows)"]
     return "\n".join(lines) + "\n"
+
+
+REPORT_CSV = "product_quality_report.csv"
+REPORT_MARKDOWN = "product_quality_report.md"
+
+
+@dataclass(frozen=True)
+class ProductReport:
+    """The flagged products, as a formula-safe CSV and a Markdown table, and what they were drawn from."""
+
+    report: pl.DataFrame
+    markdown: str
+    predictions_with_product: int
+    note: str
+    top_n: int
+
+    def files(self) -> dict[str, bytes]:
+        return {REPORT_CSV: to_safe_csv(self.report), REPORT_MARKDOWN: self.markdown.encode("utf-8")}
+
+    def metadata(self) -> dict[str, int | str]:
+        return {
+            "flagged": self.report.height,
+            "predictions_with_product": self.predictions_with_product,
+            "summary": self.note,
+            "top_product_ids": ", ".join(self.report["product_id"].head(self.top_n).to_list()),
+        }
+
+
+def product_report(log: pl.DataFrame, reviews: pl.DataFrame, rules: MonitoringRules) -> ProductReport:
+    """The report on the log's predictions that name a product (an empty report when none does)."""
+    with_product = log.filter(pl.col("product_id").is_not_null())
+    if with_product.height == 0:
+        report = pl.DataFrame(schema=dict.fromkeys(REPORT_COLUMNS, pl.String))
+        note = "no captured prediction names a product: nothing to report on"
+    else:
+        report = product_quality_report(log, reviews, rules)
+        note = f"{report.height} product(s) flagged of {with_product['product_id'].n_unique()}"
+    markdown = to_markdown(report, rules.report_top_n)
+    return ProductReport(report, markdown, with_product.height, note, rules.report_top_n)

@@ -46,6 +46,11 @@ class PlatformHome:
         return self.lake / "landing" / "reviews"
 
     @property
+    def labels(self) -> Path:
+        """Where ground truth lands: CSV files keyed by `review_id` with a `label` or a `rating` column."""
+        return self.lake / "landing" / "labels"
+
+    @property
     def raw(self) -> Path:
         return self.lake / "raw"
 

@@ -356,3 +356,62 @@ def deploy_exclusively(
         deploy_with = deploy_live if live else deploy_offline
         outcome = deploy_with(registry, current, smoke_test, by)
     return DeployOutcome(outcome.state, outcome.smoke, waited_s)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A finished deployment of `target`: its outcome and where the aliases and the endpoint stand now."""
+
+    target: ModelVersion
+    outcome: DeployOutcome
+    production: str | None
+    previous: str | None
+    endpoint_url: str | None
+
+    @property
+    def smoke_description(self) -> str:
+        smoke = self.outcome.smoke
+        return smoke.reason or f"{len(SMOKE_CASES)} canned reviews right, answered by {self.target.version}"
+
+    def record(self) -> dict[str, Any]:
+        """What `sentiment_endpoint` stores: the state, the versions the aliases name, the smoke test."""
+        return {
+            "state": self.outcome.state.value,
+            "deployed_version": self.target.version,
+            "production": self.production,
+            "previous": self.previous,
+            "endpoint_url": self.endpoint_url,
+            "smoke_test": self.outcome.smoke.to_dict(),
+        }
+
+    def metadata(self) -> dict[str, float | str]:
+        smoke = self.outcome.smoke
+        return {
+            "state": self.outcome.state.value,
+            "deployed_version": self.target.version,
+            "production": str(self.production),
+            "previous": str(self.previous),
+            "endpoint_url": str(self.endpoint_url or "in-process (no endpoint configured)"),
+            "smoke_latency_ms": smoke.latency_ms,
+            "lock_wait_s": round(self.outcome.lock_wait_s, 3),
+            "reason": smoke.reason or "smoke test passed",
+        }
+
+
+def deploy_version(
+    home: PlatformHome,
+    registry: ModelRegistry,
+    target: ModelVersion,
+    smoke_test: SmokeTest,
+    rules: DeploymentRules,
+    *,
+    live: bool,
+    endpoint_url: str | None,
+    by: str,
+) -> Deployment:
+    """`deploy_exclusively` within `rules.lock_timeout_s`, and the aliases as the deployment left them."""
+    outcome = deploy_exclusively(
+        home, registry, target, smoke_test, live=live, lock_timeout_s=rules.lock_timeout_s, by=by
+    )
+    aliases = registry.aliases()
+    return Deployment(target, outcome, aliases.get(PRODUCTION), aliases.get(PREVIOUS), endpoint_url)

@@ -14,28 +14,10 @@ from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.runner import run_pending
 from mlplatform.serving.app import create_app
+from mlplatform_tests.core.training.training_data import TRAINING_SEARCH
 
 REQUEST_ID = "lineage-test-request-1"
 REUSED_REQUEST_ID = "lineage-reused-id"
-# A small search (two candidates, so one is selected and one is not) keeps the pipeline run short.
-TRAINING_SEARCH = """
-seed = 1729
-[selection]
-metric = "macro_f1"
-tune_class_offsets = true
-offset_range = 1.0
-offset_step = 0.25
-parity_tolerance = 1e-4
-[search]
-size = "default"
-[families.logreg]
-estimator = "logistic_regression"
-[families.logreg.default]
-ngram_range = [[1, 1]]
-min_df = [2]
-C = [0.5, 2.0]
-class_weight = ["balanced"]
-"""
 REVIEWS = [
     {"text": "Lovely dress, fits perfectly", "product_id": "1077", "review_id": "r-1"},
     {"text": "Fabric ripped after one wash, awful", "product_id": "862", "review_id": "r-2"},

@@ -10,7 +10,10 @@ import pytest
 
 from mlplatform.core.monitoring.product_report import (
     REPORT_COLUMNS,
+    REPORT_CSV,
+    REPORT_MARKDOWN,
     product_quality_report,
+    product_report,
     to_markdown,
     to_safe_csv,
 )
@@ -106,3 +109,25 @@ def test_markdown_shows_the_top_rows_and_escapes_pipes() -> None:
     assert lines[2] == "| a\\|b | 0.5000 |"
     assert len([line for line in lines if line.startswith("| ")]) == 3
     assert "(1 more rows not shown)" in markdown
+
+
+def test_the_report_comes_as_csv_and_markdown_files_with_its_numbers(log, rules) -> None:
+    report = product_report(log, None, rules)
+    assert report.metadata() == {
+        "flagged": 1,
+        "predictions_with_product": 20 * 40 + 60 + 5,
+        "summary": "1 product(s) flagged of 22",
+        "top_product_ids": "1078",
+    }
+    files = report.files()
+    assert pl.read_csv(files[REPORT_CSV], schema_overrides={"product_id": pl.String})[
+        "product_id"
+    ].to_list() == ["1078"]
+    assert "1078" in files[REPORT_MARKDOWN].decode()
+
+
+def test_a_log_naming_no_product_reports_nothing_and_says_so(rules) -> None:
+    report = product_report(predictions(None, negative=5, positive=5), None, rules)
+    assert report.report.height == 0 and report.report.columns == list(REPORT_COLUMNS)
+    assert report.metadata()["summary"] == "no captured prediction names a product: nothing to report on"
+    assert report.metadata()["top_product_ids"] == ""

@@ -19,6 +19,27 @@ FACETS = {
 }
 
 
+# A small search (two candidates, so one is selected and one is not) keeps the pipeline run short.
+TRAINING_SEARCH = """
+seed = 1729
+[selection]
+metric = "macro_f1"
+tune_class_offsets = true
+offset_range = 1.0
+offset_step = 0.25
+parity_tolerance = 1e-4
+[search]
+size = "default"
+[families.logreg]
+estimator = "logistic_regression"
+[families.logreg.default]
+ngram_range = [[1, 1]]
+min_df = [2]
+C = [0.5, 2.0]
+class_weight = ["balanced"]
+"""
+
+
 def review_frame(rows: int = 240, seed: int = 7) -> pl.DataFrame:
     """Reviews whose label shows in their words, with splits and facets, in the training data contract."""
     rng = random.Random(seed)
