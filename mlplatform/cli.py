@@ -83,11 +83,16 @@ def _latest_versions_and_checks(home: PlatformHome) -> dict:
     assets = {}
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         event = instance.get_latest_materialization_event(key)
-        version = None
+        version, at = None, None if event is None else event.timestamp
         if event is not None and event.dagster_event is not None:
             version = event.dagster_event.step_materialization_data.materialization.tags.get(
                 "dagster/data_version"
             )
+        elif graph.get(key).is_observable:  # the capture: its latest observation
+            observed = instance.get_latest_data_version_record(key, is_source=True)
+            if observed is not None and observed.asset_observation is not None:
+                version = observed.asset_observation.tags.get("dagster/data_version")
+                at = observed.timestamp
         checks = {}
         for check_key in (c for c in check_keys if c.asset_key == key):
             record = latest_checks.get(check_key)
@@ -102,7 +107,7 @@ def _latest_versions_and_checks(home: PlatformHome) -> dict:
             }
         assets[key.to_user_string()] = {
             "version": version,
-            "materialized_at": None if event is None else event.timestamp,
+            "materialized_at": at,
             "checks": checks,
         }
     return assets

@@ -64,7 +64,8 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
     # Monitoring is its own job: it follows the capture (which the endpoint appends to), not the drops.
     monitoring_job = dg.define_asset_job(
         MONITORING_JOB,
-        selection=dg.AssetSelection.groups(MONITORING_GROUP),
+        # With the sources: the run observes the capture first, so the log records the version it read.
+        selection=dg.AssetSelection.groups(MONITORING_GROUP, include_sources=True),
         description="Read the capture and refresh drift, live quality, the product report and system health.",
     )
     monitoring_schedule = dg.ScheduleDefinition(

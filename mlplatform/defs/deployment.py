@@ -151,7 +151,11 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
             "smoke_test",
             smoke.passed,
             deployment.smoke_description,
-            {"latency_ms": smoke.latency_ms, "state": deployment.outcome.state.value},
+            {
+                "latency_ms": smoke.latency_ms,
+                "max_latency_ms": rules.smoke_max_latency_ms,
+                "state": deployment.outcome.state.value,
+            },
             asset_key=ASSET_KEY,
         )
 

@@ -1,5 +1,9 @@
 """Group `monitoring`: what the endpoint saw and how it did.
 
+- `capture`: an observable source downstream of `sentiment_endpoint`: the endpoint's capture segments
+  (written by the endpoint, not by a run), observed at the start of every monitoring run with the
+  capture's fingerprint as its data version, so lineage reads model -> endpoint -> captured predictions
+  -> monitors, and a grown capture makes `prediction_log` stale.
 - `prediction_log`: the capture store (`capture/`) as one table, deduplicated by (request_id, row), with
   the model version of each row. Unpartitioned on purpose: the capture only grows (append-only segments),
   so each version of the log is the whole history and the monitors below always see all of it.
@@ -52,11 +56,13 @@ from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.defs.checks import check_result
+from mlplatform.defs.deployment import SENTIMENT_ENDPOINT
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
 from mlplatform.defs.versions import code_version
 
 MONITORING_GROUP = "monitoring"
+CAPTURE = "capture"
 PREDICTION_LOG = "prediction_log"
 DRIFT_REPORT = "drift_report"
 LIVE_MODEL_QUALITY = "live_model_quality"
@@ -94,6 +100,34 @@ def _check(outcome: MonitorOutcome, asset: str) -> dg.AssetCheckResult:
     )
 
 
+# ---- capture ----------------------------------------------------------------------------------------
+
+
+def _capture_asset() -> dg.AssetsDefinition:
+    @dg.multi_observable_source_asset(
+        name=CAPTURE,
+        specs=[
+            dg.AssetSpec(
+                CAPTURE,
+                deps=[SENTIMENT_ENDPOINT],
+                group_name=MONITORING_GROUP,
+                kinds={"jsonl"},
+                description="The endpoint's request/response capture (append-only segments under capture/ "
+                "and the [storage] capture location); data version: its segment names and sizes.",
+            )
+        ],
+    )
+    def capture_observation(platform: PlatformResource):
+        summary = monitoring_inputs(platform.platform_home(), platform.settings()).capture_summary()
+        yield dg.ObserveResult(
+            asset_key=CAPTURE,
+            data_version=dg.DataVersion(summary.data_version),
+            metadata={"segments": summary.segments, "size_bytes": summary.size_bytes},
+        )
+
+    return capture_observation
+
+
 # ---- prediction_log ---------------------------------------------------------------------------------
 
 
@@ -101,6 +135,7 @@ def _prediction_log_asset(settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         name=PREDICTION_LOG,
         group_name=MONITORING_GROUP,
+        deps=[CAPTURE],
         kinds={"polars"},
         code_version=code_version([prediction_log, inputs, capture]),
         description="Every captured prediction (one row per request row, first capture kept) with its "
@@ -256,6 +291,7 @@ def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
 
 def build_monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     return [
+        _capture_asset(),
         _prediction_log_asset(settings),
         _drift_report_asset(settings),
         _live_model_quality_asset(settings),

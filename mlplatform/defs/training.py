@@ -6,8 +6,6 @@ evaluates the exact ONNX file on the test split, registers it, and gates it with
 approval follows the `[registry] approval` policy.
 """
 
-import hashlib
-import json
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -24,7 +22,13 @@ from mlplatform.core.release.registry import RegistryRules
 from mlplatform.core.training import evaluation, export, selection
 from mlplatform.core.training import fit as training
 from mlplatform.core.training.evaluation import GateRules
-from mlplatform.core.training.fit import CandidateSpec, TrainingConfig, config_fingerprint, split_frames
+from mlplatform.core.training.fit import (
+    CandidateSpec,
+    TrainingConfig,
+    asset_names,
+    config_fingerprint,
+    split_frames,
+)
 from mlplatform.core.training.selection import CANDIDATES_GROUP_PREFIX, CandidateRecord, candidate_files
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.execution import TRAINING_OP_TAGS, ExecutionRules, step_retry_policy
@@ -41,16 +45,18 @@ BEST_MODEL_GATES = {
 FAIRNESS_GATE = "fairness_gap"
 
 
-def candidate_key(spec: CandidateSpec) -> dg.AssetKey:
-    """A short, stable asset key per search point (the readable spec name is its description)."""
-    digest = hashlib.sha256(json.dumps(spec.params, sort_keys=True).encode()).hexdigest()[:8]
-    return dg.AssetKey([CANDIDATES_GROUP_PREFIX, f"{spec.family}_{digest}"])
+def candidate_key(asset_name: str) -> dg.AssetKey:
+    """`candidate_models/<asset name>`: the family and the hyperparameters that vary (fit.asset_names)."""
+    return dg.AssetKey([CANDIDATES_GROUP_PREFIX, asset_name])
 
 
 def _candidate_asset(
-    spec: CandidateSpec, config: TrainingConfig, version: str, retry_policy: dg.RetryPolicy | None
+    spec: CandidateSpec,
+    key: dg.AssetKey,
+    config: TrainingConfig,
+    version: str,
+    retry_policy: dg.RetryPolicy | None,
 ) -> dg.AssetsDefinition:
-    key = candidate_key(spec)
 
     @dg.asset(
         key=key,
@@ -89,7 +95,12 @@ def _candidate_asset(
             "onnx_parity",
             parity.passed,
             parity.description,
-            {"label_mismatches": parity.label_mismatches, "max_abs_prob_diff": parity.max_abs_prob_diff},
+            {
+                "rows": parity.rows,
+                "label_mismatches": parity.label_mismatches,
+                "max_abs_prob_diff": parity.max_abs_prob_diff,
+                "prob_tolerance": parity.prob_tolerance,
+            },
         )
 
     return candidate
@@ -100,8 +111,11 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
     candidate_version = code_version([training, export], {"training": config_fingerprint(config)})
     # Training and registering are idempotent (content-addressed), so a step that raised may run again.
     retry_policy = step_retry_policy(ExecutionRules.from_settings(settings))
-    candidates = [_candidate_asset(spec, config, candidate_version, retry_policy) for spec in specs]
-    inputs = {f"candidate_{index}": dg.AssetIn(key=candidate_key(spec)) for index, spec in enumerate(specs)}
+    keys = {name: candidate_key(asset_name) for name, asset_name in asset_names(specs).items()}
+    candidates = [
+        _candidate_asset(spec, keys[spec.name], config, candidate_version, retry_policy) for spec in specs
+    ]
+    inputs = {f"candidate_{index}": dg.AssetIn(key=keys[spec.name]) for index, spec in enumerate(specs)}
 
     @dg.asset(
         name="best_model",

@@ -35,8 +35,9 @@ from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.training.rebuild import recorded_splits
-from mlplatform.definitions import MONITORING_JOB
+from mlplatform.definitions import MONITORING_JOB, build_definitions
 from mlplatform.defs.alerting import build_alert_sensors, record_rollback_alerts
+from mlplatform.defs.monitoring import monitoring_inputs
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
 from mlplatform.serving.app import create_app
@@ -135,6 +136,30 @@ def test_prediction_log_dedupes_requests_and_names_the_version(home):
 
     again = run_pending(home, say=lambda _: None, groups=["monitoring"])
     assert "prediction_log" not in again.materialized  # nothing new captured: monitoring is not re-run
+
+
+def _observed_capture(home: PlatformHome) -> str | None:
+    record = open_instance(home).get_latest_data_version_record(dg.AssetKey("capture"), is_source=True)
+    return None if record is None else record.asset_observation.tags["dagster/data_version"]
+
+
+def test_the_capture_is_observed_between_the_endpoint_and_the_log_and_its_growth_makes_the_log_stale(home):
+    graph = build_definitions(home).resolve_asset_graph()
+    assert graph.get(dg.AssetKey("capture")).parent_keys == {dg.AssetKey("sentiment_endpoint")}
+    assert graph.get(dg.AssetKey("prediction_log")).parent_keys == {dg.AssetKey("capture")}
+    assert _observed_capture(home) is None
+
+    _send(home, [{"text": "soft and warm"}])
+    _monitor(home)
+    inputs = monitoring_inputs(home, Settings.load(home.settings_file))
+    first = inputs.capture_summary().fingerprint
+    assert first is not None and _observed_capture(home) == first
+    event = open_instance(home).get_latest_materialization_event(dg.AssetKey("prediction_log"))
+    assert event.asset_materialization.tags["dagster/input_data_version/capture"] == first
+
+    _send(home, [{"text": "itchy and thin"}])  # the capture grew: observed anew, the log follows
+    _monitor(home)
+    assert _observed_capture(home) == inputs.capture_summary().fingerprint != first
 
 
 def test_held_back_reviews_do_not_drift_labels_that_disagree_degrade_and_a_seeded_product_is_flagged(home):

@@ -8,6 +8,7 @@ import pytest
 
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import write_demo_drops
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
@@ -74,6 +75,16 @@ def test_first_model_is_judged_by_value_thresholds_registered_and_approved(home,
     no_regression = _check(instance, "best_model", "no_regression")
     assert no_regression.passed and "no model in production" in no_regression.description
     assert _check(instance, "best_model", "quality_bar").passed
+    # Checks that judge numbers carry them and their bounds, nested values as flat keys.
+    fairness = _check(instance, "best_model", "fairness_gap").metadata
+    assert (
+        fairness["max_recall_gap"].value
+        == Settings.load(home.settings_file).section("gates")["max_recall_gap"]
+    )
+    assert any(key.startswith("gaps/") and key.endswith("/max_recall_gap") for key in fairness)
+    quality = _check(instance, "best_model", "quality_bar").metadata
+    assert {"recall/negative", "min_class_recall/negative", "macro_f1", "min_macro_f1"} <= quality.keys()
+    assert set(candidates) == {f"candidate_models/logreg_c{c}" for c in ("0p5", "1", "2")}  # C varies
 
 
 def test_a_useless_model_is_rejected_and_the_run_names_the_gate(home, tmp_path):

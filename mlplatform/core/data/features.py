@@ -284,6 +284,7 @@ def check_label_distribution(
     if previous is not None:
         shift = label_shift(previous, shares)
         metadata["label_shift_js"] = shift
+        metadata["label_shift_warn_js"] = rules.label_shift_warn_js
         if shift > rules.label_shift_warn_js:
             problems.append(f"label shift JS {shift:.4f} > {rules.label_shift_warn_js}")
     if problems:

@@ -63,7 +63,7 @@ FORMATS_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 EXTENSION_BY_FORMAT = {"csv": ".csv", "parquet": ".parquet", "unknown": ".bin"}
 IN_PROGRESS_SUFFIXES = (".part", ".tmp")
 _HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-# Asset datasets may have several key parts ("candidate_models/logreg_1a2b3c4d").
+# Asset datasets may have several key parts ("candidate_models/logreg_c1").
 _DATASET_PATTERN = re.compile(r"^(?=.{1,200}$)[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)*$")
 
 DEFAULT_ACCESS_POLICY = """\

@@ -23,6 +23,20 @@ from mlplatform.core.platform.storage import StorageLocation
 
 
 @dataclass(frozen=True)
+class CaptureSummary:
+    """The capture at a glance: how many segments and bytes, and its fingerprint (None: nothing yet)."""
+
+    segments: int
+    size_bytes: int
+    fingerprint: str | None
+
+    @property
+    def data_version(self) -> str:
+        """The capture's data version: its fingerprint, or "nothing captured"."""
+        return self.fingerprint or "nothing captured"
+
+
+@dataclass(frozen=True)
 class MonitoringInputs:
     """Where a home's capture and labels are: the local capture directory, the `[storage] capture`
     location (None: the local directory only) and the labels landing directory."""
@@ -57,10 +71,14 @@ class MonitoringInputs:
             return pl.DataFrame(schema={"review_id": pl.String, "label": pl.String})
         return pl.concat(frames)
 
-    def capture_fingerprint(self) -> str | None:
-        """A hash of the capture's segment names and sizes (None: nothing captured yet)."""
+    def capture_summary(self) -> CaptureSummary:
+        """How much is captured and its fingerprint (segment names and sizes)."""
         segments = self.segments()
-        return _fingerprint(segments, []) if segments else None
+        return CaptureSummary(
+            segments=len(segments),
+            size_bytes=sum(size for _, size in segments),
+            fingerprint=_fingerprint(segments, []) if segments else None,
+        )
 
     def fingerprint(self) -> str | None:
         """A hash of the capture and the labels files (None: nothing captured yet): the cue that the

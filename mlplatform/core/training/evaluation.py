@@ -246,7 +246,12 @@ def _quality_bar(metrics: Mapping[str, Any], rules: GateRules) -> GateOutcome:
         not failures,
         ERROR,
         description,
-        {"macro_f1": metrics["macro_f1"], "min_macro_f1": rules.min_macro_f1, "recall": recalls},
+        {
+            "macro_f1": metrics["macro_f1"],
+            "min_macro_f1": rules.min_macro_f1,
+            "recall": recalls,
+            "min_class_recall": dict(rules.min_class_recall),
+        },
     )
 
 
@@ -314,7 +319,12 @@ def _fairness_gap(fairness: Mapping[str, Any], rules: GateRules) -> GateOutcome:
     description = "; ".join(breaches) or (
         f"every facet within recall gap {rules.max_recall_gap} and predicted-rate gap {rules.max_predicted_rate_gap}"
     )
-    return GateOutcome("fairness_gap", not breaches, WARN, description, {"gaps": gaps})
+    metadata = {
+        "gaps": gaps,
+        "max_recall_gap": rules.max_recall_gap,
+        "max_predicted_rate_gap": rules.max_predicted_rate_gap,
+    }
+    return GateOutcome("fairness_gap", not breaches, WARN, description, metadata)
 
 
 def evaluate_gates(

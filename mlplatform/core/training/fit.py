@@ -229,6 +229,67 @@ def _candidate_name(family: str, params: Mapping[str, Any]) -> str:
     return ",".join(parts)
 
 
+_PARAM_LABELS = {"C": "c", "min_df": "min", "ngram_range": "ngram", "use_idf": "idf"}
+"""Short labels of numeric hyperparameters in asset names (others go by their own name)."""
+
+
+def asset_names(specs: Sequence[CandidateSpec]) -> dict[str, str]:
+    """A short asset name per candidate (by spec name): the family and the hyperparameters that vary
+    within it, e.g. `logreg_c1_min2`; a family with one candidate is its family name alone.
+
+    Names are deterministic for a search (a parameter that starts to vary joins the names of its
+    family) and valid Dagster key parts; two candidates that would read the same (1 and 1.0) are told
+    apart by a short hash of their hyperparameters.
+    """
+    by_family: dict[str, list[CandidateSpec]] = {}
+    for spec in specs:
+        by_family.setdefault(spec.family, []).append(spec)
+    names: dict[str, str] = {}
+    for family, members in by_family.items():
+        varying = sorted(
+            key
+            for key in {key for spec in members for key in spec.params}
+            if len({json.dumps(spec.params.get(key), sort_keys=True) for spec in members}) > 1
+        )
+        for spec in members:
+            parts = [_name_part(key, spec.params.get(key)) for key in varying]
+            names[spec.name] = "_".join([_identifier(family), *parts])
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    for spec in specs:
+        if counts[names[spec.name]] > 1:
+            digest = hashlib.sha256(json.dumps(spec.params, sort_keys=True).encode()).hexdigest()[:6]
+            names[spec.name] = f"{names[spec.name]}_{digest}"
+    return names
+
+
+def _name_part(key: str, value: Any) -> str:
+    if value == "none":  # class_weight = "none" reads as "noclassweight"
+        return "no" + _identifier(key)
+    if isinstance(value, str):
+        return _identifier(value)
+    if isinstance(value, list):
+        text = "to".join(_number(v) for v in value)
+    elif isinstance(value, bool) or value is None:
+        text = str(value).lower()
+    else:
+        text = _number(value)
+    return _PARAM_LABELS.get(key, _identifier(key)) + text
+
+
+def _number(value: Any) -> str:
+    """1.0 -> "1", 0.5 -> "0p5", 1e-05 -> "1em5": a number in the characters a key part may hold."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    mantissa, _, exponent = text.partition("e")
+    text = mantissa + (f"e{int(exponent)}" if exponent else "")
+    return text.replace(".", "p").replace("-", "m").replace("+", "")
+
+
+def _identifier(text: str) -> str:
+    return "".join(character for character in text.lower() if character.isalnum())
+
+
 def build_pipeline(spec: CandidateSpec, seed: int) -> Pipeline:
     """The unfitted TF-IDF + classifier pipeline a spec describes."""
     vectorizer_params = {k: v for k, v in spec.params.items() if k in VECTORIZER_KEYS}

@@ -26,7 +26,7 @@ from mlplatform.core.training.evaluation import (
 from mlplatform.core.training.export import OnnxSentimentModel
 from mlplatform.core.training.fit import NoEligibleCandidateError, TrainedCandidate
 
-CANDIDATES_GROUP_PREFIX = "candidate_models"  # asset keys candidate_models/<family>_<hash>
+CANDIDATES_GROUP_PREFIX = "candidate_models"  # asset keys candidate_models/<family>_<varying params>
 MODEL_FILE = "model.onnx"
 MODEL_CARD_FILE = "model_card.json"  # in a best_model bundle, beside MODEL_FILE
 MODEL_CARD_MARKDOWN_FILE = "model_card.md"

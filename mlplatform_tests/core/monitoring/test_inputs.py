@@ -25,7 +25,8 @@ def segment(inputs: MonitoringInputs, name: str, *request_ids: str) -> Path:
 
 
 def test_nothing_captured_has_no_fingerprint_and_an_empty_log(inputs: MonitoringInputs) -> None:
-    assert inputs.fingerprint() is None and inputs.capture_fingerprint() is None
+    assert inputs.fingerprint() is None and inputs.capture_summary().fingerprint is None
+    assert inputs.capture_summary().data_version == "nothing captured"
     log = read_prediction_log(inputs)
     assert log.frame.height == 0
     assert log.metadata()[INPUT_FINGERPRINT] == "nothing captured"
@@ -35,15 +36,17 @@ def test_the_capture_fingerprint_follows_the_capture_and_the_whole_one_the_label
     inputs: MonitoringInputs,
 ) -> None:
     first = segment(inputs, "1", "a")
-    capture, whole = inputs.capture_fingerprint(), inputs.fingerprint()
+    capture, whole = inputs.capture_summary().fingerprint, inputs.fingerprint()
     assert capture is not None and whole == capture  # no labels yet
 
     inputs.labels_dir.mkdir()
     (inputs.labels_dir / "truth.csv").write_text("review_id,label\nr1,positive\n")
-    assert inputs.capture_fingerprint() == capture and inputs.fingerprint() != whole
+    assert inputs.capture_summary().fingerprint == capture and inputs.fingerprint() != whole
 
     first.write_bytes(first.read_bytes() + rows("b"))  # the segment grew
-    assert inputs.capture_fingerprint() != capture
+    summary = inputs.capture_summary()
+    assert summary.fingerprint != capture and summary.data_version == summary.fingerprint
+    assert (summary.segments, summary.size_bytes) == (1, len(rows("a")) + len(rows("b")))
     log = read_prediction_log(inputs)
     assert log.frame["request_id"].to_list() == ["a", "b"]
     assert log.metadata()[INPUT_FINGERPRINT] == inputs.fingerprint()

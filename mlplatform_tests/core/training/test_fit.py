@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from types import MappingProxyType
 
 import polars as pl
@@ -12,10 +13,12 @@ import pytest
 from mlplatform.core.training import export
 from mlplatform.core.training.export import OnnxSentimentModel, to_onnx
 from mlplatform.core.training.fit import (
+    CandidateSpec,
     NoEligibleCandidateError,
     TrainingConfig,
     TrainingConfigError,
     TrainingDataError,
+    asset_names,
     candidate_specs,
     config_fingerprint,
     fit_candidate,
@@ -93,6 +96,28 @@ def test_candidate_names_are_readable(config: TrainingConfig) -> None:
         "logreg,C=2.0,class_weight=balanced,ngram_range=1-2",
         "sgd,alpha=0.0001,loss=log_loss",
     ]
+
+
+def test_asset_names_show_the_family_and_what_varies_in_it(config: TrainingConfig) -> None:
+    specs = candidate_specs(config)
+    assert list(asset_names(specs).values()) == ["logreg_c0p5", "logreg_c2", "sgd"]
+    wide = candidate_specs(dataclasses.replace(load_training_config(), search_size="wide"))
+    names = asset_names(wide)
+    assert len(set(names.values())) == len(wide)
+    assert all(re.fullmatch(r"[a-z0-9_]+", name) for name in names.values())
+    assert "sgd_alpha1em5_noclassweight_logloss_min1_ngram1to2" in names.values()
+
+
+def test_asset_names_that_would_read_the_same_are_told_apart() -> None:
+    same = [
+        CandidateSpec("a", "logreg", "logistic_regression", {"C": 1}),
+        CandidateSpec("b", "logreg", "logistic_regression", {"C": 1.0}),
+        CandidateSpec("c", "logreg", "logistic_regression", {"C": 2}),
+    ]
+    names = asset_names(same)
+    assert names["c"] == "logreg_c2"
+    assert names["a"].startswith("logreg_c1_") and names["b"].startswith("logreg_c1_")
+    assert names["a"] != names["b"]
 
 
 def test_fingerprint_is_stable_and_follows_the_config() -> None:
