@@ -19,8 +19,7 @@ from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release import registration
 from mlplatform.core.release.registration import Provenance, RegistrationRules, register_best
 from mlplatform.core.release.registry import RegistryRules
-from mlplatform.core.training import evaluation, export, selection
-from mlplatform.core.training import fit as training
+from mlplatform.core.training import evaluation, export, fit, selection
 from mlplatform.core.training.evaluation import GateRules
 from mlplatform.core.training.fit import (
     CandidateSpec,
@@ -76,7 +75,7 @@ def _candidate_asset(
         ],
     )
     def candidate(review_splits: pl.DataFrame):
-        trained = training.train_candidate(spec, split_frames(review_splits), config)
+        trained = fit.train_candidate(spec, split_frames(review_splits), config)
         validation = trained.validation_metrics
         yield versioned_output(
             Bundle(candidate_files(trained)),
@@ -107,8 +106,8 @@ def _candidate_asset(
 
 
 def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg.AssetsDefinition]:
-    specs = training.candidate_specs(config)
-    candidate_version = code_version([training, export], {"training": config_fingerprint(config)})
+    specs = fit.candidate_specs(config)
+    candidate_version = code_version([fit, export], {"training": config_fingerprint(config)})
     # Training and registering are idempotent (content-addressed), so a step that raised may run again.
     retry_policy = step_retry_policy(ExecutionRules.from_settings(settings))
     keys = {name: candidate_key(asset_name) for name, asset_name in asset_names(specs).items()}
