@@ -289,21 +289,31 @@ def cmd_serve(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.scoring.files import ScoringRules, load_model, score_file
+    from mlplatform.core.scoring.files import score_file
+    from mlplatform.core.scoring.model import ScoringRules, load_model
 
     settings = Settings.load(home.settings_file)
     production = _registry(home).production()
     if production is None:
         raise CommandError("no model in production: run the pipeline (mlplatform run) first")
-    model = load_model(production.onnx_path, production.sha256, ScoringRules.from_settings(settings))
+    rules = ScoringRules.from_settings(settings)
+    model = load_model(production.onnx_path, production.sha256, rules)
     summary = score_file(
         Path(args.input),
         Path(args.output),
         model,
         production.version,
+        rules.chunk_rows,
+        explain_top_k=int(settings.section("serving")["explain_top_k"]) if args.explain else 0,
+        overwrite=args.overwrite,
         on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
     )
-    print(f"{summary.rows_out} rows scored by {production.version} -> {summary.output_path}")
+    flagged = (
+        f"; {summary.no_tokens} with no token the model reads (no_tokens, unlabelled)"
+        if summary.no_tokens
+        else ""
+    )
+    print(f"{summary.rows_out} rows scored by {production.version} -> {summary.output_path}{flagged}")
     return EXIT_OK
 
 
@@ -479,6 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="batch-score a CSV/Parquet file with the production model")
     score.add_argument("input")
     score.add_argument("output", help="CSV or Parquet, by extension")
+    score.add_argument(
+        "--explain",
+        action="store_true",
+        help="add an `explanation` column: the [serving] explain_top_k n-grams that pushed each prediction most",
+    )
+    score.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it exists (refused otherwise)"
+    )
     score.set_defaults(handler=cmd_score)
 
     lineage = sub.add_parser("lineage", help="trace a prediction or an asset version back to drops and code")

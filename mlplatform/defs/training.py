@@ -20,6 +20,7 @@ from mlplatform.core.monitoring.drift import BASELINE_CARD_KEY, ModelVocabulary,
 from mlplatform.core.platform.artifacts import Bundle, encode
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import RegistryRules
+from mlplatform.core.scoring.model import ScoringRules
 from mlplatform.core.training import evaluation, export, selection
 from mlplatform.core.training import fit as training
 from mlplatform.core.training.evaluation import GateRules, render_model_card_markdown
@@ -57,7 +58,11 @@ def candidate_key(spec: CandidateSpec) -> dg.AssetKey:
 
 
 def _candidate_asset(
-    spec: CandidateSpec, config: TrainingConfig, version: str, retry_policy: dg.RetryPolicy | None
+    spec: CandidateSpec,
+    config: TrainingConfig,
+    scoring: ScoringRules,
+    version: str,
+    retry_policy: dg.RetryPolicy | None,
 ) -> dg.AssetsDefinition:
     key = candidate_key(spec)
 
@@ -79,7 +84,7 @@ def _candidate_asset(
         ],
     )
     def candidate(review_splits: pl.DataFrame):
-        trained = training.train_candidate(spec, split_frames(review_splits), config)
+        trained = training.train_candidate(spec, split_frames(review_splits), config, scoring)
         validation = trained.validation_metrics
         yield versioned_output(
             Bundle(candidate_files(trained)),
@@ -109,7 +114,8 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
     candidate_version = code_version([training, export], {"training": config_fingerprint(config)})
     # Training and registering are idempotent (content-addressed), so a step that raised may run again.
     retry_policy = step_retry_policy(ExecutionRules.from_settings(settings))
-    candidates = [_candidate_asset(spec, config, candidate_version, retry_policy) for spec in specs]
+    scoring = ScoringRules.from_settings(settings)
+    candidates = [_candidate_asset(spec, config, scoring, candidate_version, retry_policy) for spec in specs]
     inputs = {f"candidate_{index}": dg.AssetIn(key=candidate_key(spec)) for index, spec in enumerate(specs)}
 
     @dg.asset(
@@ -151,6 +157,7 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
             GateRules.from_settings(settings_now),
             feature_rules.facets,
             feature_rules.min_facet_rows,
+            ScoringRules.from_settings(settings_now),
         )
         card = evaluation.model_card(
             model_name=chosen.name,

@@ -19,6 +19,7 @@ from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.scoring.model import ScoringRules
 from mlplatform.core.training.fit import (
     TrainingConfig,
     candidate_specs,
@@ -69,7 +70,8 @@ def rebuild_model(home: PlatformHome, version: str, config: TrainingConfig) -> R
     if not specs:
         raise RebuildError(f"{version}: candidate {candidate!r} is not in the current search config")
     split_version, splits = recorded_splits(home, model.card)
-    rebuilt = train_candidate(specs[0], split_frames(splits), config)
+    scoring = ScoringRules.from_settings(Settings.load(home.settings_file))
+    rebuilt = train_candidate(specs[0], split_frames(splits), config, scoring)
     return Rebuild(
         version=version,
         registered_sha256=model.sha256,
