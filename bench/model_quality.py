@@ -25,9 +25,10 @@ import polars as pl
 from mlplatform.core.data.features import FeatureRules, build_reviews
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.splits import SplitRules, assign_splits
+from mlplatform.core.data.text import LABELS
 from mlplatform.core.platform.settings import Settings
+from mlplatform.core.scoring.model import ScoringModel, ScoringRules
 from mlplatform.core.training.evaluation import classification_metrics
-from mlplatform.core.training.export import LABELS, OnnxSentimentModel
 from mlplatform.core.training.fit import (
     CandidateSpec,
     TrainedCandidate,
@@ -59,7 +60,8 @@ def prepare_frame(data_path: Path, settings: Settings) -> pl.DataFrame:
 
 
 def test_metrics(candidate: TrainedCandidate, test: pl.DataFrame) -> dict[str, Any]:
-    labels, _ = OnnxSentimentModel.from_bytes(candidate.onnx_bytes).predict(test["text"].to_list())
+    scoring = ScoringRules.from_settings(Settings.load())
+    labels = ScoringModel.from_bytes(candidate.onnx_bytes, scoring).predict(test["text"].to_list()).labels
     return classification_metrics(test["label"].to_list(), labels)
 
 
@@ -101,9 +103,11 @@ def run(data_path: Path, config: TrainingConfig) -> dict:
     test = frame.filter(pl.col("split") == "test")
 
     started = time.perf_counter()
+    scoring = ScoringRules.from_settings(settings)
     candidates = train_candidates(
         frame,
         config,
+        scoring,
         on_progress=lambda done, total, c: print(f"  [{done}/{total}] {c.spec.name}", file=sys.stderr),
     )
     search_seconds = time.perf_counter() - started
@@ -113,7 +117,7 @@ def run(data_path: Path, config: TrainingConfig) -> dict:
         config, selection=dataclasses.replace(config.selection, tune_class_offsets=False)
     )
     started = time.perf_counter()
-    baseline = train_candidate(BASELINE_SPEC, split_frames(frame), baseline_config)
+    baseline = train_candidate(BASELINE_SPEC, split_frames(frame), baseline_config, scoring)
     baseline_seconds = time.perf_counter() - started
 
     rows = [

@@ -244,16 +244,11 @@ def training_spec(name: str | None) -> Any:
 
 
 def onnx_vocabulary_size(onnx_bytes: bytes) -> int:
-    """How many n-grams the exported TF-IDF vectorizer holds (the model's vocabulary, its feature width)."""
+    """How many n-grams the exported model reads (its vocabulary, one per line of the `vocabulary` metadata)."""
     import onnx
 
-    model = onnx.load_from_string(onnx_bytes)
-    for node in model.graph.node:
-        if node.op_type == "TfIdfVectorizer":
-            for attribute in node.attribute:
-                if attribute.name == "ngram_indexes":
-                    return len(attribute.ints)
-    raise ValueError("the exported model has no TfIdfVectorizer node with ngram_indexes")
+    metadata = {prop.key: prop.value for prop in onnx.load_from_string(onnx_bytes).metadata_props}
+    return len(metadata["vocabulary"].split("\n"))
 
 
 def stage_training(directory: Path, rows: int, data: Path, candidate: str | None = None) -> dict[str, Any]:
@@ -263,7 +258,12 @@ def stage_training(directory: Path, rows: int, data: Path, candidate: str | None
 
     spec = training_spec(candidate)
     parts = split_frames(_read_table(directory / SPLITS_PARQUET))
-    trained = train_candidate(spec, parts, load_training_config())
+    from mlplatform.core.platform.settings import Settings
+    from mlplatform.core.scoring.model import ScoringRules
+
+    trained = train_candidate(
+        spec, parts, load_training_config(), ScoringRules.from_settings(Settings.load())
+    )
     if not trained.parity.passed:
         raise SystemExit(f"candidate {spec.name}: {trained.parity.description}")
     size = _write_artifact(Bundle(candidate_files(trained)), directory / CANDIDATE_TAR)

@@ -7,9 +7,8 @@ set is present (else on synthetic reviews, and says so), registers its ONNX expo
 temporary MLPLATFORM_HOME per server variant, and starts the servers on loopback one after another:
 
 - mlplatform: `python -m mlplatform.serving.server` (validation, metrics, and capture of every request
-  made durable before the answer), with its defaults (single reviews scored by the parity-gated
-  per-text reading of the ONNX graph, ONNX Runtime on near-ties; capture segments zero-filled ahead),
-  with `[scoring] fast_path = false` (every review scored by ONNX Runtime), with
+  made durable before the answer), with its defaults (every review scored by ONNX Runtime on the
+  platform's sparse text graph; capture segments zero-filled ahead), with
   `[serving] capture_segment_preallocate_bytes = 0` (capture appended to a growing file), with
   `[serving] capture_inline_stall_ms = 2` and `capture_inline_cooldown_s = 30` (the inline-sync gate
   of earlier versions: one sync over 2 ms sends every record through the writer thread for 30 s), and
@@ -48,17 +47,16 @@ import polars as pl
 from _common import free_port, machine
 from pydantic import BaseModel
 
-from mlplatform.core.data.text import LABELS
+from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.monitoring.capture import read_capture
-from mlplatform.core.training.export import TOKEN_PATTERN, to_onnx
+from mlplatform.core.training.export import to_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 INFER_PATH = "/v2/models/sentiment/infer"
 CONCURRENCIES = (1, 16)
-OURS = "mlplatform (defaults: per-text fast path, ONNX Runtime on ties; capture synced)"
-OURS_ORT_ONLY = "mlplatform ([scoring] fast_path = false: ONNX Runtime only; capture synced)"
+OURS = "mlplatform (defaults: ONNX Runtime; capture synced)"
 OURS_APPENDED = "mlplatform ([serving] capture_segment_preallocate_bytes = 0: capture appended + synced)"
 OURS_STRICT_GATE = (
     "mlplatform ([serving] capture_inline_stall_ms = 2, capture_inline_cooldown_s = 30: the inline-sync "
@@ -69,13 +67,11 @@ BASELINE = "baseline (scikit-learn + FastAPI)"
 # Our server's variants: the platform.toml of each one's home.
 OUR_VARIANTS = {
     OURS: "",
-    OURS_ORT_ONLY: "[scoring]\nfast_path = false\n",
     OURS_APPENDED: "[serving]\ncapture_segment_preallocate_bytes = 0\n",
     OURS_STRICT_GATE: "[serving]\ncapture_inline_stall_ms = 2.0\ncapture_inline_cooldown_s = 30.0\n",
     OURS_NO_CAPTURE: "[serving]\ncapture_sample_rate = 0.0\n",
 }
 VARIANT_KEYS = {
-    "onnxruntime_only": OURS_ORT_ONLY,
     "appended_capture": OURS_APPENDED,
     "strict_inline_gate": OURS_STRICT_GATE,
     "without_capture": OURS_NO_CAPTURE,
@@ -88,7 +84,7 @@ SYNTHETIC_ROWS = 20_000
 
 def training_data(data_path: Path) -> tuple[list[str], list[str], str]:
     """(texts, labels, source) from the real CSV when present, else synthetic reviews."""
-    from mlplatform.core.data.text import model_text_values
+    from mlplatform.core.data.text import prepare_text
 
     if data_path.exists():
         frame = pl.read_csv(data_path, columns=["Title", "Review Text", "Rating"], infer_schema_length=0)
@@ -103,7 +99,7 @@ def training_data(data_path: Path) -> tuple[list[str], list[str], str]:
         titles, texts, ratings = frame["title"], frame["review_text"], frame["rating"]
     model_texts, labels = [], []
     for title, text, rating in zip(titles, texts, ratings, strict=True):
-        cleaned = model_text_values(title, text)
+        cleaned = prepare_text(title, text)
         if cleaned and rating is not None:
             model_texts.append(cleaned)
             labels.append(LABELS[0] if rating <= 2 else LABELS[1] if rating == 3 else LABELS[2])
@@ -120,7 +116,12 @@ def train(texts: list[str], labels: list[str]) -> Any:
             (
                 "tfidf",
                 TfidfVectorizer(
-                    token_pattern=TOKEN_PATTERN, ngram_range=(1, 2), min_df=2, max_features=50_000
+                    token_pattern=TOKEN_PATTERN,
+                    lowercase=False,
+                    preprocessor=lowercase_for_tokens,
+                    ngram_range=(1, 2),
+                    min_df=2,
+                    max_features=50_000,
                 ),
             ),
             ("classifier", LogisticRegression(max_iter=1000)),
@@ -381,7 +382,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mlplatform-bench-") as temp:
         work = Path(temp)
-        onnx_bytes = to_onnx(pipeline)
+        onnx_bytes = to_onnx(pipeline, LABELS)
         with (work / "model.pkl").open("wb") as handle:
             pickle.dump(pipeline, handle)
         env = {key: value for key, value in os.environ.items() if key != "MLPLATFORM_API_KEYS"}

@@ -274,14 +274,18 @@ def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome) -> int:
 
 def cmd_models_rebuild(args: argparse.Namespace, home: PlatformHome) -> int:
     from mlplatform.core.platform.artifacts import ArtifactStore
+    from mlplatform.core.scoring.model import ScoringRules
     from mlplatform.core.training.fit import load_training_config
     from mlplatform.core.training.rebuild import rebuild_model
 
     config = load_training_config(home.training_file if home.training_file.exists() else None)
     model = _registry(home).get(args.version)
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    settings = Settings.load(home.settings_file)
+    store = ArtifactStore.from_settings(home, settings)
     _progress(f"refitting {args.version} from its recorded split version ...")
-    result = rebuild_model(store, model.version, model.card, model.sha256, config)
+    result = rebuild_model(
+        store, model.version, model.card, model.sha256, config, ScoringRules.from_settings(settings)
+    )
     verdict = "identical" if result.identical else "DIFFERENT"
     print(
         f"{result.version}: rebuilt {result.candidate} from review_splits {result.split_version[:12]}: "
@@ -298,24 +302,31 @@ def cmd_serve(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.scoring.files import ScoringInputError, ScoringRules, load_model, score_file
+    from mlplatform.core.scoring.files import score_file
+    from mlplatform.core.scoring.model import ScoringRules, load_model
 
     settings = Settings.load(home.settings_file)
     production = _registry(home).production()
     if production is None:
         raise CommandError("no model in production: run the pipeline (mlplatform run) first")
-    model = load_model(production.onnx_path, production.sha256, ScoringRules.from_settings(settings))
-    try:
-        summary = score_file(
-            Path(args.input),
-            Path(args.output),
-            model,
-            production.version,
-            on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
-        )
-    except ScoringInputError as exc:  # bad input: a user error (the class joins UserError with issue 13)
-        raise CommandError(str(exc)) from exc
-    print(f"{summary.rows_out} rows scored by {production.version} -> {summary.output_path}")
+    rules = ScoringRules.from_settings(settings)
+    model = load_model(production.onnx_path, production.sha256, rules)
+    summary = score_file(
+        Path(args.input),
+        Path(args.output),
+        model,
+        production.version,
+        rules.chunk_rows,
+        explain_top_k=int(settings.section("serving")["explain_top_k"]) if args.explain else 0,
+        overwrite=args.overwrite,
+        on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
+    )
+    flagged = (
+        f"; {summary.no_tokens} with no token the model reads (no_tokens, unlabelled)"
+        if summary.no_tokens
+        else ""
+    )
+    print(f"{summary.rows_out} rows scored by {production.version} -> {summary.output_path}{flagged}")
     return EXIT_OK
 
 
@@ -491,6 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="batch-score a CSV/Parquet file with the production model")
     score.add_argument("input")
     score.add_argument("output", help="CSV or Parquet, by extension")
+    score.add_argument(
+        "--explain",
+        action="store_true",
+        help="add an `explanation` column: the [serving] explain_top_k n-grams that pushed each prediction most",
+    )
+    score.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it exists (refused otherwise)"
+    )
     score.set_defaults(handler=cmd_score)
 
     lineage = sub.add_parser("lineage", help="trace a prediction or an asset version back to drops and code")

@@ -2,7 +2,7 @@
 
 Imports point one way: cli → runner → defs / serving → core. Core is pure (never dagster, never an outer
 layer); serving never reaches into the Dagster wiring; inside core a stage imports only its own stage or an
-earlier one (platform < data < training < release < scoring < monitoring); and no mlplatform module
+earlier one (platform < data < scoring < training < release < monitoring); and no mlplatform module
 imports itself back through others, not even under `if TYPE_CHECKING` or inside a function.
 """
 
@@ -16,17 +16,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mlplatform"
 
-STAGES: tuple[str, ...] = ("platform", "data", "training", "release", "scoring", "monitoring")
-"""The core stages, in pipeline order: a stage may import its own stage and the ones before it."""
+STAGES: tuple[str, ...] = ("platform", "data", "scoring", "training", "release", "monitoring")
+"""The core stages, in dependency order: a stage may import its own stage and the ones before it. Scoring
+(running a registered ONNX file in ONNX Runtime) comes before training, whose parity gate and evaluation
+run the exported bytes exactly as production will."""
 
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        # Issue 13: the lead engineer is rewriting scoring on ONNX Runtime; lean.py names files.py's
-        # LinearTextPlan in annotations (under TYPE_CHECKING) while files.py builds the lean scorer.
-        # The rewrite removes the pair; until then this one edge pair is tolerated.
-        frozenset({"mlplatform.core.scoring.files", "mlplatform.core.scoring.lean"}),
-    }
-)
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
+"""Import cycles tolerated for now: none."""
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release import deploy
 from mlplatform.core.release.deploy import DeployAction, DeploymentRules, SmokeResult
 from mlplatform.core.release.registry import ModelVersion
-from mlplatform.core.scoring import files as scoring
-from mlplatform.core.scoring.files import ScoringError, ScoringRules
+from mlplatform.core.scoring import files as scoring_files
+from mlplatform.core.scoring import model as scoring_model
+from mlplatform.core.scoring.model import ScoringError, ScoringRules
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.execution import DEPLOYMENT_POOL, ExecutionRules, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output
@@ -172,7 +173,7 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
         deps=[SENTIMENT_ENDPOINT],
         output_required=False,
         kinds={"onnx", "polars"},
-        code_version=code_version([scoring], settings.section("scoring")),
+        code_version=code_version([scoring_files, scoring_model], settings.section("scoring")),
         check_specs=[
             dg.AssetCheckSpec(
                 "row_count",
@@ -198,13 +199,12 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
             raise deploy.DeployError(
                 "no production model: deploy one (sentiment_endpoint) before batch scoring"
             )
-        model = scoring.load_model(
-            production.onnx_path, production.sha256, ScoringRules.from_settings(platform.settings())
-        )
+        rules = ScoringRules.from_settings(platform.settings())
+        model = scoring_model.load_model(production.onnx_path, production.sha256, rules)
         with tempfile.TemporaryDirectory(dir=home.root) as scratch:
             try:
-                summary = scoring.score_file(
-                    path, Path(scratch) / "predictions.parquet", model, production.version
+                summary = scoring_files.score_file(
+                    path, Path(scratch) / "predictions.parquet", model, production.version, rules.chunk_rows
                 )
             except ScoringError as exc:  # bad input (ScoringInputError) or rows in != rows out
                 yield check_result("row_count", False, f"{path.name}: {exc}", {"file": path.name})
@@ -216,7 +216,7 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
                 "file": path.name,
                 "model_version": production.version,
                 "rows_in": summary.rows_in,
-                "engine": summary.engine,
+                "no_tokens": summary.no_tokens,
                 "seconds": summary.seconds,
             },
             extra={

@@ -14,13 +14,12 @@ import dagster as dg
 import httpx
 
 from mlplatform.core.data.lake import Lake
-from mlplatform.core.data.text import LABELS
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.deploy import DeploymentRules
 from mlplatform.core.release.registry import PRODUCTION, ModelRegistry, ModelVersion
-from mlplatform.core.scoring.files import ScoringRules, load_model
+from mlplatform.core.scoring.model import ScoringRules, load_model
 
 API_KEYS_ENV = "MLPLATFORM_API_KEYS"
 
@@ -190,11 +189,14 @@ class OfflineEndpointResource(EndpointResource):
         scoring_model = load_model(model.onnx_path, model.sha256, ScoringRules.from_settings(settings))
         texts = [review["text"] for review in request["reviews"]]
         started = time.perf_counter()
-        labels, probabilities = scoring_model.predict(texts)
+        prediction = scoring_model.predict(texts)
         latency_ms = (time.perf_counter() - started) * 1000
         predictions = [
-            {"label": str(label), "probabilities": dict(zip(LABELS, map(float, row), strict=True))}
-            for label, row in zip(labels, probabilities, strict=True)
+            {
+                "label": str(label),
+                "probabilities": dict(zip(scoring_model.classes, map(float, row), strict=True)),
+            }
+            for label, row in zip(prediction.labels, prediction.probabilities, strict=True)
         ]
         return EndpointAnswer({"model_version": model.version, "predictions": predictions}, latency_ms)
 

@@ -19,6 +19,7 @@ from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release import registration
 from mlplatform.core.release.registration import Provenance, RegistrationRules, register_best
 from mlplatform.core.release.registry import RegistryRules
+from mlplatform.core.scoring.model import ScoringRules
 from mlplatform.core.training import evaluation, export, fit, selection
 from mlplatform.core.training.evaluation import GateRules
 from mlplatform.core.training.fit import (
@@ -53,6 +54,7 @@ def _candidate_asset(
     spec: CandidateSpec,
     key: dg.AssetKey,
     config: TrainingConfig,
+    scoring: ScoringRules,
     version: str,
     retry_policy: dg.RetryPolicy | None,
 ) -> dg.AssetsDefinition:
@@ -75,7 +77,7 @@ def _candidate_asset(
         ],
     )
     def candidate(review_splits: pl.DataFrame):
-        trained = fit.train_candidate(spec, split_frames(review_splits), config)
+        trained = fit.train_candidate(spec, split_frames(review_splits), config, scoring)
         validation = trained.validation_metrics
         yield versioned_output(
             Bundle(candidate_files(trained)),
@@ -111,8 +113,10 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
     # Training and registering are idempotent (content-addressed), so a step that raised may run again.
     retry_policy = step_retry_policy(ExecutionRules.from_settings(settings))
     keys = {name: candidate_key(asset_name) for name, asset_name in asset_names(specs).items()}
+    scoring = ScoringRules.from_settings(settings)
     candidates = [
-        _candidate_asset(spec, keys[spec.name], config, candidate_version, retry_policy) for spec in specs
+        _candidate_asset(spec, keys[spec.name], config, scoring, candidate_version, retry_policy)
+        for spec in specs
     ]
     inputs = {f"candidate_{index}": dg.AssetIn(key=keys[spec.name]) for index, spec in enumerate(specs)}
 
@@ -151,6 +155,7 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
                 GateRules.from_settings(settings_now),
                 FeatureRules.from_settings(settings_now),
                 RegistryRules.from_settings(settings_now),
+                ScoringRules.from_settings(settings_now),
             ),
             Provenance(
                 run_id=context.run_id,

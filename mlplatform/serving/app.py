@@ -45,7 +45,7 @@ from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.scoring.files import ScoringRules, load_model
+from mlplatform.core.scoring.model import ScoringRules, load_model
 from mlplatform.serving.capture import CaptureConfig, CaptureWriter
 from mlplatform.serving.dashboard import add_dashboard_routes
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
@@ -184,7 +184,8 @@ class InferenceRoute:
         reviews = self._parse(
             decode_json(await read_body(scope, receive, config.max_body_bytes)), config.max_batch
         )
-        labels, probabilities = await self._score(served.model, model_inputs(reviews.texts))
+        texts = model_inputs(reviews.texts)
+        labels, probabilities = await self._score(served.model, texts)
         state.metrics.observe_batch(len(labels))
         body = self._render(config.model_name, served.version, request_id, labels, probabilities)
         if config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate:
@@ -194,7 +195,7 @@ class InferenceRoute:
                 received_at=received_at,
                 route=self._route,
                 model_version=served.version,
-                texts=reviews.texts,
+                texts=texts,
                 product_ids=reviews.product_ids,
                 review_ids=reviews.review_ids,
                 labels=labels,
@@ -209,10 +210,18 @@ class InferenceRoute:
     async def _score(self, model: Predictor, texts: list[str]) -> tuple[list[str], np.ndarray]:
         # A single review scores in well under a millisecond: a thread hop would cost more than it saves.
         if len(texts) <= self._state.config.inline_max_batch:
-            labels, probabilities = model.predict(texts)
+            prediction = model.predict(texts)
         else:
-            labels, probabilities = await anyio.to_thread.run_sync(model.predict, texts)
-        return [str(label) for label in labels], np.ascontiguousarray(probabilities, dtype=np.float32)
+            prediction = await anyio.to_thread.run_sync(model.predict, texts)
+        if prediction.no_tokens.any():
+            first = int(np.flatnonzero(prediction.no_tokens)[0])
+            raise RequestRefused(
+                400,
+                f"review {first} has no word the model reads (empty after tokenising, only punctuation or "
+                "unknown words): it cannot be labelled",
+            )
+        labels = [str(label) for label in prediction.labels]
+        return labels, np.ascontiguousarray(prediction.probabilities, dtype=np.float32)
 
     async def _make_durable(self, rows: bytes) -> None:
         try:

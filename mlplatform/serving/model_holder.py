@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mlplatform.core.scoring.model import Prediction
+
 log = logging.getLogger(__name__)
 
 # Scored once before a model is swapped in, so its first real request pays no lazy-initialisation cost.
@@ -28,7 +30,9 @@ SHUTTING_DOWN = "the endpoint is shutting down"
 
 
 class Predictor(Protocol):
-    def predict(self, texts: Sequence[str]) -> tuple[Sequence[str], np.ndarray]: ...
+    """What the holder needs of `mlplatform.core.scoring.model.ScoringModel`."""
+
+    def predict(self, texts: Sequence[str], explain_top_k: int = 0) -> Prediction: ...
 
 
 class ProductionRegistry(Protocol):
@@ -156,8 +160,10 @@ class ModelHolder:
     def _checked_model(self, version: str, sha256: str) -> ServedModel:
         path = self._registry.verify(version)
         model = self._loader(path, sha256)
-        labels, probabilities = model.predict(list(WARMUP_TEXTS))
-        if len(labels) != len(WARMUP_TEXTS) or np.shape(probabilities)[0] != len(WARMUP_TEXTS):
+        prediction = model.predict(list(WARMUP_TEXTS))
+        if len(prediction.labels) != len(WARMUP_TEXTS) or np.shape(prediction.probabilities)[0] != len(
+            WARMUP_TEXTS
+        ):
             raise ValueError("warm-up scoring returned the wrong number of rows")
         return ServedModel(version=version, sha256=sha256, model=model)
 

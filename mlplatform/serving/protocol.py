@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlplatform.core.data.text import LABELS, model_text_values
+from mlplatform.core.data.text import LABELS, prepare_text
 from mlplatform.core.platform.errors import UserError
 
 ASGIScope = MutableMapping[str, Any]
@@ -139,8 +139,8 @@ def parse_infer_request(document: Any, max_batch: int) -> Reviews:
 
 
 def model_inputs(texts: Sequence[str]) -> list[str]:
-    """The text the model sees (same cleaning as training); a review with no words is a 400."""
-    cleaned = [model_text_values(None, text) for text in texts]
+    """The text the model sees (the one text preparation, core/data/text.py); an empty review is a 400."""
+    cleaned = [prepare_text(text) for text in texts]
     for index, text in enumerate(cleaned):
         if not text:
             raise RequestRefused(400, f"review {index} has an empty text")

@@ -18,7 +18,7 @@ from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.deploy import SMOKE_CASES
 from mlplatform.core.release.registry import APPROVED, IntegrityError, ModelRegistry
-from mlplatform.core.scoring.files import load_model
+from mlplatform.core.scoring.model import ScoringRules, load_model
 from mlplatform.runner import run_pending
 from mlplatform_tests.integration.test_object_store import BUCKET, s3_endpoint  # noqa: F401 (a fixture)
 
@@ -95,9 +95,10 @@ def test_the_pipeline_trains_registers_and_deploys_with_everything_on_s3(
     assert _local_files(home.artifacts) == []
 
     # the production model loads from the local cache and scores
-    model = load_model(production.onnx_path, production.sha256)
+    model = load_model(production.onnx_path, production.sha256, ScoringRules.from_settings(Settings.load()))
     assert production.onnx_path.parent == registry.cache_dir
-    labels, probabilities = model.predict([case.text for case in SMOKE_CASES])
+    prediction = model.predict([case.text for case in SMOKE_CASES])
+    labels, probabilities = prediction.labels, prediction.probabilities
     assert list(labels) == [case.expected for case in SMOKE_CASES]
     assert probabilities.shape == (len(SMOKE_CASES), 3)
 

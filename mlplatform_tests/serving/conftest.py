@@ -5,17 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import onnx
 import pytest
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import StringTensorType
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.training.export import to_onnx
 
 TRAINING_REVIEWS: tuple[tuple[str, str], ...] = (
     ("I love this dress, it fits perfectly and looks great", "positive"),
@@ -30,32 +29,20 @@ TRAINING_REVIEWS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
-    for node in model.graph.node:
-        node.output[:] = [new if name == old else name for name in node.output]
-    for output in model.graph.output:
-        if output.name == old:
-            output.name = new
-
-
 def tiny_model_bytes(variant: int = 0) -> bytes:
     """A TF-IDF + logistic regression sentiment model as ONNX; each variant has different bytes."""
     texts = [text for text, _ in TRAINING_REVIEWS] + [f"variant {variant} filler words"]
     labels = [label for _, label in TRAINING_REVIEWS] + ["neutral"]
     pipeline = Pipeline(
         [
-            ("tfidf", TfidfVectorizer(token_pattern=r"[a-zA-Z0-9_]{2,}")),
+            (
+                "tfidf",
+                TfidfVectorizer(token_pattern=TOKEN_PATTERN, lowercase=False, preprocessor=lowercase_for_tokens),
+            ),
             ("classifier", LogisticRegression(C=10.0 + variant, max_iter=1000)),
         ]
     ).fit(texts, labels)
-    model = convert_sklearn(
-        pipeline,
-        initial_types=[("text", StringTensorType([None, 1]))],
-        options={TfidfVectorizer: {"locale": "C.UTF-8"}, LogisticRegression: {"zipmap": False}},
-    )
-    _rename_output(model, model.graph.output[0].name, "label")
-    _rename_output(model, model.graph.output[1].name, "probabilities")
-    return model.SerializeToString()
+    return to_onnx(pipeline, LABELS)
 
 
 @pytest.fixture(scope="session")

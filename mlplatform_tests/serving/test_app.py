@@ -23,6 +23,7 @@ from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.scoring.model import Prediction
 from mlplatform.serving.app import api_keys_from_env, create_app
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, with_serving
 
@@ -235,11 +236,33 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
 
 def test_odd_but_valid_texts_are_answered_and_captured(shared: tuple[TestClient, PlatformHome]) -> None:
     client, home = shared
-    texts = ["nul \u0000 inside", "emoji 😀 and ünïcödé", "!!! ???"]
+    texts = [
+        "nul \u0000 inside, love it",
+        "emoji 😀 and ünïcödé, great fit",
+        "!!! ??? great",
+        "  lovely \n\t dress  ",
+    ]
     response = client.post(INFER, json=infer_body(texts), headers={"X-Request-ID": "odd-texts"})
     assert response.status_code == 200, response.text
     captured = read_capture(home.capture).filter(read_capture(home.capture)["request_id"] == "odd-texts")
-    assert captured.sort("row")["text"].to_list() == texts
+    # the capture records the text that was scored: the one text preparation's output
+    assert captured.sort("row")["text"].to_list() == [*texts[:3], "lovely dress"]
+
+
+@pytest.mark.parametrize(
+    "text", ["!!! ???", "😀 日本語", "zzqx wibble"], ids=["punctuation", "no ASCII word", "unknown words"]
+)
+def test_a_review_with_nothing_the_model_reads_is_a_400_naming_it(
+    shared: tuple[TestClient, PlatformHome], text: str
+) -> None:
+    client, home = shared
+    response = client.post(
+        INFER, json=infer_body(["love this dress", text]), headers={"X-Request-ID": f"no-tokens-{len(text)}"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("review 1 has no word the model reads")
+    capture = read_capture(home.capture)
+    assert capture.filter(capture["request_id"] == f"no-tokens-{len(text)}").height == 0
 
 
 def test_wrong_method_and_unknown_path_are_4xx(client: TestClient) -> None:
@@ -442,11 +465,14 @@ def test_an_unexpected_failure_is_a_500_with_the_request_id(
     class BrokenModel:
         calls = 0
 
-        def predict(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
             BrokenModel.calls += 1
             if BrokenModel.calls > 1:  # the warm-up passes, the first request does not
                 raise RuntimeError("bug")
-            return ["neutral"] * len(texts), np.full((len(texts), 3), 1 / 3, dtype=np.float32)
+            probabilities = np.full((len(texts), 3), 1 / 3, dtype=np.float32)
+            return Prediction(
+                np.array(["neutral"] * len(texts), dtype=object), probabilities, np.zeros(len(texts), bool)
+            )
 
     with TestClient(create_app(home, test_settings, loader=lambda path, sha: BrokenModel())) as http:
         response = http.post("/predict", json={"reviews": [REVIEW]}, headers={"X-Request-ID": "boom"})

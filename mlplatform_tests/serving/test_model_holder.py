@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.scoring.files import load_model
+from mlplatform.core.scoring.model import load_model
 from mlplatform.serving.model_holder import NO_PRODUCTION_MODEL, SHUTTING_DOWN, ModelHolder
+from mlplatform_tests.core.scoring.models import RULES
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register
 
 
 @pytest.fixture
 def holder(registry: ModelRegistry) -> Iterator[ModelHolder]:
-    model_holder = ModelHolder(registry, load_model, poll_interval_s=0.02)
+    model_holder = ModelHolder(registry, functools.partial(load_model, rules=RULES), poll_interval_s=0.02)
     yield model_holder
     model_holder.stop()
 
@@ -44,7 +46,8 @@ def test_serves_production_and_swaps_when_the_alias_moves(
     holder.start()
     first = holder.served
     assert first is not None and first.version == "v1"
-    labels, probabilities = first.model.predict(["lovely dress, great fit"])
+    prediction = first.model.predict(["lovely dress, great fit"])
+    labels, probabilities = prediction.labels, prediction.probabilities
     assert labels[0] == "positive" and probabilities.shape == (1, 3)
     deploy(registry, tiny_models[1])
     wait_for_version(holder, "v2")  # picked up by the background poller

@@ -1,7 +1,7 @@
 """The `reviews` table: every accepted drop, deduplicated, labelled, with the text a model sees.
 
 Input: one normalised frame per accepted drop (see `INPUT_SCHEMA`, the contract of core/data/schema.py).
-The text a model sees (`model_text`, `model_text_values`) and the label order live in core/data/text.py,
+The text a model sees (`prepare_text`) and the label order live in core/data/text.py,
 which serving imports without the validation stack.
 """
 
@@ -19,7 +19,7 @@ import polars as pl
 
 from mlplatform.core.data.quality import CheckOutcome, MetadataValue
 from mlplatform.core.data.schema import NORMALISED_DTYPES
-from mlplatform.core.data.text import LABELS, model_text
+from mlplatform.core.data.text import LABELS, prepare_texts
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.settings import Settings
 
@@ -215,7 +215,7 @@ def build_reviews(drops: Mapping[str, pl.DataFrame], rules: FeatureRules) -> Rev
     ).sort(["drop_hash", "source_row"], maintain_order=True)
     with_ids = combined.with_columns(review_ids(combined))
     deduplicated = with_ids.unique(subset="review_id", keep="first", maintain_order=True)
-    with_text = deduplicated.with_columns(model_text(pl.col("title"), pl.col("review_text")).alias("text"))
+    with_text = deduplicated.with_columns(prepare_texts([deduplicated["title"], deduplicated["review_text"]]))
     kept = with_text.filter(pl.col("text") != "")
     reviews = (
         kept.with_columns(

@@ -39,7 +39,7 @@ import onnx
 import polars as pl
 
 from mlplatform.core.data.features import js_divergence
-from mlplatform.core.data.text import LABELS
+from mlplatform.core.data.text import LABELS, TOKEN_PATTERN
 from mlplatform.core.monitoring.prediction_log import model_versions
 from mlplatform.core.monitoring.rules import (
     DRIFT_METRICS,
@@ -53,7 +53,7 @@ from mlplatform.core.monitoring.rules import (
 )
 from mlplatform.core.platform.artifacts import ArtifactNotFound, ArtifactStore
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.scoring.files import UnsupportedGraph, linear_text_plan
+from mlplatform.core.scoring.model import GRAPH_KIND
 from mlplatform.core.training.rebuild import recorded_splits
 
 _SHARE_TOLERANCE = 1e-6
@@ -72,17 +72,28 @@ class ModelVocabulary:
 
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto) -> ModelVocabulary:
-        """Read the vocabulary out of a TF-IDF + linear classifier ONNX graph (see core/scoring/files.py)."""
-        try:
-            plan = linear_text_plan(model)
-        except UnsupportedGraph as exc:
-            raise MonitoringError(f"cannot read the model's vocabulary from its ONNX graph: {exc}") from exc
-        pool = plan.pool_tokens.categories.to_list()
-        if plan.unigram_columns is None:  # no unigram features: every pooled token is still a known word
-            tokens = pool
-        else:
-            tokens = [token for token, column in zip(pool, plan.unigram_columns, strict=True) if column >= 0]
-        return cls(frozenset(tokens), plan.token_pattern, plan.lowercase, plan.min_token_chars)
+        """The unigram vocabulary a model reads: from the sparse text graph's metadata (core/training/
+        export.py), or from the TfIdfVectorizer node of a model registered before it (skl2onnx)."""
+        metadata = {prop.key: prop.value for prop in model.metadata_props}
+        if metadata.get("graph") == GRAPH_KIND:
+            terms = metadata["vocabulary"].split("\n")
+            unigrams = [term for term in terms if " " not in term]
+            words = unigrams or sorted({word for term in terms for word in term.split(" ")})
+            return cls(frozenset(words), metadata["token_pattern"], True, 1)
+        for node in model.graph.node:
+            if node.op_type == "TfIdfVectorizer":
+                attributes = {
+                    attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute
+                }
+                pool = [value.decode() for value in attributes["pool_strings"]]
+                counts = [*list(attributes["ngram_counts"]), len(pool)]
+                # the pool lists the 1-grams first, then the words of longer n-grams (skl2onnx may list a
+                # bigram among the 1-grams as "a b": not a word)
+                unigrams = [word for word in pool[counts[0] : counts[1]] if " " not in word]
+                return cls(frozenset(unigrams), TOKEN_PATTERN, True, 1)
+        raise MonitoringError(
+            "cannot read the model's vocabulary: neither a sparse text graph nor a TF-IDF node"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -28,6 +28,7 @@ import polars as pl
 from mlplatform.core.data.features import FeatureRules
 from mlplatform.core.platform.artifacts import encode
 from mlplatform.core.release.registry import PENDING, ModelRegistry, ModelVersion, RegistryRules
+from mlplatform.core.scoring.model import ScoringRules
 from mlplatform.core.training.evaluation import GateOutcome, GateRules, model_card, render_model_card_markdown
 from mlplatform.core.training.selection import (
     MODEL_CARD_FILE,
@@ -54,6 +55,7 @@ class RegistrationRules:
     gates: GateRules
     features: FeatureRules
     registry: RegistryRules
+    scoring: ScoringRules
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ def register_best(
         rules.gates,
         rules.features.facets,
         rules.features.min_facet_rows,
+        rules.scoring,
     )
     card = model_card(
         model_name=chosen.name,

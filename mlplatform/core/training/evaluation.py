@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mlplatform.core.data.text import LABELS
 from mlplatform.core.platform.errors import PlatformError
 from mlplatform.core.platform.settings import Settings, SettingsError
-from mlplatform.core.training.export import LABELS, OnnxSentimentModel
+from mlplatform.core.scoring.model import ScoringModel
 
 PREDICTION_COLUMN = "predicted_label"
 MISSING_FACET_VALUE = "(missing)"
@@ -89,11 +90,11 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str] | np.nda
     }
 
 
-def predict_frame(model: OnnxSentimentModel, frame: pl.DataFrame) -> pl.DataFrame:
+def predict_frame(model: ScoringModel, frame: pl.DataFrame) -> pl.DataFrame:
     """The frame with a `predicted_label` column from the ONNX model (all rows kept, in order)."""
     if "text" not in frame.columns:
         raise EvaluationError("frame to score lacks the 'text' column")
-    labels, _ = model.predict(frame["text"].to_list())
+    labels = model.predict(frame["text"].to_list()).labels
     return frame.with_columns(pl.Series(PREDICTION_COLUMN, [str(label) for label in labels], dtype=pl.String))
 
 
@@ -162,7 +163,7 @@ def _facet_gaps(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def single_review_latency(model: OnnxSentimentModel, texts: Sequence[str], n: int = 200) -> dict[str, float]:
+def single_review_latency(model: ScoringModel, texts: Sequence[str], n: int = 200) -> dict[str, float]:
     """p50 / p99 milliseconds of predicting one review at a time, over n calls cycling through texts."""
     if not texts:
         raise EvaluationError("latency needs at least one text")

@@ -21,37 +21,50 @@ from typing import Any
 import numpy as np
 import onnx
 import polars as pl
-import skl2onnx
 import sklearn
 from sklearn.base import clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
 
+from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.settings import packaged_config_text
+from mlplatform.core.scoring.model import GRAPH_KIND, ScoringRules
 from mlplatform.core.training.evaluation import classification_metrics, label_codes, macro_f1_from_codes
-from mlplatform.core.training.export import LABELS, TOKEN_PATTERN, ParityReport, check_parity, to_onnx
+from mlplatform.core.training.export import ParityReport, check_parity, to_onnx
 
 TRAINING_CONFIG_FILE = "training.toml"
 SEARCH_SIZES = ("default", "wide")
-VECTORIZER_KEYS = frozenset({"ngram_range", "min_df", "binary", "norm", "use_idf"})
-# Measured to break ONNX conversion or parity with skl2onnx 1.20 / onnxruntime 1.32 (see issue 3).
-# max_df and max_features can keep a bigram while dropping one of its words, and ONNX Runtime then
-# never counts that bigram; min_df cannot (a word is at least as frequent as any bigram holding it).
-FORBIDDEN_KEYS = frozenset(
+VECTORIZER_KEYS = frozenset(
     {
-        "sublinear_tf",
-        "stop_words",
+        "ngram_range",
+        "min_df",
         "max_df",
         "max_features",
+        "binary",
+        "norm",
+        "use_idf",
+        "smooth_idf",
+        "sublinear_tf",
+        "stop_words",
+    }
+)
+# How text becomes tokens is fixed for every model (core/data/text.py), so that ONNX Runtime reads the
+# same tokens as scikit-learn: these vectorizer keys would change it and are refused.
+FORBIDDEN_KEYS = frozenset(
+    {
         "analyzer",
         "strip_accents",
         "preprocessor",
         "tokenizer",
         "token_pattern",
+        "lowercase",
+        "vocabulary",
+        "dtype",
     }
 )
+PROBABILITY_LOSSES = ("log_loss", "modified_huber")  # SGDClassifier losses with predict_proba
 ESTIMATORS: Mapping[str, type] = {"logistic_regression": LogisticRegression, "sgd": SGDClassifier}
 REQUIRED_COLUMNS = ("review_id", "text", "label", "split")
 
@@ -158,10 +171,16 @@ def _parse_family(name: str, spec: Mapping[str, Any]) -> FamilyConfig:
         for key, values in grid.items():
             if key in FORBIDDEN_KEYS:
                 raise TrainingConfigError(
-                    f"family '{name}' [{size}]: '{key}' breaks ONNX parity and is refused"
+                    f"family '{name}' [{size}]: '{key}' is fixed by the platform (how text becomes tokens) "
+                    "and is refused"
                 )
             if not isinstance(values, list) or not values:
                 raise TrainingConfigError(f"family '{name}' [{size}]: '{key}' must be a non-empty list")
+            if estimator == "sgd" and key == "loss" and not set(values) <= set(PROBABILITY_LOSSES):
+                raise TrainingConfigError(
+                    f"family '{name}' [{size}]: loss must be one of {PROBABILITY_LOSSES} "
+                    f"(the others give no probabilities), got {values}"
+                )
     return FamilyConfig(name=name, estimator=estimator, grids=grids)
 
 
@@ -182,7 +201,7 @@ def config_fingerprint(config: TrainingConfig) -> str:
         "config": config.raw,
         "libraries": {
             "scikit-learn": sklearn.__version__,
-            "skl2onnx": skl2onnx.__version__,
+            "export": GRAPH_KIND,
             "onnx": onnx.__version__,
         },
     }
@@ -305,7 +324,12 @@ def build_pipeline(spec: CandidateSpec, seed: int) -> Pipeline:
     else:
         classifier_params.setdefault("random_state", seed)
     try:
-        vectorizer = TfidfVectorizer(token_pattern=TOKEN_PATTERN, **vectorizer_params)
+        vectorizer = TfidfVectorizer(
+            token_pattern=TOKEN_PATTERN,
+            lowercase=False,
+            preprocessor=lowercase_for_tokens,
+            **vectorizer_params,
+        )
         classifier = estimator_class(**classifier_params)
     except TypeError as exc:
         raise TrainingConfigError(f"candidate '{spec.name}': {exc}") from exc
@@ -382,7 +406,7 @@ def split_frames(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 
 def train_candidate(
-    spec: CandidateSpec, parts: Mapping[str, pl.DataFrame], config: TrainingConfig
+    spec: CandidateSpec, parts: Mapping[str, pl.DataFrame], config: TrainingConfig, scoring: ScoringRules
 ) -> TrainedCandidate:
     """Fit one candidate, tune its offsets on validation, export it to ONNX and check parity."""
     train, validation = parts["train"], parts["validation"].sort("review_id")
@@ -399,8 +423,10 @@ def train_candidate(
             config.selection.offset_step,
         )
     fit_seconds = time.perf_counter() - started
-    onnx_bytes = to_onnx(pipeline)
-    parity = check_parity(pipeline, onnx_bytes, validation_texts, config.selection.parity_tolerance)
+    onnx_bytes = to_onnx(pipeline, LABELS)
+    parity = check_parity(
+        pipeline, onnx_bytes, validation_texts, LABELS, config.selection.parity_tolerance, scoring
+    )
     train_predictions = pipeline.predict(train["text"].to_list())
     validation_predictions = pipeline.predict(validation_texts)
     return TrainedCandidate(
@@ -417,6 +443,7 @@ def train_candidate(
 def train_candidates(
     frame: pl.DataFrame,
     config: TrainingConfig,
+    scoring: ScoringRules,
     on_progress: Callable[[int, int, TrainedCandidate], None] | None = None,
 ) -> list[TrainedCandidate]:
     """Train, tune and export every candidate of the search; `on_progress(done, total, candidate)` after each."""
@@ -424,7 +451,7 @@ def train_candidates(
     specs = candidate_specs(config)
     trained = []
     for done, spec in enumerate(specs, start=1):
-        candidate = train_candidate(spec, parts, config)
+        candidate = train_candidate(spec, parts, config, scoring)
         trained.append(candidate)
         if on_progress is not None:
             on_progress(done, len(specs), candidate)

@@ -21,6 +21,7 @@ import polars as pl
 
 from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.errors import UserError
+from mlplatform.core.scoring.model import ScoringRules
 from mlplatform.core.training.fit import (
     TrainingConfig,
     candidate_specs,
@@ -62,6 +63,7 @@ def rebuild_model(
     card: Mapping[str, Any],
     registered_sha256: str,
     config: TrainingConfig,
+    scoring: ScoringRules,
 ) -> Rebuild:
     """Refit the model registered as `version` (its model card and file hash as the registry records them)
     from its recorded split version with `config`."""
@@ -76,7 +78,7 @@ def rebuild_model(
     if not specs:
         raise RebuildError(f"{version}: candidate {candidate!r} is not in the current search config")
     split_version, splits = recorded_splits(store, card)
-    rebuilt = train_candidate(specs[0], split_frames(splits), config)
+    rebuilt = train_candidate(specs[0], split_frames(splits), config, scoring)
     return Rebuild(
         version=version,
         registered_sha256=registered_sha256,

@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from mlplatform.core.platform.errors import PlatformError
+from mlplatform.core.scoring.model import ScoringModel, ScoringRules
 from mlplatform.core.training.evaluation import (
     GateOutcome,
     GateRules,
@@ -24,7 +25,6 @@ from mlplatform.core.training.evaluation import (
     predict_frame,
     single_review_latency,
 )
-from mlplatform.core.training.export import OnnxSentimentModel
 from mlplatform.core.training.fit import NoEligibleCandidateError, TrainedCandidate
 
 CANDIDATES_GROUP_PREFIX = "candidate_models"  # asset keys candidate_models/<family>_<varying params>
@@ -130,16 +130,19 @@ def judge(
     rules: GateRules,
     facets: Sequence[str],
     min_facet_rows: int,
+    scoring: ScoringRules,
 ) -> Judgement:
     """Evaluate `chosen` on the test rows with ONNX Runtime and decide every gate."""
-    model = OnnxSentimentModel.from_bytes(chosen.onnx_bytes)
+    model = ScoringModel.from_bytes(chosen.onnx_bytes, scoring, f"candidate {chosen.name}")
     scored = predict_frame(model, test)
     metrics = classification_metrics(scored["label"].to_list(), scored["predicted_label"].to_list())
     by_facet = facet_metrics(scored, facets, min_facet_rows)
     latency = single_review_latency(model, test["text"].head(LATENCY_SAMPLE_TEXTS).to_list())
     production_metrics = None
     if production_onnx is not None:
-        production = predict_frame(OnnxSentimentModel.from_bytes(production_onnx), test)
+        production = predict_frame(
+            ScoringModel.from_bytes(production_onnx, scoring, "the production model"), test
+        )
         production_metrics = classification_metrics(
             production["label"].to_list(), production["predicted_label"].to_list()
         )

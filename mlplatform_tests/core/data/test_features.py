@@ -20,7 +20,7 @@ from mlplatform.core.data.features import (
     review_id,
     review_ids,
 )
-from mlplatform.core.data.text import model_text, model_text_values
+from mlplatform.core.data.text import prepare_text, prepare_texts
 from mlplatform.core.platform.settings import Settings
 from mlplatform_tests.core.data.features_fixtures import drop_frame, read_real_drop, review
 
@@ -43,32 +43,38 @@ TEXT_CASES = [
     (None, None, ""),
     ("", "   ", ""),
     ("Nbsp\u00a0title", "line\r\nbreak", "Nbsp title. line break"),
-    # Characters Python's `\s` and polars' regex disagree on are kept, identically, by both paths.
+    # Only the listed whitespace collapses; other separators are kept as they are.
     ("sep\x1cchar", "em\u2003space", "sep\x1cchar. em\u2003space"),
 ]
 
 
 @pytest.mark.parametrize(("title", "text", "expected"), TEXT_CASES)
-def test_model_text_values(title: str | None, text: str | None, expected: str) -> None:
-    assert model_text_values(title, text) == expected
+def test_prepare_text(title: str | None, text: str | None, expected: str) -> None:
+    assert prepare_text(title, text) == expected
 
 
-def test_model_text_expression_agrees_with_values_on_every_case() -> None:
+def test_prepare_texts_is_prepare_text_on_every_row() -> None:
     frame = pl.DataFrame(
         {"title": [case[0] for case in TEXT_CASES], "review_text": [case[1] for case in TEXT_CASES]},
         schema={"title": pl.String, "review_text": pl.String},
     )
-    from_expr = frame.select(model_text(pl.col("title"), pl.col("review_text"))).to_series().to_list()
-    assert from_expr == [case[2] for case in TEXT_CASES]
-    assert from_expr == [model_text_values(title, text) for title, text, _ in TEXT_CASES]
+    prepared = prepare_texts([frame["title"], frame["review_text"]])
+    assert prepared.name == "text" and prepared.dtype == pl.String
+    assert prepared.to_list() == [case[2] for case in TEXT_CASES]
 
 
-def test_model_text_handles_an_all_null_title_column() -> None:
+def test_prepare_text_joins_any_number_of_parts_in_order() -> None:
+    assert (
+        prepare_text("Great", None, "  fits   well ", "Would buy again!")
+        == "Great. fits well. Would buy again!"
+    )
+    assert prepare_text() == ""
+    assert prepare_texts([pl.Series([None, "b"])]).to_list() == ["", "b"]
+
+
+def test_prepare_texts_handles_an_all_null_title_column() -> None:
     frame = pl.DataFrame({"title": [None, None], "review_text": ["a", "b"]})
-    assert frame.select(model_text(pl.col("title"), pl.col("review_text"))).to_series().to_list() == [
-        "a",
-        "b",
-    ]
+    assert prepare_texts([frame["title"], frame["review_text"]]).to_list() == ["a", "b"]
 
 
 # --- labels, ids, bands -----------------------------------------------------------------------------

@@ -10,14 +10,11 @@ import numpy as np
 import onnx
 import polars as pl
 import pytest
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
 from mlplatform.core.data.features import label_from_rating
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import generate_reviews
-from mlplatform.core.data.text import LABELS, model_text
+from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, prepare_texts
 from mlplatform.core.monitoring.drift import (
     DriftBaseline,
     ModelVocabulary,
@@ -30,7 +27,8 @@ from mlplatform.core.monitoring.drift import (
 )
 from mlplatform.core.monitoring.rules import DRIFT_METRICS, ERROR, MonitoringError, MonitoringRules
 from mlplatform.core.platform.settings import Settings
-from mlplatform.core.training.export import TOKEN_PATTERN, to_onnx
+from mlplatform.core.training.export import to_onnx
+from mlplatform_tests.core.scoring.models import fitted_pipeline, legacy_model_bytes
 
 VERSION = "v1"
 _SUBJECTS = ("The weather", "My phone", "The train", "Our meeting", "The coffee", "This movie", "The printer")
@@ -47,7 +45,7 @@ _PREDICATES = (
 def labelled_texts(reviews: pl.DataFrame) -> pl.DataFrame:
     """Model text and true label of every review with some text."""
     return reviews.select(
-        model_text(pl.col("title"), pl.col("review_text")).alias("text"),
+        prepare_texts([reviews["title"], reviews["review_text"]]),
         label_from_rating(pl.col("rating")).alias("label"),
     ).filter(pl.col("text") != "")
 
@@ -65,11 +63,8 @@ class TrainedSlices:
         self.train = data.head(train_rows)
         self.test = data.slice(train_rows, test_rows)
         self.held_back = data.slice(train_rows + test_rows)
-        vectorizer = TfidfVectorizer(token_pattern=TOKEN_PATTERN, min_df=2)
-        self.pipeline = Pipeline([("tfidf", vectorizer), ("clf", LogisticRegression(max_iter=300))]).fit(
-            self.train["text"].to_list(), self.train["label"].to_list()
-        )
-        self.vocabulary = ModelVocabulary.from_onnx(onnx.load_from_string(to_onnx(self.pipeline)))
+        self.pipeline = fitted_pipeline().fit(self.train["text"].to_list(), self.train["label"].to_list())
+        self.vocabulary = ModelVocabulary.from_onnx(onnx.load_from_string(to_onnx(self.pipeline, LABELS)))
         predicted = self.pipeline.predict(self.test["text"].to_list())
         shares = {label: float(np.mean(predicted == label)) for label in LABELS}
         training = TrainingBaseline.from_training(self.train["text"], shares, self.vocabulary)
@@ -101,9 +96,18 @@ def failed(report) -> dict[str, str]:
 
 def test_vocabulary_is_the_models_unigrams_read_from_onnx(synthetic: TrainedSlices) -> None:
     vectorizer = synthetic.pipeline.named_steps["tfidf"]
-    assert synthetic.vocabulary.tokens == frozenset(vectorizer.vocabulary_)
+    assert synthetic.vocabulary.tokens == frozenset(
+        term for term in vectorizer.vocabulary_ if " " not in term
+    )
     assert synthetic.vocabulary.token_pattern == TOKEN_PATTERN
     assert synthetic.vocabulary.lowercase is True
+
+
+def test_a_model_registered_before_the_sparse_graph_gives_its_unigrams_too() -> None:
+    pipeline = fitted_pipeline(platform=False)
+    vocabulary = ModelVocabulary.from_onnx(onnx.load_from_string(legacy_model_bytes(pipeline)))
+    expected = {term for term in pipeline.named_steps["tfidf"].vocabulary_ if " " not in term}
+    assert vocabulary.tokens == frozenset(expected)
 
 
 def test_held_back_slice_of_the_same_data_does_not_drift(synthetic: TrainedSlices, rules) -> None:

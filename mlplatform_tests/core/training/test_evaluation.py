@@ -6,11 +6,9 @@ import dataclasses
 
 import polars as pl
 import pytest
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
 from mlplatform.core.platform.settings import Settings
+from mlplatform.core.scoring.model import ScoringModel
 from mlplatform.core.training.evaluation import (
     ERROR,
     WARN,
@@ -25,7 +23,7 @@ from mlplatform.core.training.evaluation import (
     render_model_card_markdown,
     single_review_latency,
 )
-from mlplatform.core.training.export import TOKEN_PATTERN, OnnxSentimentModel, to_onnx
+from mlplatform_tests.core.scoring.models import RULES, fitted_pipeline, sparse_model_bytes
 from mlplatform_tests.core.training.training_data import review_frame
 
 # Hand-computed: truth N N N U U P P P P P, predictions N N U U P P P P P N
@@ -111,15 +109,13 @@ def test_facet_metrics_need_their_columns() -> None:
 
 
 @pytest.fixture(scope="module")
-def onnx_model() -> OnnxSentimentModel:
+def onnx_model() -> ScoringModel:
     frame = review_frame()
-    pipeline = Pipeline(
-        [("tfidf", TfidfVectorizer(token_pattern=TOKEN_PATTERN)), ("clf", LogisticRegression(max_iter=500))]
-    ).fit(frame["text"].to_list(), frame["label"].to_list())
-    return OnnxSentimentModel.from_bytes(to_onnx(pipeline))
+    pipeline = fitted_pipeline().fit(frame["text"].to_list(), frame["label"].to_list())
+    return ScoringModel.from_bytes(sparse_model_bytes(pipeline), RULES)
 
 
-def test_predict_frame_and_latency(onnx_model: OnnxSentimentModel) -> None:
+def test_predict_frame_and_latency(onnx_model: ScoringModel) -> None:
     frame = review_frame(rows=30, seed=11)
     scored = predict_frame(onnx_model, frame)
     assert scored.height == frame.height

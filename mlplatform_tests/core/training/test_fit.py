@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
-from types import MappingProxyType
 
 import polars as pl
 import pytest
 
-from mlplatform.core.training import export
-from mlplatform.core.training.export import OnnxSentimentModel, to_onnx
+from mlplatform.core.scoring.model import ScoringModel
 from mlplatform.core.training.fit import (
     CandidateSpec,
     NoEligibleCandidateError,
@@ -21,11 +18,11 @@ from mlplatform.core.training.fit import (
     asset_names,
     candidate_specs,
     config_fingerprint,
-    fit_candidate,
     load_training_config,
     select_best,
     train_candidates,
 )
+from mlplatform_tests.core.scoring.models import RULES
 from mlplatform_tests.core.training.training_data import review_frame
 
 SMALL_CONFIG = """
@@ -130,8 +127,12 @@ def test_fingerprint_is_stable_and_follows_the_config() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("ngram_range = [[1, 2]]", "ngram_range = [[1, 2]]\nsublinear_tf = [true]"), "breaks ONNX parity"),
-        (("ngram_range = [[1, 2]]", "ngram_range = [[1, 2]]\nmax_features = [100]"), "breaks ONNX parity"),
+        (
+            ("ngram_range = [[1, 2]]", "ngram_range = [[1, 2]]\ntoken_pattern = ['[a-z]+']"),
+            "fixed by the platform",
+        ),
+        (("ngram_range = [[1, 2]]", "ngram_range = [[1, 2]]\nlowercase = [true]"), "fixed by the platform"),
+        (('loss = ["log_loss"]', 'loss = ["hinge"]'), "no probabilities"),
         (('estimator = "sgd"', 'estimator = "complement_nb"'), "estimator must be one of"),
         (('size = "default"', 'size = "huge"'), "size must be one of"),
         (("C = [0.5, 2.0]", "C = []"), "non-empty list"),
@@ -145,65 +146,30 @@ def test_bad_configs_are_refused(edit: tuple[str, str], message: str) -> None:
 
 def test_training_is_deterministic_and_exports_working_onnx(config: TrainingConfig) -> None:
     frame = review_frame()
-    first = train_candidates(frame, config)
+    first = train_candidates(frame, config, RULES)
     # Upstream row order must not matter either.
-    second = train_candidates(frame.reverse(), config)
+    second = train_candidates(frame.reverse(), config, RULES)
     assert [c.onnx_bytes for c in first] == [c.onnx_bytes for c in second]
     for candidate in first:
         assert candidate.parity.passed, candidate.parity.description
         assert candidate.parity.rows == frame.filter(pl.col("split") == "validation").height
         assert candidate.validation_metrics["macro_f1"] > 0.8
         assert candidate.train_metrics["rows"] == frame.filter(pl.col("split") == "train").height
-        labels, probabilities = OnnxSentimentModel.from_bytes(candidate.onnx_bytes).predict(
-            ["love it, gorgeous"]
-        )
-        assert labels.tolist() == ["positive"]
-        assert probabilities.shape == (1, 3)
-
-
-def test_export_hands_skl2onnx_a_vocabulary_view_and_gives_the_same_bytes(
-    config: TrainingConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # to_onnx hands skl2onnx a read-only view of the vocabulary (speed); the bytes must be those of a
-    # plain conversion, and the pipeline must get its own dict back.
-    frame = review_frame()
-    pipeline = fit_candidate(
-        candidate_specs(config)[0], frame.filter(pl.col("split") == "train"), config.seed
-    )
-    vectorizer = pipeline.steps[0][1]
-    vocabulary = vectorizer.vocabulary_
-    texts = frame["text"].to_list()
-    seen_types = []
-    convert = export.skl2onnx_to_onnx
-
-    def recording_convert(model, *args, **kwargs):
-        seen_types.append(type(model.steps[0][1].vocabulary_))
-        return convert(model, *args, **kwargs)
-
-    monkeypatch.setattr(export, "skl2onnx_to_onnx", recording_convert)
-    onnx_bytes = to_onnx(pipeline)
-    monkeypatch.setattr(export, "_vocabulary_as_view", lambda _vectorizer: contextlib.nullcontext())
-    plain_bytes = to_onnx(pipeline)
-
-    labels, probabilities = OnnxSentimentModel.from_bytes(onnx_bytes).predict(texts)
-
-    assert seen_types == [MappingProxyType, dict]
-    assert onnx_bytes == plain_bytes
-    assert vectorizer.vocabulary_ is vocabulary and isinstance(vocabulary, dict)
-    assert labels.tolist() == pipeline.predict(texts).tolist()
-    assert abs(probabilities - pipeline.predict_proba(texts)).max() < 1e-4
+        prediction = ScoringModel.from_bytes(candidate.onnx_bytes, RULES).predict(["love it, gorgeous"])
+        assert prediction.labels.tolist() == ["positive"]
+        assert prediction.probabilities.shape == (1, 3)
 
 
 def test_progress_is_reported_for_every_candidate(config: TrainingConfig) -> None:
     seen: list[tuple[int, int, str]] = []
     trained = train_candidates(
-        review_frame(), config, on_progress=lambda d, t, c: seen.append((d, t, c.spec.name))
+        review_frame(), config, RULES, on_progress=lambda d, t, c: seen.append((d, t, c.spec.name))
     )
     assert seen == [(i + 1, len(trained), c.spec.name) for i, c in enumerate(trained)]
 
 
 def test_selection_picks_best_validation_macro_f1_among_parity_passing(config: TrainingConfig) -> None:
-    trained = train_candidates(review_frame(), config)
+    trained = train_candidates(review_frame(), config, RULES)
     best = select_best(trained)
     assert best.validation_metrics["macro_f1"] == max(c.validation_metrics["macro_f1"] for c in trained)
     broken_parity = dataclasses.replace(best.parity, passed=False)
@@ -218,17 +184,17 @@ def test_test_split_is_never_used(config: TrainingConfig) -> None:
     poisoned = frame.with_columns(
         pl.when(pl.col("split") == "test").then(pl.lit("positive")).otherwise(pl.col("label")).alias("label")
     )
-    assert [c.onnx_bytes for c in train_candidates(frame, config)] == [
-        c.onnx_bytes for c in train_candidates(poisoned, config)
+    assert [c.onnx_bytes for c in train_candidates(frame, config, RULES)] == [
+        c.onnx_bytes for c in train_candidates(poisoned, config, RULES)
     ]
 
 
 def test_bad_training_frames_are_refused(config: TrainingConfig) -> None:
     frame = review_frame()
     with pytest.raises(TrainingDataError, match="lacks columns"):
-        train_candidates(frame.drop("text"), config)
+        train_candidates(frame.drop("text"), config, RULES)
     with pytest.raises(TrainingDataError, match="no 'validation' rows"):
-        train_candidates(frame.filter(pl.col("split") != "validation"), config)
+        train_candidates(frame.filter(pl.col("split") != "validation"), config, RULES)
     no_neutral_in_train = frame.filter(~((pl.col("split") == "train") & (pl.col("label") == "neutral")))
     with pytest.raises(TrainingDataError, match="lacks labels"):
-        train_candidates(no_neutral_in_train, config)
+        train_candidates(no_neutral_in_train, config, RULES)
