@@ -37,7 +37,9 @@ def tiny_model_bytes(variant: int = 0) -> bytes:
         [
             (
                 "tfidf",
-                TfidfVectorizer(token_pattern=TOKEN_PATTERN, lowercase=False, preprocessor=lowercase_for_tokens),
+                TfidfVectorizer(
+                    token_pattern=TOKEN_PATTERN, lowercase=False, preprocessor=lowercase_for_tokens
+                ),
             ),
             ("classifier", LogisticRegression(C=10.0 + variant, max_iter=1000)),
         ]
