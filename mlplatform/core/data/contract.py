@@ -47,6 +47,7 @@ under: a new contract applies to new drops (see docs/data.md).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import tomllib
@@ -370,18 +371,15 @@ def _column(source_name: str, spec: Any, fail) -> ColumnSpec:
     if allowed is not None and (not isinstance(allowed, list) or not allowed):
         raise fail(f"{where} allowed must be a non-empty list")
     max_length = spec.get("max_length")
-    if max_length is not None:
-        if kind is not ColumnType.STRING or not isinstance(max_length, int) or max_length < 1:
-            raise fail(f"{where} max_length is a positive integer, for string columns")
+    if max_length is not None and (
+        kind is not ColumnType.STRING or not isinstance(max_length, int) or max_length < 1
+    ):
+        raise fail(f"{where} max_length is a positive integer, for string columns")
     bins = spec.get("bins")
     if bins is not None:
         if role is not ColumnRole.FACET or kind not in _NUMERIC:
             raise fail(f"{where} bins are for numeric facet columns")
-        if (
-            not isinstance(bins, list)
-            or not bins
-            or any(lo >= hi for lo, hi in zip(bins, bins[1:], strict=False))
-        ):
+        if not isinstance(bins, list) or not bins or any(lo >= hi for lo, hi in itertools.pairwise(bins)):
             raise fail(f"{where} bins must be a strictly increasing list of numbers")
         bins = tuple(float(edge) for edge in bins)
     identity = spec.get("identity", True)

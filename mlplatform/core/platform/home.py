@@ -92,6 +92,11 @@ class PlatformHome:
         return self.root / "platform.toml"
 
     @property
+    def dataset_file(self) -> Path:
+        """The home's dataset contract (core/data/contract.py; the packaged default when absent)."""
+        return self.root / "dataset.toml"
+
+    @property
     def training_file(self) -> Path:
         """A deployment's own model search (replaces the packaged config/training.toml when present)."""
         return self.root / "training.toml"
