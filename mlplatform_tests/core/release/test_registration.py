@@ -21,6 +21,7 @@ from mlplatform.core.release.registry import APPROVED, PENDING, REJECTED, ModelR
 from mlplatform.core.training.evaluation import GateRules
 from mlplatform.core.training.fit import TrainingConfig, train_candidates
 from mlplatform.core.training.selection import MODEL_CARD_FILE, MODEL_FILE, CandidateRecord, candidate_files
+from mlplatform_tests.core.scoring.models import RULES
 from mlplatform_tests.core.training.training_data import TRAINING_SEARCH, review_frame
 
 PROVENANCE = Provenance(
@@ -40,7 +41,7 @@ def splits() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def candidates(splits: pl.DataFrame) -> list[CandidateRecord]:
-    trained = train_candidates(splits, TrainingConfig.from_toml(TRAINING_SEARCH))
+    trained = train_candidates(splits, TrainingConfig.from_toml(TRAINING_SEARCH), RULES)
     return [CandidateRecord.from_files(candidate_files(candidate)) for candidate in trained]
 
 
@@ -53,7 +54,7 @@ def rules(
     if min_macro_f1 is not None:
         gates = dataclasses.replace(gates, min_macro_f1=min_macro_f1)
     features = dataclasses.replace(features, facets=("division_name",), min_facet_rows=1)
-    return RegistrationRules(gates, features, RegistryRules(approval=approval))
+    return RegistrationRules(gates, features, RegistryRules(approval=approval), RULES)
 
 
 def test_the_best_candidate_is_registered_with_its_card_and_approved_by_the_gates(
