@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
-from mlplatform.errors import one_line, silence_dagster_stability_warnings
+from mlplatform.errors import one_line, secrets_of, silence_dagster_stability_warnings
 
 EXIT_OK, EXIT_BLOCKED, EXIT_USAGE = 0, 1, 2
 
@@ -517,10 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home))}", file=sys.stderr)
         return EXIT_BLOCKED
     except Exception as exc:
-        print(f"error: {one_line(exc, home.root / 'logs')}", file=sys.stderr)
+        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home))}", file=sys.stderr)
         return EXIT_BLOCKED
 
 

@@ -143,3 +143,42 @@ def test_models_rollback_moves_production_back_and_waits_for_a_deployment(capsys
     code, out, _ = run_cli(capsys, home, "models", "rollback")
     assert code == 0 and out.strip() == "production v2 -> v1"
     assert registry.production().version == "v1"
+
+
+MALFORMED_PG_URLS = [
+    "postgresql://bob:pa%ss-s3cret@localhost:5432/db",  # a raw '%' in the password
+    "postgresql://bob:pa-s3cret@[::1:5432/db",  # an unclosed '['
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_PG_URLS)
+@pytest.mark.parametrize("command", [["status"], ["run"], ["models", "list"], ["lake", "audit"], ["alerts"]])
+def test_a_malformed_database_url_is_one_line_that_shows_no_credentials(
+    capsys, home, monkeypatch, url, command
+):
+    monkeypatch.setenv("MLPLATFORM_PG_URL", url)
+    code, out, err = run_cli(capsys, home, *command)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "not a valid PostgreSQL URL" in err and "s3cret" not in err
+    # Nor anything the command left in the home (dagster.yaml is never written with it, logs are clean).
+    assert not [path for path in home.root.rglob("*") if path.is_file() and b"s3cret" in path.read_bytes()]
+
+
+def test_the_traceback_log_holds_no_credentials(capsys, home, monkeypatch):
+    import mlplatform.cli as cli
+
+    url = "postgresql://bob:db-s3cret@db.example/ml"
+    monkeypatch.setenv("MLPLATFORM_PG_URL", url)
+    home.settings_file.write_text('[storage]\nartifacts = "ftp://ann:st0re-s3cret@files.example/a"\n')
+
+    def explode(args, home):
+        try:  # a driver quoting both secrets, deep in the chain
+            raise ValueError(f'driver: token "db-s3cret" for {url}; then "st0re-s3cret" refused')
+        except ValueError as exc:
+            raise RuntimeError("storage failed: st0re-s3cret") from exc
+
+    monkeypatch.setattr(cli, "cmd_lake_audit", explode)
+    code, _, err = run_cli(capsys, home, "lake", "audit")
+    log = (home.root / "logs" / "cli-errors.log").read_text()
+    assert code == 1 and "storage failed: ***" in err and "driver: token" in log
+    assert "s3cret" not in err + log

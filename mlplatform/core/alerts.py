@@ -35,6 +35,7 @@ import httpx
 
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.records import FileRecords, Records, open_records
+from mlplatform.core.redaction import redact_url
 from mlplatform.core.settings import Settings, SettingsError
 
 WEBHOOK_ENV = "MLPLATFORM_ALERT_WEBHOOK"
@@ -134,7 +135,7 @@ class WebhookNotifier:
 
     def __init__(self, url: str, timeout: float, max_message_chars: int = 3000) -> None:
         if not url.startswith(("http://", "https://")):
-            raise AlertError(f"alert webhook URL must be http(s), got {url!r}")
+            raise AlertError(f"alert webhook URL must be http(s), got {redact_url(url)!r}")
         self.url = url
         self.timeout = timeout
         self.max_message_chars = max_message_chars
