@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from mlplatform.cli import main
 from mlplatform.core.synthetic import generate_reviews, to_published_csv, write_demo_drops
+from mlplatform_tests.integration.processes import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -182,3 +186,24 @@ def test_the_traceback_log_holds_no_credentials(capsys, home, monkeypatch):
     log = (home.root / "logs" / "cli-errors.log").read_text()
     assert code == 1 and "storage failed: ***" in err and "driver: token" in log
     assert "s3cret" not in err + log
+
+
+def test_serve_with_the_database_down_is_one_line_and_exit_1(capsys, home, monkeypatch):
+    monkeypatch.setenv("MLPLATFORM_PG_URL", f"postgresql://bob:db-s3cret@127.0.0.1:{free_port()}/ml")
+    code, out, err = run_cli(capsys, home, "serve", "--port", str(free_port()))
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: the endpoint cannot start: PostgreSQL records unavailable (database ml on")
+    assert "Traceback" not in err and "s3cret" not in err
+
+
+def test_the_server_module_with_the_database_down_is_one_line_and_exit_1(home):
+    env = {
+        **os.environ,
+        "MLPLATFORM_HOME": str(home.root),
+        "MLPLATFORM_PG_URL": f"postgresql://bob:db-s3cret@127.0.0.1:{free_port()}/ml",
+    }
+    command = [sys.executable, "-m", "mlplatform.serving.server", "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "the endpoint cannot start: PostgreSQL records unavailable" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
