@@ -1,4 +1,10 @@
-"""The `mlplatform` command. Exit codes: 0 ok, 1 a gate blocked or an operation was refused, 2 usage."""
+"""The `mlplatform` command. Exit codes: 0 ok, 1 a gate blocked or an operation was refused, 2 usage.
+
+Only the commands that bring data or processes to a home create it (`HomeUse`): `demo`, `lake land`,
+`run` and `ui` wherever it is missing, `serve` in an existing empty directory. Every other command on a
+path that holds no home says so in one line and exits 1, creating nothing (a mistyped `--home` must not
+answer from a new, empty home).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,46 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
-from mlplatform.errors import one_line, silence_dagster_stability_warnings
+from mlplatform.errors import one_line, secrets_of, silence_dagster_stability_warnings
 
 EXIT_OK, EXIT_BLOCKED, EXIT_USAGE = 0, 1, 2
 
 
 class CommandError(UserError):
     """A refusal or failure to report as one line with exit code 1."""
+
+
+class HomeUse(Enum):
+    """What a command may do when its home is missing (a subcommand's `home_use` default)."""
+
+    NEEDS = "needs an existing home"
+    CREATES = "creates the home where it is missing"
+    CREATES_IN_EMPTY_DIRECTORY = "creates the home in an existing, empty directory"
+
+
+def _check_home(home: PlatformHome, use: HomeUse) -> None:
+    """Refuse (CommandError) a command whose home is missing unless it may create one there."""
+    if use is HomeUse.CREATES or home.exists():
+        return
+    root = home.root
+    if use is HomeUse.CREATES_IN_EMPTY_DIRECTORY:
+        if root.is_dir() and not any(root.iterdir()):
+            return
+        where = "it does not exist" if not root.exists() else "it is not empty"
+        raise CommandError(
+            f"no platform home at {root}, and serve lays one out only in an existing empty directory "
+            f"({where}); create one with `mlplatform run` or `mlplatform demo`, or point --home at one"
+        )
+    raise CommandError(
+        f"no platform home at {root}: create one with `mlplatform demo`, `mlplatform lake land FILE...` "
+        "or `mlplatform run`, or point --home / MLPLATFORM_HOME at one"
+    )
 
 
 def _progress(message: str) -> None:
@@ -435,13 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="process everything pending once (exit 1 when a gate blocked)")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, home_use=HomeUse.CREATES)
 
     demo = sub.add_parser("demo", help="land generated sample drops and run the pipeline")
     demo.add_argument("--drops", type=int, default=3)
     demo.add_argument("--rows", type=int, default=1500, help="rows per drop")
     demo.add_argument("--seed", type=int, default=7)
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, home_use=HomeUse.CREATES)
 
     status = sub.add_parser("status", help="drops and the latest version of each asset with its checks")
     status.add_argument("--json", action="store_true")
@@ -450,13 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="the Dagster UI with its daemon on this home")
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--host", default="127.0.0.1")
-    ui.set_defaults(handler=cmd_ui)
+    ui.set_defaults(handler=cmd_ui, home_use=HomeUse.CREATES)
 
     lake = sub.add_parser("lake", help="the data lake: land, checkout, audit")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="ACTION")
     land = lake_sub.add_parser("land", help="land drops atomically into lake/landing/reviews")
     land.add_argument("files", nargs="+")
-    land.set_defaults(handler=cmd_lake_land)
+    land.set_defaults(handler=cmd_lake_land, home_use=HomeUse.CREATES)
     checkout = lake_sub.add_parser("checkout", help="governed read of a dataset version (recorded)")
     checkout.add_argument("dataset", help="raw_reviews, or an asset such as reviews, review_splits")
     checkout.add_argument("--version")
@@ -497,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="the real-time endpoint (serves the production model, hot swap)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.set_defaults(handler=cmd_serve)
+    serve.set_defaults(handler=cmd_serve, home_use=HomeUse.CREATES_IN_EMPTY_DIRECTORY)
 
     score = sub.add_parser("score", help="batch-score a CSV/Parquet file with the production model")
     score.add_argument("input")
@@ -548,15 +582,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if exc.code else EXIT_OK
     home = PlatformHome.at(Path(args.home).resolve()) if args.home else PlatformHome.from_env()
     try:
+        _check_home(home, getattr(args, "home_use", HomeUse.NEEDS))
         return args.handler(args, home)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home))}", file=sys.stderr)
         return EXIT_BLOCKED
     except Exception as exc:
-        print(f"error: {one_line(exc, home.root / 'logs')}", file=sys.stderr)
+        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home))}", file=sys.stderr)
         return EXIT_BLOCKED
 
 

@@ -21,6 +21,7 @@ from mlplatform.core.data.lake import Lake
 from mlplatform.core.monitoring.prediction_log import INPUT_FINGERPRINT
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.signals import sigterm_kept
 from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
 from mlplatform.defs.alerting import record_run_alerts
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, batch_files
@@ -292,13 +293,14 @@ class RunSession:
 
     def _run_partition(self, job: dg.JobDefinition, key: str, tag: str) -> dg.ExecuteInProcessResult:
         """One run of `job` for one partition, recorded in the instance and in the report."""
-        result = job.execute_in_process(
-            instance=self.instance,
-            partition_key=key,
-            raise_on_error=False,
-            run_config=QUIET_CONSOLE,
-            tags={tag: key},
-        )
+        with sigterm_kept():
+            result = job.execute_in_process(
+                instance=self.instance,
+                partition_key=key,
+                raise_on_error=False,
+                run_config=QUIET_CONSOLE,
+                tags={tag: key},
+            )
         self.report.run_ids.append(result.run_id)
         return result
 

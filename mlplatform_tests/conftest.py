@@ -8,11 +8,21 @@ import pytest
 
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.signals import sigterm_kept
 from mlplatform_tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 REAL_DATA = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
 )
+
+
+@pytest.fixture(autouse=True)
+def sigterm_left_to_stop_processes():
+    """Tests run Dagster in this process directly (execute_in_process, materialize), as the platform's
+    own runs do; like those (mlplatform/core/platform/signals.py), no test leaves SIGTERM ignored for the tests
+    after it and the processes they start (Dask workers, process pools, servers)."""
+    with sigterm_kept():
+        yield
 
 
 @pytest.fixture

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mlplatform.cli import main
+from mlplatform.cli import HomeUse, build_parser, main
 from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform_tests.integration.processes import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -106,9 +112,81 @@ def test_status_in_plain_text(capsys, home):
 def test_home_defaults_to_dot_mlplatform_in_the_working_directory(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLPLATFORM_HOME", raising=False)
-    assert main(["lake", "audit", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    drop = tmp_path / "a.csv"
+    drop.write_bytes(to_published_csv(generate_reviews(20, seed=1)))
+    assert main(["lake", "land", str(drop)]) == 0  # a command that creates its home
     assert (tmp_path / ".mlplatform" / "lake").is_dir()
+    assert main(["lake", "audit", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == []
+
+
+# Every command that must not create a home, with arguments that would otherwise get it going.
+NEEDS_A_HOME = {
+    ("status",): ["status", "--json"],
+    ("lake", "checkout"): ["lake", "checkout", "reviews", "--as", "ana", "--purpose", "a look"],
+    ("lake", "audit"): ["lake", "audit"],
+    ("models", "list"): ["models", "list"],
+    ("models", "approve"): ["models", "approve", "v1"],
+    ("models", "reject"): ["models", "reject", "v1", "--reason", "bad"],
+    ("models", "rollback"): ["models", "rollback"],
+    ("models", "rebuild"): ["models", "rebuild", "v1"],
+    ("score",): ["score", "in.csv", "out.csv"],
+    ("lineage",): ["lineage", "reviews"],
+    ("artifacts", "list"): ["artifacts", "list", "reviews"],
+    ("artifacts", "restore"): ["artifacts", "restore", "reviews", "0123456789abcdef", "out/"],
+    ("alerts",): ["alerts"],
+}
+
+
+def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(command words, home_use) for every runnable command of the parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from leaf_commands(sub, (*path, name))
+            return
+    yield path, parser.get_default("home_use")
+
+
+def test_only_the_documented_commands_may_create_a_home():
+    leaves = dict(leaf_commands(build_parser()))
+    creating = {path for path, use in leaves.items() if use is not None and use is not HomeUse.NEEDS}
+    assert creating == {("demo",), ("run",), ("ui",), ("lake", "land"), ("serve",)}
+    assert leaves[("serve",)] is HomeUse.CREATES_IN_EMPTY_DIRECTORY
+    assert set(leaves) - creating == set(NEEDS_A_HOME), "a new command: add it to NEEDS_A_HOME"
+
+
+@pytest.mark.parametrize("where", ["missing", "empty directory"])
+@pytest.mark.parametrize("argv", NEEDS_A_HOME.values(), ids=[" ".join(key) for key in NEEDS_A_HOME])
+def test_a_command_that_needs_a_home_refuses_a_path_without_one(capsys, tmp_path, monkeypatch, argv, where):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "no" / "such" / "home"
+    if where == "empty directory":
+        root.mkdir(parents=True)
+    code = main(["--home", str(root), *argv])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"error: no platform home at {root}: create one with")
+    assert (not root.exists()) if where == "missing" else not any(root.iterdir())
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["no"] if where != "missing" else [])
+
+
+def test_serve_lays_out_a_home_only_in_an_existing_empty_directory(capsys, tmp_path, monkeypatch):
+    # The database is down, so a serve that gets past the home check stops right after laying it out.
+    monkeypatch.setenv("MLPLATFORM_PG_URL", f"postgresql://bob@127.0.0.1:{free_port()}/ml")
+    missing, crowded, empty = tmp_path / "missing", tmp_path / "crowded", tmp_path / "empty"
+    crowded.mkdir()
+    (crowded / "notes.txt").write_text("not a home")
+    empty.mkdir()
+    for root, reason in ((missing, "it does not exist"), (crowded, "it is not empty")):
+        code = main(["--home", str(root), "serve", "--port", str(free_port())])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and f"no platform home at {root}" in err and reason in err
+    assert not missing.exists() and [path.name for path in crowded.iterdir()] == ["notes.txt"]
+
+    code = main(["--home", str(empty), "serve", "--port", str(free_port())])
+    assert code == 1 and "the endpoint cannot start" in capsys.readouterr().err
+    assert PlatformHome(empty).exists()
 
 
 def test_unexpected_errors_are_one_line_with_the_traceback_logged(capsys, home, monkeypatch):
@@ -172,3 +250,63 @@ def test_models_rollback_moves_production_back_and_waits_for_a_deployment(capsys
     code, out, _ = run_cli(capsys, home, "models", "rollback")
     assert code == 0 and out.strip() == "production v2 -> v1"
     assert registry.production().version == "v1"
+
+
+MALFORMED_PG_URLS = [
+    "postgresql://bob:pa%ss-s3cret@localhost:5432/db",  # a raw '%' in the password
+    "postgresql://bob:pa-s3cret@[::1:5432/db",  # an unclosed '['
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_PG_URLS)
+@pytest.mark.parametrize("command", [["status"], ["run"], ["models", "list"], ["lake", "audit"], ["alerts"]])
+def test_a_malformed_database_url_is_one_line_that_shows_no_credentials(
+    capsys, home, monkeypatch, url, command
+):
+    monkeypatch.setenv("MLPLATFORM_PG_URL", url)
+    code, out, err = run_cli(capsys, home, *command)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "not a valid PostgreSQL URL" in err and "s3cret" not in err
+    # Nor anything the command left in the home (dagster.yaml is never written with it, logs are clean).
+    assert not [path for path in home.root.rglob("*") if path.is_file() and b"s3cret" in path.read_bytes()]
+
+
+def test_the_traceback_log_holds_no_credentials(capsys, home, monkeypatch):
+    import mlplatform.cli as cli
+
+    url = "postgresql://bob:db-s3cret@db.example/ml"
+    monkeypatch.setenv("MLPLATFORM_PG_URL", url)
+    home.settings_file.write_text('[storage]\nartifacts = "ftp://ann:st0re-s3cret@files.example/a"\n')
+
+    def explode(args, home):
+        try:  # a driver quoting both secrets, deep in the chain
+            raise ValueError(f'driver: token "db-s3cret" for {url}; then "st0re-s3cret" refused')
+        except ValueError as exc:
+            raise RuntimeError("storage failed: st0re-s3cret") from exc
+
+    monkeypatch.setattr(cli, "cmd_lake_audit", explode)
+    code, _, err = run_cli(capsys, home, "lake", "audit")
+    log = (home.root / "logs" / "cli-errors.log").read_text()
+    assert code == 1 and "storage failed: ***" in err and "driver: token" in log
+    assert "s3cret" not in err + log
+
+
+def test_serve_with_the_database_down_is_one_line_and_exit_1(capsys, home, monkeypatch):
+    monkeypatch.setenv("MLPLATFORM_PG_URL", f"postgresql://bob:db-s3cret@127.0.0.1:{free_port()}/ml")
+    code, out, err = run_cli(capsys, home, "serve", "--port", str(free_port()))
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: the endpoint cannot start: PostgreSQL records unavailable (database ml on")
+    assert "Traceback" not in err and "s3cret" not in err
+
+
+def test_the_server_module_with_the_database_down_is_one_line_and_exit_1(home):
+    env = {
+        **os.environ,
+        "MLPLATFORM_HOME": str(home.root),
+        "MLPLATFORM_PG_URL": f"postgresql://bob:db-s3cret@127.0.0.1:{free_port()}/ml",
+    }
+    command = [sys.executable, "-m", "mlplatform.serving.server", "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "the endpoint cannot start: PostgreSQL records unavailable" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout

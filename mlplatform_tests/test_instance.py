@@ -15,21 +15,6 @@ from mlplatform.instance import dagster_yaml, open_instance, prepare_instance
 from mlplatform_tests.postgres import database_name
 
 
-def in_processes(function, arguments: list[tuple]) -> list:
-    """`function` on each argument tuple, each in a spawned process of its own, all at once.
-
-    The pool is closed and joined, never terminated: terminate() relies on SIGTERM, which this process
-    may hand its children ignored (Dagster maps SIGTERM to SIGINT's handler, ignored in a background
-    job), and a worker that ignores it would hang the join forever.
-    """
-    pool = multiprocessing.get_context("spawn").Pool(len(arguments))
-    try:
-        return pool.starmap(function, arguments)
-    finally:
-        pool.close()
-        pool.join()
-
-
 def _open_and_count_runs(root: str) -> int:
     with open_instance(PlatformHome(Path(root))) as instance:
         return len(instance.get_runs())
@@ -37,7 +22,8 @@ def _open_and_count_runs(root: str) -> int:
 
 def test_concurrent_first_opens_share_one_healthy_instance(tmp_path):
     root = str(tmp_path / "home")
-    assert in_processes(_open_and_count_runs, [(root,)] * 4) == [0, 0, 0, 0]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_open_and_count_runs, [root] * 4) == [0, 0, 0, 0]
     # and it is still usable afterwards (no "more than one head", no half-created tables)
     assert _open_and_count_runs(root) == 0
 
@@ -82,7 +68,8 @@ def _open_on_postgres_and_count_runs(root: str, pg_url: str) -> int:
 def test_with_a_pg_url_runs_events_and_schedules_live_in_postgres(tmp_path, postgres_server, postgres_url):
     root = str(tmp_path / "home")
     # Several first opens at once: one migrates (file lock + advisory lock), the others find it ready.
-    assert in_processes(_open_on_postgres_and_count_runs, [(root, postgres_url)] * 2) == [0, 0]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.starmap(_open_on_postgres_and_count_runs, [(root, postgres_url)] * 2) == [0, 0]
 
     home = PlatformHome(Path(root), pg_url=postgres_url)
     with open_instance(home) as instance:

@@ -12,6 +12,10 @@ Everything comes from the `[execution]` settings:
 - sentiment_endpoint claims a slot of the `deployment` pool; the instance allows
   `deployment_pool_limit` claims at once across all runs, which queues deployments in the UI. What
   keeps two deployments apart, on every storage, is the deployment lock (core/release/deploy.py).
+
+Every run executed in this process goes through `core.platform.signals.sigterm_kept()`: a run leaves SIGTERM
+ignored in a background job otherwise, and every child started later with it (the Dask workers and
+compute-log tails that then survive `terminate()`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import dagster as dg
 
 from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.signals import sigterm_kept
 
 EXECUTORS = ("in_process", "multiprocess", "dask")
 DEPLOYMENT_POOL = "deployment"
@@ -180,24 +185,26 @@ def execute(
     step: the result says what failed, like `execute_in_process(raise_on_error=False)`.
     """
     if job.executor_def.name == dg.in_process_executor.name:
-        return job.execute_in_process(
-            instance=instance,
-            run_config=run_config,
-            tags=tags,
-            asset_selection=asset_selection,
-            raise_on_error=False,
-        )
+        with sigterm_kept():
+            return job.execute_in_process(
+                instance=instance,
+                run_config=run_config,
+                tags=tags,
+                asset_selection=asset_selection,
+                raise_on_error=False,
+            )
     from dagster._core.definitions.reconstruct import build_reconstructable_job
 
     module, function = JOB_REBUILDER
     reconstructable = build_reconstructable_job(
         module, function, reconstructable_kwargs={"home_root": home_root, "job_name": job.name}
     )
-    return dg.execute_job(
-        reconstructable,
-        instance,
-        run_config=run_config,
-        tags=tags,
-        asset_selection=asset_selection,
-        raise_on_error=False,
-    )
+    with sigterm_kept():  # the run is orchestrated in this process: Dagster's handlers change here too
+        return dg.execute_job(
+            reconstructable,
+            instance,
+            run_config=run_config,
+            tags=tags,
+            asset_selection=asset_selection,
+            raise_on_error=False,
+        )

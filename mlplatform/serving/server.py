@@ -1,22 +1,38 @@
-"""Run the endpoint on uvicorn (`mlplatform serve` calls `run_server`; `python -m` runs it directly)."""
+"""Run the endpoint on uvicorn (`mlplatform serve` calls `run_server`; `python -m` runs it directly).
+
+The registry must answer before the endpoint starts: with its database down (MLPLATFORM_PG_URL
+unreachable) the server would only fail inside the app's startup, with a traceback. Instead `run_server`
+reads the production alias once first and refuses to start with one line (`ServeError`), and both
+entry points exit 1: a supervisor (systemd, Kubernetes) restarts it as it would any failed start, and
+nobody is shown a server that can never become ready. Once running, a database outage does not stop
+the endpoint: the model it serves stays, and the holder's poll retries the registry.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
 
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.records import RecordsError
 from mlplatform.core.platform.settings import Settings
+from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.errors import one_line, secrets_of
 from mlplatform.serving.app import ServingConfig, api_keys_from_env, create_app
 from mlplatform.serving.model_holder import ModelHolder
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+
+
+class ServeError(Exception):
+    """The endpoint cannot start (one line; the CLI and `python -m` exit 1)."""
 
 
 class _ReadinessFirstServer(uvicorn.Server):
@@ -37,7 +53,12 @@ def run_server(
     """Serve the production model of `home` until SIGINT/SIGTERM; API keys come from MLPLATFORM_API_KEYS."""
     settings = settings if settings is not None else Settings.load(home.settings_file)
     home.ensure()
-    app = create_app(home, settings, api_keys=api_keys_from_env(os.environ))
+    registry = ModelRegistry.for_home(home)
+    try:
+        registry.production_pointer()  # the registry answers, or the endpoint does not start
+    except RecordsError as exc:
+        raise ServeError(f"the endpoint cannot start: {exc}") from None
+    app = create_app(home, settings, api_keys=api_keys_from_env(os.environ), registry=registry)
     config = uvicorn.Config(
         app,
         host=host,
@@ -56,7 +77,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_server(PlatformHome.from_env(), args.host, args.port)
+    home = PlatformHome.from_env()
+    try:
+        run_server(home, args.host, args.port)
+    except Exception as exc:  # as the CLI reports it: one line on stderr, exit 1
+        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home))}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +24,16 @@ def land_demo_data(home: PlatformHome, tmp_path: Path, groups: Sequence[str]) ->
     files = write_demo_drops(tmp_path / "drops", n_drops=2, rows_per_drop=400, seed=5)
     Lake(home).land(files)
     return run_pending(home, say=lambda _: None, groups=groups)
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT as a background job started by a shell without job control has it: ignored."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_execution_settings(home: PlatformHome, **values: object) -> None:

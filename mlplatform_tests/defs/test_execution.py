@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import dagster as dg
 import pytest
 
@@ -18,10 +20,12 @@ from mlplatform.defs.execution import (
 from mlplatform.defs.training import build_training_assets
 from mlplatform.instance import open_instance
 from mlplatform.runner import QUIET_CONSOLE
+from mlplatform_tests.core.test_signals import sigterm_in_a_new_process
 from mlplatform_tests.defs.execution_support import (
     candidate_keys,
     land_demo_data,
     materialized,
+    sigint_ignored,
     step_events,
     write_execution_settings,
 )
@@ -119,3 +123,17 @@ def test_candidates_train_side_by_side_in_separate_processes(home, tmp_path, cap
     # The first two start together; the third waits for a training slot (max_concurrent_training = 2).
     assert intervals[1][0] < intervals[0][1]
     assert intervals[2][0] >= min(intervals[0][1], intervals[1][1])
+
+
+def test_runs_in_this_process_leave_sigterm_able_to_stop_it_and_the_children_it_starts(home, tmp_path):
+    """With SIGINT ignored (a background job), a Dagster run here used to leave SIGTERM ignored too, for
+    this process and every child started after it (mlplatform/core/platform/signals.py)."""
+    with sigint_ignored():
+        assert land_demo_data(home, tmp_path, groups=()).exit_code == 0  # the runner's partition runs
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        job = build_definitions(home).resolve_job_def(PIPELINE_JOB)
+        with open_instance(home) as instance:
+            reviews = [dg.AssetKey("reviews")]
+            assert execute(job, str(home.root), instance, asset_selection=reviews).success  # in process
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert sigterm_in_a_new_process() == "SIG_DFL"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,6 +18,7 @@ from mlplatform_tests.defs.execution_support import (
     candidate_keys,
     land_demo_data,
     materialized,
+    sigint_ignored,
     step_events,
     write_execution_settings,
 )
@@ -39,20 +42,42 @@ def test_an_empty_scheduler_address_starts_a_local_cluster_of_processes(settings
     assert _resolved_config(remote)["cluster"] == {"existing": {"address": "tcp://10.0.0.5:8786"}}
 
 
+def compute_log_tails(home) -> list[int]:
+    """Processes still following one of this home's compute logs (Dagster's `tail -F`, one per stream)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:  # gone meanwhile
+            continue
+        if args and Path(args[0].decode()).name == "tail" and str(home.root).encode() in b" ".join(args):
+            found.append(int(entry.name))
+    return found
+
+
+def sigterm_disposition() -> str:
+    return signal.getsignal(signal.SIGTERM).name
+
+
 @pytest.fixture
-def cluster():
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as local_cluster,
-        distributed.Client(local_cluster) as client,
-    ):
-        yield local_cluster, client
+def cluster(home, tmp_path):
+    """Drops validated by in-process runs first, then worker processes started by this process: in a
+    background job those runs used to leave SIGTERM ignored here, the workers inherited it, and so did
+    the compute-log tails of every step, which then outlived it (30 s of cleanup per step)."""
+    with sigint_ignored():
+        assert land_demo_data(home, tmp_path, groups=()).exit_code == 0  # nothing downstream yet
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as local_cluster,
+            distributed.Client(local_cluster) as client,
+        ):
+            yield local_cluster, client
 
 
-def test_features_and_candidates_materialize_on_dask_worker_processes(home, tmp_path, cluster):
+def test_features_and_candidates_materialize_on_dask_worker_processes(home, cluster):
     local_cluster, client = cluster
-    assert land_demo_data(home, tmp_path, groups=()).exit_code == 0  # drops validated, nothing downstream
+    assert set(client.run(sigterm_disposition).values()) == {"SIG_DFL"}
     write_execution_settings(home, executor="dask", dask_scheduler_address=local_cluster.scheduler_address)
     job = build_definitions(home).resolve_job_def(PIPELINE_JOB)
     assert job.executor_def.name == "dask"
@@ -67,3 +92,5 @@ def test_features_and_candidates_materialize_on_dask_worker_processes(home, tmp_
     worker_pids = set(client.run(os.getpid).values())
     step_pids = {kinds["STEP_START"][0][1] for kinds in events.values()}
     assert step_pids and step_pids <= worker_pids and os.getpid() not in step_pids
+    # Every step stopped its compute-log tails with SIGTERM when it ended: none outlives the run.
+    assert compute_log_tails(home) == []

@@ -14,6 +14,9 @@ Layout (all under `PlatformHome.lake`):
 
 A drop's identity is the sha256 hex of its bytes: the same bytes landed twice, under any name, are one
 drop. Nothing is ever deleted: bytes only move (atomic rename) between landing, raw and quarantine.
+The lake's bytes are its own: a landing file whose inode it would share (a hard link to a file outside
+the lake) or that another user owns is copied (hashed as copied), never moved in, so nothing outside
+the lake can change a drop or its mode.
 Mutations take one exclusive lock (`lake/.lock`) so the CLI, the sensor and runs can work side by side.
 """
 
@@ -352,6 +355,16 @@ def _unused_name(directory: Path, name: str, tag: str) -> str:
     return candidate
 
 
+def _not_the_lakes_own(info: os.stat_result) -> bool:
+    """Whether a landing file's inode is shared or foreign, so adopting it would let others change the lake.
+
+    A hard link (link count above one) shares the inode with a name outside the lake: writing there
+    would rewrite the drop, and making the drop read-only would change that file's mode. A file owned
+    by another user can be made writable again by its owner. Such files are copied, never moved in.
+    """
+    return info.st_nlink > 1 or info.st_uid != os.geteuid()
+
+
 def _make_read_only(path: Path) -> None:
     os.chmod(path, stat.S_IMODE(path.stat().st_mode) & ~0o222)
 
@@ -567,14 +580,29 @@ class Lake:
         return RefusedEntry(entry.name, reason, target)
 
     def _register_external(self, entry: Path) -> LandResult | None:
-        """Hash a settled file copied into landing by other means; record it or absorb it."""
+        """Hash a settled file copied into landing by other means; record it or absorb it.
+
+        A file whose inode is not the lake's alone (`_not_the_lakes_own`) is never adopted: the lake
+        copies it, hashing the bytes it copies, and puts its copy in place of the landing name.
+        """
         before = entry.stat()
         if time.time() - before.st_mtime < self.settle_seconds:
             return None  # possibly still being written
-        digest = sha256_file(entry)
+        own_copy = None
+        if _not_the_lakes_own(before):
+            own_copy, digest, _ = _copy_to_temp(entry, self.landing, entry.name)
+            os.utime(own_copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+        else:
+            digest = sha256_file(entry)
         after = entry.stat()
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            if own_copy is not None:
+                own_copy.unlink()
             return None  # changed while hashing: still being written
+        if own_copy is not None:
+            # The landing name now holds the lake's copy; the file outside keeps its inode, untouched.
+            os.replace(own_copy, entry)
+            fsync_directory(self.landing)
         known = self._known_drop(digest)
         if known is None:
             self._write_manifest(
@@ -761,9 +789,21 @@ class Lake:
             return self._load_drop(digest)
 
     def _move_bytes(self, drop: Drop, directory: Path) -> Path:
+        """Move the drop's bytes to `directory`; an inode that is not the lake's alone is copied instead."""
         target = directory / f"{drop.hash}{EXTENSION_BY_FORMAT[drop.format]}"
         if drop.path != target:
-            os.replace(drop.path, target)
+            if _not_the_lakes_own(drop.path.stat()):
+                # Linked from outside (or given away) since landing: keep a verified copy, never the inode.
+                copy, digest, _ = _copy_to_temp(drop.path, directory, target.name)
+                if digest != drop.hash:
+                    copy.unlink()
+                    raise LakeError(
+                        f"drop {drop.hash}: bytes at {drop.path} changed since landing (now {digest})"
+                    )
+                os.replace(copy, target)
+                drop.path.unlink()  # the landing name only: its inode lives on under its other name
+            else:
+                os.replace(drop.path, target)
             fsync_directory(directory)
             fsync_directory(drop.path.parent)
         _make_read_only(target)

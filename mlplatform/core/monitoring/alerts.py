@@ -36,6 +36,7 @@ import httpx
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import FileRecords, Records, open_records
+from mlplatform.core.platform.redaction import redact_url
 from mlplatform.core.platform.settings import Settings, SettingsError
 
 WEBHOOK_ENV = "MLPLATFORM_ALERT_WEBHOOK"
@@ -135,7 +136,7 @@ class WebhookNotifier:
 
     def __init__(self, url: str, timeout: float, max_message_chars: int = 3000) -> None:
         if not url.startswith(("http://", "https://")):
-            raise AlertError(f"alert webhook URL must be http(s), got {url!r}")
+            raise AlertError(f"alert webhook URL must be http(s), got {redact_url(url)!r}")
         self.url = url
         self.timeout = timeout
         self.max_message_chars = max_message_chars

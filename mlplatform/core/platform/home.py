@@ -101,8 +101,9 @@ class PlatformHome:
         """A deployment's own model search (replaces the packaged config/training.toml when present)."""
         return self.root / "training.toml"
 
-    def ensure(self) -> PlatformHome:
-        for path in (
+    def _layout(self) -> tuple[Path, ...]:
+        """The directories `ensure()` creates."""
+        return (
             self.landing,
             self.raw,
             self.quarantine,
@@ -113,6 +114,22 @@ class PlatformHome:
             self.capture,
             self.alerts,
             self.dagster,
-        ):
+        )
+
+    def exists(self) -> bool:
+        """Whether `root` holds a platform home: a directory of its layout, or its settings written ahead.
+
+        Commands that only read or change what a home holds refuse a path that holds none, rather than
+        lay out an empty home there (see cli.HomeUse).
+        """
+        if not self.root.is_dir():
+            return False
+        tops = {path.relative_to(self.root).parts[0] for path in self._layout()}
+        return any((self.root / top).is_dir() for top in tops) or any(
+            path.is_file() for path in (self.settings_file, self.training_file)
+        )
+
+    def ensure(self) -> PlatformHome:
+        for path in self._layout():
             path.mkdir(parents=True, exist_ok=True)
         return self

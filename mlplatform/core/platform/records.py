@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import file_lock, write_json_atomic
+from mlplatform.core.platform.redaction import redact, url_secrets
 
 RECORDS_MARKER = "records.json"
 POSTGRES_BACKEND = "postgresql"
@@ -253,14 +254,23 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _redacted_first_line(exc: BaseException, pg_url: str) -> str:
+    """The first line of a driver's message, without any part of the URL's credentials (the driver may
+    quote the URL, or a fragment of it, when it cannot parse it)."""
+    return redact(_first_line(exc), url_secrets(pg_url))
+
+
 def postgres_location(pg_url: str) -> str:
-    """'<db> on <host>:<port>' for messages: never the password."""
+    """'<db> on <host>:<port>' for messages: never the password. Raises RecordsError (redacted, with no
+    chained driver exception) for a URL libpq cannot parse."""
     from psycopg2.extensions import parse_dsn
 
     try:
         params = parse_dsn(_libpq_url(pg_url))
     except Exception as exc:  # psycopg2.ProgrammingError for a malformed URL
-        raise RecordsError(f"MLPLATFORM_PG_URL is not a valid PostgreSQL URL: {_first_line(exc)}") from exc
+        raise RecordsError(
+            f"MLPLATFORM_PG_URL is not a valid PostgreSQL URL: {_redacted_first_line(exc, pg_url)}"
+        ) from None
     return f"database {params.get('dbname', '?')} on {params.get('host', 'localhost')}:{params.get('port', 5432)}"
 
 
@@ -277,7 +287,7 @@ def sqlalchemy_url(pg_url: str) -> str:
 
     SQLAlchemy 2.1 maps a bare 'postgresql://' to psycopg 3; the platform ships psycopg2.
     """
-    _libpq_url(pg_url)  # validates the scheme
+    postgres_location(pg_url)  # refuses a malformed URL here, before Dagster (or its yaml) holds it
     scheme, _, rest = pg_url.partition("://")
     return pg_url if "+" in scheme else f"postgresql+psycopg2://{rest}"
 
@@ -337,11 +347,10 @@ def _take_advisory_lock(cursor: Any, lock: str, timeout_s: float | None, pg_url:
 def _translated(exc: Exception, pg_url: str) -> RecordsError:
     import psycopg2
 
+    where, message = postgres_location(pg_url), _redacted_first_line(exc, pg_url)
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
-        return RecordsUnavailable(
-            f"PostgreSQL records unavailable ({postgres_location(pg_url)}): {_first_line(exc)}"
-        )
-    return RecordsError(f"PostgreSQL records error ({postgres_location(pg_url)}): {_first_line(exc)}")
+        return RecordsUnavailable(f"PostgreSQL records unavailable ({where}): {message}")
+    return RecordsError(f"PostgreSQL records error ({where}): {message}")
 
 
 @contextmanager

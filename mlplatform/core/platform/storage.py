@@ -15,7 +15,8 @@ locks, no renames):
 Keys are relative '/'-separated names (`reviews/<sha>.parquet`). Local directories keep the fast
 local code (`mlplatform.core.platform.fsio`). Credentials and endpoints come from each driver's own
 environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...), never from
-the settings file.
+the settings file. Should a URL carry them anyway (`ftp://user:password@host/path`), only fsspec sees
+them: a location's `url`, `url_of` and its errors show the URL without them (core/platform/redaction.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mlplatform.core.platform.fsio import (
     write_bytes_atomic,
 )
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.redaction import redact, redact_url, url_secrets
 from mlplatform.core.platform.settings import Settings
 
 STORAGE_SECTION = "storage"
@@ -175,11 +177,15 @@ class StorageLocation(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 
+    def _identity(self) -> str:
+        """What makes two locations the same place (`url` is only what messages show)."""
+        return self.url
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, StorageLocation) and other.url == self.url
+        return isinstance(other, StorageLocation) and other._identity() == self._identity()
 
     def __hash__(self) -> int:
-        return hash(self.url)
+        return hash(self._identity())
 
 
 class LocalLocation(StorageLocation):
@@ -249,19 +255,24 @@ class FsspecLocation(StorageLocation):
     """A location on an fsspec filesystem (object stores: s3, gs, az, ...; memory for tests)."""
 
     def __init__(self, url: str, fs: Any, root: str) -> None:
-        self._url = url.rstrip("/")
+        self._url = url.rstrip("/")  # as configured, credentials included: only fsspec sees it
+        self._shown = redact_url(self._url)
         self.fs = fs
         self.root = root.rstrip("/")
 
     @property
     def url(self) -> str:
+        """The URL as messages, metadata and listings show it: without credentials (core/platform/redaction.py)."""
+        return self._shown
+
+    def _identity(self) -> str:
         return self._url
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{validate_key(key)}"
 
     def url_of(self, key: str) -> str:
-        return f"{self._url}/{validate_key(key)}"
+        return f"{self._shown}/{validate_key(key)}"
 
     def _fresh(self, path: str) -> str:
         """Forget cached listings of `path` (other processes write too); returns it."""
@@ -290,7 +301,9 @@ class FsspecLocation(StorageLocation):
         try:
             found = self.fs.cat(list(paths), on_error="raise")
         except FileNotFoundError as exc:
-            raise ObjectNotFound(f"no object among {len(keys)} under {self._url}: {exc}") from None
+            raise ObjectNotFound(
+                f"no object among {len(keys)} under {self.url}: {redact(str(exc), url_secrets(self._url))}"
+            ) from None
         return {paths[_strip_protocol(self.fs, path)]: data for path, data in found.items()}
 
     def exists(self, key: str) -> bool:
@@ -342,23 +355,26 @@ def _fsspec_location(url: str, scheme: str) -> FsspecLocation:
     import fsspec  # imported here: only remote locations need it (and its driver imports)
     from fsspec.registry import known_implementations, registry
 
+    shown, secrets = redact_url(url), url_secrets(url)  # messages never show the URL's credentials
     if scheme not in known_implementations and scheme not in registry:
         raise StorageConfigError(
-            f"storage URL {url!r}: unknown scheme {scheme!r} (fsspec has no driver for it)"
+            f"storage URL {shown!r}: unknown scheme {scheme!r} (fsspec has no driver for it)"
         )
     try:
         fsspec.get_filesystem_class(scheme)
     except ImportError as exc:
         hint = known_implementations.get(scheme, {}).get("err") or str(exc)
         raise StorageConfigError(
-            f"storage URL {url!r}: the {scheme!r} driver is not installed ({hint})"
+            f"storage URL {shown!r}: the {scheme!r} driver is not installed ({hint})"
         ) from None
     try:
         fs, root = fsspec.core.url_to_fs(url)
     except (ValueError, TypeError, OSError) as exc:
-        raise StorageConfigError(f"storage URL {url!r} cannot be opened: {exc}") from None
+        raise StorageConfigError(
+            f"storage URL {shown!r} cannot be opened: {redact(str(exc), secrets)}"
+        ) from None
     if not str(root).strip("/"):
-        raise StorageConfigError(f"storage URL {url!r} names no bucket or directory")
+        raise StorageConfigError(f"storage URL {shown!r} names no bucket or directory")
     return FsspecLocation(url, fs, str(root))
 
 

@@ -203,6 +203,62 @@ def test_unknown_extension_is_still_a_drop(lake: Lake, tmp_path: Path) -> None:
     assert quarantined.path == lake.home.quarantine / f"{drop.hash}.bin"
 
 
+# ------------------------------------------------------------------------------ the lake's own bytes
+
+
+def outside_file_linked_into_landing(lake: Lake, tmp_path: Path, data: bytes, name: str) -> Path:
+    """A file outside the lake with a hard link in landing (os.link): one inode, two names."""
+    outside = write(tmp_path / "outside" / name, data, age_seconds=10)
+    os.link(outside, lake.landing / name)
+    assert outside.stat().st_nlink == 2
+    return outside
+
+
+@pytest.mark.parametrize("decide", ["accept", "quarantine"])
+def test_a_hard_link_in_landing_is_copied_never_adopted(lake: Lake, tmp_path: Path, decide: str) -> None:
+    outside = outside_file_linked_into_landing(lake, tmp_path, CSV_A, "linked.csv")
+    mode = stat.S_IMODE(outside.stat().st_mode)
+    [drop] = lake.pending()
+    assert drop.hash == sha256_bytes(CSV_A) and drop.path == lake.landing / "linked.csv"
+    assert not drop.path.samefile(outside) and outside.stat().st_nlink == 1
+
+    decided = lake.accept(drop.hash) if decide == "accept" else lake.quarantine(drop.hash, "schema", "bad")
+    outside.write_bytes(CSV_B)  # whoever holds the outside name changes it afterwards
+    assert decided.path.read_bytes() == CSV_A and sha256_file(decided.path) == drop.hash
+    assert stat.S_IMODE(outside.stat().st_mode) == mode, "making the drop read-only left that file alone"
+
+
+def test_a_hard_link_made_to_a_waiting_drop_is_not_moved_into_raw(lake: Lake, tmp_path: Path) -> None:
+    [landed] = lake.land([write(tmp_path / "a.csv", CSV_A)])
+    outside = tmp_path / "grabbed.csv"
+    os.link(landed.path, outside)  # linked after landing, while the drop waits for its decision
+    drop = lake.accept(landed.hash)
+    assert not drop.path.samefile(outside) and drop.path.stat().st_nlink == 1
+    assert not landed.path.exists() and outside.read_bytes() == CSV_A
+    outside.write_bytes(CSV_B)
+    assert drop.path.read_bytes() == CSV_A
+
+
+def test_a_hard_link_to_known_bytes_is_absorbed_as_a_copy(lake: Lake, tmp_path: Path) -> None:
+    [first] = lake.land([write(tmp_path / "a.csv", CSV_A)])
+    lake.accept(first.hash)
+    outside = outside_file_linked_into_landing(lake, tmp_path, CSV_A, "again.csv")
+    [absorbed] = lake.scan_landing().absorbed
+    kept = lake.duplicates_dir / first.hash / "again.csv"
+    assert absorbed.status == "duplicate" and kept.read_bytes() == CSV_A
+    assert not kept.samefile(outside) and outside.stat().st_nlink == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_landing_file_owned_by_another_user_is_copied(lake: Lake) -> None:
+    foreign = write(lake.landing / "foreign.csv", CSV_A, age_seconds=10)
+    os.chown(foreign, 65534, 65534)
+    [drop] = lake.pending()
+    assert drop.path.stat().st_uid == os.geteuid()
+    accepted = lake.accept(drop.hash)
+    assert accepted.path.stat().st_uid == os.geteuid() and accepted.path.read_bytes() == CSV_A
+
+
 # ---------------------------------------------------------------------------------------- decisions
 
 

@@ -430,3 +430,9 @@ def test_the_cli_lists_the_alerts_of_postgres_when_the_environment_names_it(
     monkeypatch.setenv(PG_URL_ENV, postgres_url)
     assert main(["--home", str(root), "alerts", "--json"]) == 0
     assert [entry["id"] for entry in json.loads(capsys.readouterr().out)] == [alert.id]
+
+
+def test_a_webhook_url_that_is_not_http_is_refused_without_its_credentials() -> None:
+    with pytest.raises(AlertError, match=r"must be http\(s\), got 'ftp://\*\*\*@hooks.example/x'") as caught:
+        WebhookNotifier("ftp://bot:hook-s3cret@hooks.example/x", timeout=1.0)
+    assert "hook-s3cret" not in str(caught.value)
