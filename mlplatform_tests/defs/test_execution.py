@@ -20,7 +20,7 @@ from mlplatform.defs.execution import (
 from mlplatform.defs.training import build_training_assets
 from mlplatform.instance import open_instance
 from mlplatform.runner import QUIET_CONSOLE
-from mlplatform_tests.core.test_signals import sigterm_in_a_new_process
+from mlplatform_tests.core.platform.test_signals import sigterm_in_a_new_process
 from mlplatform_tests.defs.execution_support import (
     candidate_keys,
     land_demo_data,
