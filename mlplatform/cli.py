@@ -20,8 +20,9 @@ from pathlib import Path
 
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.reporting import one_line, secrets_of
 from mlplatform.core.platform.settings import Settings
-from mlplatform.errors import one_line, secrets_of, silence_dagster_stability_warnings
+from mlplatform.errors import silence_dagster_stability_warnings
 
 EXIT_OK, EXIT_BLOCKED, EXIT_USAGE = 0, 1, 2
 

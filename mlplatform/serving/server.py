@@ -19,11 +19,12 @@ from types import FrameType
 
 import uvicorn
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import RecordsError
+from mlplatform.core.platform.reporting import one_line, secrets_of
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.errors import one_line, secrets_of
 from mlplatform.serving.app import ServingConfig, api_keys_from_env, create_app
 from mlplatform.serving.model_holder import ModelHolder
 
@@ -31,7 +32,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
 
-class ServeError(Exception):
+class ServeError(UserError, RuntimeError):
     """The endpoint cannot start (one line; the CLI and `python -m` exit 1)."""
 
 

@@ -8,7 +8,7 @@ what the platform needs from its surroundings not answering (storage, PostgreSQL
 
 Every other exception is a bug: a `PlatformError` that is not a `UserError` (an invariant of the code
 broken, e.g. metrics asked of frames of different lengths) as much as a library's own error. The CLI
-prints a user error as one line, and for a bug writes the traceback to the home's log (mlplatform/errors.py).
+prints a user error as one line, and for a bug writes the traceback to the home's log (core/platform/reporting.py).
 
 Exceptions keep the built-in bases their callers catch: a SettingsError is still a ValueError, a
 LockTimeout still a TimeoutError.
