@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.errors import one_line, silence_dagster_stability_warnings
@@ -18,7 +19,7 @@ from mlplatform.errors import one_line, silence_dagster_stability_warnings
 EXIT_OK, EXIT_BLOCKED, EXIT_USAGE = 0, 1, 2
 
 
-class CommandError(Exception):
+class CommandError(UserError):
     """A refusal or failure to report as one line with exit code 1."""
 
 
@@ -297,20 +298,23 @@ def cmd_serve(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.scoring.files import ScoringRules, load_model, score_file
+    from mlplatform.core.scoring.files import ScoringInputError, ScoringRules, load_model, score_file
 
     settings = Settings.load(home.settings_file)
     production = _registry(home).production()
     if production is None:
         raise CommandError("no model in production: run the pipeline (mlplatform run) first")
     model = load_model(production.onnx_path, production.sha256, ScoringRules.from_settings(settings))
-    summary = score_file(
-        Path(args.input),
-        Path(args.output),
-        model,
-        production.version,
-        on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
-    )
+    try:
+        summary = score_file(
+            Path(args.input),
+            Path(args.output),
+            model,
+            production.version,
+            on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
+        )
+    except ScoringInputError as exc:  # bad input: a user error (the class joins UserError with issue 13)
+        raise CommandError(str(exc)) from exc
     print(f"{summary.rows_out} rows scored by {production.version} -> {summary.output_path}")
     return EXIT_OK
 

@@ -1,4 +1,8 @@
-"""One line for the user, the traceback for the log: how the CLI reports a failure."""
+"""One line for the user, the traceback for the log: how the CLI reports a failure.
+
+Which is which goes by type (core/platform/errors.py): a `UserError` is told in one line; anything else
+is a bug, told in one line too, with its traceback appended to `<home>/logs/cli-errors.log`.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,12 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
-
-def is_domain_error(exc: BaseException) -> bool:
-    """Errors raised on purpose by the platform's own code carry a message meant for the user."""
-    return type(exc).__module__.startswith("mlplatform.")
+from mlplatform.core.platform.errors import UserError
 
 
 def one_line(exc: BaseException, log_dir: Path) -> str:
-    """The message to print; unexpected errors get their traceback written under log_dir."""
-    if is_domain_error(exc):
+    """The message to print; a bug (not a UserError) gets its traceback written under log_dir."""
+    if isinstance(exc, UserError):
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / "cli-errors.log"

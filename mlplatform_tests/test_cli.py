@@ -124,6 +124,35 @@ def test_unexpected_errors_are_one_line_with_the_traceback_logged(capsys, home, 
     assert Path(home.root / "logs" / "cli-errors.log").stat().st_size > 0
 
 
+def test_user_errors_are_one_line_and_bugs_leave_their_traceback_by_type(capsys, home, monkeypatch):
+    import mlplatform.cli as cli
+    from mlplatform.core.platform.errors import PlatformError, UserError
+
+    class Refused(UserError):
+        pass
+
+    class Broken(PlatformError):
+        pass
+
+    def refuse(args, home):
+        raise Refused("version v9 is not registered")
+
+    monkeypatch.setattr(cli, "cmd_lake_audit", refuse)
+    code, _, err = run_cli(capsys, home, "lake", "audit")
+    assert (code, err) == (1, "error: version v9 is not registered\n")
+    assert not (home.root / "logs" / "cli-errors.log").exists()
+
+    def break_down(args, home):
+        raise Broken("frames of different lengths")
+
+    monkeypatch.setattr(cli, "cmd_lake_audit", break_down)
+    code, _, err = run_cli(capsys, home, "lake", "audit")
+    assert code == 1 and err.startswith(
+        "error: unexpected Broken: frames of different lengths (traceback in "
+    )
+    assert "Broken: frames of different lengths" in (home.root / "logs" / "cli-errors.log").read_text()
+
+
 def test_models_rollback_moves_production_back_and_waits_for_a_deployment(capsys, home):
     from mlplatform.core.release.deploy import deployment_lock
     from mlplatform.core.release.registry import ModelRegistry

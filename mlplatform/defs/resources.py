@@ -15,6 +15,7 @@ import httpx
 
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.text import LABELS
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.deploy import DeploymentRules
@@ -42,7 +43,7 @@ class PlatformResource(dg.ConfigurableResource):
         return Lake.from_settings(self.platform_home(), self.settings())
 
 
-class EndpointError(RuntimeError):
+class EndpointError(UserError, RuntimeError):
     """The endpoint could not be asked (unreachable, timed out, or answered an error)."""
 
 

@@ -19,8 +19,7 @@ from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release import registration
 from mlplatform.core.release.registration import Provenance, RegistrationRules, register_best
 from mlplatform.core.release.registry import RegistryRules
-from mlplatform.core.training import evaluation, export, selection
-from mlplatform.core.training import fit as training
+from mlplatform.core.training import evaluation, export, fit, selection
 from mlplatform.core.training.evaluation import GateRules
 from mlplatform.core.training.fit import (
     CandidateSpec,
@@ -57,7 +56,6 @@ def _candidate_asset(
     version: str,
     retry_policy: dg.RetryPolicy | None,
 ) -> dg.AssetsDefinition:
-
     @dg.asset(
         key=key,
         group_name="training",
@@ -76,7 +74,7 @@ def _candidate_asset(
         ],
     )
     def candidate(review_splits: pl.DataFrame):
-        trained = training.train_candidate(spec, split_frames(review_splits), config)
+        trained = fit.train_candidate(spec, split_frames(review_splits), config)
         validation = trained.validation_metrics
         yield versioned_output(
             Bundle(candidate_files(trained)),
@@ -107,8 +105,8 @@ def _candidate_asset(
 
 
 def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg.AssetsDefinition]:
-    specs = training.candidate_specs(config)
-    candidate_version = code_version([training, export], {"training": config_fingerprint(config)})
+    specs = fit.candidate_specs(config)
+    candidate_version = code_version([fit, export], {"training": config_fingerprint(config)})
     # Training and registering are idempotent (content-addressed), so a step that raised may run again.
     retry_policy = step_retry_policy(ExecutionRules.from_settings(settings))
     keys = {name: candidate_key(asset_name) for name, asset_name in asset_names(specs).items()}
@@ -144,7 +142,7 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
         context: AssetExecutionContext, review_splits: pl.DataFrame, platform: PlatformResource, **candidates
     ):
         settings_now = platform.settings()
-        registration = register_best(
+        result = register_best(
             platform.registry(),
             [CandidateRecord.from_files(bundle.files) for bundle in candidates.values()],
             review_splits,
@@ -162,18 +160,16 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
             ),
             card_sections=baseline_card_section,
         )
-        registered = registration.version
-        context.log.info(
-            f"registered {registered.version} ({registered.status}) from {registration.chosen.name}"
-        )
+        registered = result.version
+        context.log.info(f"registered {registered.version} ({registered.status}) from {result.chosen.name}")
         yield versioned_output(
-            Bundle(registration.files()),
+            Bundle(result.files()),
             metadata={
-                **registration.summary(),
-                "model_card": dg.MetadataValue.md(registration.card_markdown),
+                **result.summary(),
+                "model_card": dg.MetadataValue.md(result.card_markdown),
             },
         )
-        for gate in registration.gates:
+        for gate in result.gates:
             yield check_result(
                 gate.name, gate.passed, gate.description, gate.metadata, warn_only=gate.severity == "WARN"
             )

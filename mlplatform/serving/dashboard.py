@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from mlplatform.core.monitoring.alerts import FIRING, AlertError, AlertStore
 from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, Bundle, StoredArtifact
+from mlplatform.core.platform.errors import PlatformError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import RecordsError
 from mlplatform.core.platform.settings import Settings, SettingsError
@@ -62,11 +63,11 @@ READ_ERRORS = (
 Scalar = str | int | float | bool | None
 
 
-class NoData(LookupError):
+class NoData(PlatformError, LookupError):
     """A source has not been written yet (a fresh home): the section shows "no data yet"."""
 
 
-class UnrecognisedShape(ValueError):
+class UnrecognisedShape(PlatformError, ValueError):
     """A stored value exists but has none of the shapes the dashboard knows how to show."""
 
 

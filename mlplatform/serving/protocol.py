@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from mlplatform.core.data.text import LABELS, model_text_values
+from mlplatform.core.platform.errors import UserError
 
 ASGIScope = MutableMapping[str, Any]
 ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -24,7 +25,7 @@ _ID_INPUTS = ("product_id", "review_id")
 _KNOWN_INPUTS = frozenset({"text", *_ID_INPUTS})
 
 
-class RequestRefused(Exception):
+class RequestRefused(UserError):
     """A request the endpoint answers with an error status and a one-line reason."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from mlplatform.core.training import fit as training
+from mlplatform.core.training import fit
 from mlplatform.definitions import PIPELINE_JOB, build_definitions
 from mlplatform.defs.execution import execute
 from mlplatform.instance import open_instance
@@ -23,7 +23,7 @@ def test_a_transient_error_is_retried_and_a_failed_gate_is_not(home, tmp_path, m
         "[execution]\nexecutor = 'in_process'\nmax_step_retries = 2\nretry_delay_s = 0.0\n"
         "[gates]\nmin_macro_f1 = 0.999\n"
     )
-    real_train = training.train_candidate
+    real_train = fit.train_candidate
     calls = []
 
     def train_with_one_transient_fault(*args, **kwargs):
@@ -32,7 +32,7 @@ def test_a_transient_error_is_retried_and_a_failed_gate_is_not(home, tmp_path, m
             raise OSError("simulated transient I/O error")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_candidate", train_with_one_transient_fault)
+    monkeypatch.setattr(fit, "train_candidate", train_with_one_transient_fault)
     job = build_definitions(home).resolve_job_def(PIPELINE_JOB)
     keys = candidate_keys(job)
     with open_instance(home) as instance:

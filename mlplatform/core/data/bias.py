@@ -27,6 +27,7 @@ import polars as pl
 
 from mlplatform.core.data.features import LABELS, js_divergence
 from mlplatform.core.data.quality import CheckOutcome
+from mlplatform.core.platform.errors import UserError
 
 METRICS: tuple[str, ...] = ("class_imbalance", "dpl", "kl", "js", "tvd", "ks")
 """Metric names; they are also the keys of `[features.bias_warn]`."""
@@ -36,7 +37,7 @@ BIAS_CHECK = "pretraining_bias"
 MISSING_FACET_VALUE = "(missing)"
 
 
-class BiasError(ValueError):
+class BiasError(UserError, ValueError):
     """Bias metrics cannot be computed for this input."""
 
 

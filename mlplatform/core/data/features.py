@@ -20,6 +20,7 @@ import polars as pl
 from mlplatform.core.data.quality import CheckOutcome, MetadataValue
 from mlplatform.core.data.schema import NORMALISED_DTYPES
 from mlplatform.core.data.text import LABELS, model_text
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.settings import Settings
 
 INPUT_SCHEMA = NORMALISED_DTYPES
@@ -62,7 +63,7 @@ UNKNOWN_AGE_BAND = "unknown"
 LABEL_DISTRIBUTION_CHECK = "label_distribution"
 
 
-class FeaturesError(ValueError):
+class FeaturesError(UserError, ValueError):
     """The drops cannot be turned into the reviews table (bad input or bad rules)."""
 
 

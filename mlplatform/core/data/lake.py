@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import (
     copy_hashing,
     file_lock,
@@ -95,7 +96,7 @@ allow = true
 """
 
 
-class LakeError(Exception):
+class LakeError(UserError):
     """Something in the lake cannot be done; the message says what and where."""
 
 

@@ -22,6 +22,8 @@ import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
 
+from mlplatform.core.platform.errors import UserError
+
 SCHEMA_CHECK = "schema"
 
 PUBLISHED_TO_NORMALISED: dict[str, str] = {
@@ -66,7 +68,7 @@ _UTF8_BOM = "\ufeff"
 _MAX_LISTED_FAILURES = 5
 
 
-class DropFormatError(ValueError):
+class DropFormatError(UserError, ValueError):
     """A drop cannot be read as the published layout; `check` names the failed check, `reason` says why."""
 
     def __init__(self, check: str, reason: str) -> None:

@@ -16,6 +16,7 @@ import polars as pl
 
 from mlplatform.core.data.features import LABELS
 from mlplatform.core.data.quality import CheckOutcome, MetadataValue
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.settings import Settings
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -25,7 +26,7 @@ PROPORTIONS_CHECK = "proportions"
 CLASS_COVERAGE_CHECK = "class_coverage"
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """Splits cannot be assigned or checked for this input."""
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import FileRecords, Records, open_records
 from mlplatform.core.platform.settings import Settings, SettingsError
@@ -46,7 +47,7 @@ RESOLVED = "resolved"
 _SLACK_COLOURS = {"ERROR": "#d93f0b", "WARN": "#fbca04", RESOLVED: "#2eb886"}
 
 
-class AlertError(ValueError):
+class AlertError(UserError, ValueError):
     """An alert is malformed (severity, kind, source or key) or its webhook URL is not http(s)."""
 
 

@@ -33,6 +33,7 @@ import orjson
 import polars as pl
 
 from mlplatform.core.data.text import PROBABILITY_COLUMNS
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
 
 OPEN_SUFFIX = ".open"
@@ -55,7 +56,7 @@ _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
 CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
 
 
-class CaptureError(RuntimeError):
+class CaptureError(UserError, RuntimeError):
     """Capture records could not be written (or read back)."""
 
 

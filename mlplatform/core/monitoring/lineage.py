@@ -22,6 +22,7 @@ import polars as pl
 from mlplatform.core.data.lake import Lake, LakeError
 from mlplatform.core.data.text import LABELS, PROBABILITY_COLUMNS
 from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, StoredArtifact
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry, ModelVersion, RegistryError
@@ -46,7 +47,7 @@ CAPTURE_COLUMNS = ("request_id", "time", "route", "model_version", "row", "text"
 CAPTURE_COLUMNS += ("label", *PROBABILITY_COLUMNS, "latency_ms")
 
 
-class LineageError(Exception):
+class LineageError(UserError):
     """A lineage chain cannot be built: unknown request or version, or a missing link (named)."""
 
 

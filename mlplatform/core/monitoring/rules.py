@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.settings import Settings, SettingsError
 
 ERROR = "ERROR"
@@ -31,7 +32,7 @@ DRIFT_METRICS: tuple[str, ...] = (
 the drift outcomes."""
 
 
-class MonitoringError(ValueError):
+class MonitoringError(UserError, ValueError):
     """A monitor's input is unusable (missing columns, unknown labels, inconsistent versions)."""
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import polars as pl
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import sha256_bytes, sha256_file, write_bytes_atomic
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
@@ -63,7 +64,7 @@ _ARTIFACT_FILE = re.compile(r"^[0-9a-f]{64}\.[a-z]+$")
 _RESERVED_NAMES = frozenset({VERSIONS_DIR})
 
 
-class ArtifactError(Exception):
+class ArtifactError(UserError):
     """Base class of the artifact store's errors."""
 
 

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from mlplatform.core.platform.errors import UserError
+
 
 def temp_path_for(target: Path) -> Path:
     """A dot-prefixed temp path next to `target` (same filesystem, so the rename is atomic)."""
@@ -99,7 +101,7 @@ def write_json_atomic(target: Path, data: Any, *, read_only: bool = False) -> No
     write_bytes_atomic(target, text.encode("utf-8"), read_only=read_only)
 
 
-class LockTimeout(TimeoutError):
+class LockTimeout(UserError, TimeoutError):
     """A lock was not taken within its timeout (one-line message)."""
 
 

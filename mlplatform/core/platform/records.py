@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import file_lock, write_json_atomic
 
 RECORDS_MARKER = "records.json"
@@ -57,7 +58,7 @@ _SCHEMA_PRESENT = (
 )
 
 
-class RecordsError(RuntimeError):
+class RecordsError(UserError, RuntimeError):
     """Records could not be read or written (one-line message)."""
 
 

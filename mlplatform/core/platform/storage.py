@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import (
     HASH_CHUNK_BYTES,
     sha256_bytes,
@@ -45,7 +46,7 @@ STORAGE_KINDS = ("lake", "artifacts", "registry", "capture")
 _LOCAL_SCHEMES = frozenset({"file", "local"})
 
 
-class StorageError(Exception):
+class StorageError(UserError):
     """A storage location could not do what was asked; the message names the object."""
 
 

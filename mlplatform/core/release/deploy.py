@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import LockTimeout, file_lock
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import RecordsLockTimeout, postgres_location, postgres_transaction
@@ -40,7 +41,7 @@ DEPLOYMENT_LOCK = "mlplatform:deployment"  # the advisory lock's name on Postgre
 DEPLOYMENT_LOCK_FILE = ".deployment.lock"  # the flock file in the registry's directory
 
 
-class DeployError(RuntimeError):
+class DeployError(UserError, RuntimeError):
     """The deployment cannot go ahead (one-line message)."""
 
 

@@ -46,6 +46,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import (
     copy_hashing,
     fsync_directory,
@@ -84,7 +85,7 @@ NUMBER_ATTEMPTS = 5
 _VERSION_NAME = re.compile(r"^v([1-9][0-9]*)$")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError, RuntimeError):
     """A registry operation was refused or the registry is unreadable (one-line message)."""
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.errors import PlatformError
+from mlplatform.core.platform.settings import Settings, SettingsError
 from mlplatform.core.training.export import LABELS, OnnxSentimentModel
 
 PREDICTION_COLUMN = "predicted_label"
@@ -20,7 +21,7 @@ WARN = "WARN"
 LINEAGE_KEYS = ("split_versions", "drop_hashes", "code_version", "run_id", "created_at")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(PlatformError, ValueError):
     """Inputs to an evaluation are inconsistent (unknown labels, missing columns, empty data)."""
 
 
@@ -198,9 +199,7 @@ class GateRules:
         gates = settings.section("gates")
         floors = dict(gates["min_class_recall"])
         if set(floors) != set(LABELS):
-            raise EvaluationError(
-                f"[gates.min_class_recall] must name exactly {LABELS}, got {sorted(floors)}"
-            )
+            raise SettingsError(f"[gates.min_class_recall] must name exactly {LABELS}, got {sorted(floors)}")
         return cls(
             min_macro_f1=float(gates["min_macro_f1"]),
             min_class_recall={label: float(floors[label]) for label in LABELS},

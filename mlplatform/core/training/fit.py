@@ -28,6 +28,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.settings import packaged_config_text
 from mlplatform.core.training.evaluation import classification_metrics, label_codes, macro_f1_from_codes
 from mlplatform.core.training.export import LABELS, TOKEN_PATTERN, ParityReport, check_parity, to_onnx
@@ -55,15 +56,15 @@ ESTIMATORS: Mapping[str, type] = {"logistic_regression": LogisticRegression, "sg
 REQUIRED_COLUMNS = ("review_id", "text", "label", "split")
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(UserError, ValueError):
     """The training config (config/training.toml) is malformed."""
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UserError, ValueError):
     """The training frame does not satisfy the data contract."""
 
 
-class NoEligibleCandidateError(RuntimeError):
+class NoEligibleCandidateError(UserError, RuntimeError):
     """No candidate passed ONNX parity, so none may be selected."""
 
 

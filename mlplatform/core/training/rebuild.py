@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from mlplatform.core.platform.artifacts import ArtifactStore
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.training.fit import (
     TrainingConfig,
     candidate_specs,
@@ -29,7 +30,7 @@ from mlplatform.core.training.fit import (
 )
 
 
-class RebuildError(RuntimeError):
+class RebuildError(UserError, RuntimeError):
     """The recorded inputs cannot be found, or the current code differs from the recorded code version."""
 
 

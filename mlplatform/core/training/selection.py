@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from mlplatform.core.platform.errors import PlatformError
 from mlplatform.core.training.evaluation import (
     GateOutcome,
     GateRules,
@@ -34,7 +35,7 @@ CANDIDATE_FILE = "candidate.json"
 LATENCY_SAMPLE_TEXTS = 200
 
 
-class SelectionError(ValueError):
+class SelectionError(PlatformError, ValueError):
     """Candidates or test data cannot be judged."""
 
 
