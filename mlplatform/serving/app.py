@@ -8,10 +8,12 @@ Routes (Open Inference Protocol v2 plus a plain JSON route):
     GET  /metrics                                     Prometheus text
     GET  /dashboard, /dashboard/data                  operations dashboard page and its JSON (serving/dashboard.py)
 
-The inference routes skip FastAPI's per-request validation and serialisation: they read the body with a
-byte limit (refused early on Content-Length, and while streaming), parse it with orjson, validate by
-hand, score, build the response with orjson, make the capture record durable, then answer. Every
-refusal is a 4xx/503 with `{"error": ..., "id": ...}`; only a bug is a 500 (`{"error": "internal error"}`).
+The inference routes skip FastAPI's per-request validation and serialisation: they check the content
+type, read the body with a byte limit and a deadline, take a concurrency slot (serving/admission.py),
+parse it with orjson, validate by hand, score, build the response with orjson, make the capture record
+durable, then answer. Every refusal is a 4xx/503 with `{"error": ..., "id": ...}`; only a bug is a 500
+(`{"error": "internal error"}`). Liveness and readiness: serving/health.py; the deadline for a
+request's headers: serving/connection.py.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ from mlplatform.core.scoring import ScoringRules, load_model
 from mlplatform.core.settings import Settings
 from mlplatform.core.storage import location_from_settings
 from mlplatform.core.text import LABELS
+from mlplatform.serving.admission import ConcurrencySlots, json_content_problem, read_whole_body
 from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
 from mlplatform.serving.dashboard import add_dashboard_routes
+from mlplatform.serving.health import Health, HealthSources
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import ModelHolder, ModelLoader, Predictor, ProductionRegistry
 from mlplatform.serving.protocol import (
@@ -60,7 +64,6 @@ from mlplatform.serving.protocol import (
     model_inputs,
     parse_infer_request,
     parse_predict_request,
-    read_body,
     render_infer_response,
     render_predict_response,
     send_json,
@@ -73,6 +76,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_SCOPE_KEY = "mlplatform.request_id"
 STARTED_SCOPE_KEY = "mlplatform.started"
 PREDICT_PATH = "/predict"
+_CLOSE_CONNECTION = ((b"connection", b"close"),)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 
 
@@ -86,7 +90,10 @@ class ServingConfig:
     max_concurrency: int
     inline_max_batch: int
     max_request_id_chars: int
+    header_timeout_s: float
+    body_timeout_s: float
     swap_poll_interval_s: float
+    refused_model_retry_s: float
     graceful_shutdown_s: float
     capture_sample_rate: float
     capture_durable_timeout_s: float
@@ -102,7 +109,10 @@ class ServingConfig:
             max_concurrency=int(section["max_concurrency"]),
             inline_max_batch=int(section["inline_max_batch"]),
             max_request_id_chars=int(section["max_request_id_chars"]),
+            header_timeout_s=float(section["header_timeout_s"]),
+            body_timeout_s=float(section["body_timeout_s"]),
             swap_poll_interval_s=float(section["swap_poll_interval_s"]),
+            refused_model_retry_s=float(section["refused_model_retry_s"]),
             graceful_shutdown_s=float(section["graceful_shutdown_s"]),
             capture_sample_rate=float(section["capture_sample_rate"]),
             capture_durable_timeout_s=float(section["capture_durable_timeout_s"]),
@@ -130,13 +140,6 @@ def json_response(content: Any, status: int = 200) -> Response:
 # --- the request path -------------------------------------------------------------------------------
 
 
-class InFlight:
-    """How many inference requests are being answered (only the event loop's thread changes it)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
 @dataclass(frozen=True)
 class ServingState:
     """Everything one app instance owns; no module-level state."""
@@ -146,7 +149,8 @@ class ServingState:
     capture: CaptureWriter
     metrics: ServingMetrics
     sampler: random.Random
-    in_flight: InFlight
+    slots: ConcurrencySlots
+    health: HealthSources
 
 
 Renderer = Callable[[str, str, str, Sequence[str], np.ndarray], bytes]
@@ -167,27 +171,37 @@ class InferenceRoute:
         try:
             body = await self._answer(scope, receive, request_id)
         except RequestRefused as refused:
-            await send_json(send, refused.status, error_body(refused.message, request_id))
+            headers = _CLOSE_CONNECTION if refused.close else ()
+            await send_json(send, refused.status, error_body(refused.message, request_id), headers)
             return
         await send_json(send, 200, body)
 
     async def _answer(self, scope: ASGIScope, receive: ASGIReceive, request_id: str) -> bytes:
-        state = self._state
-        config = state.config
+        config = self._state.config
         if scope["method"] != "POST":
             raise RequestRefused(405, f"{self._route} takes POST")
+        refusal = json_content_problem(scope)
+        if refusal is not None:
+            raise refusal
+        received_at = time.time()
+        raw = await read_whole_body(
+            scope, receive, limit=config.max_body_bytes, timeout_s=config.body_timeout_s
+        )
+        with self._state.slots.hold():  # only now: a body still arriving holds no slot
+            return await self._scored(raw, request_id, received_at, scope[STARTED_SCOPE_KEY])
+
+    async def _scored(self, raw: bytes, request_id: str, received_at: float, started: float) -> bytes:
+        state = self._state
+        config = state.config
         served = state.holder.served  # read once: this request's one model version
         if served is None:
             raise RequestRefused(503, f"model not servable: {state.holder.status().reason}")
-        received_at = time.time()
-        reviews = self._parse(
-            decode_json(await read_body(scope, receive, config.max_body_bytes)), config.max_batch
-        )
+        reviews = self._parse(decode_json(raw), config.max_batch)
         labels, probabilities = await self._score(served.model, model_inputs(reviews.texts))
         state.metrics.observe_batch(len(labels))
         body = self._render(config.model_name, served.version, request_id, labels, probabilities)
         if config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate:
-            latency_ms = (time.perf_counter() - scope[STARTED_SCOPE_KEY]) * 1000.0
+            latency_ms = (time.perf_counter() - started) * 1000.0
             rows = encode_capture_rows(
                 request_id=request_id,
                 received_at=received_at,
@@ -216,7 +230,7 @@ class InferenceRoute:
     async def _make_durable(self, rows: bytes) -> None:
         try:
             async with asyncio.timeout(self._state.config.capture_durable_timeout_s):
-                await self._state.capture.append(rows, alone=self._state.in_flight.count == 1)
+                await self._state.capture.append(rows, alone=self._state.slots.taken == 1)
         except (CaptureError, TimeoutError) as exc:
             self._state.metrics.count_capture_failure()
             reason = str(exc) or "timed out waiting for the capture fsync"
@@ -224,7 +238,7 @@ class InferenceRoute:
 
 
 class RequestGate:
-    """Pure ASGI middleware: request id, API keys, the concurrency limit, metrics, the 500 of last resort."""
+    """Pure ASGI middleware: request id, API keys, metrics, the 500 of last resort."""
 
     def __init__(
         self,
@@ -273,13 +287,8 @@ class RequestGate:
             await send(message)
 
         inference_route = self._inference_routes.get(path)
-        took_slot = False
         try:
-            refusal = (
-                id_problem
-                or self._auth_problem(path, presented_key)
-                or self._capacity_problem(inference_route)
-            )
+            refusal = id_problem or self._auth_problem(path, presented_key)
             if refusal is not None:
                 await send_json(send_with_id, refusal.status, error_body(refusal.message, request_id))
                 return
@@ -288,8 +297,6 @@ class RequestGate:
             if inference_route is None:
                 await self._app(scope, receive, send_with_id)
                 return
-            self._state.in_flight.count += 1
-            took_slot = True
             await inference_route(scope, receive, send_with_id)
         except Exception:
             log.exception(
@@ -299,8 +306,6 @@ class RequestGate:
                 raise
             await send_json(send_with_id, 500, error_body("internal error", request_id))
         finally:
-            if took_slot:
-                self._state.in_flight.count -= 1
             route = path if path in self._known_paths else "other"
             self._state.metrics.observe_request(route, status, time.perf_counter() - started)
 
@@ -326,19 +331,13 @@ class RequestGate:
             accepted |= hmac.compare_digest(presented, key)
         return None if accepted else RequestRefused(401, "invalid API key")
 
-    def _capacity_problem(self, inference_route: InferenceRoute | None) -> RequestRefused | None:
-        if inference_route is not None and self._state.in_flight.count >= self._state.config.max_concurrency:
-            return RequestRefused(
-                503, f"over capacity: {self._state.config.max_concurrency} requests in flight"
-            )
-        return None
-
 
 # --- the app ----------------------------------------------------------------------------------------
 
 
 def _metadata(state: ServingState) -> dict[str, Any]:
     status = state.holder.status()
+    health = state.health.now()
     return {
         "name": state.config.model_name,
         "versions": [status.version] if status.version else [],
@@ -353,28 +352,36 @@ def _metadata(state: ServingState) -> dict[str, Any]:
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(LABELS)], "labels": list(LABELS)},
         ],
         "version": status.version,
-        "ready": status.ready,
-        "reason": status.reason,
+        "ready": health.ready,
+        "state": health.readiness,
+        "live": health.live,
+        # Why not ready (or not live), else why the latest production model was refused, if it was.
+        "reason": health.reason if health.reason is not None else status.reason,
     }
 
 
-def _readiness(state: ServingState) -> Response:
-    status = state.holder.status()
-    if status.ready:
-        return json_response({"ready": True, "version": status.version})
-    return json_response({"ready": False, "error": status.reason}, status=503)
+def _readiness(health: Health) -> Response:
+    if health.ready:
+        return json_response({"ready": True, "version": health.version})
+    return json_response({"ready": False, "state": health.readiness, "error": health.reason}, status=503)
+
+
+def _liveness(health: Health) -> Response:
+    if health.live:
+        return json_response({"live": True})
+    return json_response({"live": False, "state": health.liveness, "error": health.reason}, status=503)
 
 
 def _add_info_routes(app: FastAPI, state: ServingState) -> None:
     config = state.config
 
-    @app.get("/v2/health/live", summary="Liveness")
+    @app.get("/v2/health/live", summary="Liveness: false only when a restart is needed (serving/health.py)")
     async def live() -> Response:
-        return json_response({"live": True})
+        return _liveness(state.health.now())
 
-    @app.get("/v2/health/ready", summary="Readiness: a model is loaded and the server is not shutting down")
+    @app.get("/v2/health/ready", summary="Readiness: an inference request would be served now")
     async def ready() -> Response:
-        return _readiness(state)
+        return _readiness(state.health.now())
 
     @app.get(config.model_path, summary="Model metadata: version served, inputs, outputs, why not servable")
     async def metadata() -> Response:
@@ -382,7 +389,7 @@ def _add_info_routes(app: FastAPI, state: ServingState) -> None:
 
     @app.get(f"{config.model_path}/ready", summary="Model readiness")
     async def model_ready() -> Response:
-        return _readiness(state)
+        return _readiness(state.health.now())
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
@@ -401,6 +408,8 @@ def _inference_route_docs(config: ServingConfig) -> dict[str, Any]:
     responses = {
         "200": {"description": "Predictions, with the model version and the request id"},
         "4XX": {"description": 'Bad input: {"error": ..., "id": ...}'},
+        "408": {"description": "The body did not arrive within [serving] body_timeout_s"},
+        "415": {"description": "Not a JSON content type"},
         "503": {"description": "No servable model, over capacity, or capture unavailable"},
     }
     text = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Love this dress, fits perfectly"]}
@@ -486,6 +495,7 @@ def create_app(
         if loader is not None
         else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
         poll_interval_s=config.swap_poll_interval_s,
+        refused_retry_s=config.refused_model_retry_s,
     )
     metrics = ServingMetrics(holder.status, health_window_s=config.health_window_s)
     capture = CaptureWriter(
@@ -495,7 +505,9 @@ def create_app(
         publish_to=location_from_settings(home, settings, "capture"),
         on_sync=metrics.observe_capture_sync,
     )
-    state = ServingState(config, holder, capture, metrics, random.Random(), InFlight())
+    slots = ConcurrencySlots(config.max_concurrency)
+    health = HealthSources(holder.status, lambda: holder.alive, slots)
+    state = ServingState(config, holder, capture, metrics, random.Random(), slots, health)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

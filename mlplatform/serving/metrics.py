@@ -236,6 +236,11 @@ class ServingMetrics:
             "2xx inference requests not captured because of the sampling rate",
             registry=self.registry,
         )
+        self._header_timeouts = Counter(
+            "mlplatform_serving_header_timeouts",
+            "Connections closed because a request's headers were not complete within [serving] header_timeout_s",
+            registry=self.registry,
+        )
         self._capture_failures = Counter(
             "mlplatform_serving_capture_failures",
             "Inference requests answered 503 because capture could not be made durable",
@@ -277,6 +282,9 @@ class ServingMetrics:
 
     def count_sampled_out(self) -> None:
         self._sampled_out.inc()
+
+    def count_header_timeout(self) -> None:
+        self._header_timeouts.inc()
 
     def count_capture_failure(self) -> None:
         self._capture_failures.inc()

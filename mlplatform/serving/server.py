@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.settings import Settings
 from mlplatform.serving.app import ServingConfig, api_keys_from_env, create_app
+from mlplatform.serving.connection import with_header_deadline
 from mlplatform.serving.model_holder import ModelHolder
 
 DEFAULT_HOST = "127.0.0.1"
@@ -38,12 +40,17 @@ def run_server(
     settings = settings if settings is not None else Settings.load(home.settings_file)
     home.ensure()
     app = create_app(home, settings, api_keys=api_keys_from_env(os.environ))
+    serving = ServingConfig.from_settings(settings)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        # httptools' parser (h11 without it), with a deadline for each request's headers.
+        http=with_header_deadline(
+            AutoHTTPProtocol, serving.header_timeout_s, app.state.serving.metrics.count_header_timeout
+        ),
         access_log=False,  # per-request logging would cost more than the inference; metrics count requests
-        timeout_graceful_shutdown=ServingConfig.from_settings(settings).graceful_shutdown_s,
+        timeout_graceful_shutdown=serving.graceful_shutdown_s,
         log_level="info",
     )
     _ReadinessFirstServer(config, app.state.serving.holder).run()

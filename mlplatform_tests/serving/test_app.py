@@ -27,6 +27,7 @@ from mlplatform.serving.capture import read_capture
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, with_serving
 
 INFER = "/v2/models/sentiment/infer"
+JSON = {"Content-Type": "application/json"}
 MAX_BATCH = 4
 MAX_BODY_BYTES = 4096
 
@@ -218,7 +219,7 @@ def test_bad_input_is_a_4xx_with_an_error(
 ) -> None:
     client, home = shared
     content = body if isinstance(body, bytes) else None
-    response = client.post(path, content=content, json=None if content is not None else body)
+    response = client.post(path, content=content, json=None if content is not None else body, headers=JSON)
     assert response.status_code == status, response.text
     answer = response.json()
     assert isinstance(answer["error"], str) and answer["error"]
@@ -268,9 +269,11 @@ def test_an_oversized_body_is_refused_before_it_is_read(
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         async with async_client(create_app(home, test_settings)) as http:
             declared = await http.post(
-                "/predict", content=b"{}", headers={"Content-Length": str(10 * MAX_BODY_BYTES)}
+                "/predict", content=b"{}", headers={"Content-Length": str(10 * MAX_BODY_BYTES), **JSON}
             )
-            streamed = await http.post("/predict", content=endless_body())  # chunked: no Content-Length
+            streamed = await http.post(  # chunked: no Content-Length
+                "/predict", content=endless_body(), headers=JSON
+            )
             return declared, streamed
 
     declared, streamed = asyncio.run(scenario())
