@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Mutable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 import orjson
 from fastapi import FastAPI
@@ -52,7 +51,13 @@ from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWrite
 from mlplatform.serving.dashboard import add_dashboard_routes
 from mlplatform.serving.health import Health, HealthSources
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
-from mlplatform.serving.model_holder import ModelHolder, ModelLoader, Predictor, ProductionRegistry
+from mlplatform.serving.model_holder import (
+    ModelHolder,
+    ModelLoader,
+    Predictor,
+    ProductionRegistry,
+    ServedModel,
+)
 from mlplatform.serving.protocol import (
     ASGIReceive,
     ASGIScope,
@@ -68,6 +73,7 @@ from mlplatform.serving.protocol import (
     render_predict_response,
     send_json,
 )
+from mlplatform.serving.workers import WorkerThreads
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +94,8 @@ class ServingConfig:
     max_batch: int
     max_body_bytes: int
     max_concurrency: int
-    inline_max_batch: int
+    inline_max_body_bytes: int
+    worker_threads: int
     max_request_id_chars: int
     header_timeout_s: float
     body_timeout_s: float
@@ -107,7 +114,8 @@ class ServingConfig:
             max_batch=int(section["max_batch"]),
             max_body_bytes=int(section["max_body_bytes"]),
             max_concurrency=int(section["max_concurrency"]),
-            inline_max_batch=int(section["inline_max_batch"]),
+            inline_max_body_bytes=int(section["inline_max_body_bytes"]),
+            worker_threads=int(section["worker_threads"]),
             max_request_id_chars=int(section["max_request_id_chars"]),
             header_timeout_s=float(section["header_timeout_s"]),
             body_timeout_s=float(section["body_timeout_s"]),
@@ -151,10 +159,20 @@ class ServingState:
     sampler: random.Random
     slots: ConcurrencySlots
     health: HealthSources
+    workers: WorkerThreads
 
 
 Renderer = Callable[[str, str, str, Sequence[str], np.ndarray], bytes]
 Parser = Callable[[Any, int], Reviews]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a request's work produced: the response body, its capture lines (None: sampled out), its size."""
+
+    body: bytes
+    capture_rows: bytes | None
+    reviews: int
 
 
 class InferenceRoute:
@@ -196,11 +214,33 @@ class InferenceRoute:
         served = state.holder.served  # read once: this request's one model version
         if served is None:
             raise RequestRefused(503, f"model not servable: {state.holder.status().reason}")
+        capture = config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate
+        work = functools.partial(self._work, raw, served, request_id, received_at, started, capture)
+        inline = len(raw) <= config.inline_max_body_bytes  # by size, not review count: serving/workers.py
+        answer = work() if inline else await state.workers.run(work)
+        state.metrics.observe_batch(answer.reviews)
+        if answer.capture_rows is None:
+            state.metrics.count_sampled_out()
+        else:
+            await self._make_durable(answer.capture_rows, inline=inline)
+        return answer.body
+
+    def _work(
+        self,
+        raw: bytes,
+        served: ServedModel,
+        request_id: str,
+        received_at: float,
+        started: float,
+        capture: bool,
+    ) -> Answer:
+        """Everything a request costs in proportion to its size, in one call (on the loop or a worker)."""
+        config = self._state.config
         reviews = self._parse(decode_json(raw), config.max_batch)
-        labels, probabilities = await self._score(served.model, model_inputs(reviews.texts))
-        state.metrics.observe_batch(len(labels))
+        labels, probabilities = self._score(served.model, model_inputs(reviews.texts))
         body = self._render(config.model_name, served.version, request_id, labels, probabilities)
-        if config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate:
+        rows = None
+        if capture:
             latency_ms = (time.perf_counter() - started) * 1000.0
             rows = encode_capture_rows(
                 request_id=request_id,
@@ -214,23 +254,19 @@ class InferenceRoute:
                 probabilities=probabilities,
                 latency_ms=latency_ms,
             )
-            await self._make_durable(rows)
-        else:
-            state.metrics.count_sampled_out()
-        return body
+        return Answer(body, rows, len(labels))
 
-    async def _score(self, model: Predictor, texts: list[str]) -> tuple[list[str], np.ndarray]:
-        # A single review scores in well under a millisecond: a thread hop would cost more than it saves.
-        if len(texts) <= self._state.config.inline_max_batch:
-            labels, probabilities = model.predict(texts)
-        else:
-            labels, probabilities = await anyio.to_thread.run_sync(model.predict, texts)
+    @staticmethod
+    def _score(model: Predictor, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        labels, probabilities = model.predict(texts)
         return [str(label) for label in labels], np.ascontiguousarray(probabilities, dtype=np.float32)
 
-    async def _make_durable(self, rows: bytes) -> None:
+    async def _make_durable(self, rows: bytes, *, inline: bool) -> None:
+        # Only a small request may sync its own record on the loop: a large one's bytes go to the writer.
+        alone = inline and self._state.slots.taken == 1
         try:
             async with asyncio.timeout(self._state.config.capture_durable_timeout_s):
-                await self._state.capture.append(rows, alone=self._state.slots.taken == 1)
+                await self._state.capture.append(rows, alone=alone)
         except (CaptureError, TimeoutError) as exc:
             self._state.metrics.count_capture_failure()
             reason = str(exc) or "timed out waiting for the capture fsync"
@@ -507,7 +543,8 @@ def create_app(
     )
     slots = ConcurrencySlots(config.max_concurrency)
     health = HealthSources(holder.status, lambda: holder.alive, slots)
-    state = ServingState(config, holder, capture, metrics, random.Random(), slots, health)
+    workers = WorkerThreads(config.worker_threads)
+    state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
