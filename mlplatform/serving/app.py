@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 API_KEYS_ENV = "MLPLATFORM_API_KEYS"
 REQUEST_ID_HEADER = b"x-request-id"
+CAPTURE_ID_HEADER = b"x-capture-id"
 REQUEST_ID_SCOPE_KEY = "mlplatform.request_id"
 STARTED_SCOPE_KEY = "mlplatform.started"
 PREDICT_PATH = "/predict"
@@ -168,11 +169,13 @@ Parser = Callable[[Any, int], Reviews]
 
 @dataclass(frozen=True)
 class Answer:
-    """What a request's work produced: the response body, its capture lines (None: sampled out), its size."""
+    """What a request's work produced: the response body, its capture lines and key (None: sampled out),
+    its size."""
 
     body: bytes
     capture_rows: bytes | None
     reviews: int
+    capture_id: str | None
 
 
 class InferenceRoute:
@@ -187,14 +190,15 @@ class InferenceRoute:
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
         request_id = scope[REQUEST_ID_SCOPE_KEY]
         try:
-            body = await self._answer(scope, receive, request_id)
+            answer = await self._answer(scope, receive, request_id)
         except RequestRefused as refused:
             headers = _CLOSE_CONNECTION if refused.close else ()
             await send_json(send, refused.status, error_body(refused.message, request_id), headers)
             return
-        await send_json(send, 200, body)
+        captured = () if answer.capture_id is None else ((CAPTURE_ID_HEADER, answer.capture_id.encode()),)
+        await send_json(send, 200, answer.body, captured)
 
-    async def _answer(self, scope: ASGIScope, receive: ASGIReceive, request_id: str) -> bytes:
+    async def _answer(self, scope: ASGIScope, receive: ASGIReceive, request_id: str) -> Answer:
         config = self._state.config
         if scope["method"] != "POST":
             raise RequestRefused(405, f"{self._route} takes POST")
@@ -208,14 +212,15 @@ class InferenceRoute:
         with self._state.slots.hold():  # only now: a body still arriving holds no slot
             return await self._scored(raw, request_id, received_at, scope[STARTED_SCOPE_KEY])
 
-    async def _scored(self, raw: bytes, request_id: str, received_at: float, started: float) -> bytes:
+    async def _scored(self, raw: bytes, request_id: str, received_at: float, started: float) -> Answer:
         state = self._state
         config = state.config
         served = state.holder.served  # read once: this request's one model version
         if served is None:
             raise RequestRefused(503, f"model not servable: {state.holder.status().reason}")
-        capture = config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate
-        work = functools.partial(self._work, raw, served, request_id, received_at, started, capture)
+        sampled = config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate
+        capture_id = uuid.uuid4().hex if sampled else None  # the capture's key (capture.py: Keys)
+        work = functools.partial(self._work, raw, served, request_id, received_at, started, capture_id)
         inline = len(raw) <= config.inline_max_body_bytes  # by size, not review count: serving/workers.py
         answer = work() if inline else await state.workers.run(work)
         state.metrics.observe_batch(answer.reviews)
@@ -223,7 +228,7 @@ class InferenceRoute:
             state.metrics.count_sampled_out()
         else:
             await self._make_durable(answer.capture_rows, inline=inline)
-        return answer.body
+        return answer
 
     def _work(
         self,
@@ -232,7 +237,7 @@ class InferenceRoute:
         request_id: str,
         received_at: float,
         started: float,
-        capture: bool,
+        capture_id: str | None,
     ) -> Answer:
         """Everything a request costs in proportion to its size, in one call (on the loop or a worker)."""
         config = self._state.config
@@ -240,10 +245,11 @@ class InferenceRoute:
         labels, probabilities = self._score(served.model, model_inputs(reviews.texts))
         body = self._render(config.model_name, served.version, request_id, labels, probabilities)
         rows = None
-        if capture:
+        if capture_id is not None:
             latency_ms = (time.perf_counter() - started) * 1000.0
             rows = encode_capture_rows(
                 request_id=request_id,
+                capture_id=capture_id,
                 received_at=received_at,
                 route=self._route,
                 model_version=served.version,
@@ -254,7 +260,7 @@ class InferenceRoute:
                 probabilities=probabilities,
                 latency_ms=latency_ms,
             )
-        return Answer(body, rows, len(labels))
+        return Answer(body, rows, len(labels), capture_id)
 
     @staticmethod
     def _score(model: Predictor, texts: list[str]) -> tuple[list[str], np.ndarray]:

@@ -1,11 +1,19 @@
 """Request/response capture: append-only JSON-lines segments under `capture/`, durable by group commit.
 
 Format: JSON lines, one line per review row of a 2xx inference request. A request of N reviews writes N
-lines that share its `request_id` and are numbered by `row` (0..N-1); a row is what monitoring joins with
-ground truth (by `review_id`), so one row per review keeps the file readable as a table with no
-unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the request arrived (UTC), `latency_ms` runs
-from arrival until the answer was ready, before the wait for the capture fsync (which the latency
-histogram in /metrics includes).
+lines that share its `request_id` and `capture_id` and are numbered by `row` (0..N-1); a row is what
+monitoring joins with ground truth (by `review_id`), so one row per review keeps the file readable as a
+table with no unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the request arrived (UTC),
+`latency_ms` runs from arrival until the answer was ready, before the wait for the capture fsync (which
+the latency histogram in /metrics includes).
+
+Keys: `request_id` is the client's `X-Request-ID` as given (or one the endpoint made), so clients find
+their requests under their own ids; but clients reuse ids (a retry after a timeout, a fixed id in a
+script), so it is not a key. `capture_id` is: the endpoint makes one per captured request (a random
+UUID, hex) and returns it in the answer's `X-Capture-ID` header. Monitoring deduplicates rows by
+(`capture_id`, `row`), so two requests sent with one id are both kept, and a segment read twice still
+counts once. Segments written before `capture_id` existed read it as null; readers key those rows by
+`request_id`, as before.
 
 Durability: `CaptureWriter.append` hands the request's lines to one writer thread and waits until they
 are written and fsync'ed. The thread writes whatever is pending in one `write` + one `fsync` (group
@@ -67,6 +75,7 @@ SEALED_SUFFIX = ".jsonl"
 # The schema as written (time is an ISO-8601 UTC string in the file, a Datetime once read).
 _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
     "request_id": pl.String(),
+    "capture_id": pl.String(),
     "time": pl.String(),
     "route": pl.String(),
     "model_version": pl.String(),
@@ -159,6 +168,7 @@ def utc_iso(epoch_seconds: float) -> str:
 def encode_capture_rows(
     *,
     request_id: str,
+    capture_id: str,
     received_at: float,
     route: str,
     model_version: str,
@@ -172,6 +182,7 @@ def encode_capture_rows(
     """The capture lines of one request: one JSON object per review row, each ending in a newline."""
     shared = {
         "request_id": request_id,
+        "capture_id": capture_id,
         "time": utc_iso(received_at),
         "route": route,
         "model_version": model_version,

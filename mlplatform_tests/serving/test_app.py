@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform.core.features import LABELS
 from mlplatform.core.home import PlatformHome
+from mlplatform.core.monitoring import prediction_log
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
 from mlplatform.serving.app import api_keys_from_env, create_app
@@ -131,6 +132,31 @@ def test_every_2xx_is_captured_with_its_request_id_and_version(
     assert (frame["latency_ms"] > 0).all()
     total = frame["p_negative"] + frame["p_neutral"] + frame["p_positive"]
     assert ((total - 1.0).abs() < 1e-5).all()
+
+
+def test_a_reused_request_id_names_two_captured_requests_that_monitoring_keeps_apart(
+    client: TestClient, home: PlatformHome
+) -> None:
+    answers = [
+        client.post("/predict", json={"reviews": [{"text": text}]}, headers={"X-Request-ID": "retry-1"})
+        for text in ("lovely dress", "awful fabric")
+    ]
+    assert [answer.json()["id"] for answer in answers] == ["retry-1", "retry-1"]  # the client's id, as given
+    capture_ids = [answer.headers["x-capture-id"] for answer in answers]
+    assert len(set(capture_ids)) == 2
+    captured = read_capture(home.capture)
+    assert captured.sort("time")["capture_id"].to_list() == capture_ids
+    log, stats = prediction_log(captured)
+    assert log["text"].to_list() == ["lovely dress", "awful fabric"]
+    assert (stats.requests, stats.duplicates_removed) == (2, 0)
+
+
+def test_a_sampled_out_answer_names_no_capture(
+    home: PlatformHome, test_settings: Settings, deployed: str
+) -> None:
+    with TestClient(create_app(home, with_serving(test_settings, capture_sample_rate=0.0))) as http:
+        response = http.post("/predict", json={"reviews": [REVIEW]})
+    assert response.status_code == 200 and "x-capture-id" not in response.headers
 
 
 # --- bad input: always a 4xx with {"error": ...} ---------------------------------------------------

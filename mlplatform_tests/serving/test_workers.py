@@ -154,7 +154,9 @@ def test_health_probes_are_answered_while_large_requests_score(
     async def scenario() -> tuple[list[int], int]:
         async with async_client(app) as http:
             requests = [
-                asyncio.create_task(http.post("/predict", content=body_of("x " * 600, reviews=REQUEST_REVIEWS), headers=JSON))
+                asyncio.create_task(
+                    http.post("/predict", content=body_of("x " * 600, reviews=REQUEST_REVIEWS), headers=JSON)
+                )
                 for _ in range(4)
             ]
             await asyncio.to_thread(model.scoring.wait, 30)
