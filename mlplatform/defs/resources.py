@@ -14,14 +14,12 @@ import dagster as dg
 import httpx
 
 from mlplatform.core.deploy import DeploymentRules
-from mlplatform.core.home import PlatformHome
+from mlplatform.core.home import PlatformHome, api_keys_from_env
 from mlplatform.core.lake import Lake
 from mlplatform.core.registry import PRODUCTION, ModelRegistry, ModelVersion
 from mlplatform.core.scoring import ScoringRules, load_model
 from mlplatform.core.settings import Settings
 from mlplatform.core.text import LABELS
-
-API_KEYS_ENV = "MLPLATFORM_API_KEYS"
 
 
 class PlatformResource(dg.ConfigurableResource):
@@ -102,7 +100,7 @@ class EndpointResource(dg.ConfigurableResource, ABC):
 
 
 def _first_api_key(environ: Mapping[str, str]) -> str | None:
-    keys = [key.strip() for key in environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+    keys = api_keys_from_env(environ)
     return keys[0] if keys else None
 
 

@@ -1,12 +1,18 @@
 """The real-time endpoint: a FastAPI app whose two inference routes are lean raw-ASGI handlers.
 
 Routes (Open Inference Protocol v2 plus a plain JSON route):
-    GET  /v2/health/live, /v2/health/ready          open even when API keys are configured
+    GET  /v2/health/live, /v2/health/ready          open even when API keys are configured (state only)
     GET  /v2/models/{name}, /v2/models/{name}/ready  metadata (version, and the reason when not servable)
     POST /v2/models/{name}/infer                      BYTES `text` [N] (+ optional `product_id`, `review_id`)
     POST /predict                                     {"reviews": [{"text", "product_id", "review_id"}]}
     GET  /metrics                                     Prometheus text
-    GET  /dashboard, /dashboard/data                  operations dashboard page and its JSON (serving/dashboard.py)
+    GET  /dashboard, /dashboard/data                  operations dashboard page (open: it holds no data) and its
+                                                      JSON (serving/dashboard.py)
+
+API keys (`MLPLATFORM_API_KEYS`, parsed by `mlplatform.core.home.api_keys_from_env`): when configured,
+every route but the health routes and the dashboard page needs one, and the open health routes name a
+state only (`no_model`, `capture_failing`, ...): the reason, which can name files and errors, is in the
+metadata route behind the key.
 
 The inference routes skip FastAPI's per-request validation and serialisation: they check the content
 type, read the body with a byte limit and a deadline, take a concurrency slot (serving/admission.py),
@@ -27,7 +33,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +54,8 @@ from mlplatform.core.storage import location_from_settings
 from mlplatform.core.text import LABELS
 from mlplatform.serving.admission import ConcurrencySlots, json_content_problem, read_whole_body
 from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
-from mlplatform.serving.dashboard import add_dashboard_routes
-from mlplatform.serving.health import Health, HealthSources
+from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes
+from mlplatform.serving.health import PUBLIC_REASONS, Health, HealthSources
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import (
     ModelHolder,
@@ -77,7 +83,6 @@ from mlplatform.serving.workers import WorkerThreads
 
 log = logging.getLogger(__name__)
 
-API_KEYS_ENV = "MLPLATFORM_API_KEYS"
 REQUEST_ID_HEADER = b"x-request-id"
 CAPTURE_ID_HEADER = b"x-capture-id"
 REQUEST_ID_SCOPE_KEY = "mlplatform.request_id"
@@ -135,11 +140,6 @@ class ServingConfig:
     @property
     def infer_path(self) -> str:
         return f"{self.model_path}/infer"
-
-
-def api_keys_from_env(environ: Mapping[str, str]) -> frozenset[str]:
-    """The accepted API keys from `MLPLATFORM_API_KEYS` (comma-separated); empty means no auth."""
-    return frozenset(key.strip() for key in environ.get(API_KEYS_ENV, "").split(",") if key.strip())
 
 
 def json_response(content: Any, status: int = 200) -> Response:
@@ -287,7 +287,7 @@ class RequestGate:
         app: Callable[..., Awaitable[None]],
         *,
         state: ServingState,
-        api_keys: frozenset[str],
+        api_keys: Collection[str],
         inference_routes: Mapping[str, InferenceRoute],
     ) -> None:
         self._app = app
@@ -297,7 +297,9 @@ class RequestGate:
         # exit-stack middlewares behind it add nothing to them but per-request cost.
         self._inference_routes = dict(inference_routes)
         config = state.config
-        self._open_paths = frozenset({"/v2/health/live", "/v2/health/ready", f"{config.model_path}/ready"})
+        self._open_paths = frozenset(
+            {"/v2/health/live", "/v2/health/ready", f"{config.model_path}/ready", DASHBOARD_PATH}
+        )
         self._known_paths = frozenset(
             {*self._open_paths, *self._inference_routes, config.model_path, "/metrics"}
         )
@@ -402,28 +404,32 @@ def _metadata(state: ServingState) -> dict[str, Any]:
     }
 
 
-def _readiness(health: Health) -> Response:
+def _readiness(health: Health, *, reveal: bool) -> Response:
     if health.ready:
         return json_response({"ready": True, "version": health.version})
-    return json_response({"ready": False, "state": health.readiness, "error": health.reason}, status=503)
+    reason = health.reason if reveal else PUBLIC_REASONS[health.readiness]
+    return json_response({"ready": False, "state": health.readiness, "error": reason}, status=503)
 
 
-def _liveness(health: Health) -> Response:
+def _liveness(health: Health, *, reveal: bool) -> Response:
     if health.live:
         return json_response({"live": True})
-    return json_response({"live": False, "state": health.liveness, "error": health.reason}, status=503)
+    reason = health.reason if reveal else PUBLIC_REASONS[health.liveness]
+    return json_response({"live": False, "state": health.liveness, "error": reason}, status=503)
 
 
-def _add_info_routes(app: FastAPI, state: ServingState) -> None:
+def _add_info_routes(app: FastAPI, state: ServingState, *, reveal_reasons: bool) -> None:
+    """`reveal_reasons`: the open health routes give the reason of a state, not just its name (only when
+    no API keys are configured: then every route is open anyway)."""
     config = state.config
 
     @app.get("/v2/health/live", summary="Liveness: false only when a restart is needed (serving/health.py)")
     async def live() -> Response:
-        return _liveness(state.health.now())
+        return _liveness(state.health.now(), reveal=reveal_reasons)
 
     @app.get("/v2/health/ready", summary="Readiness: an inference request would be served now")
     async def ready() -> Response:
-        return _readiness(state.health.now())
+        return _readiness(state.health.now(), reveal=reveal_reasons)
 
     @app.get(config.model_path, summary="Model metadata: version served, inputs, outputs, why not servable")
     async def metadata() -> Response:
@@ -431,7 +437,7 @@ def _add_info_routes(app: FastAPI, state: ServingState) -> None:
 
     @app.get(f"{config.model_path}/ready", summary="Model readiness")
     async def model_ready() -> Response:
-        return _readiness(state.health.now())
+        return _readiness(state.health.now(), reveal=reveal_reasons)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
@@ -520,12 +526,12 @@ def create_app(
     home: PlatformHome,
     settings: Settings,
     *,
-    api_keys: frozenset[str] = frozenset(),
+    api_keys: Collection[str] = (),
     registry: ProductionRegistry | None = None,
     loader: ModelLoader | None = None,
     sync_file: Callable[[int], None] | None = None,
 ) -> FastAPI:
-    """The endpoint app for `home`. `api_keys` empty: no auth (see `api_keys_from_env`).
+    """The endpoint app for `home`. `api_keys` empty: no auth (see `mlplatform.core.home.api_keys_from_env`).
 
     The model holder and capture writer start with the app's lifespan and stop with it; `registry`,
     `loader` and `sync_file` are injectable for tests.
@@ -578,7 +584,7 @@ def create_app(
     app.state.serving = state
     for path, handler in inference_routes.items():  # listed in the app's routes too (RequestGate serves them)
         app.router.routes.append(Route(path, handler))
-    _add_info_routes(app, state)
+    _add_info_routes(app, state, reveal_reasons=not api_keys)
     add_dashboard_routes(app, home, settings, holder.status)
     _add_error_handlers(app)
     _document_inference_routes(app, config)

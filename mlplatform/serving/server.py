@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from mlplatform.core.home import PlatformHome
+from mlplatform.core.home import ApiKeysError, PlatformHome, api_keys_from_env
 from mlplatform.core.settings import Settings
-from mlplatform.serving.app import ServingConfig, api_keys_from_env, create_app
+from mlplatform.serving.app import ServingConfig, create_app
 from mlplatform.serving.connection import with_header_deadline
 from mlplatform.serving.model_holder import ModelHolder
 
@@ -36,10 +37,12 @@ class _ReadinessFirstServer(uvicorn.Server):
 def run_server(
     home: PlatformHome, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: Settings | None = None
 ) -> None:
-    """Serve the production model of `home` until SIGINT/SIGTERM; API keys come from MLPLATFORM_API_KEYS."""
+    """Serve the production model of `home` until SIGINT/SIGTERM; API keys come from MLPLATFORM_API_KEYS
+    (ApiKeysError, before anything starts, when it is set but names no key)."""
+    api_keys = api_keys_from_env(os.environ)
     settings = settings if settings is not None else Settings.load(home.settings_file)
     home.ensure()
-    app = create_app(home, settings, api_keys=api_keys_from_env(os.environ))
+    app = create_app(home, settings, api_keys=api_keys)
     serving = ServingConfig.from_settings(settings)
     config = uvicorn.Config(
         app,
@@ -63,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_server(PlatformHome.from_env(), args.host, args.port)
+    try:
+        run_server(PlatformHome.from_env(), args.host, args.port)
+    except ApiKeysError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

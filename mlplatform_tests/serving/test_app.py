@@ -19,11 +19,11 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform.core.features import LABELS
-from mlplatform.core.home import PlatformHome
+from mlplatform.core.home import PlatformHome, api_keys_from_env
 from mlplatform.core.monitoring import prediction_log
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
-from mlplatform.serving.app import api_keys_from_env, create_app
+from mlplatform.serving.app import create_app
 from mlplatform.serving.capture import read_capture
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, with_serving
 
@@ -315,7 +315,7 @@ def test_api_keys_guard_everything_but_health(
     home: PlatformHome, test_settings: Settings, deployed: str
 ) -> None:
     keys = api_keys_from_env({"MLPLATFORM_API_KEYS": " first-key , second-key ,"})
-    assert keys == frozenset({"first-key", "second-key"})
+    assert keys == ("first-key", "second-key")
     body = {"reviews": [REVIEW]}
     with TestClient(create_app(home, test_settings, api_keys=keys)) as http:
         assert http.post("/predict", json=body).status_code == 401
@@ -327,6 +327,7 @@ def test_api_keys_guard_everything_but_health(
             == 401
         )
         assert http.get("/metrics").status_code == 401
+        assert http.get("/v2/models/sentiment").status_code == 401
         assert http.post("/predict", json=body, headers={"X-API-Key": "first-key"}).status_code == 200
         assert (
             http.post("/predict", json=body, headers={"Authorization": "Bearer second-key"}).status_code
@@ -334,7 +335,7 @@ def test_api_keys_guard_everything_but_health(
         )
         assert http.get("/v2/health/live").status_code == 200
         assert http.get("/v2/health/ready").status_code == 200
-    assert api_keys_from_env({}) == frozenset()
+    assert api_keys_from_env({}) == ()
 
 
 def slow_fsync(seconds: float) -> Callable[[int], None]:
