@@ -50,6 +50,8 @@ CHROMIUM_FLAGS = (
     "--v=0",
     "--virtual-time-budget=8000",  # let the page's fetch and render finish before the dump
 )
+# A browser driven live over the DevTools protocol runs in real time (no virtual-time budget).
+LIVE_FLAGS = tuple(flag for flag in CHROMIUM_FLAGS if not flag.startswith("--virtual-time-budget"))
 # Chromium logs every console message (console.error, uncaught exceptions, CSP refusals) as an
 # INFO:CONSOLE line on stderr, whatever its level; the page itself logs nothing, so any such line is a fault.
 CONSOLE_LINE = re.compile(r":CONSOLE[:(]|Uncaught")
@@ -196,7 +198,7 @@ def devtools_page(browser: str, profile: Path) -> Iterator[DevToolsPage]:
         process = subprocess.Popen(
             [
                 browser,
-                *CHROMIUM_FLAGS[:-1],
+                *LIVE_FLAGS,
                 "--remote-debugging-port=0",
                 f"--user-data-dir={profile}",
                 "about:blank",
