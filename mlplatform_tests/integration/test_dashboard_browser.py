@@ -175,9 +175,19 @@ class DevToolsPage:
 
     def wait_for_status(self, expected: str, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while (status := self.evaluate("document.body.dataset.status")) != expected:
+        status_now = "document.body ? document.body.dataset.status : null"  # null while a page loads
+        while (status := self.evaluate(status_now)) != expected:
             assert time.monotonic() < deadline, f"the page's status is {status!r}, not {expected!r}"
             time.sleep(0.1)
+
+    def reload(self) -> None:
+        """Reload the page and wait until the new document replaced the old one."""
+        self.evaluate("window.oldDocument = true")
+        self.call("Page.reload")
+        deadline = time.monotonic() + 30
+        while self.evaluate("window.oldDocument === true"):
+            assert time.monotonic() < deadline, "the page did not reload"
+            time.sleep(0.05)
 
     def submit_key(self, key: str) -> None:
         self.evaluate(
@@ -246,7 +256,7 @@ def test_with_api_keys_the_dashboard_asks_for_a_key_once_and_keeps_it_out_of_url
         page.wait_for_status("ok")
         assert page.evaluate("document.getElementById('production-version').textContent") == version
         assert page.evaluate("sessionStorage.getItem('mlplatform.apiKey')") == key
-        page.call("Page.reload")  # the key is kept for the tab's session: no second question
+        page.reload()  # the key is kept for the tab's session: no second question
         page.wait_for_status("ok")
         assert key not in page.evaluate("location.href")
         assert (
