@@ -31,6 +31,7 @@ import hmac
 import logging
 import random
 import re
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, MutableMapping, Sequence
@@ -46,6 +47,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mlplatform.core.alerts import AlertStore
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.scoring import ScoringRules, load_model
@@ -53,9 +55,16 @@ from mlplatform.core.settings import Settings
 from mlplatform.core.storage import location_from_settings
 from mlplatform.core.text import LABELS
 from mlplatform.serving.admission import ConcurrencySlots, json_content_problem, read_whole_body
-from mlplatform.serving.capture import CaptureConfig, CaptureError, CaptureWriter, encode_capture_rows
+from mlplatform.serving.capture import (
+    CaptureConfig,
+    CaptureError,
+    CaptureState,
+    CaptureStatus,
+    CaptureWriter,
+    encode_capture_rows,
+)
 from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes
-from mlplatform.serving.health import PUBLIC_REASONS, Health, HealthSources
+from mlplatform.serving.health import PUBLIC_REASONS, Health, HealthSources, StandingAlert
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import (
     ModelHolder,
@@ -85,6 +94,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = b"x-request-id"
 CAPTURE_ID_HEADER = b"x-capture-id"
+CAPTURE_ALERT_KIND = "capture"
 REQUEST_ID_SCOPE_KEY = "mlplatform.request_id"
 STARTED_SCOPE_KEY = "mlplatform.started"
 PREDICT_PATH = "/predict"
@@ -530,11 +540,14 @@ def create_app(
     registry: ProductionRegistry | None = None,
     loader: ModelLoader | None = None,
     sync_file: Callable[[int], None] | None = None,
+    alerts: AlertStore | None = None,
 ) -> FastAPI:
     """The endpoint app for `home`. `api_keys` empty: no auth (see `mlplatform.core.home.api_keys_from_env`).
 
     The model holder and capture writer start with the app's lifespan and stop with it; `registry`,
-    `loader` and `sync_file` are injectable for tests.
+    `loader` and `sync_file` are injectable for tests. `alerts` is where the endpoint raises its own
+    alerts (default: the home's alert store, without a webhook; `mlplatform serve` passes the one of
+    `alert_store_from_env`).
     """
     config = ServingConfig.from_settings(settings)
     holder = ModelHolder(
@@ -545,21 +558,42 @@ def create_app(
         poll_interval_s=config.swap_poll_interval_s,
         refused_retry_s=config.refused_model_retry_s,
     )
-    metrics = ServingMetrics(holder.status, health_window_s=config.health_window_s)
+    capture_config = CaptureConfig.from_settings(settings.section("serving"))
+    host = socket.gethostname()
+    capture_alert = StandingAlert(
+        alerts if alerts is not None else AlertStore.for_home(home),
+        kind=CAPTURE_ALERT_KIND,
+        source="endpoint",
+        key=f"endpoint:capture:{host}",
+        retry_s=capture_config.retry_s,
+    )
+
+    def on_capture_state(status: CaptureStatus) -> None:
+        capture_alert.set(
+            status.state is CaptureState.FAILING,
+            f"capture cannot write on {host} ({home.capture}): {status.error}; the endpoint answers "
+            "inference 503 and is not ready until it can",
+        )
+
+    slots = ConcurrencySlots(config.max_concurrency)
+    metrics = ServingMetrics(
+        holder.status, health_window_s=config.health_window_s, ready=lambda: health.now().ready
+    )
     capture = CaptureWriter(
         home.capture,
-        CaptureConfig.from_settings(settings.section("serving")),
+        capture_config,
         sync_file=sync_file,
         publish_to=location_from_settings(home, settings, "capture"),
         on_sync=metrics.observe_capture_sync,
+        on_state=on_capture_state,
     )
-    slots = ConcurrencySlots(config.max_concurrency)
-    health = HealthSources(holder.status, lambda: holder.alive, slots)
+    health = HealthSources(holder.status, lambda: holder.alive, capture.status, slots)
     workers = WorkerThreads(config.worker_threads)
     state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        capture_alert.start()
         capture.start()
         holder.start()
         try:
@@ -568,6 +602,7 @@ def create_app(
             holder.begin_shutdown()
             capture.close()
             holder.stop()
+            capture_alert.stop()
 
     inference_routes = {
         config.infer_path: InferenceRoute(

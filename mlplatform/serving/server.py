@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from mlplatform.core.alerts import alert_store_from_env
 from mlplatform.core.home import ApiKeysError, PlatformHome, api_keys_from_env
 from mlplatform.core.settings import Settings
 from mlplatform.serving.app import ServingConfig, create_app
@@ -42,7 +43,7 @@ def run_server(
     api_keys = api_keys_from_env(os.environ)
     settings = settings if settings is not None else Settings.load(home.settings_file)
     home.ensure()
-    app = create_app(home, settings, api_keys=api_keys)
+    app = create_app(home, settings, api_keys=api_keys, alerts=alert_store_from_env(home, os.environ))
     serving = ServingConfig.from_settings(settings)
     config = uvicorn.Config(
         app,
