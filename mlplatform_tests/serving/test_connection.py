@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mlplatform.serving.connection import with_header_deadline
 from mlplatform_tests.integration.processes import free_port
@@ -33,12 +32,19 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture(params=[HttpToolsProtocol, H11Protocol], ids=["httptools", "h11"])
+def httptools_protocol() -> type:
+    pytest.importorskip("httptools")  # uvicorn's default parser when installed, else h11
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    return HttpToolsProtocol
+
+
+@pytest.fixture(params=[httptools_protocol, lambda: H11Protocol], ids=["httptools", "h11"])
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, list[int]]]:
     """(port, timeouts counted) of a server whose requests' headers have a DEADLINE_S deadline."""
     timeouts: list[int] = []
     port = free_port()
-    protocol = with_header_deadline(request.param, DEADLINE_S, lambda: timeouts.append(1))
+    protocol = with_header_deadline(request.param(), DEADLINE_S, lambda: timeouts.append(1))
     config = uvicorn.Config(
         hello, host="127.0.0.1", port=port, http=protocol, log_level="warning", lifespan="off"
     )
