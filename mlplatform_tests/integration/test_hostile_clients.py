@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from mlplatform.core.home import PlatformHome
 from mlplatform.core.registry import ModelRegistry
-from mlplatform_tests.integration.processes import endpoint_process
+from mlplatform_tests.integration.processes import endpoint_process, read_until_closed
 from mlplatform_tests.serving.conftest import deploy, tiny_model_bytes
 
 pytestmark = pytest.mark.integration
@@ -111,10 +111,8 @@ def stalled(port: int, payload: bytes) -> socket.socket:
 
 def status_when_closed(connection: socket.socket) -> int | None:
     """The status the server answered before closing (None: closed without a word)."""
-    received = b""
     with connection:
-        while chunk := connection.recv(65536):
-            received += chunk
+        received = read_until_closed(connection)
     return int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/1.1 ") else None
 
 
@@ -280,13 +278,7 @@ def raw_exchange(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
         connection.sendall(data)
         connection.shutdown(socket.SHUT_WR)
-        received = b""
-        try:
-            while chunk := connection.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        return received
+        return read_until_closed(connection)
 
 
 REQUEST_LINES = st.sampled_from(

@@ -17,10 +17,10 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mlplatform.serving.connection import with_header_deadline
-from mlplatform_tests.integration.processes import free_port
+from mlplatform_tests.integration.processes import free_port, read_until_closed
 
 DEADLINE_S = 0.3
-WAIT_S = 10.0  # far beyond the deadline: a connection still open by then was never cut
+WAIT_S = 10.0  # far beyond the deadline: a connection still open by then (TimeoutError) was never cut
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -63,21 +63,6 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, list[int]]]:
 def connect(port: int) -> socket.socket:
     connection = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
     return connection
-
-
-def read_until_closed(connection: socket.socket) -> bytes:
-    """Everything the server sends until it closes; fails when it keeps the connection open."""
-    received = b""
-    while True:
-        try:
-            chunk = connection.recv(65536)
-        except TimeoutError:
-            raise AssertionError(f"the connection is still open after {WAIT_S} s: {received!r}") from None
-        except ConnectionResetError:
-            return received
-        if not chunk:
-            return received
-        received += chunk
 
 
 def error_of(response: bytes) -> tuple[int, dict[str, Any], bytes]:
