@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument(
         "--code", type=Path, default=ROOT, help="the checkout whose server runs (default: this)"
     )
+    parser.add_argument("--code-label", help="what --code is (e.g. the commit it was archived from), recorded")
     parser.add_argument("--worker-threads", type=int, help="[serving] worker_threads (default: the code's)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -261,6 +262,7 @@ def main() -> None:
     report: dict[str, Any] = {"machine": machine(), "code": str(code), "model_source": source}
     if code != ROOT:
         report["code_note"] = "server run from --code (another checkout); machine.git_commit is this script's"
+        report["code_label"] = args.code_label
     with tempfile.TemporaryDirectory(prefix="mlplatform-hostile-") as temp:
         home = Path(temp) / "home"
         deploy_to_home(home, onnx_bytes)
