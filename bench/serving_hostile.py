@@ -247,7 +247,9 @@ def main() -> None:
     parser.add_argument(
         "--code", type=Path, default=ROOT, help="the checkout whose server runs (default: this)"
     )
-    parser.add_argument("--code-label", help="what --code is (e.g. the commit it was archived from), recorded")
+    parser.add_argument(
+        "--code-label", help="what --code is (e.g. the commit it was archived from), recorded"
+    )
     parser.add_argument("--worker-threads", type=int, help="[serving] worker_threads (default: the code's)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=RESULTS)
