@@ -97,6 +97,8 @@ def with_header_deadline(
             self._deadline = None
             if self.transport.is_closing() or self.cycle is not self._waiting_cycle:
                 return
+            if self.transport.get_protocol() is not self:  # upgraded (WebSocket): no longer ours
+                return
             if self._bytes_waiting:
                 self.transport.write(
                     refusal_bytes(
