@@ -550,7 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     lineage = sub.add_parser("lineage", help="trace a prediction or an asset version back to drops and code")
     target = lineage.add_mutually_exclusive_group(required=True)
     target.add_argument("asset", nargs="?", help="an asset key, e.g. reviews, best_model, raw_reviews")
-    target.add_argument("--prediction", metavar="REQUEST_ID", help="a request id the endpoint answered")
+    target.add_argument(
+        "--prediction",
+        metavar="REQUEST_ID",
+        help="a request id the endpoint answered, or its capture id (X-Capture-ID) when the id was reused",
+    )
     lineage.add_argument("--version", help="asset version: sha256 or unique prefix (default: latest)")
     lineage.add_argument("--json", action="store_true")
     lineage.set_defaults(handler=cmd_lineage)

@@ -25,9 +25,8 @@ from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
-from mlplatform.core.monitoring.alerts import WEBHOOK_ENV, Alert, AlertRules, AlertStore, WebhookNotifier
+from mlplatform.core.monitoring.alerts import Alert, AlertStore, alert_store_from_env
 from mlplatform.core.platform.home import PlatformHome
-from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 
 CHECK_KIND = "check"
@@ -37,13 +36,7 @@ ROLLBACK_KIND = "rollback"
 
 def alert_store(home: PlatformHome, environ: Mapping[str, str] | None = None) -> AlertStore:
     """The home's alert store, posting to the webhook named by MLPLATFORM_ALERT_WEBHOOK when set."""
-    environ = os.environ if environ is None else environ
-    url = environ.get(WEBHOOK_ENV, "").strip()
-    notifier = None
-    if url:
-        rules = AlertRules.from_settings(Settings.load(home.settings_file))
-        notifier = WebhookNotifier(url, rules.webhook_timeout_s, rules.max_message_chars)
-    return AlertStore.for_home(home.ensure(), notifier)
+    return alert_store_from_env(home.ensure(), os.environ if environ is None else environ)
 
 
 def record_check_alerts(instance: dg.DagsterInstance, run_id: str, store: AlertStore) -> list[Alert]:

@@ -4,7 +4,7 @@
   (written by the endpoint, not by a run), observed at the start of every monitoring run with the
   capture's fingerprint as its data version, so lineage reads model -> endpoint -> captured predictions
   -> monitors, and a grown capture makes `prediction_log` stale.
-- `prediction_log`: the capture store (`capture/`) as one table, deduplicated by (request_id, row), with
+- `prediction_log`: the capture store (`capture/`) as one table, deduplicated by (capture_id, row), with
   the model version of each row. Unpartitioned on purpose: the capture only grows (append-only segments),
   so each version of the log is the whole history and the monitors below always see all of it.
 - `drift_report`: every model version in the log against its own training baseline, recorded in its

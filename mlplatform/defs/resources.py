@@ -15,13 +15,11 @@ import httpx
 
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.platform.errors import UserError
-from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.home import PlatformHome, api_keys_from_env
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.deploy import DeploymentRules
 from mlplatform.core.release.registry import PRODUCTION, ModelRegistry, ModelVersion
 from mlplatform.core.scoring.model import ScoringRules, load_model
-
-API_KEYS_ENV = "MLPLATFORM_API_KEYS"
 
 
 class PlatformResource(dg.ConfigurableResource):
@@ -102,7 +100,7 @@ class EndpointResource(dg.ConfigurableResource, ABC):
 
 
 def _first_api_key(environ: Mapping[str, str]) -> str | None:
-    keys = [key.strip() for key in environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+    keys = api_keys_from_env(environ)
     return keys[0] if keys else None
 
 

@@ -1,17 +1,25 @@
 """The real-time endpoint: a FastAPI app whose two inference routes are lean raw-ASGI handlers.
 
 Routes (Open Inference Protocol v2 plus a plain JSON route):
-    GET  /v2/health/live, /v2/health/ready          open even when API keys are configured
+    GET  /v2/health/live, /v2/health/ready          open even when API keys are configured (state only)
     GET  /v2/models/{name}, /v2/models/{name}/ready  metadata (version, and the reason when not servable)
     POST /v2/models/{name}/infer                      BYTES `text` [N] (+ optional `product_id`, `review_id`)
     POST /predict                                     {"reviews": [{"text", "product_id", "review_id"}]}
     GET  /metrics                                     Prometheus text
-    GET  /dashboard, /dashboard/data                  operations dashboard page and its JSON (serving/dashboard.py)
+    GET  /dashboard, /dashboard/data                  operations dashboard page (open: it holds no data) and its
+                                                      JSON (serving/dashboard.py)
 
-The inference routes skip FastAPI's per-request validation and serialisation: they read the body with a
-byte limit (refused early on Content-Length, and while streaming), parse it with orjson, validate by
-hand, score, build the response with orjson, make the capture record durable, then answer. Every
-refusal is a 4xx/503 with `{"error": ..., "id": ...}`; only a bug is a 500 (`{"error": "internal error"}`).
+API keys (`MLPLATFORM_API_KEYS`, parsed by `mlplatform.core.home.api_keys_from_env`): when configured,
+every route but the health routes and the dashboard page needs one, and the open health routes name a
+state only (`no_model`, `capture_failing`, ...): the reason, which can name files and errors, is in the
+metadata route behind the key.
+
+The inference routes skip FastAPI's per-request validation and serialisation: they check the content
+type, read the body with a byte limit and a deadline, take a concurrency slot (serving/admission.py),
+parse it with orjson, validate by hand, score, build the response with orjson, make the capture record
+durable, then answer. Every refusal is a 4xx/503 with `{"error": ..., "id": ...}`; only a bug is a 500
+(`{"error": "internal error"}`). Liveness and readiness: serving/health.py; the deadline for a
+request's headers: serving/connection.py.
 """
 
 from __future__ import annotations
@@ -23,13 +31,13 @@ import hmac
 import logging
 import random
 import re
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 import orjson
 from fastapi import FastAPI
@@ -40,16 +48,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlplatform.core.data.text import LABELS
+from mlplatform.core.monitoring.alerts import AlertStore
 from mlplatform.core.monitoring.capture import CaptureError, encode_capture_rows
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.model import ScoringRules, load_model
-from mlplatform.serving.capture import CaptureConfig, CaptureWriter
-from mlplatform.serving.dashboard import add_dashboard_routes
+from mlplatform.serving.admission import ConcurrencySlots, json_content_problem, read_whole_body
+from mlplatform.serving.capture import CaptureConfig, CaptureState, CaptureStatus, CaptureWriter
+from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes
+from mlplatform.serving.health import PUBLIC_REASONS, Health, HealthSources, StandingAlert
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
-from mlplatform.serving.model_holder import ModelHolder, ModelLoader, Predictor, ProductionRegistry
+from mlplatform.serving.model_holder import (
+    ModelHolder,
+    ModelLoader,
+    Predictor,
+    ProductionRegistry,
+    ServedModel,
+)
 from mlplatform.serving.protocol import (
     ASGIReceive,
     ASGIScope,
@@ -61,19 +78,21 @@ from mlplatform.serving.protocol import (
     model_inputs,
     parse_infer_request,
     parse_predict_request,
-    read_body,
     render_infer_response,
     render_predict_response,
     send_json,
 )
+from mlplatform.serving.workers import WorkerThreads
 
 log = logging.getLogger(__name__)
 
-API_KEYS_ENV = "MLPLATFORM_API_KEYS"
 REQUEST_ID_HEADER = b"x-request-id"
+CAPTURE_ID_HEADER = b"x-capture-id"
+CAPTURE_ALERT_KIND = "capture"
 REQUEST_ID_SCOPE_KEY = "mlplatform.request_id"
 STARTED_SCOPE_KEY = "mlplatform.started"
 PREDICT_PATH = "/predict"
+_CLOSE_CONNECTION = ((b"connection", b"close"),)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 
 
@@ -85,9 +104,13 @@ class ServingConfig:
     max_batch: int
     max_body_bytes: int
     max_concurrency: int
-    inline_max_batch: int
+    inline_max_body_bytes: int
+    worker_threads: int
     max_request_id_chars: int
+    header_timeout_s: float
+    body_timeout_s: float
     swap_poll_interval_s: float
+    refused_model_retry_s: float
     graceful_shutdown_s: float
     capture_sample_rate: float
     capture_durable_timeout_s: float
@@ -101,9 +124,13 @@ class ServingConfig:
             max_batch=int(section["max_batch"]),
             max_body_bytes=int(section["max_body_bytes"]),
             max_concurrency=int(section["max_concurrency"]),
-            inline_max_batch=int(section["inline_max_batch"]),
+            inline_max_body_bytes=int(section["inline_max_body_bytes"]),
+            worker_threads=int(section["worker_threads"]),
             max_request_id_chars=int(section["max_request_id_chars"]),
+            header_timeout_s=float(section["header_timeout_s"]),
+            body_timeout_s=float(section["body_timeout_s"]),
             swap_poll_interval_s=float(section["swap_poll_interval_s"]),
+            refused_model_retry_s=float(section["refused_model_retry_s"]),
             graceful_shutdown_s=float(section["graceful_shutdown_s"]),
             capture_sample_rate=float(section["capture_sample_rate"]),
             capture_durable_timeout_s=float(section["capture_durable_timeout_s"]),
@@ -119,23 +146,11 @@ class ServingConfig:
         return f"{self.model_path}/infer"
 
 
-def api_keys_from_env(environ: Mapping[str, str]) -> frozenset[str]:
-    """The accepted API keys from `MLPLATFORM_API_KEYS` (comma-separated); empty means no auth."""
-    return frozenset(key.strip() for key in environ.get(API_KEYS_ENV, "").split(",") if key.strip())
-
-
 def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
 # --- the request path -------------------------------------------------------------------------------
-
-
-class InFlight:
-    """How many inference requests are being answered (only the event loop's thread changes it)."""
-
-    def __init__(self) -> None:
-        self.count = 0
 
 
 @dataclass(frozen=True)
@@ -147,11 +162,24 @@ class ServingState:
     capture: CaptureWriter
     metrics: ServingMetrics
     sampler: random.Random
-    in_flight: InFlight
+    slots: ConcurrencySlots
+    health: HealthSources
+    workers: WorkerThreads
 
 
 Renderer = Callable[[str, str, str, Sequence[str], np.ndarray], bytes]
 Parser = Callable[[Any, int], Reviews]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a request's work produced: the response body, its capture lines and key (None: sampled out),
+    its size."""
+
+    body: bytes
+    capture_rows: bytes | None
+    reviews: int
+    capture_id: str | None
 
 
 class InferenceRoute:
@@ -166,32 +194,67 @@ class InferenceRoute:
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
         request_id = scope[REQUEST_ID_SCOPE_KEY]
         try:
-            body = await self._answer(scope, receive, request_id)
+            answer = await self._answer(scope, receive, request_id)
         except RequestRefused as refused:
-            await send_json(send, refused.status, error_body(refused.message, request_id))
+            headers = _CLOSE_CONNECTION if refused.close else ()
+            await send_json(send, refused.status, error_body(refused.message, request_id), headers)
             return
-        await send_json(send, 200, body)
+        captured = () if answer.capture_id is None else ((CAPTURE_ID_HEADER, answer.capture_id.encode()),)
+        await send_json(send, 200, answer.body, captured)
 
-    async def _answer(self, scope: ASGIScope, receive: ASGIReceive, request_id: str) -> bytes:
-        state = self._state
-        config = state.config
+    async def _answer(self, scope: ASGIScope, receive: ASGIReceive, request_id: str) -> Answer:
+        config = self._state.config
         if scope["method"] != "POST":
             raise RequestRefused(405, f"{self._route} takes POST")
+        refusal = json_content_problem(scope)
+        if refusal is not None:
+            raise refusal
+        received_at = time.time()
+        raw = await read_whole_body(
+            scope, receive, limit=config.max_body_bytes, timeout_s=config.body_timeout_s
+        )
+        with self._state.slots.hold():  # only now: a body still arriving holds no slot
+            return await self._scored(raw, request_id, received_at, scope[STARTED_SCOPE_KEY])
+
+    async def _scored(self, raw: bytes, request_id: str, received_at: float, started: float) -> Answer:
+        state = self._state
+        config = state.config
         served = state.holder.served  # read once: this request's one model version
         if served is None:
             raise RequestRefused(503, f"model not servable: {state.holder.status().reason}")
-        received_at = time.time()
-        reviews = self._parse(
-            decode_json(await read_body(scope, receive, config.max_body_bytes)), config.max_batch
-        )
+        sampled = config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate
+        capture_id = uuid.uuid4().hex if sampled else None  # the capture's key (capture.py: Keys)
+        work = functools.partial(self._work, raw, served, request_id, received_at, started, capture_id)
+        inline = len(raw) <= config.inline_max_body_bytes  # by size, not review count: serving/workers.py
+        answer = work() if inline else await state.workers.run(work)
+        state.metrics.observe_batch(answer.reviews)
+        if answer.capture_rows is None:
+            state.metrics.count_sampled_out()
+        else:
+            await self._make_durable(answer.capture_rows, inline=inline)
+        return answer
+
+    def _work(
+        self,
+        raw: bytes,
+        served: ServedModel,
+        request_id: str,
+        received_at: float,
+        started: float,
+        capture_id: str | None,
+    ) -> Answer:
+        """Everything a request costs in proportion to its size, in one call (on the loop or a worker)."""
+        config = self._state.config
+        reviews = self._parse(decode_json(raw), config.max_batch)
         texts = model_inputs(reviews.texts)
-        labels, probabilities = await self._score(served.model, texts)
-        state.metrics.observe_batch(len(labels))
+        labels, probabilities = self._score(served.model, texts)
         body = self._render(config.model_name, served.version, request_id, labels, probabilities)
-        if config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate:
-            latency_ms = (time.perf_counter() - scope[STARTED_SCOPE_KEY]) * 1000.0
+        rows = None
+        if capture_id is not None:
+            latency_ms = (time.perf_counter() - started) * 1000.0
             rows = encode_capture_rows(
                 request_id=request_id,
+                capture_id=capture_id,
                 received_at=received_at,
                 route=self._route,
                 model_version=served.version,
@@ -202,17 +265,11 @@ class InferenceRoute:
                 probabilities=probabilities,
                 latency_ms=latency_ms,
             )
-            await self._make_durable(rows)
-        else:
-            state.metrics.count_sampled_out()
-        return body
+        return Answer(body, rows, len(labels), capture_id)
 
-    async def _score(self, model: Predictor, texts: list[str]) -> tuple[list[str], np.ndarray]:
-        # A single review scores in well under a millisecond: a thread hop would cost more than it saves.
-        if len(texts) <= self._state.config.inline_max_batch:
-            prediction = model.predict(texts)
-        else:
-            prediction = await anyio.to_thread.run_sync(model.predict, texts)
+    @staticmethod
+    def _score(model: Predictor, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        prediction = model.predict(texts)
         if prediction.no_tokens.any():
             first = int(np.flatnonzero(prediction.no_tokens)[0])
             raise RequestRefused(
@@ -223,10 +280,12 @@ class InferenceRoute:
         labels = [str(label) for label in prediction.labels]
         return labels, np.ascontiguousarray(prediction.probabilities, dtype=np.float32)
 
-    async def _make_durable(self, rows: bytes) -> None:
+    async def _make_durable(self, rows: bytes, *, inline: bool) -> None:
+        # Only a small request may sync its own record on the loop: a large one's bytes go to the writer.
+        alone = inline and self._state.slots.taken == 1
         try:
             async with asyncio.timeout(self._state.config.capture_durable_timeout_s):
-                await self._state.capture.append(rows, alone=self._state.in_flight.count == 1)
+                await self._state.capture.append(rows, alone=alone)
         except (CaptureError, TimeoutError) as exc:
             self._state.metrics.count_capture_failure()
             reason = str(exc) or "timed out waiting for the capture fsync"
@@ -234,14 +293,14 @@ class InferenceRoute:
 
 
 class RequestGate:
-    """Pure ASGI middleware: request id, API keys, the concurrency limit, metrics, the 500 of last resort."""
+    """Pure ASGI middleware: request id, API keys, metrics, the 500 of last resort."""
 
     def __init__(
         self,
         app: Callable[..., Awaitable[None]],
         *,
         state: ServingState,
-        api_keys: frozenset[str],
+        api_keys: Collection[str],
         inference_routes: Mapping[str, InferenceRoute],
     ) -> None:
         self._app = app
@@ -251,7 +310,9 @@ class RequestGate:
         # exit-stack middlewares behind it add nothing to them but per-request cost.
         self._inference_routes = dict(inference_routes)
         config = state.config
-        self._open_paths = frozenset({"/v2/health/live", "/v2/health/ready", f"{config.model_path}/ready"})
+        self._open_paths = frozenset(
+            {"/v2/health/live", "/v2/health/ready", f"{config.model_path}/ready", DASHBOARD_PATH}
+        )
         self._known_paths = frozenset(
             {*self._open_paths, *self._inference_routes, config.model_path, "/metrics"}
         )
@@ -283,13 +344,8 @@ class RequestGate:
             await send(message)
 
         inference_route = self._inference_routes.get(path)
-        took_slot = False
         try:
-            refusal = (
-                id_problem
-                or self._auth_problem(path, presented_key)
-                or self._capacity_problem(inference_route)
-            )
+            refusal = id_problem or self._auth_problem(path, presented_key)
             if refusal is not None:
                 await send_json(send_with_id, refusal.status, error_body(refusal.message, request_id))
                 return
@@ -298,8 +354,6 @@ class RequestGate:
             if inference_route is None:
                 await self._app(scope, receive, send_with_id)
                 return
-            self._state.in_flight.count += 1
-            took_slot = True
             await inference_route(scope, receive, send_with_id)
         except Exception:
             log.exception(
@@ -309,8 +363,6 @@ class RequestGate:
                 raise
             await send_json(send_with_id, 500, error_body("internal error", request_id))
         finally:
-            if took_slot:
-                self._state.in_flight.count -= 1
             route = path if path in self._known_paths else "other"
             self._state.metrics.observe_request(route, status, time.perf_counter() - started)
 
@@ -336,19 +388,13 @@ class RequestGate:
             accepted |= hmac.compare_digest(presented, key)
         return None if accepted else RequestRefused(401, "invalid API key")
 
-    def _capacity_problem(self, inference_route: InferenceRoute | None) -> RequestRefused | None:
-        if inference_route is not None and self._state.in_flight.count >= self._state.config.max_concurrency:
-            return RequestRefused(
-                503, f"over capacity: {self._state.config.max_concurrency} requests in flight"
-            )
-        return None
-
 
 # --- the app ----------------------------------------------------------------------------------------
 
 
 def _metadata(state: ServingState) -> dict[str, Any]:
     status = state.holder.status()
+    health = state.health.now()
     return {
         "name": state.config.model_name,
         "versions": [status.version] if status.version else [],
@@ -363,28 +409,40 @@ def _metadata(state: ServingState) -> dict[str, Any]:
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(LABELS)], "labels": list(LABELS)},
         ],
         "version": status.version,
-        "ready": status.ready,
-        "reason": status.reason,
+        "ready": health.ready,
+        "state": health.readiness,
+        "live": health.live,
+        # Why not ready (or not live), else why the latest production model was refused, if it was.
+        "reason": health.reason if health.reason is not None else status.reason,
     }
 
 
-def _readiness(state: ServingState) -> Response:
-    status = state.holder.status()
-    if status.ready:
-        return json_response({"ready": True, "version": status.version})
-    return json_response({"ready": False, "error": status.reason}, status=503)
+def _readiness(health: Health, *, reveal: bool) -> Response:
+    if health.ready:
+        return json_response({"ready": True, "version": health.version})
+    reason = health.reason if reveal else PUBLIC_REASONS[health.readiness]
+    return json_response({"ready": False, "state": health.readiness, "error": reason}, status=503)
 
 
-def _add_info_routes(app: FastAPI, state: ServingState) -> None:
+def _liveness(health: Health, *, reveal: bool) -> Response:
+    if health.live:
+        return json_response({"live": True})
+    reason = health.reason if reveal else PUBLIC_REASONS[health.liveness]
+    return json_response({"live": False, "state": health.liveness, "error": reason}, status=503)
+
+
+def _add_info_routes(app: FastAPI, state: ServingState, *, reveal_reasons: bool) -> None:
+    """`reveal_reasons`: the open health routes give the reason of a state, not just its name (only when
+    no API keys are configured: then every route is open anyway)."""
     config = state.config
 
-    @app.get("/v2/health/live", summary="Liveness")
+    @app.get("/v2/health/live", summary="Liveness: false only when a restart is needed (serving/health.py)")
     async def live() -> Response:
-        return json_response({"live": True})
+        return _liveness(state.health.now(), reveal=reveal_reasons)
 
-    @app.get("/v2/health/ready", summary="Readiness: a model is loaded and the server is not shutting down")
+    @app.get("/v2/health/ready", summary="Readiness: an inference request would be served now")
     async def ready() -> Response:
-        return _readiness(state)
+        return _readiness(state.health.now(), reveal=reveal_reasons)
 
     @app.get(config.model_path, summary="Model metadata: version served, inputs, outputs, why not servable")
     async def metadata() -> Response:
@@ -392,7 +450,7 @@ def _add_info_routes(app: FastAPI, state: ServingState) -> None:
 
     @app.get(f"{config.model_path}/ready", summary="Model readiness")
     async def model_ready() -> Response:
-        return _readiness(state)
+        return _readiness(state.health.now(), reveal=reveal_reasons)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
@@ -411,6 +469,8 @@ def _inference_route_docs(config: ServingConfig) -> dict[str, Any]:
     responses = {
         "200": {"description": "Predictions, with the model version and the request id"},
         "4XX": {"description": 'Bad input: {"error": ..., "id": ...}'},
+        "408": {"description": "The body did not arrive within [serving] body_timeout_s"},
+        "415": {"description": "Not a JSON content type"},
         "503": {"description": "No servable model, over capacity, or capture unavailable"},
     }
     text = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Love this dress, fits perfectly"]}
@@ -479,15 +539,18 @@ def create_app(
     home: PlatformHome,
     settings: Settings,
     *,
-    api_keys: frozenset[str] = frozenset(),
+    api_keys: Collection[str] = (),
     registry: ProductionRegistry | None = None,
     loader: ModelLoader | None = None,
     sync_file: Callable[[int], None] | None = None,
+    alerts: AlertStore | None = None,
 ) -> FastAPI:
-    """The endpoint app for `home`. `api_keys` empty: no auth (see `api_keys_from_env`).
+    """The endpoint app for `home`. `api_keys` empty: no auth (see `mlplatform.core.home.api_keys_from_env`).
 
     The model holder and capture writer start with the app's lifespan and stop with it; `registry`,
-    `loader` and `sync_file` are injectable for tests.
+    `loader` and `sync_file` are injectable for tests. `alerts` is where the endpoint raises its own
+    alerts (default: the home's alert store, without a webhook; `mlplatform serve` passes the one of
+    `alert_store_from_env`).
     """
     config = ServingConfig.from_settings(settings)
     holder = ModelHolder(
@@ -496,19 +559,44 @@ def create_app(
         if loader is not None
         else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
         poll_interval_s=config.swap_poll_interval_s,
+        refused_retry_s=config.refused_model_retry_s,
     )
-    metrics = ServingMetrics(holder.status, health_window_s=config.health_window_s)
+    capture_config = CaptureConfig.from_settings(settings.section("serving"))
+    host = socket.gethostname()
+    capture_alert = StandingAlert(
+        alerts if alerts is not None else AlertStore.for_home(home),
+        kind=CAPTURE_ALERT_KIND,
+        source="endpoint",
+        key=f"endpoint:capture:{host}",
+        retry_s=capture_config.retry_s,
+    )
+
+    def on_capture_state(status: CaptureStatus) -> None:
+        capture_alert.set(
+            status.state is CaptureState.FAILING,
+            f"capture cannot write on {host} ({home.capture}): {status.error}; the endpoint answers "
+            "inference 503 and is not ready until it can",
+        )
+
+    slots = ConcurrencySlots(config.max_concurrency)
+    metrics = ServingMetrics(
+        holder.status, health_window_s=config.health_window_s, ready=lambda: health.now().ready
+    )
     capture = CaptureWriter(
         home.capture,
-        CaptureConfig.from_settings(settings.section("serving")),
+        capture_config,
         sync_file=sync_file,
         publish_to=location_from_settings(home, settings, "capture"),
         on_sync=metrics.observe_capture_sync,
+        on_state=on_capture_state,
     )
-    state = ServingState(config, holder, capture, metrics, random.Random(), InFlight())
+    health = HealthSources(holder.status, lambda: holder.alive, capture.status, slots)
+    workers = WorkerThreads(config.worker_threads)
+    state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        capture_alert.start()
         capture.start()
         holder.start()
         try:
@@ -517,6 +605,7 @@ def create_app(
             holder.begin_shutdown()
             capture.close()
             holder.stop()
+            capture_alert.stop()
 
     inference_routes = {
         config.infer_path: InferenceRoute(
@@ -533,7 +622,7 @@ def create_app(
     app.state.serving = state
     for path, handler in inference_routes.items():  # listed in the app's routes too (RequestGate serves them)
         app.router.routes.append(Route(path, handler))
-    _add_info_routes(app, state)
+    _add_info_routes(app, state, reveal_reasons=not api_keys)
     add_dashboard_routes(app, home, settings, holder.status)
     _add_error_handlers(app)
     _document_inference_routes(app, config)

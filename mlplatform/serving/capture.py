@@ -23,6 +23,15 @@ to the first NUL (JSON lines never contain one: orjson escapes control character
 the last newline; sealing cuts the zeros off. A crash can leave any mix of zeros and partial bytes
 after the last durable record, never before it, so the same rule recovers it.
 
+A disk that cannot be written (full, failing): the first failed write cuts its segment back and seals
+it (an empty one is removed, never sealed), and the writer turns FAILING: every append is refused at
+once (the request is answered 503, nothing acknowledged goes unrecorded) instead of each one opening
+a new segment to fail in, which would litter the directory with empty files. The writer thread probes
+the disk every `[serving] capture_retry_s` by opening the next segment and zero-filling room in it
+(at least `PROBE_BYTES`, synced); a probe that fails removes its file, one that succeeds keeps the
+segment and turns the writer WRITING again. `on_state` hears of both changes (the endpoint's readiness
+and its alert follow them; serving/health.py).
+
 Capture location (`[storage] capture`): the open segment is always a local file (appends and fsync are
 what make a request durable before it is answered). When the capture location is elsewhere (object
 storage), a publisher thread uploads each sealed segment there under its own name, reads it back to
@@ -43,6 +52,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +69,23 @@ from mlplatform.core.platform.storage import StorageError, StorageLocation
 
 log = logging.getLogger(__name__)
 
+PROBE_BYTES = 1 << 16  # a failing disk is tried again by zero-filling at least this much of a new segment
+
+
+class CaptureState(StrEnum):
+    WRITING = "writing"
+    FAILING = "failing"  # the last write failed: appends are refused until a probe of the disk succeeds
+
+
+@dataclass(frozen=True)
+class CaptureStatus:
+    """The writer now: its state, since when (wall time), the error that made it fail, its thread."""
+
+    state: CaptureState
+    since: float
+    error: str | None
+    alive: bool  # the writer thread runs (False before start, after close, or after a bug stopped it)
+
 
 @dataclass(frozen=True)
 class CaptureConfig:
@@ -73,6 +100,7 @@ class CaptureConfig:
     inline_warmup_syncs: int = 0
     inline_stall_s: float = 0.0
     inline_cooldown_s: float = 0.0
+    retry_s: float = 1.0
 
     @classmethod
     def from_settings(cls, serving: Mapping[str, Any]) -> CaptureConfig:
@@ -86,6 +114,7 @@ class CaptureConfig:
             inline_warmup_syncs=int(serving["capture_inline_warmup_syncs"]),
             inline_stall_s=float(serving["capture_inline_stall_ms"]) / 1000.0,
             inline_cooldown_s=float(serving["capture_inline_cooldown_s"]),
+            retry_s=float(serving["capture_retry_s"]),
         )
 
 
@@ -268,7 +297,8 @@ class CaptureWriter:
     """One writer thread appending capture records to rotating segments, fsync'ed in groups.
 
     `on_sync(seconds, inline)` hears of every record sync (for metrics; `inline`: synced by the
-    request itself). `sync_file` makes written bytes durable: `fdatasync` by default, which is enough because the
+    request itself); `on_state(status)` of every change between WRITING and FAILING (called with the
+    segment lock held, from the writer thread or a request's: keep it short). `sync_file` makes written bytes durable: `fdatasync` by default, which is enough because the
     segment's size changes only when it is zero-filled ahead or sealed (injectable so tests can
     simulate a failing disk); `clock` gives wall time for segment names and age. With `publish_to` (the `[storage] capture`
     location) other than `root` itself, sealed segments are moved there by a publisher thread.
@@ -283,9 +313,11 @@ class CaptureWriter:
         clock: Callable[[], float] = time.time,
         publish_to: StorageLocation | None = None,
         on_sync: Callable[[float, bool], None] | None = None,
+        on_state: Callable[[CaptureStatus], None] | None = None,
     ) -> None:
         self._root = Path(root)
         self._on_sync = on_sync
+        self._on_state = on_state
         self._config = config
         self._sync_file = os.fdatasync if sync_file is None else sync_file
         self._clock = clock
@@ -306,8 +338,25 @@ class CaptureWriter:
         self._top_up_requested = False
         self._opened_at = 0.0
         self._sequence = 0
+        self._failure: str | None = None  # why the disk cannot be written (FAILING), else None
+        self._state_since = clock()
+        self._next_probe = 0.0  # time.monotonic() of the next probe while FAILING
+        self._top_up_failed = False
 
     # -- the requests' side --
+
+    def status(self) -> CaptureStatus:
+        failure = self._failure
+        return CaptureStatus(
+            state=CaptureState.WRITING if failure is None else CaptureState.FAILING,
+            since=self._state_since,
+            error=failure,
+            alive=self._thread is not None and self._thread.is_alive(),
+        )
+
+    def _refusal(self, failure: str) -> str:
+        since = datetime.fromtimestamp(self._state_since, UTC).isoformat(timespec="seconds")
+        return f"capture cannot write since {since} (retried every {self._config.retry_s:g} s): {failure}"
 
     def start(self) -> None:
         """Create the directory, seal dead writers' segments, start the writer thread."""
@@ -330,6 +379,9 @@ class CaptureWriter:
         """
         if self._closed or self._thread is None:
             raise CaptureError(self._stopped_because)
+        failure = self._failure
+        if failure is not None:  # refused at once: a failing disk is probed by the writer thread alone
+            raise CaptureError(self._refusal(failure))
         if (
             alone
             and self._sync_health.inline_allowed()
@@ -384,12 +436,17 @@ class CaptureWriter:
         idle_tick = min(1.0, max(self._config.segment_max_age_s, 0.01))
         stopping = False
         while not stopping:
-            try:
-                first = self._queue.get(timeout=idle_tick)
-            except queue.Empty:
+            if self._failure is not None:
                 with self._segment_lock:
-                    self._rotate_if_due_safely()
-                    self._top_up_safely()
+                    self._probe_if_due()
+            tick = idle_tick if self._failure is None else min(idle_tick, max(self._config.retry_s, 0.01))
+            try:
+                first = self._queue.get(timeout=tick)
+            except queue.Empty:
+                if self._failure is None:
+                    with self._segment_lock:
+                        self._rotate_if_due_safely()
+                        self._top_up_safely()
                 continue
             if first is _STOP:
                 break
@@ -417,7 +474,11 @@ class CaptureWriter:
 
     def _commit(self, batch: list[_PendingItem]) -> None:
         with self._segment_lock:
-            error_message = self._commit_data(b"".join(item[0] for item in batch), inline=False)
+            failure = self._failure  # records queued before the disk failed are not tried on it
+            if failure is not None:
+                error_message: str | None = self._refusal(failure)
+            else:
+                error_message = self._commit_data(b"".join(item[0] for item in batch), inline=False)
         _wake(batch, error_message)
         if error_message is None:
             with self._segment_lock:  # after the wake: the requests are not kept waiting for zeros
@@ -429,11 +490,42 @@ class CaptureWriter:
             self._write_durably(data, inline)
         except OSError as exc:
             error_message = f"capture write failed ({self._path}): {exc}"
-            log.error(error_message)
             self._sync_health.observe(float("inf"))  # a failing disk gets no inline writes either
             self._abandon_segment()
+            self._enter_failing(error_message)
             return error_message
         return None
+
+    def _enter_failing(self, error_message: str) -> None:
+        """After a failed write (segment lock held): refuse appends, probe every retry_s, tell on_state."""
+        self._next_probe = time.monotonic() + self._config.retry_s
+        if self._failure is not None:
+            self._failure = error_message
+            return
+        self._failure, self._state_since = error_message, self._clock()
+        log.error("%s; capture refused until the disk takes writes again", error_message)
+        if self._on_state is not None:
+            self._on_state(self.status())
+
+    def _probe_if_due(self) -> None:
+        """While FAILING (segment lock held): open the next segment and zero-fill room in it, synced."""
+        if time.monotonic() < self._next_probe:
+            return
+        self._next_probe = time.monotonic() + self._config.retry_s
+        try:
+            self._open_segment()
+            if self._allocated < PROBE_BYTES:
+                self._preallocate(PROBE_BYTES, step=PROBE_BYTES)
+        except OSError as exc:
+            self._discard_open_segment()
+            self._failure = f"capture disk probe failed ({self._root}): {exc}"
+            log.debug(self._failure)
+            return
+        failed_for = self._clock() - self._state_since
+        self._failure, self._state_since = None, self._clock()
+        log.warning("capture writes again (after %.1f s of failures)", failed_for)
+        if self._on_state is not None:
+            self._on_state(self.status())
 
     def _write_durably(self, data: bytes, inline: bool) -> None:
         self._rotate_if_due()
@@ -455,13 +547,13 @@ class CaptureWriter:
         step = self._config.preallocate_bytes
         return step > 0 and self._fd is not None and self._allocated - self._size < step // 2
 
-    def _preallocate(self, at_least: int) -> None:
-        """Zero-fill the open segment from its allocated end to a step boundary past `at_least`, durably.
+    def _preallocate(self, at_least: int, step: int | None = None) -> None:
+        """Zero-fill the open segment from its allocated end to a `step` boundary past `at_least`, durably.
 
         Without preallocation the records simply extend the file (then `allocated` is left at 0 and
-        this only runs when records are written: a no-op).
+        this only runs when records are written: a no-op), unless a disk probe asks for a `step`.
         """
-        step = self._config.preallocate_bytes
+        step = self._config.preallocate_bytes if step is None else step
         if step <= 0:
             return
         target = -(-max(at_least, self._allocated + step) // step) * step
@@ -480,7 +572,11 @@ class CaptureWriter:
         try:
             self._preallocate(self._allocated + 1)
         except OSError as exc:  # the next record extends the file itself, or fails and is refused
-            log.error("capture segment %s could not be preallocated: %s", self._path, exc)
+            if not self._top_up_failed:  # said once, not at every idle tick of a full disk
+                log.error("capture segment %s could not be preallocated: %s", self._path, exc)
+            self._top_up_failed = True
+        else:
+            self._top_up_failed = False
 
     def _rotate_if_due(self) -> None:
         if self._fd is None:
@@ -530,8 +626,12 @@ class CaptureWriter:
             log.error("capture segment could not be sealed: %s", exc)
 
     def _abandon_segment(self) -> None:
-        """After a failed write: cut the segment back to its last durable record, seal it, move on."""
+        """After a failed write: cut the segment back to its last durable record, seal it, move on (a
+        segment with no record is removed: a failing disk must not fill the directory with empty files)."""
         if self._fd is None:
+            return
+        if self._size == 0:
+            self._discard_open_segment()
             return
         try:
             os.ftruncate(self._fd, self._size)
@@ -542,6 +642,18 @@ class CaptureWriter:
         except OSError as exc:
             log.error("capture segment %s could not be sealed: %s", self._path, exc)
             self._fd, self._path = None, None
+
+    def _discard_open_segment(self) -> None:
+        """Close and remove the open segment, which holds no record (best effort: the disk is failing)."""
+        fd, path = self._fd, self._path
+        self._fd, self._path = None, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+                fsync_directory(self._root)
 
     def _fail_leftovers(self) -> None:
         leftovers = []

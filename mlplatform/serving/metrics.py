@@ -136,8 +136,9 @@ class RecentRequests:
 class _HolderCollector:
     """Model version served (an info-style gauge with a `version` label), readiness, swaps, refusals."""
 
-    def __init__(self, status: Callable[[], HolderStatus]) -> None:
+    def __init__(self, status: Callable[[], HolderStatus], ready: Callable[[], bool] | None = None) -> None:
         self._status = status
+        self._ready = ready
 
     def collect(self) -> Iterator[Metric]:
         status = self._status()
@@ -147,8 +148,11 @@ class _HolderCollector:
         if status.version is not None:
             served.add_metric([status.version], 1.0)
         yield served
+        ready = status.ready if self._ready is None else self._ready()
         yield GaugeMetricFamily(
-            "mlplatform_serving_ready", "1 when the endpoint serves a model", value=float(status.ready)
+            "mlplatform_serving_ready",
+            "1 when the endpoint is ready (/v2/health/ready answers 200: it would serve an inference request now)",
+            value=float(ready),
         )
         yield CounterMetricFamily(
             "mlplatform_serving_model_swaps", "Production models swapped in", value=status.swaps
@@ -197,6 +201,7 @@ class ServingMetrics:
     """All metrics of one endpoint app; `render()` is the `/metrics` body.
 
     `health_window_s` is `[serving].health_window_s`: the rolling window of the recent-request gauges.
+    `ready` is the endpoint's readiness (default: the model holder's alone).
     """
 
     def __init__(
@@ -205,10 +210,11 @@ class ServingMetrics:
         *,
         health_window_s: int,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process CPU seconds, resident memory, open fds
-        self.registry.register(_HolderCollector(holder_status))
+        self.registry.register(_HolderCollector(holder_status, ready))
         recent = RecentRequests(health_window_s, clock_ns)
         self.registry.register(_RecentCollector(recent))
         self._observe_recent = recent.observe  # bound once: the request path skips an attribute lookup
@@ -234,6 +240,11 @@ class ServingMetrics:
         self._sampled_out = Counter(
             "mlplatform_serving_capture_sampled_out",
             "2xx inference requests not captured because of the sampling rate",
+            registry=self.registry,
+        )
+        self._header_timeouts = Counter(
+            "mlplatform_serving_header_timeouts",
+            "Connections closed because a request's headers were not complete within [serving] header_timeout_s",
             registry=self.registry,
         )
         self._capture_failures = Counter(
@@ -277,6 +288,9 @@ class ServingMetrics:
 
     def count_sampled_out(self) -> None:
         self._sampled_out.inc()
+
+    def count_header_timeout(self) -> None:
+        self._header_timeouts.inc()
 
     def count_capture_failure(self) -> None:
         self._capture_failures.inc()

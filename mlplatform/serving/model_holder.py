@@ -3,14 +3,23 @@
 The served model is one immutable `ServedModel` (version + loaded model) held in one attribute. A swap is
 a single reference assignment, and a request reads `holder.served` once, so every response and capture
 record names exactly one version, and requests in flight finish on the model they started with.
+
+A production version that fails its check (SHA-256, load, warm-up) is refused: the model served before
+keeps serving, or nothing is served (state `REFUSED`, readiness false). A refusal is not final: the
+poller checks the refused file again at the first poll after it changes on disk (repaired, re-fetched)
+and, whatever the reason was, every `[serving] refused_model_retry_s`, so a repaired model is served
+without a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +55,37 @@ class ProductionRegistry(Protocol):
 
 
 ModelLoader = Callable[[Path, str], Predictor]
+FileSignature = tuple[int, int, int] | None  # (inode, size, mtime_ns) of a model file; None: unreadable
+
+
+class HolderState(StrEnum):
+    """What the holder can answer with."""
+
+    SERVING = "serving"
+    NO_MODEL = "no_model"  # no production alias
+    REFUSED = "model_refused"  # the production model failed its check and nothing older is loaded
+    SHUTTING_DOWN = "shutting_down"
+
+
+def file_signature(path: Path | None) -> FileSignature:
+    """What changes when a file is replaced or rewritten (a cheap stat, no read)."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The production version last refused, and when to check it again."""
+
+    version: str
+    model_file: Path | None
+    signature: FileSignature
+    retry_at: float  # time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -66,17 +106,29 @@ class HolderStatus:
     reason: str | None  # why nothing is served, or why the latest production model was refused
     swaps: int
     refusals: int
+    state: HolderState = HolderState.SERVING
 
 
 class ModelHolder:
     """Serves the production alias; a background thread polls it and swaps models in when it moves."""
 
-    def __init__(self, registry: ProductionRegistry, loader: ModelLoader, *, poll_interval_s: float) -> None:
+    def __init__(
+        self,
+        registry: ProductionRegistry,
+        loader: ModelLoader,
+        *,
+        poll_interval_s: float,
+        refused_retry_s: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._registry = registry
         self._loader = loader
         self._poll_interval_s = poll_interval_s
+        self._refused_retry_s = refused_retry_s
+        self._monotonic = monotonic
         self._served: ServedModel | None = None
         self._reason: str | None = NO_PRODUCTION_MODEL
+        self._refusal: Refusal | None = None
         self._seen_pointer: tuple[str | None, float] | None = None
         self._swaps = 0
         self._refusals = 0
@@ -95,16 +147,26 @@ class ModelHolder:
         return self._served
 
     def status(self) -> HolderStatus:
-        served, reason = self._served, self._reason
+        served, reason, refusal = self._served, self._reason, self._refusal
         if self._shutting_down:
-            reason = SHUTTING_DOWN
+            state, reason = HolderState.SHUTTING_DOWN, SHUTTING_DOWN
+        elif served is not None:
+            state = HolderState.SERVING
+        else:
+            state = HolderState.REFUSED if refusal is not None else HolderState.NO_MODEL
         return HolderStatus(
             version=served.version if served else None,
-            ready=served is not None and not self._shutting_down,
+            ready=state is HolderState.SERVING,
             reason=reason,
             swaps=self._swaps,
             refusals=self._refusals,
+            state=state,
         )
+
+    @property
+    def alive(self) -> bool:
+        """The poller runs (False before `start` and after `stop`): without it no swap, no recovery."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         """Load the production model now (a failure leaves the endpoint not ready), then poll in background."""
@@ -123,37 +185,56 @@ class ModelHolder:
             self._thread.join()
 
     def refresh(self) -> None:
-        """Check the production alias once; swap when it moved to a version that passes its checks."""
+        """Check the production alias once; swap when it moved to a version that passes its checks, or
+        when the version refused last is due to be checked again."""
         with self._refresh_lock:
             pointer = self._registry.production_pointer()
-            if pointer == self._seen_pointer:
+            if pointer == self._seen_pointer and not self._retry_due():
                 return
             if pointer[0] is None:
-                self._served, self._reason = None, NO_PRODUCTION_MODEL
+                self._served, self._reason, self._refusal = None, NO_PRODUCTION_MODEL, None
                 log.warning(NO_PRODUCTION_MODEL)
             else:
                 self._load_production()
             # Only now: a registry read error above leaves the pointer unseen, so the next poll retries.
             self._seen_pointer = pointer
 
+    def _retry_due(self) -> bool:
+        """A refused version is checked again once its file changed, or its retry time came."""
+        refusal = self._refusal
+        if refusal is None:
+            return False
+        return (
+            self._monotonic() >= refusal.retry_at or file_signature(refusal.model_file) != refusal.signature
+        )
+
     def _load_production(self) -> None:
         production = self._registry.production()
         if production is None:  # the alias was cleared between the two registry reads
-            self._served, self._reason = None, NO_PRODUCTION_MODEL
+            self._served, self._reason, self._refusal = None, NO_PRODUCTION_MODEL, None
             return
         if self._served is not None and self._served.version == production.version:
+            self._refusal = None
             return
+        model_file = getattr(production, "model_file", None)  # the local file (cache file when remote)
+        signature = file_signature(model_file)  # before the check: a repair during it triggers a retry
         try:
             candidate = self._checked_model(production.version, production.sha256)
         except Exception as exc:  # any failure to check or load must leave the current model serving
             self._refusals += 1
             self._reason = f"production model {production.version} refused: {exc}"
+            self._refusal = Refusal(
+                production.version, model_file, signature, self._monotonic() + self._refused_retry_s
+            )
             log.error(
-                "%s (still serving %s)", self._reason, self._served.version if self._served else "nothing"
+                "%s (still serving %s; checked again when its file changes, or in %gs)",
+                self._reason,
+                self._served.version if self._served else "nothing",
+                self._refused_retry_s,
             )
             return
         previous = self._served
-        self._served, self._reason = candidate, None
+        self._served, self._reason, self._refusal = candidate, None, None
         self._swaps += 1
         log.info("serving model %s (was %s)", candidate.version, previous.version if previous else "nothing")
 

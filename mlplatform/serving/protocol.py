@@ -26,12 +26,17 @@ _KNOWN_INPUTS = frozenset({"text", *_ID_INPUTS})
 
 
 class RequestRefused(UserError):
-    """A request the endpoint answers with an error status and a one-line reason."""
+    """A request the endpoint answers with an error status and a one-line reason.
 
-    def __init__(self, status: int, message: str) -> None:
+    `close`: the answer also closes the connection (what is left of the request cannot be trusted to
+    end where the next one begins, e.g. a body that stopped arriving).
+    """
+
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.close = close
 
 
 @dataclass(frozen=True)
@@ -190,8 +195,10 @@ def error_body(message: str, request_id: str) -> bytes:
     return orjson.dumps({"error": message, "id": request_id})
 
 
-async def send_json(send: ASGISend, status: int, body: bytes) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+async def send_json(
+    send: ASGISend, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

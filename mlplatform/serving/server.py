@@ -18,14 +18,17 @@ from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from mlplatform.core.monitoring.alerts import alert_store_from_env
 from mlplatform.core.platform.errors import UserError
-from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.home import PlatformHome, api_keys_from_env
 from mlplatform.core.platform.records import RecordsError
 from mlplatform.core.platform.reporting import one_line, secrets_of
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.serving.app import ServingConfig, api_keys_from_env, create_app
+from mlplatform.serving.app import ServingConfig, create_app
+from mlplatform.serving.connection import with_header_deadline
 from mlplatform.serving.model_holder import ModelHolder
 
 DEFAULT_HOST = "127.0.0.1"
@@ -51,7 +54,9 @@ class _ReadinessFirstServer(uvicorn.Server):
 def run_server(
     home: PlatformHome, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: Settings | None = None
 ) -> None:
-    """Serve the production model of `home` until SIGINT/SIGTERM; API keys come from MLPLATFORM_API_KEYS."""
+    """Serve the production model of `home` until SIGINT/SIGTERM; API keys come from MLPLATFORM_API_KEYS
+    (ApiKeysError, before anything starts, when it is set but names no key)."""
+    api_keys = api_keys_from_env(os.environ)
     settings = settings if settings is not None else Settings.load(home.settings_file)
     home.ensure()
     registry = ModelRegistry.for_home(home)
@@ -59,13 +64,20 @@ def run_server(
         registry.production_pointer()  # the registry answers, or the endpoint does not start
     except RecordsError as exc:
         raise ServeError(f"the endpoint cannot start: {exc}") from None
-    app = create_app(home, settings, api_keys=api_keys_from_env(os.environ), registry=registry)
+    app = create_app(
+        home, settings, api_keys=api_keys, registry=registry, alerts=alert_store_from_env(home, os.environ)
+    )
+    serving = ServingConfig.from_settings(settings)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        # httptools' parser (h11 without it), with a deadline for each request's headers.
+        http=with_header_deadline(
+            AutoHTTPProtocol, serving.header_timeout_s, app.state.serving.metrics.count_header_timeout
+        ),
         access_log=False,  # per-request logging would cost more than the inference; metrics count requests
-        timeout_graceful_shutdown=ServingConfig.from_settings(settings).graceful_shutdown_s,
+        timeout_graceful_shutdown=serving.graceful_shutdown_s,
         log_level="info",
     )
     _ReadinessFirstServer(config, app.state.serving.holder).run()

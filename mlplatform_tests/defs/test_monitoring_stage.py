@@ -120,19 +120,21 @@ def _latest(home: PlatformHome, asset: str):
     return store.load(store.latest(asset))
 
 
-def test_prediction_log_dedupes_requests_and_names_the_version(home):
+def test_prediction_log_keeps_reused_request_ids_apart_dedupes_a_replayed_segment_and_names_the_version(home):
     texts = [{"text": f"love this dress number {i}", "review_id": f"r{i}"} for i in range(3)]
     version = _send(home, texts, request_id="same-request")
-    _send(home, texts, request_id="same-request")  # replayed: the same request id and rows
+    _send(home, texts, request_id="same-request")  # a client's retry: the same request id, a second request
     _send(home, texts[:1])
+    first = sorted(home.capture.glob("*.jsonl"))[0]
+    shutil.copy(first, first.with_name(first.name.replace(".jsonl", "9.jsonl")))  # a segment replayed
     _monitor(home)
 
     log = _latest(home, "prediction_log")
-    assert log.height == 4 and log["request_id"].n_unique() == 2
+    assert log.height == 7 and log["request_id"].n_unique() == 2 and log["capture_id"].n_unique() == 3
     assert set(log["model_version"]) == {version}
     event = open_instance(home).get_latest_materialization_event(dg.AssetKey("prediction_log"))
     metadata = event.asset_materialization.metadata
-    assert metadata["duplicates_removed"].value == 3 and metadata[f"rows/{version}"].value == 4
+    assert metadata["duplicates_removed"].value == 3 and metadata[f"rows/{version}"].value == 7
 
     again = run_pending(home, say=lambda _: None, groups=["monitoring"])
     assert "prediction_log" not in again.materialized  # nothing new captured: monitoring is not re-run

@@ -18,6 +18,18 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection (a reset counts as closed); the socket's
+    own timeout (TimeoutError) means the peer kept it open."""
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

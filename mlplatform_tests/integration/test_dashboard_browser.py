@@ -1,26 +1,35 @@
 """The dashboard in headless Chromium: the page loads, the charts render, no console errors.
 
-The page sets `data-status` on <body> to "ok" after rendering, or "error:<message>" from its
-window error handlers and failed fetches; the test reads it from the DOM Chromium dumps, and also
-scans Chromium's console log (stderr): the page logs nothing, so any console line fails the test.
+The page sets `data-status` on <body> to "ok" after rendering, "need-key" when it asks for an API key,
+or "error:<message>" from its window error handlers and failed fetches; the tests read it from the DOM
+Chromium dumps, and also scan Chromium's console log (stderr): the page logs nothing, so any console
+line fails the test. With API keys configured the page is driven over the DevTools protocol (a key is
+typed into its form, as a person would).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
+import os
 import re
 import shutil
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+from websockets.sync.client import ClientConnection, connect
 
 from mlplatform.core.monitoring.alerts import AlertStore
 from mlplatform.core.monitoring.product_report import to_safe_csv
 from mlplatform.core.platform.artifacts import ArtifactStore, Bundle, encode
-from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.home import API_KEYS_ENV, PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform_tests.integration.processes import endpoint_process
 from mlplatform_tests.serving.conftest import tiny_model_bytes
@@ -41,6 +50,8 @@ CHROMIUM_FLAGS = (
     "--v=0",
     "--virtual-time-budget=8000",  # let the page's fetch and render finish before the dump
 )
+# A browser driven live over the DevTools protocol runs in real time (no virtual-time budget).
+LIVE_FLAGS = tuple(flag for flag in CHROMIUM_FLAGS if not flag.startswith("--virtual-time-budget"))
 # Chromium logs every console message (console.error, uncaught exceptions, CSP refusals) as an
 # INFO:CONSOLE line on stderr, whatever its level; the page itself logs nothing, so any such line is a fault.
 CONSOLE_LINE = re.compile(r":CONSOLE[:(]|Uncaught")
@@ -87,9 +98,9 @@ def seed_monitoring(home: PlatformHome) -> None:
 
 
 @contextlib.contextmanager
-def serving(home: PlatformHome, tmp_path: Path) -> Iterator[str]:
+def serving(home: PlatformHome, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """The endpoint on `home` as a real process; yields the dashboard's URL."""
-    with endpoint_process(home.root, tmp_path / "server.log") as (_, base_url):
+    with endpoint_process(home.root, tmp_path / "server.log", env=env) as (_, base_url):
         yield f"{base_url}/dashboard"
 
 
@@ -137,3 +148,120 @@ def test_dashboard_renders_in_headless_chromium(home: PlatformHome, tmp_path: Pa
     assert "<b>x</b>" not in dom
     assert "'=HYPERLINK(1)" in dom  # the flagged-products table, formula-neutralised as stored
     assert screenshot.exists() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+
+
+class DevToolsPage:
+    """One page of a headless Chromium, driven over the DevTools protocol (JSON over a WebSocket)."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self._connection = connection
+        self._ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        message_id = next(self._ids)
+        self._connection.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self._connection.recv(timeout=60))
+            if message.get("id") == message_id:
+                assert "error" not in message, message
+                return message.get("result", {})
+            self.events.append(message)
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def wait_for_status(self, expected: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        status_now = "document.body ? document.body.dataset.status : null"  # null while a page loads
+        while (status := self.evaluate(status_now)) != expected:
+            assert time.monotonic() < deadline, f"the page's status is {status!r}, not {expected!r}"
+            time.sleep(0.1)
+
+    def reload(self) -> None:
+        """Reload the page and wait until the new document replaced the old one."""
+        self.evaluate("window.oldDocument = true")
+        self.call("Page.reload")
+        deadline = time.monotonic() + 30
+        while self.evaluate("window.oldDocument === true"):
+            assert time.monotonic() < deadline, "the page did not reload"
+            time.sleep(0.05)
+
+    def submit_key(self, key: str) -> None:
+        self.evaluate(
+            f"document.getElementById('key-input').value = {json.dumps(key)};"
+            "document.getElementById('key-form').requestSubmit();"
+        )
+
+    def console_faults(self) -> list[dict[str, Any]]:
+        """What the page logged or threw (it logs nothing: every entry is a fault)."""
+        kinds = ("Runtime.consoleAPICalled", "Runtime.exceptionThrown")
+        return [event for event in self.events if event.get("method") in kinds]
+
+
+@contextlib.contextmanager
+def devtools_page(browser: str, profile: Path) -> Iterator[DevToolsPage]:
+    """A headless Chromium with remote debugging on a free port; yields its first page."""
+    with (profile.parent / "chromium.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                browser,
+                *LIVE_FLAGS,
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        active_port = profile / "DevToolsActivePort"  # written by Chromium once it listens
+        deadline = time.monotonic() + 60
+        while not (active_port.exists() and active_port.read_text().strip()):
+            assert process.poll() is None and time.monotonic() < deadline, "Chromium did not start"
+            time.sleep(0.1)
+        port = active_port.read_text().split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as listing:
+            target = next(item for item in json.load(listing) if item["type"] == "page")
+        with connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as connection:
+            page = DevToolsPage(connection)
+            page.call("Runtime.enable")
+            page.call("Page.enable")
+            yield page
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_with_api_keys_the_dashboard_asks_for_a_key_once_and_keeps_it_out_of_urls_and_logs(
+    home: PlatformHome, tmp_path: Path
+) -> None:
+    browser = chromium()
+    key = "dash-key-7c1e"
+    registry = ModelRegistry(home.registry)
+    version = registry.register(tiny_model_bytes(0), card=CARD, metrics={"macro_f1": 0.6}).version
+    registry.approve(version, by="test")
+    registry.promote(version, by="test")
+    env = {**os.environ, API_KEYS_ENV: key}
+    profile = tmp_path / "profile"
+    with serving(home, tmp_path, env=env) as url, devtools_page(browser, profile) as page:
+        page.call("Page.navigate", url=url)
+        page.wait_for_status("need-key")
+        page.submit_key("not-the-key")
+        page.wait_for_status("need-key")
+        assert page.evaluate("document.getElementById('key-message').textContent") == "that key was refused"
+        page.submit_key(key)
+        page.wait_for_status("ok")
+        assert page.evaluate("document.getElementById('production-version').textContent") == version
+        assert page.evaluate("sessionStorage.getItem('mlplatform.apiKey')") == key
+        page.reload()  # the key is kept for the tab's session: no second question
+        page.wait_for_status("ok")
+        assert key not in page.evaluate("location.href")
+        assert (
+            page.evaluate("performance.getEntriesByType('resource').map(e => e.name).join(' ')").count(key)
+            == 0
+        )
+        assert page.console_faults() == []
+    assert key not in (tmp_path / "server.log").read_text()

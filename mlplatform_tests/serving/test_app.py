@@ -19,15 +19,17 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform.core.data.features import LABELS
+from mlplatform.core.monitoring import prediction_log
 from mlplatform.core.monitoring.capture import read_capture
-from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.home import PlatformHome, api_keys_from_env
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.model import Prediction
-from mlplatform.serving.app import api_keys_from_env, create_app
+from mlplatform.serving.app import create_app
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, with_serving
 
 INFER = "/v2/models/sentiment/infer"
+JSON = {"Content-Type": "application/json"}
 MAX_BATCH = 4
 MAX_BODY_BYTES = 4096
 
@@ -133,6 +135,31 @@ def test_every_2xx_is_captured_with_its_request_id_and_version(
     assert ((total - 1.0).abs() < 1e-5).all()
 
 
+def test_a_reused_request_id_names_two_captured_requests_that_monitoring_keeps_apart(
+    client: TestClient, home: PlatformHome
+) -> None:
+    answers = [
+        client.post("/predict", json={"reviews": [{"text": text}]}, headers={"X-Request-ID": "retry-1"})
+        for text in ("lovely dress", "awful fabric")
+    ]
+    assert [answer.json()["id"] for answer in answers] == ["retry-1", "retry-1"]  # the client's id, as given
+    capture_ids = [answer.headers["x-capture-id"] for answer in answers]
+    assert len(set(capture_ids)) == 2
+    captured = read_capture(home.capture)
+    assert captured.sort("time")["capture_id"].to_list() == capture_ids
+    log, stats = prediction_log(captured)
+    assert log["text"].to_list() == ["lovely dress", "awful fabric"]
+    assert (stats.requests, stats.duplicates_removed) == (2, 0)
+
+
+def test_a_sampled_out_answer_names_no_capture(
+    home: PlatformHome, test_settings: Settings, deployed: str
+) -> None:
+    with TestClient(create_app(home, with_serving(test_settings, capture_sample_rate=0.0))) as http:
+        response = http.post("/predict", json={"reviews": [REVIEW]})
+    assert response.status_code == 200 and "x-capture-id" not in response.headers
+
+
 # --- bad input: always a 4xx with {"error": ...} ---------------------------------------------------
 
 REVIEW = {"text": "fine"}
@@ -219,7 +246,7 @@ def test_bad_input_is_a_4xx_with_an_error(
 ) -> None:
     client, home = shared
     content = body if isinstance(body, bytes) else None
-    response = client.post(path, content=content, json=None if content is not None else body)
+    response = client.post(path, content=content, json=None if content is not None else body, headers=JSON)
     assert response.status_code == status, response.text
     answer = response.json()
     assert isinstance(answer["error"], str) and answer["error"]
@@ -291,9 +318,11 @@ def test_an_oversized_body_is_refused_before_it_is_read(
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         async with async_client(create_app(home, test_settings)) as http:
             declared = await http.post(
-                "/predict", content=b"{}", headers={"Content-Length": str(10 * MAX_BODY_BYTES)}
+                "/predict", content=b"{}", headers={"Content-Length": str(10 * MAX_BODY_BYTES), **JSON}
             )
-            streamed = await http.post("/predict", content=endless_body())  # chunked: no Content-Length
+            streamed = await http.post(  # chunked: no Content-Length
+                "/predict", content=endless_body(), headers=JSON
+            )
             return declared, streamed
 
     declared, streamed = asyncio.run(scenario())
@@ -309,7 +338,7 @@ def test_api_keys_guard_everything_but_health(
     home: PlatformHome, test_settings: Settings, deployed: str
 ) -> None:
     keys = api_keys_from_env({"MLPLATFORM_API_KEYS": " first-key , second-key ,"})
-    assert keys == frozenset({"first-key", "second-key"})
+    assert keys == ("first-key", "second-key")
     body = {"reviews": [REVIEW]}
     with TestClient(create_app(home, test_settings, api_keys=keys)) as http:
         assert http.post("/predict", json=body).status_code == 401
@@ -321,6 +350,7 @@ def test_api_keys_guard_everything_but_health(
             == 401
         )
         assert http.get("/metrics").status_code == 401
+        assert http.get("/v2/models/sentiment").status_code == 401
         assert http.post("/predict", json=body, headers={"X-API-Key": "first-key"}).status_code == 200
         assert (
             http.post("/predict", json=body, headers={"Authorization": "Bearer second-key"}).status_code
@@ -328,7 +358,7 @@ def test_api_keys_guard_everything_but_health(
         )
         assert http.get("/v2/health/live").status_code == 200
         assert http.get("/v2/health/ready").status_code == 200
-    assert api_keys_from_env({}) == frozenset()
+    assert api_keys_from_env({}) == ()
 
 
 def slow_fsync(seconds: float) -> Callable[[int], None]:

@@ -4,6 +4,7 @@ own cases are in mlplatform_tests/core/monitoring/test_capture.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import os
@@ -20,11 +21,21 @@ from mlplatform.core.monitoring.capture import (
     list_segments,
     read_capture,
 )
-from mlplatform.serving.capture import CaptureConfig, CaptureWriter, seal_abandoned_segments
+from mlplatform.serving.capture import (
+    CaptureConfig,
+    CaptureState,
+    CaptureStatus,
+    CaptureWriter,
+    seal_abandoned_segments,
+)
 from mlplatform_tests.core.monitoring.test_capture import rows
 
 CONFIG = CaptureConfig(
-    fsync_max_delay_s=0.0, batch_max_records=1000, segment_max_bytes=1 << 20, segment_max_age_s=3600.0
+    fsync_max_delay_s=0.0,
+    batch_max_records=1000,
+    segment_max_bytes=1 << 20,
+    segment_max_age_s=3600.0,
+    retry_s=0.02,
 )
 PREALLOCATED = dataclasses.replace(CONFIG, preallocate_bytes=4096)
 
@@ -37,6 +48,14 @@ def config(request: pytest.FixtureRequest) -> CaptureConfig:
 
 async def append_all(writer: CaptureWriter, payloads: list[bytes]) -> None:
     await asyncio.gather(*(writer.append(payload) for payload in payloads))
+
+
+def wait_writing(writer: CaptureWriter, timeout_s: float = 10.0) -> None:
+    """Until the writer's probe found the disk writable again (it refuses appends until then)."""
+    deadline = time.monotonic() + timeout_s
+    while writer.status().state is not CaptureState.WRITING:
+        assert time.monotonic() < deadline, f"capture still failing: {writer.status()}"
+        time.sleep(0.01)
 
 
 def test_appended_rows_are_readable_with_polars(tmp_path: Path, config: CaptureConfig) -> None:
@@ -194,6 +213,7 @@ def test_failed_fsync_fails_the_append_and_keeps_no_partial_record(
     with pytest.raises(CaptureError, match="Input/output error"):
         asyncio.run(writer.append(rows("lost")))
     failing[0] = False
+    wait_writing(writer)
     asyncio.run(writer.append(rows("after")))
     writer.close()
     # The failed record was cut back out; the writer moved on to a fresh segment.
@@ -311,9 +331,66 @@ def test_an_inline_write_failure_is_reported_and_nothing_partial_kept(tmp_path: 
     with pytest.raises(CaptureError, match="Input/output error"):
         asyncio.run(writer.append(rows("lost"), alone=True))
     failing[0] = False
+    wait_writing(writer)
     asyncio.run(writer.append(rows("after"), alone=True))
     writer.close()
     assert read_capture(tmp_path)["request_id"].to_list() == ["w1", "w2", "w3", "inline-ok", "after"]
     caller = threading.current_thread().name
-    # The failure happened inline; the failed fsync closed the inline path, so "after" took the thread.
-    assert threads == ["capture-writer"] * 3 + [caller, caller, "capture-writer"]
+    # The failure happened inline; the failed fsync closed the inline path, so the disk's probes and
+    # "after" took the thread.
+    assert threads[:5] == ["capture-writer"] * 3 + [caller, caller]
+    assert set(threads[5:]) == {"capture-writer"}
+
+
+def test_a_full_disk_makes_no_storm_of_segments_and_the_writer_recovers_when_space_returns(
+    tmp_path: Path, config: CaptureConfig
+) -> None:
+    full = [False]
+    states: list[CaptureStatus] = []
+
+    def disk(fd: int) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.fsync(fd)
+
+    writer = CaptureWriter(tmp_path, config, sync_file=disk, on_state=states.append)
+    writer.start()
+    asyncio.run(writer.append(rows("before")))
+    full[0] = True
+    refused = 0
+    for index in range(300):
+        with contextlib.suppress(CaptureError):
+            asyncio.run(writer.append(rows(f"refused-{index}")))
+            continue
+        refused += 1
+    status = writer.status()
+    assert refused == 300
+    assert status.state is CaptureState.FAILING and "No space left on device" in (status.error or "")
+    # One segment: the one holding "before", cut back and sealed; no empty segment per refused request
+    # (at most the one file a probe of the disk has open for a moment).
+    assert len(list(tmp_path.glob("*.jsonl"))) == 1
+    assert len(list(tmp_path.glob("*.open"))) <= 1
+    full[0] = False
+    wait_writing(writer)
+    asyncio.run(writer.append(rows("after")))
+    writer.close()
+    assert read_capture(tmp_path)["request_id"].to_list() == ["before", "after"]
+    assert all(path.stat().st_size > 0 for path in tmp_path.iterdir())
+    assert [state.state for state in states] == [CaptureState.FAILING, CaptureState.WRITING]
+
+
+def test_a_failing_disk_is_probed_every_retry_s_not_per_request(tmp_path: Path) -> None:
+    syncs: list[float] = []
+
+    def full_disk(fd: int) -> None:
+        syncs.append(time.monotonic())
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = CaptureWriter(tmp_path, dataclasses.replace(CONFIG, retry_s=3600.0), sync_file=full_disk)
+    writer.start()
+    for index in range(50):
+        with contextlib.suppress(CaptureError):
+            asyncio.run(writer.append(rows(f"r{index}")))
+    writer.close()
+    assert len(syncs) == 1  # the first write's sync; every later append was refused without a try
+    assert list(tmp_path.iterdir()) == []

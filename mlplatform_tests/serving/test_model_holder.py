@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.model import load_model
-from mlplatform.serving.model_holder import NO_PRODUCTION_MODEL, SHUTTING_DOWN, ModelHolder
+from mlplatform.serving.model_holder import NO_PRODUCTION_MODEL, SHUTTING_DOWN, HolderState, ModelHolder
 from mlplatform_tests.core.scoring.models import RULES
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register
 
@@ -99,3 +101,48 @@ def test_shutdown_turns_readiness_off_first(
     assert (status.ready, status.reason) == (False, SHUTTING_DOWN)
     served = holder.served  # requests still draining are answered, by the same version
     assert served is not None and served.version == "v1"
+
+
+def test_a_refused_production_model_is_served_once_its_file_is_repaired(
+    holder: ModelHolder, registry: ModelRegistry, tiny_models: dict[int, bytes]
+) -> None:
+    version = deploy(registry, tiny_models[0])
+    model_file = registry.get(version).onnx_path
+    damage_model_file(registry, version, "truncate")
+    holder.start()
+    assert holder.status().state == HolderState.REFUSED
+    model_file.write_bytes(tiny_models[0])  # the operator restores the file; the alias never moved
+    wait_for_version(holder, version)
+    status = holder.status()
+    assert (status.state, status.ready, status.reason, status.refusals) == (
+        HolderState.SERVING,
+        True,
+        None,
+        1,
+    )
+
+
+def test_a_refusal_whatever_its_cause_is_retried_after_refused_retry_s(
+    registry: ModelRegistry, tiny_models: dict[int, bytes]
+) -> None:
+    version = deploy(registry, tiny_models[0])
+    now = [100.0]
+    failures = [RuntimeError("onnxruntime: out of memory")]
+
+    def flaky_loader(path: Path, sha256: str) -> Any:
+        if failures:
+            raise failures.pop()
+        return load_model(path, sha256)
+
+    holder = ModelHolder(
+        registry, flaky_loader, poll_interval_s=3600, refused_retry_s=30.0, monotonic=lambda: now[0]
+    )
+    holder.refresh()
+    assert holder.status().state == HolderState.REFUSED
+    now[0] += 29.0
+    holder.refresh()  # the file is unchanged and its retry time has not come
+    assert holder.status().state == HolderState.REFUSED
+    now[0] += 1.0
+    holder.refresh()
+    served = holder.served
+    assert served is not None and served.version == version

@@ -238,6 +238,16 @@ def _firing(alerts: Iterable[Alert], key: str) -> Alert | None:
     return next((alert for alert in alerts if alert.key == key and alert.state == FIRING), None)
 
 
+def alert_store_from_env(home: PlatformHome, environ: Mapping[str, str]) -> AlertStore:
+    """The home's alert store, posting to the webhook named by MLPLATFORM_ALERT_WEBHOOK when set."""
+    url = environ.get(WEBHOOK_ENV, "").strip()
+    notifier = None
+    if url:
+        rules = AlertRules.from_settings(Settings.load(home.settings_file))
+        notifier = WebhookNotifier(url, rules.webhook_timeout_s, rules.max_message_chars)
+    return AlertStore.for_home(home, notifier)
+
+
 class AlertStore:
     """The alert log of `root` (`PlatformHome.alerts`); optionally posts each change to a webhook.
 

@@ -1,11 +1,20 @@
 """The capture record format and its reader: what the endpoint wrote, as one polars frame.
 
 Format: JSON lines, one line per review row of a 2xx inference request. A request of N reviews writes N
-lines that share its `request_id` and are numbered by `row` (0..N-1); a row is what monitoring joins with
-ground truth (by `review_id`), so one row per review keeps the file readable as a table with no
-unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the request arrived (UTC), `latency_ms` runs
-from arrival until the answer was ready, before the wait for the capture fsync (which the latency
-histogram in /metrics includes). `encode_capture_rows` writes a request's lines.
+lines that share its `request_id` and `capture_id` and are numbered by `row` (0..N-1); a row is what
+monitoring joins with ground truth (by `review_id`), so one row per review keeps the file readable as a
+table with no unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the request arrived (UTC),
+`latency_ms` runs from arrival until the answer was ready, before the wait for the capture fsync (which
+the latency histogram in /metrics includes). `text` is the prepared text that was scored
+(core/data/text.py). `encode_capture_rows` writes a request's lines.
+
+Keys: `request_id` is the client's `X-Request-ID` as given (or one the endpoint made), so clients find
+their requests under their own ids; but clients reuse ids (a retry after a timeout, a fixed id in a
+script), so it is not a key. `capture_id` is: the endpoint makes one per captured request (a random
+UUID, hex) and returns it in the answer's `X-Capture-ID` header. Monitoring deduplicates rows by
+(`capture_id`, `row`), so two requests sent with one id are both kept, and a segment read twice still
+counts once. Segments written before `capture_id` existed read it as null; readers key those rows by
+`request_id`, as before.
 
 Segments: `<utc stamp>-<pid>-<seq>.jsonl.open` while written, `<...>.jsonl` once sealed (an atomic
 rename). An open segment may end in zeros (preallocated room) and, after a crash, in a torn last line or
@@ -42,6 +51,7 @@ SEALED_SUFFIX = ".jsonl"
 # The schema as written (time is an ISO-8601 UTC string in the file, a Datetime once read).
 _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
     "request_id": pl.String(),
+    "capture_id": pl.String(),
     "time": pl.String(),
     "route": pl.String(),
     "model_version": pl.String(),
@@ -68,6 +78,7 @@ def utc_iso(epoch_seconds: float) -> str:
 def encode_capture_rows(
     *,
     request_id: str,
+    capture_id: str,
     received_at: float,
     route: str,
     model_version: str,
@@ -81,6 +92,7 @@ def encode_capture_rows(
     """The capture lines of one request: one JSON object per review row, each ending in a newline."""
     shared = {
         "request_id": request_id,
+        "capture_id": capture_id,
         "time": utc_iso(received_at),
         "route": route,
         "model_version": model_version,

@@ -170,20 +170,29 @@ def _registered_with_sha256(home: PlatformHome, sha256: str | None) -> ModelVers
 
 
 def _request_rows(capture: pl.DataFrame, request_id: str) -> pl.DataFrame:
+    """The rows of one captured request, named by its request id or its capture id (the endpoint's own
+    key, answered in `X-Capture-ID`: what tells apart requests a client sent with one request id)."""
     missing = [column for column in CAPTURE_COLUMNS if column not in capture.columns]
     if missing:
         raise LineageError(f"the capture frame lacks columns {', '.join(missing)}")
-    rows = capture.filter(pl.col("request_id") == request_id).sort("row")
+    if "capture_id" not in capture.columns:  # captured before capture ids: one request per time
+        capture = capture.with_columns(pl.lit(None, pl.String).alias("capture_id"))
+    named = (pl.col("request_id") == request_id) | (pl.col("capture_id") == request_id).fill_null(False)
+    rows = capture.filter(named).sort("time", "row")
     if rows.is_empty():
         raise LineageError(f"request {request_id!r} is not in the capture log")
-    times = rows["time"].unique().sort().to_list()
-    if len(times) > 1:
+    requests = rows.select("capture_id", "time").unique(maintain_order=True)
+    if requests.height > 1:
         # Clients may send their own X-Request-ID: a reused id names several requests.
-        raise LineageError(
-            f"request id {request_id!r} names {len(times)} requests "
-            f"({', '.join(t.isoformat() for t in times)}); lineage needs a unique request id"
+        named_by = ", ".join(
+            f"capture id {key} at {moment.isoformat()}" if key else f"at {moment.isoformat()}"
+            for key, moment in requests.iter_rows()
         )
-    return rows
+        raise LineageError(
+            f"request id {request_id!r} names {requests.height} requests ({named_by}); "
+            "pass one capture id to `--prediction` instead"
+        )
+    return rows.sort("row")
 
 
 def _request_record(rows: pl.DataFrame) -> dict[str, Any]:
@@ -191,6 +200,7 @@ def _request_record(rows: pl.DataFrame) -> dict[str, Any]:
     answered_at: datetime = first["time"]
     return {
         "request_id": first["request_id"],
+        "capture_id": first.get("capture_id"),
         "time": answered_at.isoformat(),
         "route": first["route"],
         "rows": rows.height,
@@ -406,8 +416,10 @@ def _training_lines(training: dict[str, Any], indent: str) -> list[str]:
 
 def _prediction_lines(chain: dict[str, Any]) -> list[str]:
     request, model = chain["request"], chain["model_version"]
+    capture_id = f"  capture id {request['capture_id']}" if request.get("capture_id") else ""
     lines = [
-        f"request {request['request_id']}  {request['time']}  {request['route']}  {request['rows']} row(s)"
+        f"request {request['request_id']}{capture_id}  {request['time']}  {request['route']}  "
+        f"{request['rows']} row(s)"
     ]
     for given, answer in zip(request["inputs"], request["outputs"], strict=True):
         score = answer["probabilities"][answer["label"]]

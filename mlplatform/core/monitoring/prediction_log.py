@@ -15,8 +15,11 @@ import polars as pl
 
 from mlplatform.core.monitoring.rules import MonitoringError, require_columns
 
-LOG_KEY: tuple[str, ...] = ("request_id", "row")
-"""One captured prediction: a request's row."""
+LOG_KEY: tuple[str, ...] = ("capture_id", "row")
+"""One captured prediction: a captured request's row. `capture_id` is the endpoint's own key of a captured
+request; `request_id` is the client's and may be reused, so it keys only rows captured before
+`capture_id` existed (null there)."""
+_REQUEST_KEY = "_request_key"
 
 _LOG_REQUIRED_COLUMNS: tuple[str, ...] = (
     "request_id",
@@ -51,11 +54,11 @@ class PredictionLogStats:
 
 
 def prediction_log(capture: pl.DataFrame) -> tuple[pl.DataFrame, PredictionLogStats]:
-    """The captured predictions as one table: one row per (request_id, row), the first capture kept.
+    """The captured predictions as one table: one row per (capture_id, row), the first capture kept.
 
-    Sorted by time (then request id and row, so equal times stay in a stable order), with a `day` column
-    (UTC date) to partition by. A row repeated across segments (a replayed or re-read capture) counts in
-    `duplicates_removed`.
+    Two requests a client sent with one request id are two requests here. Sorted by time (then request
+    key and row, so equal times stay in a stable order), with a `day` column (UTC date) to partition by.
+    A row repeated across segments (a replayed or re-read capture) counts in `duplicates_removed`.
     """
     require_columns(capture, _LOG_REQUIRED_COLUMNS, "capture frame")
     if not isinstance(capture.schema["time"], pl.Datetime):
@@ -63,16 +66,20 @@ def prediction_log(capture: pl.DataFrame) -> tuple[pl.DataFrame, PredictionLogSt
     unknown_versions = capture.filter(pl.col("model_version").is_null()).height
     if unknown_versions:
         raise MonitoringError(f"{unknown_versions} capture rows have no model_version")
+    capture_id = pl.col("capture_id") if "capture_id" in capture.columns else pl.lit(None, pl.String)
+    keyed = capture.with_columns(pl.coalesce(capture_id, pl.col("request_id")).alias(_REQUEST_KEY))
     log = (
-        capture.unique(subset=list(LOG_KEY), keep="first", maintain_order=True)
-        .sort(["time", *LOG_KEY])
+        keyed.unique(subset=[_REQUEST_KEY, "row"], keep="first", maintain_order=True)
+        .sort(["time", _REQUEST_KEY, "row"])
         .with_columns(pl.col("time").dt.date().alias("day"))
     )
+    requests = log[_REQUEST_KEY].n_unique()
+    log = log.drop(_REQUEST_KEY)
     counts = log.group_by("model_version").len().sort("model_version")
     stats = PredictionLogStats(
         rows_in=capture.height,
         rows=log.height,
-        requests=log["request_id"].n_unique(),
+        requests=requests,
         duplicates_removed=capture.height - log.height,
         rows_by_version=dict(counts.iter_rows()),
     )

@@ -7,9 +7,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlplatform.core.platform.errors import UserError
+
 HOME_ENV = "MLPLATFORM_HOME"
 PG_URL_ENV = "MLPLATFORM_PG_URL"
+API_KEYS_ENV = "MLPLATFORM_API_KEYS"
 DEFAULT_HOME = ".mlplatform"
+
+
+class ApiKeysError(UserError, ValueError):
+    """MLPLATFORM_API_KEYS is set but names no key."""
+
+
+def api_keys_from_env(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The endpoint's API keys from MLPLATFORM_API_KEYS (comma-separated, spaces around a key ignored).
+
+    Unset: no keys (no authentication). Set but naming no key ("", " , "): ApiKeysError, never "no
+    authentication" -- an empty substitution in a deployment file must not quietly open the endpoint.
+    """
+    raw = environ.get(API_KEYS_ENV)
+    if raw is None:
+        return ()
+    keys = tuple(dict.fromkeys(key.strip() for key in raw.split(",") if key.strip()))
+    if not keys:
+        raise ApiKeysError(
+            f"{API_KEYS_ENV} is set but names no key: list keys separated by commas, or unset it to serve "
+            "without authentication"
+        )
+    return keys
 
 
 @dataclass(frozen=True)

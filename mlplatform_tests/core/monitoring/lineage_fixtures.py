@@ -30,6 +30,7 @@ class TracedHome:
     landed: list[LandResult]
     model_version: str
     answer: dict
+    reused_capture_ids: tuple[str, ...]  # of the requests sent with REUSED_REQUEST_ID, in order
 
 
 def build_traced_home(root: Path) -> TracedHome:
@@ -50,8 +51,11 @@ def build_traced_home(root: Path) -> TracedHome:
     with TestClient(create_app(home, Settings.load())) as client:
         response = client.post("/predict", json={"reviews": REVIEWS}, headers={"X-Request-ID": REQUEST_ID})
         response.raise_for_status()
-        for review in REVIEWS:
-            client.post(
-                "/predict", json={"reviews": [review]}, headers={"X-Request-ID": REUSED_REQUEST_ID}
-            ).raise_for_status()
-    return TracedHome(home, landed, model_version, response.json())
+        reused = [
+            client.post("/predict", json={"reviews": [review]}, headers={"X-Request-ID": REUSED_REQUEST_ID})
+            for review in REVIEWS
+        ]
+    for answer in reused:
+        answer.raise_for_status()
+    capture_ids = tuple(answer.headers["x-capture-id"] for answer in reused)
+    return TracedHome(home, landed, model_version, response.json(), capture_ids)

@@ -18,6 +18,7 @@ from mlplatform.core.monitoring.capture import (
 def rows(request_id: str, count: int = 1, version: str = "v1") -> bytes:
     return encode_capture_rows(
         request_id=request_id,
+        capture_id=f"capture-of-{request_id}",
         received_at=1_700_000_000.25,
         route="/predict",
         model_version=version,

@@ -94,8 +94,25 @@ def test_prediction_lineage_text_shows_the_chain(traced, capture):
 def test_unknown_and_reused_request_ids_are_refused(traced, capture):
     with pytest.raises(LineageError, match="'no-such-request' is not in the capture log"):
         prediction_lineage(traced.home, "no-such-request", capture)
-    with pytest.raises(LineageError, match="names 2 requests"):
+    with pytest.raises(LineageError, match=r"names 2 requests .*capture id") as refused:
         prediction_lineage(traced.home, REUSED_REQUEST_ID, capture)
+    assert all(capture_id in str(refused.value) for capture_id in traced.reused_capture_ids)
+
+
+def test_each_request_sent_with_a_reused_id_is_traced_by_its_capture_id(traced, capture):
+    texts = []
+    for capture_id in traced.reused_capture_ids:
+        chain = prediction_lineage(traced.home, capture_id, capture)
+        assert (chain["request"]["request_id"], chain["request"]["capture_id"]) == (
+            REUSED_REQUEST_ID,
+            capture_id,
+        )
+        assert chain["model_version"]["version"] == traced.model_version
+        texts.append(chain["request"]["inputs"][0]["text"])
+    assert texts == [review["text"] for review in REVIEWS]
+    assert f"capture id {traced.reused_capture_ids[0]}" in render_lineage_text(
+        prediction_lineage(traced.home, traced.reused_capture_ids[0], capture)
+    )
 
 
 def test_a_missing_link_is_named(traced, capture, tmp_path):

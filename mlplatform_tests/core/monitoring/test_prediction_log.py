@@ -17,6 +17,7 @@ def capture_rows(records: list[tuple[str, int, str, str]]) -> pl.DataFrame:
     frame = pl.DataFrame(
         {
             "request_id": [record[0] for record in records],
+            "capture_id": [f"capture-{record[0]}" for record in records],
             "time": [datetime.fromisoformat(record[2]).replace(tzinfo=UTC) for record in records],
             "route": "/predict",
             "model_version": [record[3] for record in records],
@@ -62,6 +63,26 @@ def test_prediction_log_keeps_the_first_capture_of_a_row() -> None:
     capture = capture.with_columns(pl.Series("label", ["negative", "positive"]))
     log, _ = prediction_log(capture)
     assert log["label"].to_list() == ["negative"]
+
+
+def test_prediction_log_keeps_two_requests_a_client_sent_with_one_request_id() -> None:
+    capture = capture_rows(
+        [("retry", 0, "2024-05-01T10:00:00", "v1"), ("retry", 0, "2024-05-01T10:00:05", "v1")]
+    )
+    capture = capture.with_columns(pl.Series("capture_id", ["first-capture", "second-capture"]))
+    log, stats = prediction_log(capture)
+    assert log["capture_id"].to_list() == ["first-capture", "second-capture"]
+    assert (stats.rows, stats.requests, stats.duplicates_removed) == (2, 2, 0)
+
+
+def test_rows_captured_before_capture_ids_are_keyed_by_request_id() -> None:
+    legacy = capture_rows([("a", 0, "2024-05-01T10:00:00", "v1"), ("a", 0, "2024-05-01T10:00:00", "v1")])
+    for capture in (
+        legacy.drop("capture_id"),
+        legacy.with_columns(pl.lit(None, pl.String).alias("capture_id")),
+    ):
+        log, stats = prediction_log(capture)
+        assert (log.height, stats.requests, stats.duplicates_removed) == (1, 1, 1)
 
 
 def test_prediction_log_refuses_rows_without_a_model_version_or_missing_columns() -> None:
