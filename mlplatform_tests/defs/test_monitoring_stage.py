@@ -28,7 +28,6 @@ from mlplatform.core.registry import ModelRegistry
 from mlplatform.core.settings import Settings
 from mlplatform.core.synthetic import generate_reviews, write_demo_drops
 from mlplatform.core.text import LABELS
-from mlplatform.definitions import MONITORING_JOB
 from mlplatform.defs.alerting import build_alert_sensors, record_rollback_alerts
 from mlplatform.defs.monitoring import (
     NO_ENDPOINT,
@@ -206,12 +205,12 @@ def test_generic_sentences_drift_and_alert_once_per_condition_with_webhook(home,
     report = run_pending(home, say=lambda _: None, groups=["monitoring"])
     assert report.exit_code == 1
     (failure,) = [alert for alert in store.list() if alert.kind == "run_failure"]
-    assert failure.key == f"run:{MONITORING_JOB}" and "label" in failure.message
+    assert failure.key == f"step:{failure.source}" and "label" in failure.message  # keyed by the step
     (labels_dir(home) / "broken.csv").unlink()
     _send(home, generic[:10])
     assert run_pending(home, say=lambda _: None, groups=["monitoring"]).exit_code == 0
     states = {alert.key: alert.state for alert in store.list()}
-    assert states[f"run:{MONITORING_JOB}"] == RESOLVED and states["drift_report:length_psi"] == FIRING
+    assert states[failure.key] == RESOLVED and states["drift_report:length_psi"] == FIRING
 
 
 def _drift_metadata(home: PlatformHome) -> dict:
@@ -330,7 +329,7 @@ def test_the_run_failure_sensor_alerts_on_a_failed_run(tmp_path):
     assert sensors["alerts_on_run_failure"].default_status == dg.DefaultSensorStatus.RUNNING
     sensors["alerts_on_run_failure"](context)
     (alert,) = AlertStore(home.alerts).list()
-    assert (alert.kind, alert.key, alert.state) == ("run_failure", "run:fragile", FIRING)
+    assert (alert.kind, alert.key, alert.state) == ("run_failure", "step:explode", FIRING)
     assert "disk on fire" in alert.message
 
 
