@@ -134,13 +134,20 @@ def cmd_status(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.instance import prepare_instance
+    """`dagster dev` on the home: its instance, and the platform's code location under its one name.
+
+    Dagster runs in the home's directory: Dagster reads `.env` from where it runs, and a project's
+    `.env` (which names the project's own home) must not override the home chosen here.
+    """
+    from mlplatform.instance import prepare_instance, workspace_file
 
     dagster_home = prepare_instance(home)
+    workspace = workspace_file(home)
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "MLPLATFORM_HOME": str(home.root)}
-    argv = [dagster, "dev", "-m", "mlplatform.definitions", "--port", str(args.port), "--host", args.host]
+    argv = [dagster, "dev", "-w", str(workspace), "--port", str(args.port), "--host", args.host]
     _progress(f"Dagster UI on http://{args.host}:{args.port} (home {home.root})")
+    os.chdir(home.root)
     os.execvpe(argv[0], argv, env)
     return EXIT_OK  # not reached
 
