@@ -41,7 +41,7 @@ import yaml
 
 from mlplatform.core.fsio import file_lock, write_bytes_atomic
 from mlplatform.core.home import PlatformHome
-from mlplatform.core.records import postgres_session_lock, sqlalchemy_url
+from mlplatform.core.records import postgres_session_lock, require_postgres, sqlalchemy_url
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -119,6 +119,7 @@ def _storage_config(home: PlatformHome) -> dict[str, Any] | None:
     Dagster's default place)."""
     if not home.pg_url:
         return None
+    require_postgres()
     return {"postgres": {"postgres_url": sqlalchemy_url(home.pg_url)}}
 
 
