@@ -60,7 +60,7 @@ def main() -> None:
     from mlplatform.core.data.schema import read_drop
     from mlplatform.core.data.synthetic import to_published_csv
     from mlplatform.core.platform.home import PlatformHome
-    from mlplatform.instance import open_instance, prepare_instance
+    from mlplatform.instance import open_instance, prepare_instance, workspace_file
 
     work = Path(tempfile.mkdtemp(prefix="mlplatform-e2e-"))
     home = PlatformHome(work / "home").ensure()
@@ -84,8 +84,10 @@ def main() -> None:
             start_new_session=True,
         ),
         subprocess.Popen(
-            [str(bin_dir / "dagster-daemon"), "run", "-m", "mlplatform.definitions"],
+            # In the work directory: Dagster reads .env where it runs, and the checkout's names its own home.
+            [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace_file(home))],
             env=env,
+            cwd=work,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -14,14 +14,17 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
+from typing import TextIO
 
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.reporting import one_line, secrets_of
 from mlplatform.core.platform.settings import Settings
+from mlplatform.defs.progress import StepProgress, StepState
 from mlplatform.errors import silence_dagster_stability_warnings
 
 EXIT_OK, EXIT_BLOCKED, EXIT_USAGE = 0, 1, 2
@@ -85,7 +88,11 @@ def _lake(home: PlatformHome):
 def cmd_run(args: argparse.Namespace, home: PlatformHome) -> int:
     from mlplatform.runner import run_pending
 
-    report = run_pending(home, say=_progress)
+    progress = step_progress(sys.stderr)
+    try:
+        report = run_pending(home, say=progress.say, on_step=progress.step)
+    finally:
+        progress.close()
     for blocked in report.blocked:
         print(f"blocked: {blocked.asset}: {blocked.reason}")
     if not report.blocked:
@@ -175,15 +182,110 @@ def cmd_status(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.instance import prepare_instance
+    """`dagster dev` on the home: its instance, and the platform's code location under its one name.
+
+    Dagster runs in the home's directory: Dagster reads `.env` from where it runs, and a project's
+    `.env` (which names the project's own home) must not override the home chosen here.
+    """
+    from mlplatform.instance import prepare_instance, workspace_file
 
     dagster_home = prepare_instance(home)
+    workspace = workspace_file(home)
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "MLPLATFORM_HOME": str(home.root)}
-    argv = [dagster, "dev", "-m", "mlplatform.definitions", "--port", str(args.port), "--host", args.host]
+    argv = [dagster, "dev", "-w", str(workspace), "--port", str(args.port), "--host", args.host]
     _progress(f"Dagster UI on http://{args.host}:{args.port} (home {home.root})")
+    os.chdir(home.root)
     os.execvpe(argv[0], argv, env)
     return EXIT_OK  # not reached
+
+
+class StepLines:
+    """`mlplatform run`'s progress where no terminal reads it (a log, a pipe): a line per step outcome."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def say(self, message: str) -> None:
+        print(message, file=self.stream, flush=True)
+
+    def step(self, event: StepProgress) -> None:
+        line = _step_line(event)
+        if line is not None:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class StepBar(StepLines):
+    """On a terminal: the same lines, under them a bar with the steps done and the running step's time.
+
+    Steps are reported from a watcher thread while `say` comes from the main one, hence the lock.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.lock = threading.Lock()
+        self.running: dict[str, float] = {}
+        self.done = self.total = 0
+        self.drawn = False
+
+    def say(self, message: str) -> None:
+        with self.lock:
+            self._clear()
+            super().say(message)
+            self._draw()
+
+    def step(self, event: StepProgress) -> None:
+        with self.lock:
+            self.done, self.total = event.done, event.total
+            if event.state in (StepState.STARTED, StepState.RUNNING):
+                self.running[event.step] = event.elapsed_s
+            else:
+                self.running.pop(event.step, None)
+                self._clear()
+                super().step(event)
+            self._draw()
+
+    def close(self) -> None:
+        with self.lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.drawn = False
+
+    def _draw(self) -> None:
+        if not self.running:
+            self.stream.flush()
+            return
+        step, elapsed = next(reversed(self.running.items()))
+        others = f" (+{len(self.running) - 1})" if len(self.running) > 1 else ""
+        width = 24
+        filled = width * self.done // self.total if self.total else 0
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}  {step}{others}  {elapsed:.1f} s"
+        columns = shutil.get_terminal_size().columns
+        self.stream.write("\r\x1b[K" + bar[: max(columns - 1, 10)])
+        self.stream.flush()
+        self.drawn = True
+
+
+def _step_line(event: StepProgress) -> str | None:
+    """The line for a step's outcome (None for a start: the outcome line follows)."""
+    if event.state == StepState.SUCCEEDED:
+        return f"  {event.step}: ok in {event.elapsed_s:.1f} s ({event.done}/{event.total})"
+    if event.state == StepState.FAILED:
+        return f"  {event.step}: FAILED after {event.elapsed_s:.1f} s ({event.done}/{event.total})"
+    if event.state == StepState.RETRYING:
+        return f"  {event.step}: retrying after {event.elapsed_s:.1f} s"
+    return None
+
+
+def step_progress(stream: TextIO) -> StepLines:
+    """A bar on a terminal, plain lines otherwise."""
+    return StepBar(stream) if stream.isatty() else StepLines(stream)
 
 
 # ---- lake ----------------------------------------------------------------------------------------
@@ -575,7 +677,70 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--json", action="store_true")
     alerts.add_argument("--all", action="store_true", help="resolved alerts too, oldest first")
     alerts.set_defaults(handler=cmd_alerts)
+    _document_commands(parser)
     return parser
+
+
+EXIT_CODES = "exit codes: 0 done; 1 refused or failed (one line on stderr); 2 usage error; 130 interrupted"
+# Per command: (exit codes when they say more than EXIT_CODES, an example). Tested: every example parses.
+COMMAND_HELP: dict[str, tuple[str | None, str]] = {
+    "run": (
+        "exit codes: 0 every gate passed; 1 a gate blocked or a step failed (the reason on stdout); "
+        "2 usage error; 130 interrupted",
+        "mlplatform run",
+    ),
+    "demo": (
+        "exit codes: 0 every gate passed; 1 a gate blocked (as `run`); 2 usage error; 130 interrupted",
+        "mlplatform --home /tmp/demo-home demo --drops 2 --rows 800",
+    ),
+    "status": (None, "mlplatform status --json"),
+    "ui": (None, "mlplatform ui --port 3000"),
+    "lake": (None, "mlplatform lake land reviews-2024-06.csv"),
+    "lake land": (None, "mlplatform lake land reviews-2024-06.csv reviews-2024-07.csv"),
+    "lake checkout": (
+        None,
+        "mlplatform lake checkout review_splits --as analyst --purpose 'error analysis' --to ./out",
+    ),
+    "lake audit": (None, "mlplatform lake audit --json"),
+    "models": (None, "mlplatform models list"),
+    "models list": (None, "mlplatform models list --json"),
+    "models approve": (None, "mlplatform models approve v3 --note 'model card read'"),
+    "models reject": (None, "mlplatform models reject v3 --reason 'misses sarcasm'"),
+    "models rollback": (None, "mlplatform models rollback --reason 'complaints about v4'"),
+    "models rebuild": (
+        "exit codes: 0 rebuilt byte-identical; 1 different, or refused; 2 usage error; 130 interrupted",
+        "mlplatform models rebuild v2",
+    ),
+    "serve": (None, "mlplatform serve --host 0.0.0.0 --port 8080"),
+    "score": (None, "mlplatform score reviews.csv scored.parquet"),
+    "lineage": (None, "mlplatform lineage --prediction 5f0c1e2a-request-id"),
+    "artifacts": (None, "mlplatform artifacts list reviews"),
+    "artifacts list": (None, "mlplatform artifacts list review_splits --json"),
+    "artifacts restore": (None, "mlplatform artifacts restore reviews 3f2a9c1b ./restored/"),
+    "alerts": (None, "mlplatform alerts --all"),
+}
+
+
+def _document_commands(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every command's --help its defaults, exit codes and an example (COMMAND_HELP)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                full = f"{path} {name}".strip()
+                exit_codes, example = COMMAND_HELP[full]
+                command.formatter_class = argparse.RawDescriptionHelpFormatter
+                command.epilog = f"{exit_codes or EXIT_CODES}\n\nexample:\n  {example}"
+                if command.description is None:
+                    command.description = _listed_help(action, name)
+                _document_commands(command, full)
+        elif action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in (
+            action.help or ""
+        ):
+            action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+
+
+def _listed_help(subparsers: argparse._SubParsersAction, name: str) -> str | None:
+    return next((choice.help for choice in subparsers._choices_actions if choice.dest == name), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The one place that assembles the platform's Definitions (loaded by workspace.yaml and the CLI)."""
+"""The one place that assembles the platform's Definitions (loaded by dg, dagster, workspace.yaml and the CLI)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mlplatform.defs.monitoring import MONITORING_GROUP, build_monitoring_assets
 from mlplatform.defs.resources import PlatformResource, endpoint_resource
 from mlplatform.defs.training import build_training_assets
 from mlplatform.errors import silence_dagster_stability_warnings
+from mlplatform.instance import check_dagster_home
 
 INGEST_JOB = "ingest_job"
 PIPELINE_JOB = "pipeline_job"
@@ -110,4 +111,8 @@ def job_of_home(home_root: str, job_name: str) -> dg.JobDefinition:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_definitions(PlatformHome.from_env())
+    """The code location `dagster`, `dg` and the UI load (as CODE_LOCATION, mlplatform/instance.py):
+    the home of $MLPLATFORM_HOME (default ./.mlplatform), whose instance must be $DAGSTER_HOME's."""
+    home = PlatformHome.from_env()
+    check_dagster_home(home)
+    return build_definitions(home)

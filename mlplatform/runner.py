@@ -27,7 +27,12 @@ from mlplatform.defs.alerting import record_run_alerts
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, batch_files
 from mlplatform.defs.execution import execute
 from mlplatform.defs.ingest import DROPS
-from mlplatform.defs.monitoring import MONITORING_GROUP, PREDICTION_LOG, monitoring_fingerprint
+from mlplatform.defs.monitoring import (
+    MONITORING_GROUP,
+    PREDICTION_LOG,
+    monitoring_fingerprint,
+)
+from mlplatform.defs.progress import StepProgress, watch_steps
 from mlplatform.instance import open_instance
 
 RAW_REVIEWS = dg.AssetKey("raw_reviews")
@@ -153,11 +158,17 @@ def _logged_fingerprint(instance: dg.DagsterInstance) -> str | None:
 
 
 def run_pending(
-    home: PlatformHome, say: Callable[[str], None] = print, groups: Sequence[str] | None = None
+    home: PlatformHome,
+    say: Callable[[str], None] = print,
+    groups: Sequence[str] | None = None,
+    on_step: Callable[[StepProgress], None] | None = None,
 ) -> RunReport:
-    """Ingest pending drops, then bring every downstream asset (of `groups`, default all) up to date."""
+    """Ingest pending drops, then bring every downstream asset (of `groups`, default all) up to date.
+
+    `say` gets a line per stage; `on_step`, when given, each step of each run (defs/progress.py).
+    """
     with open_instance(home) as instance:
-        session = RunSession(home, instance, build_definitions(home), say)
+        session = RunSession(home, instance, build_definitions(home), say, on_step=on_step)
         session.ingest_drops()
         session.run_downstream(groups)
         if groups is None or DEPLOYMENT_GROUP in groups:
@@ -186,6 +197,7 @@ class RunSession:
     defs: dg.Definitions
     say: Callable[[str], None]
     report: RunReport = field(default_factory=RunReport)
+    on_step: Callable[[StepProgress], None] | None = None
 
     def ingest_drops(self) -> None:
         """Register pending drops as partitions of raw_reviews and validate each unvalidated one, one run each."""
@@ -293,13 +305,13 @@ class RunSession:
 
     def _run_partition(self, job: dg.JobDefinition, key: str, tag: str) -> dg.ExecuteInProcessResult:
         """One run of `job` for one partition, recorded in the instance and in the report."""
-        with sigterm_kept():
+        with sigterm_kept(), watch_steps(self.instance, self.on_step) as progress_tags:
             result = job.execute_in_process(
                 instance=self.instance,
                 partition_key=key,
                 raise_on_error=False,
                 run_config=QUIET_CONSOLE,
-                tags={tag: key},
+                tags={tag: key, **progress_tags},
             )
         self.report.run_ids.append(result.run_id)
         return result
@@ -307,9 +319,15 @@ class RunSession:
     def _execute(self, job: dg.JobDefinition, asset_selection: list[dg.AssetKey] | None = None) -> bool:
         """One run of `job` with its own executor ([execution] for the pipeline job); its materializations,
         failed blocking checks and failed steps go into the report. True when the run succeeded."""
-        result = execute(
-            job, str(self.home.root), self.instance, run_config=QUIET_CONSOLE, asset_selection=asset_selection
-        )
+        with watch_steps(self.instance, self.on_step) as progress_tags:
+            result = execute(
+                job,
+                str(self.home.root),
+                self.instance,
+                run_config=QUIET_CONSOLE,
+                tags=progress_tags,
+                asset_selection=asset_selection,
+            )
         self.report.run_ids.append(result.run_id)
         for event in result.all_events:
             if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:

@@ -11,7 +11,12 @@ and `AlertStore` keeps one firing alert per key:
 
 - a check: key `<asset>:<check>`, raised when it fails (WARN or ERROR, its own severity), resolved when it
   passes again;
-- a failed run: key `run:<job>`, resolved by the next successful run of that job;
+- a failed run: keyed by what failed, so that another run of the same job succeeding at something else
+  (a UI materialisation of one asset, say, in the job automation runs use too) does not clear it:
+  `step:<step key>` for each step that failed and for each step the run was in when it died (its
+  worker killed), resolved by the next run in which that step succeeds, whatever its job; a run that
+  failed before any step ran (it could not start) raises `run:<job>`, resolved by the job's next
+  successful run;
 - a rollback: key `rollback:<time>:<version>`, one per `rolled_back` registry event (manual or automatic),
   raised once and never resolved (it is an event, not a condition).
 
@@ -65,35 +70,91 @@ def record_check_alerts(instance: dg.DagsterInstance, run_id: str, store: AlertS
     return raised
 
 
-def _failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
-    """The first step's error (its innermost cause), else the run failure's own message."""
-    steps = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
-    for record in steps:
+STEP_KEY_PREFIX = "step:"
+RUN_KEY_PREFIX = "run:"
+_STEP_EVENTS = {
+    dg.DagsterEventType.STEP_START,
+    dg.DagsterEventType.STEP_SUCCESS,
+    dg.DagsterEventType.STEP_FAILURE,
+}
+
+
+def step_outcomes(events: Iterable[tuple[str, str]]) -> tuple[list[str], list[str], list[str]]:
+    """(succeeded, failed, unfinished) step keys from a run's (step key, event type) pairs, in order.
+
+    Unfinished: started and never ended, which in a run that ended means its worker died in them.
+    """
+    last: dict[str, str] = {}
+    for step, kind in events:
+        last[step] = kind
+    by = {kind: [step for step, last_kind in last.items() if last_kind == kind] for kind in _STEP_EVENTS}
+    return (
+        by[dg.DagsterEventType.STEP_SUCCESS],
+        by[dg.DagsterEventType.STEP_FAILURE],
+        by[dg.DagsterEventType.STEP_START],
+    )
+
+
+def _step_events(instance: dg.DagsterInstance, run_id: str) -> list[tuple[str, str]]:
+    records = instance.get_records_for_run(run_id, of_type=_STEP_EVENTS).records
+    return [
+        (record.event_log_entry.step_key, record.event_log_entry.dagster_event.event_type)
+        for record in records
+        if record.event_log_entry.step_key and record.event_log_entry.dagster_event is not None
+    ]
+
+
+def _step_errors(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
+    """Each failed step's error: its innermost cause's first line."""
+    errors = {}
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
         error = record.event_log_entry.dagster_event.step_failure_data.error
         while error is not None and error.cause is not None:
             error = error.cause
         if error is not None and error.message.strip():
-            step = record.event_log_entry.dagster_event.step_key
-            return f"step {step}: {error.message.strip().splitlines()[0]}"
-    runs = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-    for record in runs:
-        return record.event_log_entry.dagster_event.message or "run failed"
+            errors[record.event_log_entry.step_key] = error.message.strip().splitlines()[0]
+    return errors
+
+
+def _run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    """What the run's end says (and why its worker ended, when the engine recorded it)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    for record in records:
+        return (record.event_log_entry.dagster_event.message or "run failed").strip().splitlines()[0]
     return "run failed"
 
 
-def record_run_status_alert(instance: dg.DagsterInstance, run_id: str, store: AlertStore) -> Alert | None:
-    """A failed run raises `run:<job>`; a successful one resolves it. Other states change nothing."""
+def record_run_status_alert(instance: dg.DagsterInstance, run_id: str, store: AlertStore) -> list[Alert]:
+    """A failed run raises an alert per failed step (or `run:<job>`); every step that succeeded in the
+    run resolves its own. Runs not yet finished change nothing. Returns the alerts newly raised."""
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise dg.DagsterInvariantViolationError(f"no run {run_id} in this instance")
-    key = f"run:{run.job_name}"
+    if run.status not in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE):
+        return []
+    succeeded, failed, unfinished = step_outcomes(_step_events(instance, run_id))
+    for step in succeeded:
+        store.resolve(f"{STEP_KEY_PREFIX}{step}")
     if run.status == dg.DagsterRunStatus.SUCCESS:
-        store.resolve(key)
-        return None
-    if run.status != dg.DagsterRunStatus.FAILURE:
-        return None
-    message = f"run {run_id} of {run.job_name} failed: {_failure_message(instance, run_id)}"
-    return store.raise_alert(RUN_FAILURE_KIND, "ERROR", run.job_name, message, key)
+        store.resolve(f"{RUN_KEY_PREFIX}{run.job_name}")
+        return []
+    errors = _step_errors(instance, run_id)
+    ended = _run_failure_message(instance, run_id)
+    raised = []
+    for step in failed:
+        message = f"step {step} failed in run {run_id} of {run.job_name}: {errors.get(step, ended)}"
+        raised.append(store.raise_alert(RUN_FAILURE_KIND, "ERROR", step, message, f"{STEP_KEY_PREFIX}{step}"))
+    for step in unfinished:
+        message = f"run {run_id} of {run.job_name} ended during step {step}: {ended}"
+        raised.append(store.raise_alert(RUN_FAILURE_KIND, "ERROR", step, message, f"{STEP_KEY_PREFIX}{step}"))
+    if not failed and not unfinished:
+        message = f"run {run_id} of {run.job_name} failed before any step ran: {ended}"
+        raised.append(
+            store.raise_alert(
+                RUN_FAILURE_KIND, "ERROR", run.job_name, message, f"{RUN_KEY_PREFIX}{run.job_name}"
+            )
+        )
+    return [alert for alert in raised if alert is not None]
 
 
 def record_rollback_alerts(registry: ModelRegistry, store: AlertStore) -> list[Alert]:
@@ -125,9 +186,7 @@ def record_run_alerts(
     raised: list[Alert] = []
     for run_id in run_ids:
         raised.extend(record_check_alerts(instance, run_id, store))
-        alert = record_run_status_alert(instance, run_id, store)
-        if alert is not None:
-            raised.append(alert)
+        raised.extend(record_run_status_alert(instance, run_id, store))
     raised.extend(record_rollback_alerts(ModelRegistry.for_home(home.ensure()), store))
     return raised
 

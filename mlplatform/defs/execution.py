@@ -12,6 +12,8 @@ Everything comes from the `[execution]` settings:
 - sentiment_endpoint claims a slot of the `deployment` pool; the instance allows
   `deployment_pool_limit` claims at once across all runs, which queues deployments in the UI. What
   keeps two deployments apart, on every storage, is the deployment lock (core/release/deploy.py).
+- A daemon-launched run whose worker process died is marked failed by run monitoring within
+  `run_monitoring_interval_s` and relaunched up to `max_run_retries` times (`instance_config`).
 
 Every run executed in this process goes through `core.platform.signals.sigterm_kept()`: a run leaves SIGTERM
 ignored in a background job otherwise, and every child started later with it (the Dask workers and
@@ -57,6 +59,7 @@ class ExecutionRules:
     max_run_retries: int
     deployment_pool_limit: int
     max_concurrent_runs: int
+    run_monitoring_interval_s: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExecutionRules:
@@ -71,6 +74,7 @@ class ExecutionRules:
             max_run_retries=int(section["max_run_retries"]),
             deployment_pool_limit=int(section["deployment_pool_limit"]),
             max_concurrent_runs=int(section["max_concurrent_runs"]),
+            run_monitoring_interval_s=int(section["run_monitoring_interval_s"]),
         )
         rules.validate()
         return rules
@@ -89,6 +93,7 @@ class ExecutionRules:
             "max_run_retries": (self.max_run_retries, 0),
             "deployment_pool_limit": (self.deployment_pool_limit, 1),
             "max_concurrent_runs": (self.max_concurrent_runs, 1),
+            "run_monitoring_interval_s": (self.run_monitoring_interval_s, 1),
         }
         for key, (value, floor) in at_least.items():
             if value < floor:
@@ -142,31 +147,42 @@ def step_retry_policy(rules: ExecutionRules) -> dg.RetryPolicy | None:
     )
 
 
-def instance_yaml_lines(rules: ExecutionRules) -> list[str]:
-    """The dagster.yaml lines for run retries, the run queue's limit and the deployment pool.
+def instance_config(rules: ExecutionRules) -> dict[str, Any]:
+    """The dagster.yaml keys for run retries, run monitoring, the run queue's limit and the deployment pool.
 
     Run retries re-launch a run whose worker died (daemon-launched runs); a run that failed because a
     step failed, e.g. a quality gate, is not retried (`retry_on_asset_or_op_failure: false`): the steps
-    carry their own retry policies. Pool limits are claimed per step (`granularity: op`), so a run waits
-    for the deployment slot only when it reaches sentiment_endpoint. `default_limit` is the limit of
-    every pool without one set in the UI; the platform has one pool, `deployment`.
+    carry their own retry policies. Run monitoring is what finds such a run: every
+    `run_monitoring_interval_s` the daemon asks the run launcher (defs/launcher.py) whether each started
+    run's worker lives, marks the dead ones failed (then retries apply), and frees the pool slots a
+    finished run still holds (a worker killed inside sentiment_endpoint would hold the deployment slot
+    forever, and every later deployment would queue behind it). Dead workers are not resumed
+    (`max_resume_run_attempts: 0`): the launcher cannot resume a run, a retry re-executes it.
+
+    Pool limits are claimed per step (`granularity: op`), so a run waits for the deployment slot only
+    when it reaches sentiment_endpoint. `default_limit` is the limit of every pool without one set in
+    the UI; the platform has one pool, `deployment`.
     """
-    return [
-        "run_retries:",
-        f"  enabled: {'true' if rules.max_run_retries else 'false'}",
-        f"  max_retries: {rules.max_run_retries}",
-        "  retry_on_asset_or_op_failure: false",
-        "concurrency:",
-        "  runs:",
-        f"    max_concurrent_runs: {rules.max_concurrent_runs}",
-        "  pools:",
-        "    granularity: op",
-        f"    default_limit: {rules.deployment_pool_limit}",
+    return {
+        "run_retries": {
+            "enabled": rules.max_run_retries > 0,
+            "max_retries": rules.max_run_retries,
+            "retry_on_asset_or_op_failure": False,
+        },
+        "run_monitoring": {
+            "enabled": True,
+            "poll_interval_seconds": rules.run_monitoring_interval_s,
+            "free_slots_after_run_end_seconds": rules.run_monitoring_interval_s,
+            "max_resume_run_attempts": 0,
+        },
+        "concurrency": {
+            "runs": {"max_concurrent_runs": rules.max_concurrent_runs},
+            "pools": {"granularity": "op", "default_limit": rules.deployment_pool_limit},
+        },
         # The console of step worker processes logs at this level too (their DEBUG engine lines would
         # otherwise interleave with the CLI's output); the event log keeps every event regardless.
-        "python_logs:",
-        "  python_log_level: INFO",
-    ]
+        "python_logs": {"python_log_level": "INFO"},
+    }
 
 
 def execute(

@@ -34,7 +34,7 @@ from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.training.rebuild import recorded_splits
-from mlplatform.definitions import MONITORING_JOB, build_definitions
+from mlplatform.definitions import build_definitions
 from mlplatform.defs.alerting import build_alert_sensors, record_rollback_alerts
 from mlplatform.defs.monitoring import monitoring_inputs
 from mlplatform.instance import open_instance
@@ -232,12 +232,12 @@ def test_generic_sentences_drift_and_alert_once_per_condition_with_webhook(home,
     report = run_pending(home, say=lambda _: None, groups=["monitoring"])
     assert report.exit_code == 1
     (failure,) = [alert for alert in store.list() if alert.kind == "run_failure"]
-    assert failure.key == f"run:{MONITORING_JOB}" and "label" in failure.message
+    assert failure.key == f"step:{failure.source}" and "label" in failure.message  # keyed by the step
     (home.labels / "broken.csv").unlink()
     _send(home, generic[:10])
     assert run_pending(home, say=lambda _: None, groups=["monitoring"]).exit_code == 0
     states = {alert.key: alert.state for alert in store.list()}
-    assert states[f"run:{MONITORING_JOB}"] == RESOLVED and states["drift_report:length_psi"] == FIRING
+    assert states[failure.key] == RESOLVED and states["drift_report:length_psi"] == FIRING
 
 
 def _drift_metadata(home: PlatformHome) -> dict:
@@ -358,7 +358,7 @@ def test_the_run_failure_sensor_alerts_on_a_failed_run(tmp_path):
     assert sensors["alerts_on_run_failure"].default_status == dg.DefaultSensorStatus.RUNNING
     sensors["alerts_on_run_failure"](context)
     (alert,) = AlertStore(home.alerts).list()
-    assert (alert.kind, alert.key, alert.state) == ("run_failure", "run:fragile", FIRING)
+    assert (alert.kind, alert.key, alert.state) == ("run_failure", "step:explode", FIRING)
     assert "disk on fire" in alert.message
 
 

@@ -36,12 +36,42 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(argv: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
-    """Start a process in its own session (so the whole tree can be stopped), output to `log`."""
+def start(
+    argv: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen:
+    """Start a process in its own session (so the whole tree can be stopped), output to `log`.
+
+    It runs in `cwd`, by default `log`'s directory: Dagster's commands read `.env` from where they run,
+    and the checkout's `.env` names the checkout's home, not a test's.
+    """
     handle = log.open("ab")
     return subprocess.Popen(
-        list(argv), stdout=handle, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True
+        list(argv),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        cwd=log.parent if cwd is None else cwd,
+        start_new_session=True,
     )
+
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+PROJECT_FILES = ("pyproject.toml", ".env", "workspace.yaml", "mlplatform")
+
+
+def project_root(directory: Path) -> Path:
+    """A project root in `directory` (its files linked from the checkout): its default home is its own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        (directory / name).symlink_to(CHECKOUT / name)
+    return directory
+
+
+def shell_env(root: Path) -> dict[str, str]:
+    """The environment of a shell at `root`: no DAGSTER_HOME nor MLPLATFORM_HOME exported, PWD set."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "MLPLATFORM_HOME")}
+    env["PWD"] = str(root)
+    return env
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:

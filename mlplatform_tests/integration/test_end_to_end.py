@@ -24,7 +24,7 @@ from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.monitoring.lineage import prediction_lineage
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.instance import prepare_instance
+from mlplatform.instance import prepare_instance, workspace_file
 from mlplatform_tests.integration.processes import free_port, start, stop, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.realdata]
@@ -73,7 +73,9 @@ def running_platform(tmp_path: Path):
         tmp_path / "endpoint.log",
     )
     daemon = start(
-        [str(bin_dir / "dagster-daemon"), "run", "-m", "mlplatform.definitions"], env, tmp_path / "daemon.log"
+        [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace_file(home))],
+        env,
+        tmp_path / "daemon.log",
     )
     try:
         wait_until(lambda: _live(port), 60, "the endpoint to answer")

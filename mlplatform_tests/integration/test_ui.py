@@ -1,4 +1,5 @@
-"""`mlplatform ui` starts the Dagster UI and daemon on the home, serving the platform's asset graph."""
+"""The Dagster UI and daemon on a home, serving the platform's asset graph under its one location name:
+started by `mlplatform ui` (any home) or by Dagster's own `dg dev` at the project root (its home)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform_tests.integration.processes import free_port
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.instance import CODE_LOCATION, prepare_instance
+from mlplatform_tests.integration.processes import free_port, project_root, shell_env
 
 pytestmark = pytest.mark.integration
+LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
 
 
 def _graphql(port: int, query: str) -> dict:
@@ -28,22 +32,39 @@ def _graphql(port: int, query: str) -> dict:
         return json.loads(response.read())
 
 
-def test_ui_serves_the_asset_graph_of_the_home(tmp_path):
-    port = free_port()
+def _mlplatform_ui(tmp_path: Path, port: int) -> tuple[list[str], dict, Path, Path]:
     cli = Path(sys.executable).with_name("mlplatform")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLPLATFORM_HOME", "DAGSTER_HOME")}
+    home = tmp_path / "home"
+    return [str(cli), "--home", str(home), "ui", "--port", str(port)], env, Path.cwd(), home
+
+
+def _dg_dev(tmp_path: Path, port: int) -> tuple[list[str], dict, Path, Path]:
+    root = project_root(tmp_path / "project")
+    home = root / ".mlplatform"
+    prepare_instance(PlatformHome(home))  # DAGSTER_HOME must exist: a home is made by mlplatform
+    dg = Path(sys.executable).with_name("dg")
+    return [str(dg), "dev", "--port", str(port)], shell_env(root), root, home
+
+
+@pytest.mark.parametrize("launcher", [_mlplatform_ui, _dg_dev], ids=["mlplatform-ui", "dg-dev"])
+def test_the_ui_serves_the_asset_graph_of_the_home(tmp_path, launcher):
+    port = free_port()
+    argv, env, cwd, home = launcher(tmp_path, port)
     process = subprocess.Popen(
-        [str(cli), "--home", str(tmp_path / "home"), "ui", "--port", str(port)],
+        argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        env={k: v for k, v in os.environ.items() if k not in ("MLPLATFORM_HOME", "DAGSTER_HOME")},
+        env=env,
+        cwd=cwd,
     )
     try:
         deadline = time.monotonic() + 150
         keys = None
         while time.monotonic() < deadline and keys is None:
             if process.poll() is not None:
-                pytest.fail(f"mlplatform ui exited early with {process.returncode}")
+                pytest.fail(f"{argv[0]} exited early with {process.returncode}")
             try:
                 nodes = _graphql(port, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
                 keys = {"/".join(node["assetKey"]["path"]) for node in nodes}
@@ -51,7 +72,9 @@ def test_ui_serves_the_asset_graph_of_the_home(tmp_path):
                 time.sleep(1)
         assert keys is not None, "the UI did not answer within 150 s"
         assert {"raw_reviews", "reviews", "review_splits"} <= keys
-        assert (tmp_path / "home" / "dagster" / "dagster.yaml").exists()
+        entries = _graphql(port, LOCATIONS)["data"]["workspaceOrError"]["locationEntries"]
+        assert [entry["name"] for entry in entries] == [CODE_LOCATION]
+        assert (home / "dagster" / "dagster.yaml").exists()
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

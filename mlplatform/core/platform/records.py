@@ -244,6 +244,21 @@ class _FileSection:
 # ------------------------------------------------------------------------------------- PostgreSQL
 
 
+POSTGRES_MODULES = ("psycopg2", "dagster_postgres")
+
+
+def require_postgres() -> None:
+    """PostgreSQL support is the `postgres` extra: without it, one line saying how to install it."""
+    import importlib.util
+
+    missing = [name for name in POSTGRES_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RecordsUnavailable(
+            f"MLPLATFORM_PG_URL is set but PostgreSQL support is not installed (no {', '.join(missing)}): "
+            "pip install 'mlplatform[postgres]'"
+        )
+
+
 def _lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a name."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -263,6 +278,7 @@ def _redacted_first_line(exc: BaseException, pg_url: str) -> str:
 def postgres_location(pg_url: str) -> str:
     """'<db> on <host>:<port>' for messages: never the password. Raises RecordsError (redacted, with no
     chained driver exception) for a URL libpq cannot parse."""
+    require_postgres()
     from psycopg2.extensions import parse_dsn
 
     try:
@@ -304,6 +320,7 @@ def postgres_transaction(
     own message is in it (its first line), and the driver exception is not chained, so runs report
     this one line as the cause.
     """
+    require_postgres()
     import psycopg2
 
     url = _libpq_url(pg_url)
