@@ -44,6 +44,13 @@ def _lake(home: PlatformHome):
     return Lake.from_settings(home, Settings.load(home.settings_file))
 
 
+def _contract(home: PlatformHome):
+    """The home's dataset contract (the packaged default without a dataset.toml); refused in one line."""
+    from mlplatform.core.data.contract import load_contract
+
+    return load_contract(home.dataset_file)
+
+
 # ---- run / demo / status / ui --------------------------------------------------------------------
 
 
@@ -306,6 +313,7 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
     from mlplatform.core.scoring.model import ScoringRules, load_model
 
     settings = Settings.load(home.settings_file)
+    contract = _contract(home)
     production = _registry(home).production()
     if production is None:
         raise CommandError("no model in production: run the pipeline (mlplatform run) first")
@@ -317,6 +325,7 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
         model,
         production.version,
         rules.chunk_rows,
+        contract=contract,
         explain_top_k=int(settings.section("serving")["explain_top_k"]) if args.explain else 0,
         overwrite=args.overwrite,
         on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
@@ -499,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.set_defaults(handler=cmd_serve)
 
-    score = sub.add_parser("score", help="batch-score a CSV/Parquet file with the production model")
+    score = sub.add_parser("score", help="batch-score a file (contract layout, or a `text` column)")
     score.add_argument("input")
     score.add_argument("output", help="CSV or Parquet, by extension")
     score.add_argument(
