@@ -339,6 +339,79 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
+# ---- dataset --------------------------------------------------------------------------------------
+
+
+def cmd_dataset_draft(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.data.draft import draft_contract
+
+    draft = draft_contract(Path(args.file), sample_rows=args.sample_rows)
+    sys.stdout.write(draft.text)
+    return EXIT_OK
+
+
+def cmd_dataset_check(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.data.lake import drop_format
+    from mlplatform.core.data.quality import IngestRules, validate_drop
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CommandError(f"not a file: {path}")
+    contract = _contract(home)
+    rules = IngestRules.from_settings(Settings.load(home.settings_file))
+    validation = validate_drop(
+        path, drop_format(path.name), contract, rules, keep_frame=False, max_listed=args.max_problems
+    )
+    problems = validation.problems()
+    if args.json:
+        _print_json([problem.to_dict() for problem in problems])
+    elif problems:
+        for problem in problems:
+            print(f"{path.name}: {problem.check}: {problem.message}")
+    else:
+        print(
+            f"ok: {path.name} matches the contract {contract.fingerprint} "
+            f"({validation.rows:,} rows; {', '.join(outcome.name for outcome in validation.checks)} passed)"
+        )
+    return EXIT_OK if validation.passed else EXIT_BLOCKED
+
+
+def cmd_dataset_show(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.data.schema import column_rules, normalised_columns
+
+    contract = _contract(home)
+    if args.json:
+        _print_json(contract.describe())
+        return EXIT_OK
+    where = home.dataset_file if home.dataset_file.exists() else "packaged default"
+    dataset = f"{contract.format.value}, header" if contract.header else f"{contract.format.value}, no header"
+    print(f"contract: {where} (fingerprint {contract.fingerprint})")
+    print(f"files: {dataset}; unknown columns: {contract.unknown_columns.value}")
+    print(
+        f"classes: {', '.join(contract.classes)}"
+        + (f" (favourable: {contract.labels.favourable})" if contract.labels.favourable else "")
+    )
+    print()
+    rows = []
+    for column in normalised_columns(contract):
+        checks = [rule for rule in column_rules(column) if rule != "required"]
+        if column.bins:
+            checks.append("bins [" + ", ".join(f"{edge:g}" for edge in column.bins) + "]")
+        source = "(row position)" if column not in contract.columns else repr(column.source)
+        rows.append(
+            [
+                source,
+                column.name,
+                column.role.value,
+                column.type.value,
+                "yes" if column.nullable else "no",
+                ", ".join(checks) or "-",
+            ]
+        )
+    _table(rows, ["SOURCE", "NAME", "ROLE", "TYPE", "NULLABLE", "CHECKS"])
+    return EXIT_OK
+
+
 # ---- lineage / artifacts -------------------------------------------------------------------------
 
 
@@ -444,22 +517,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="process everything pending once (exit 1 when a gate blocked)")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, needs_contract=True)
 
     demo = sub.add_parser("demo", help="land generated sample drops and run the pipeline")
     demo.add_argument("--drops", type=int, default=3)
     demo.add_argument("--rows", type=int, default=1500, help="rows per drop")
     demo.add_argument("--seed", type=int, default=7)
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, needs_contract=True)
 
     status = sub.add_parser("status", help="drops and the latest version of each asset with its checks")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(handler=cmd_status)
+    status.set_defaults(handler=cmd_status, needs_contract=True)
 
     ui = sub.add_parser("ui", help="the Dagster UI with its daemon on this home")
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--host", default="127.0.0.1")
-    ui.set_defaults(handler=cmd_ui)
+    ui.set_defaults(handler=cmd_ui, needs_contract=True)
 
     lake = sub.add_parser("lake", help="the data lake: land, checkout, audit")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="ACTION")
@@ -506,7 +579,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="the real-time endpoint (serves the production model, hot swap)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.set_defaults(handler=cmd_serve)
+    serve.set_defaults(handler=cmd_serve, needs_contract=True)
+
+    dataset = sub.add_parser("dataset", help="the home's dataset contract: draft, check, show")
+    dataset_sub = dataset.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    draft = dataset_sub.add_parser("draft", help="print a draft contract inferred from a file, to edit")
+    draft.add_argument("file")
+    draft.add_argument("--sample-rows", type=int, default=100_000, help="rows the guesses look at")
+    draft.set_defaults(handler=cmd_dataset_draft)
+    check = dataset_sub.add_parser(
+        "check", help="validate a file against the home's contract without landing it (exit 1: problems)"
+    )
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true", help="a JSON list of problems")
+    check.add_argument(
+        "--max-problems", type=int, default=50, help="contract violations listed (all are counted)"
+    )
+    check.set_defaults(handler=cmd_dataset_check, needs_contract=True)
+    show = dataset_sub.add_parser("show", help="the home's dataset contract: columns, roles, checks, classes")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_dataset_show, needs_contract=True)
 
     score = sub.add_parser("score", help="batch-score a file (contract layout, or a `text` column)")
     score.add_argument("input")
@@ -519,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT if it exists (refused otherwise)"
     )
-    score.set_defaults(handler=cmd_score)
+    score.set_defaults(handler=cmd_score, needs_contract=True)
 
     lineage = sub.add_parser("lineage", help="trace a prediction or an asset version back to drops and code")
     target = lineage.add_mutually_exclusive_group(required=True)
@@ -557,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if exc.code else EXIT_OK
     home = PlatformHome.at(Path(args.home).resolve()) if args.home else PlatformHome.from_env()
     try:
+        if getattr(args, "needs_contract", False):
+            _contract(home)  # a malformed contract is refused in one line, before anything runs
         return args.handler(args, home)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
