@@ -735,6 +735,22 @@ def describe_rules(contract: DatasetContract) -> str:
     return "; ".join(f"{name} {', '.join(rules)}" for name, rules in described if rules)
 
 
+def repeated_masks(chunks: Sequence[pl.Series]) -> list[pl.Series]:
+    """For a column read in chunks: per chunk, which of its values occur more than once in the whole
+    column (nulls count as equal values, as in pandera's uniqueness).
+
+    By sorting one copy of the column rather than hashing every value: the memory is that copy (8
+    bytes a row for numbers and row hashes), whatever the number of distinct values.
+    """
+    if not chunks:
+        return []
+    ordered = pl.concat(chunks, rechunk=True).sort()
+    repeated = ordered.filter((ordered == ordered.shift(1)).fill_null(False)).unique()
+    nulls_repeat = ordered.null_count() > 1
+    del ordered
+    return [chunk.is_in(repeated).fill_null(nulls_repeat) for chunk in chunks]
+
+
 @dataclass(frozen=True)
 class Violation:
     """One failure of the pandera schema: column, check, the offending value and where it is."""
@@ -786,24 +802,18 @@ class SchemaAccumulator:
         self._schema = full.update_columns({name: {"unique": False} for name in self.unique_columns})
         self._order = {name: position for position, name in enumerate(full.columns)}
         self._buckets: dict[tuple[int, int, int], _Bucket] = {}
-        self._seen: dict[str, list[pl.DataFrame]] = {name: [] for name in self.unique_columns}
+        # Per unique column, per chunk: (first row, values, source rows unless the column is source_row).
+        self._seen: dict[str, list[tuple[int, pl.Series, pl.Series | None]]] = {
+            name: [] for name in self.unique_columns
+        }
         self._finished = False
 
     def add(self, chunk: DropChunk) -> None:
         frame = chunk.frame
         source_rows = frame[SOURCE_ROW] if SOURCE_ROW in frame.columns else None
         for name in self.unique_columns:
-            self._seen[name].append(
-                pl.DataFrame(
-                    {
-                        "value": frame[name],
-                        "row": pl.int_range(chunk.first_row, chunk.first_row + frame.height, eager=True),
-                        "source_row": source_rows
-                        if source_rows is not None
-                        else pl.repeat(None, frame.height, dtype=pl.Int64, eager=True),
-                    }
-                )
-            )
+            rows = None if name == SOURCE_ROW else source_rows
+            self._seen[name].append((chunk.first_row, frame[name], rows))
         try:
             self._schema.validate(frame, lazy=True)
         except SchemaErrors as exc:
@@ -836,10 +846,13 @@ class SchemaAccumulator:
             return
         self._finished = True
         for name in self.unique_columns:
-            seen = pl.concat(self._seen.pop(name), how="vertical")
-            repeated = seen.filter(pl.col("value").is_duplicated())
-            for value, row, source_row in repeated.iter_rows():
-                self._put(name, "field_uniqueness", None, value, row, source_row)
+            seen = self._seen.pop(name)
+            masks = repeated_masks([values for _, values, _ in seen])
+            for (first_row, values, source_rows), mask in zip(seen, masks, strict=True):
+                for index in mask.arg_true().to_list():
+                    value = values[index]
+                    source_row = value if source_rows is None else source_rows[index]
+                    self._put(name, "field_uniqueness", None, value, first_row + index, source_row)
 
     @property
     def count(self) -> int:

@@ -17,6 +17,7 @@ from mlplatform.core.data.schema import (
     iter_drop,
     normalised_dtypes,
     read_drop,
+    repeated_masks,
     validate_schema,
 )
 from mlplatform_tests.core.data.contract_fixtures import sentences_contract
@@ -482,3 +483,14 @@ def test_the_real_uci_sentences_read_per_their_contract(real_data_path: Path) ->
     assert set(frame["label"]) == {"0", "1"}
     assert frame.filter(pl.col("sentence").str.contains('"')).height == 12
     assert validate_schema(frame, contract) is None
+
+
+def test_repeats_are_found_across_chunks_nulls_included() -> None:
+    chunks = [pl.Series([3, None, 7]), pl.Series([1, 7]), pl.Series([None, 2])]
+    masks = repeated_masks(chunks)
+    assert [mask.to_list() for mask in masks] == [[False, True, True], [False, True], [True, False]]
+    assert [mask.to_list() for mask in repeated_masks([pl.Series(["a", None]), pl.Series(["b"])])] == [
+        [False, False],
+        [False],
+    ]
+    assert repeated_masks([]) == []
