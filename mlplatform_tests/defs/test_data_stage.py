@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -246,3 +247,19 @@ def test_a_malformed_contract_stops_the_run_before_anything_runs(home, tmp_path)
     with pytest.raises(ContractError, match=r'\[columns."Rating"\] role must be one of'):
         run_pending(home, say=lambda _: None, groups=DATA_STAGE)
     assert [drop.state for drop in Lake(home).drops()] == ["landed"]
+
+
+def test_the_contract_is_part_of_the_code_versions_of_what_reads_drops(home):
+    def versions() -> dict[str, str | None]:
+        graph = build_definitions(home).resolve_asset_graph()
+        keys = ("raw_reviews", "reviews", "batch_predictions")
+        return {key: graph.get(dg.AssetKey(key)).code_version for key in keys}
+
+    before = versions()
+    home.settings_file.write_text("[ingest]\nchunk_rows = 7\n")  # how a drop is cut decides nothing
+    assert versions() == before
+    home.dataset_file.write_text(packaged_config_text("dataset.toml").replace("max = 110", "max = 120"))
+    changed = versions()
+    assert all(changed[key] != before[key] for key in before), changed
+    home.dataset_file.write_text(packaged_config_text("dataset.toml") + "\n# only a comment\n")
+    assert versions() == before  # the fingerprint follows what the contract says, not its spelling

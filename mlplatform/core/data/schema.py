@@ -299,9 +299,14 @@ def _tokenise(
     typer: _Typer,
     facts: _TextFacts,
 ) -> Iterator[DropChunk]:
-    """Tokenise strictly, record by record, and yield typed chunks of `chunk_rows` records."""
+    """Tokenise strictly, record by record, and yield typed chunks of `chunk_rows` records.
+
+    A header that does not match the contract is reported only once the whole file tokenised, as a
+    malformed record anywhere comes first; its chunks are not typed meanwhile.
+    """
     reader = _reader(text, kind)
     positions: dict[str, int] | None = None
+    header_problem: DropFormatError | None = None
     width = 0
     if not contract.header:
         positions = {column.name: index for index, column in enumerate(_file_columns(contract))}
@@ -323,7 +328,10 @@ def _tokenise(
         if not record:  # a blank line carries no data
             continue
         if positions is None:
-            positions = _header_positions(record, contract, kind)
+            try:
+                positions = _header_positions(record, contract, kind)
+            except DropFormatError as problem:
+                positions, header_problem = {}, problem
             width = len(record)
             continue
         if len(record) != width:
@@ -335,7 +343,8 @@ def _tokenise(
         lines.append(start_line)
         last_line = start_line
         if len(records) == chunk_rows:
-            yield typer.chunk(_text_columns(records, positions, contract), rows, lines)
+            if header_problem is None:
+                yield typer.chunk(_text_columns(records, positions, contract), rows, lines)
             rows += len(records)
             records, lines = [], []
     if positions is None:
@@ -346,6 +355,8 @@ def _tokenise(
         raise _schema_error(
             f"truncated last line: line {last_line} does not end with a newline", line=last_line
         )
+    if header_problem is not None:
+        raise header_problem
     if records or rows == 0:
         yield typer.chunk(_text_columns(records, positions, contract), rows, lines)
 

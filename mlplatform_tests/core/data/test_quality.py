@@ -205,6 +205,9 @@ CHUNKED_DROPS = {
         review(0).replace(",5,1,0,", ",five,1,0,"), review(1), '2,862,30,,"never closed,5,1,0,a,b,c\n'
     ),
     "truncated": drop(review(0), review(1), "2,862,30,,"),
+    "renamed-header-and-a-short-line": drop(
+        review(0), review(1), "2,862\n", header=HEADER.replace("Rating", "Stars")
+    ),
     "header-only": drop(),
 }
 

@@ -139,6 +139,15 @@ def test_header_problems_name_the_columns() -> None:
     assert "'Age' appear more than once" in repeated
 
 
+def test_a_malformed_record_is_reported_before_a_header_mismatch_as_before() -> None:
+    renamed = HEADER.replace("Rating", "Stars")
+    assert (
+        reason_of(csv_drop(ROW_0, "1,5\n", header=renamed))
+        == "truncated last line: line 3 has 2 of 11 fields"
+    )
+    assert "'Rating' missing and 'Stars' unexpected" in reason_of(csv_drop(ROW_0, ROW_1, header=renamed))
+
+
 def test_unknown_format_is_refused() -> None:
     assert reason_of(b"x", "xlsx") == "unknown drop format 'xlsx' (expected csv, tsv, txt or parquet)"
 
@@ -380,7 +389,7 @@ def test_unknown_columns_are_refused_or_ignored_as_the_contract_says() -> None:
     assert read_drop(parquet_bytes(extra), "parquet", SHOP).equals(
         read_drop(parquet_bytes(shop_frame()), "parquet", SHOP)
     )
-    reason = reason_of(csv_drop(ROW_0, header=HEADER.replace("\n", ",Notes\n")))
+    reason = reason_of(csv_drop(ROW_0.replace("\n", ",a note\n"), header=HEADER.replace("\n", ",Notes\n")))
     assert "unexpected column(s) 'Notes'" in reason and 'unknown_columns = "refuse"' in reason
     ignoring = DatasetContract.from_mapping({**CLOTHING.raw, "dataset": {"unknown_columns": "ignore"}})
     noted = csv_drop(ROW_0.replace("\n", ",a note\n"), header=HEADER.replace("\n", ",Notes\n"))
