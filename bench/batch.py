@@ -42,6 +42,7 @@ import onnxruntime
 import polars as pl
 from _common import machine, peak_rss_bytes
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens, prepare_texts
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.scoring.files import score_file
@@ -128,7 +129,13 @@ def throughput(
         PREDICT: lambda: [model.predict(chunk) for chunk in chunks],
         ONE_THREAD: lambda: [one_thread.predict(chunk) for chunk in chunks],
         SCORE_FILE: lambda: score_file(
-            source, workdir / "scored.parquet", model, "bench", rules.chunk_rows, overwrite=True
+            source,
+            workdir / "scored.parquet",
+            model,
+            "bench",
+            rules.chunk_rows,
+            contract=load_contract(),
+            overwrite=True,
         ),
     }
     seconds: dict[str, list[float]] = {name: [] for name in measures}
@@ -233,7 +240,9 @@ def score_child(input_path: str, output_path: str, model_path: str, sha256: str)
     rules = ScoringRules.from_settings(Settings.load())
     model = load_model(Path(model_path), sha256, rules)
     rss_after_load = peak_rss_bytes()
-    summary = score_file(Path(input_path), Path(output_path), model, "bench", rules.chunk_rows)
+    summary = score_file(
+        Path(input_path), Path(output_path), model, "bench", rules.chunk_rows, contract=load_contract()
+    )
     print(
         json.dumps(
             {

@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.features import FeatureRules, build_reviews
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.splits import SplitRules, assign_splits
@@ -54,7 +55,7 @@ BASELINE_SPEC = CandidateSpec(
 def prepare_frame(data_path: Path, settings: Settings) -> pl.DataFrame:
     """The real file through the platform's own data stage: normalised, labelled, deduplicated, split."""
     data = data_path.read_bytes()
-    drop = read_drop(data, "csv")
+    drop = read_drop(data, "csv", load_contract())
     reviews = build_reviews({hashlib.sha256(data).hexdigest(): drop}, FeatureRules.from_settings(settings))
     return assign_splits(reviews.frame, SplitRules.from_settings(settings))
 

@@ -155,6 +155,7 @@ def _read_table(path: Path) -> Any:
 
 
 def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.lake import Lake
     from mlplatform.core.data.quality import IngestRules, validate_drop
     from mlplatform.core.platform.home import PlatformHome
@@ -166,13 +167,14 @@ def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     (landed,) = lake.land([directory / SOURCE_CSV])
     drop = lake.drop(landed.hash)
     lake.record_read("raw_reviews", drop.hash, consumer="bench-scale:raw_reviews", purpose="validate drop")
-    payload = lake.open_drop(drop.hash).read_bytes()
-    validation = validate_drop(payload, drop.format, IngestRules.from_settings(settings))
-    del payload
+    contract = load_contract(home.dataset_file)
+    validation = validate_drop(
+        lake.open_drop(drop.hash), drop.format, contract, IngestRules.from_settings(settings)
+    )
     if not validation.passed:
         failure = validation.first_failure
         raise SystemExit(f"the replicated drop failed ingest: {failure.name}: {failure.description}")
-    lake.accept(drop.hash)
+    lake.accept(drop.hash, contract=contract.fingerprint)
     (directory / DROP_HASH_FILE).write_text(drop.hash)
     size = _write_artifact(validation.frame, directory / RAW_PARQUET)
     return {"rows_out": validation.frame.height, "artifact_bytes": size}

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 from _common import machine
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.features import FeatureRules, build_reviews
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.splits import SplitRules, assign_splits
@@ -51,7 +52,8 @@ C_VALUES = (0.5, 1.0, 2.0)
 def prepare_frame(data_path: Path, settings: Settings) -> pl.DataFrame:
     data = data_path.read_bytes()
     reviews = build_reviews(
-        {hashlib.sha256(data).hexdigest(): read_drop(data, "csv")}, FeatureRules.from_settings(settings)
+        {hashlib.sha256(data).hexdigest(): read_drop(data, "csv", load_contract())},
+        FeatureRules.from_settings(settings),
     )
     return assign_splits(reviews.frame, SplitRules.from_settings(settings))
 

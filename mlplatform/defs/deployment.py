@@ -16,7 +16,8 @@ at the same time waits for the first to end (at most `[deployment] lock_timeout_
 with the reason), on any Dagster storage; the `deployment` pool queues the step in the UI too.
 
 batch_predictions scores one file of `lake/batch/` (partition key: its sha256) with the production
-version at run time; the file is never moved or deleted.
+version at run time, read in the home's dataset contract's layout (or with a plain `text` column); the
+file is never moved or deleted.
 """
 
 import tempfile
@@ -26,6 +27,7 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.platform.artifacts import Bundle
 from mlplatform.core.platform.fsio import sha256_file
 from mlplatform.core.platform.settings import Settings
@@ -163,7 +165,7 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
     return sentiment_endpoint
 
 
-def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
+def _batch_predictions_asset(settings: Settings, contract: DatasetContract) -> dg.AssetsDefinition:
     @dg.asset(
         name=BATCH_PREDICTIONS,
         group_name="deployment",
@@ -173,7 +175,7 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
         deps=[SENTIMENT_ENDPOINT],
         output_required=False,
         kinds={"onnx", "polars"},
-        code_version=code_version([scoring_files, scoring_model], settings.section("scoring")),
+        code_version=code_version([scoring_files, scoring_model], settings.section("scoring"), contract),
         check_specs=[
             dg.AssetCheckSpec(
                 "row_count",
@@ -204,7 +206,12 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
         with tempfile.TemporaryDirectory(dir=home.root) as scratch:
             try:
                 summary = scoring_files.score_file(
-                    path, Path(scratch) / "predictions.parquet", model, production.version, rules.chunk_rows
+                    path,
+                    Path(scratch) / "predictions.parquet",
+                    model,
+                    production.version,
+                    rules.chunk_rows,
+                    contract=platform.contract(),
                 )
             except ScoringError as exc:  # bad input (ScoringInputError) or rows in != rows out
                 yield check_result("row_count", False, f"{path.name}: {exc}", {"file": path.name})
@@ -236,5 +243,5 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
     return batch_predictions
 
 
-def build_deployment_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    return [_sentiment_endpoint_asset(settings), _batch_predictions_asset(settings)]
+def build_deployment_assets(settings: Settings, contract: DatasetContract) -> list[dg.AssetsDefinition]:
+    return [_sentiment_endpoint_asset(settings), _batch_predictions_asset(settings, contract)]

@@ -4,8 +4,9 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core.data import bias, features, splits
+from mlplatform.core.data import bias, features, schema, splits
 from mlplatform.core.data.bias import check_bias, pretraining_bias
+from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.data.features import FeatureRules, build_reviews, check_label_distribution
 from mlplatform.core.data.splits import (
     SplitRules,
@@ -38,8 +39,8 @@ def _previous_label_shares(context: AssetExecutionContext) -> dict[str, float] |
     return shares or None
 
 
-def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    features_version = code_version([features, bias], settings.section("features"))
+def build_feature_assets(settings: Settings, contract: DatasetContract) -> list[dg.AssetsDefinition]:
+    features_version = code_version([features, bias, schema], settings.section("features"), contract)
 
     @dg.asset(
         name="reviews",
@@ -65,6 +66,9 @@ def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         context: AssetExecutionContext, raw_reviews: dict[str, pl.DataFrame], platform: PlatformResource
     ):
         rules = FeatureRules.from_settings(platform.settings())
+        # Never mix layouts: every drop must hold the current contract's normalised columns.
+        accepted_under = {drop.hash: drop.contract for drop in platform.lake().drops()}
+        schema.check_layouts(raw_reviews, accepted_under, platform.contract())
         table = build_reviews(raw_reviews, rules)
         previous = _previous_label_shares(context)
         yield versioned_output(table.frame, metadata=table.stats.as_metadata())

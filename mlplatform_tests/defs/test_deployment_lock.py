@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.platform.artifacts import Bundle
 from mlplatform.core.platform.fsio import sha256_bytes
 from mlplatform.core.platform.home import PG_URL_ENV, PlatformHome
@@ -97,7 +98,9 @@ def _deploy_job(
         return Bundle({"model.onnx": onnx, "model_card.json": card})
 
     settings = Settings.load(PlatformHome.at(Path(home_root)).settings_file)
-    (endpoint_asset,) = [asset for asset in build_deployment_assets(settings) if asset.key == ASSET_KEY]
+    (endpoint_asset,) = [
+        asset for asset in build_deployment_assets(settings, load_contract()) if asset.key == ASSET_KEY
+    ]
     endpoint = SlowFollowingEndpoint(
         home=home_root, log_path=log_path, answer_s=ANSWER_SECONDS, labels_right=labels_right
     )

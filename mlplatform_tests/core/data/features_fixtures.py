@@ -7,8 +7,8 @@ from typing import Any
 
 import polars as pl
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.features import INPUT_SCHEMA
-from mlplatform.core.data.schema import PUBLISHED_TO_NORMALISED
 
 
 def review(source_row: int, review_text: str | None, rating: int = 5, **overrides: Any) -> dict[str, Any]:
@@ -37,4 +37,4 @@ def drop_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 def read_real_drop(path: Path) -> pl.DataFrame:
     """The real CSV as one normalised drop (published names renamed to the contract's)."""
-    return pl.read_csv(path).rename(PUBLISHED_TO_NORMALISED)
+    return pl.read_csv(path).rename({column.source: column.name for column in load_contract().columns})

@@ -11,6 +11,7 @@ import onnx
 import polars as pl
 import pytest
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.features import label_from_rating
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import generate_reviews
@@ -255,7 +256,9 @@ def test_psi_and_ks_on_known_distributions() -> None:
 def test_real_data_held_back_slice_does_not_drift_and_generic_sentences_do(
     real_data_path: Path, rules
 ) -> None:
-    reviews = read_drop(real_data_path.read_bytes(), "csv").sample(fraction=1.0, shuffle=True, seed=11)
+    reviews = read_drop(real_data_path.read_bytes(), "csv", load_contract()).sample(
+        fraction=1.0, shuffle=True, seed=11
+    )
     slices = TrainedSlices(labelled_texts(reviews), train_rows=5000, test_rows=1500)
     held_back = slices.log_rows(slices.held_back["text"].head(3000).to_list())
     assert failed(drift_report(held_back, slices.baseline, rules)) == {}
