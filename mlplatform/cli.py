@@ -814,12 +814,20 @@ COMMAND_HELP: dict[str, tuple[str | None, str]] = {
         "mlplatform models rebuild v2",
     ),
     "serve": (None, "mlplatform serve --host 0.0.0.0 --port 8080"),
-    "score": (None, "mlplatform score reviews.csv scored.parquet"),
+    "score": (None, "mlplatform score reviews.csv scored.parquet --explain --overwrite"),
     "lineage": (None, "mlplatform lineage --prediction 5f0c1e2a-request-id"),
     "artifacts": (None, "mlplatform artifacts list reviews"),
     "artifacts list": (None, "mlplatform artifacts list review_splits --json"),
     "artifacts restore": (None, "mlplatform artifacts restore reviews 3f2a9c1b ./restored/"),
     "alerts": (None, "mlplatform alerts --all"),
+    "dataset": (None, "mlplatform dataset show"),
+    "dataset draft": (None, "mlplatform dataset draft exports/reviews.tsv --sample-rows 5000"),
+    "dataset check": (
+        "exit codes: 0 the file matches the contract; 1 it does not (one line per problem) or refused; "
+        "2 usage error; 130 interrupted",
+        "mlplatform dataset check exports/reviews-2024-08.tsv --json",
+    ),
+    "dataset show": (None, "mlplatform dataset show --json"),
 }
 
 
