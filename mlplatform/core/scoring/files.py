@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from mlplatform.core.data.text import prepare_texts
-from mlplatform.core.scoring.model import Prediction, ScoringError, ScoringModel
+from mlplatform.core.scoring.model import Prediction, ScoringError, ScoringModel, probability_columns
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -200,10 +200,6 @@ def prediction_frame(
             dtype=pl.String,
         )
     return pl.DataFrame(columns)
-
-
-def probability_columns(classes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(f"p_{label}" for label in classes)
 
 
 def score_file(

@@ -9,12 +9,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mlplatform.core.data.text import LABELS, prepare_text
+from mlplatform.core.data.text import prepare_text
 from mlplatform.core.scoring import files as scoring_files
 from mlplatform.core.scoring.files import ScoringInputError, score_file
 from mlplatform.core.scoring.model import ExplanationUnavailable, ScoringError, ScoringModel
 from mlplatform.core.training.export import sklearn_answers
 from mlplatform_tests.core.scoring.models import (
+    LABELS,
     RULES,
     fitted_pipeline,
     legacy_model_bytes,
