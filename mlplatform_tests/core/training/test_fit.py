@@ -26,6 +26,7 @@ from mlplatform.core.training.fit import (
     cross_validated_offsets,
     decision_scores,
     fit_candidate,
+    held_out_offset_gain,
     load_training_config,
     out_of_fold_scores,
     search_offsets,
@@ -263,6 +264,20 @@ def test_offset_search_undoes_a_bias_for_any_number_of_classes(classes: int) -> 
     assert np.all(np.abs(offsets) <= 2.0)
 
 
+def test_the_held_out_gain_keeps_offsets_that_generalise_and_not_those_that_fit_noise() -> None:
+    scores, truth = _biased_scores(3, rows=900)
+    folds = stratified_folds([str(code) for code in truth], 3)
+    assert held_out_offset_gain(scores, truth, folds, 2.0, 0.25) > 0.02  # a real bias: gains on unseen rows
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0.0, 1.0, (300, 3))  # scores that know nothing about the truth
+    labels = rng.integers(0, 3, 300)
+    _, in_sample = search_offsets(noise, labels, 2.0, 0.25)
+    baseline = macro_f1_from_codes(labels, np.argmax(noise, axis=1), 3)
+    held_out = held_out_offset_gain(noise, labels, stratified_folds([str(c) for c in labels], 3), 2.0, 0.25)
+    assert in_sample - baseline > 0.02  # searched and judged on the same rows, offsets always look good
+    assert held_out < (in_sample - baseline) / 2
+
+
 def test_offset_search_keeps_zero_offsets_when_nothing_beats_them() -> None:
     truth = np.arange(30) % 3
     perfect = np.eye(3)[truth] * 5.0
@@ -311,12 +326,12 @@ def test_cross_validated_offsets_are_kept_only_when_they_gain_enough(config: Tra
     assert tuning.method == "cross_validation" and tuning.folds == 3 and tuning.rows == train.height
     assert tuning.macro_f1_with >= tuning.macro_f1_without
     assert set(tuning.searched) == set(CLASSES) and tuning.searched["positive"] == 0.0
-    assert tuning.kept == (tuning.macro_f1_with > tuning.macro_f1_without)
+    assert tuning.kept == (tuning.held_out_gain > 0 and tuning.macro_f1_with > tuning.macro_f1_without)
     assert offsets == (tuple(tuning.searched.values()) if tuning.kept else (0.0, 0.0, 0.0))
     demanding = dataclasses.replace(config.selection, min_offset_gain=1.0)
     zeros, refused = cross_validated_offsets(spec, train, 1, CLASSES, demanding)
     assert zeros == (0.0, 0.0, 0.0) and not refused.kept
-    assert "< min_offset_gain 1.0" in refused.reason
+    assert "on the rows they were not searched on (mean of 3 folds) < min_offset_gain 1.0" in refused.reason
     scarce = pl.concat(
         [train.filter(pl.col("label") != "neutral"), train.filter(pl.col("label") == "neutral").head(2)]
     )
