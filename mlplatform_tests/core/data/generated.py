@@ -111,7 +111,7 @@ def generated_drop(contract: DatasetContract, rows: int = 300, seed: int = 7, st
         for column in contract.columns:
             if column.role is ColumnRole.TEXT:
                 record[column.name] = (
-                    _text(rng, label, classes) if column.name == texts[-1] else f"About {index}"
+                    _text(rng, label, classes) if column.name == texts[-1] else f"Headline {index % 5}"
                 )
             elif column.role in (ColumnRole.RATING, ColumnRole.LABEL):
                 record[column.name] = rng.choice(label_values(contract, label))

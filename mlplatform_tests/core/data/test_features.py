@@ -280,7 +280,7 @@ def test_a_five_class_contract_bands_its_float_facet_and_joins_its_texts_in_orde
     frame = build_reviews({"h": generated_drop(FIVE_CLASS, rows=20)}, FIVE_CLASS).frame.sort("source_row")
     first = frame.row(1, named=True)
     assert first["text"] == prepare_text(first["headline"], first["body"])
-    assert first["text"].startswith("About 1. ")
+    assert first["text"].startswith("Headline 1. ")
     assert first["review_id"] == "key-00001"
     assert frame.filter(pl.col("income").is_null())["income_band"].unique().to_list() == ["unknown"]
     assert set(frame["income_band"].unique()) <= {
