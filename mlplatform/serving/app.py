@@ -39,7 +39,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlplatform.core.data.text import LABELS
 from mlplatform.core.monitoring.capture import CaptureError, encode_capture_rows
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
@@ -150,7 +149,7 @@ class ServingState:
     in_flight: InFlight
 
 
-Renderer = Callable[[str, str, str, Sequence[str], np.ndarray], bytes]
+Renderer = Callable[[str, str, str, Sequence[str], np.ndarray, Sequence[str]], bytes]
 Parser = Callable[[Any, int], Reviews]
 
 
@@ -187,7 +186,8 @@ class InferenceRoute:
         texts = model_inputs(reviews.texts)
         labels, probabilities = await self._score(served.model, texts)
         state.metrics.observe_batch(len(labels))
-        body = self._render(config.model_name, served.version, request_id, labels, probabilities)
+        classes = served.model.classes
+        body = self._render(config.model_name, served.version, request_id, labels, probabilities, classes)
         if config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate:
             latency_ms = (time.perf_counter() - scope[STARTED_SCOPE_KEY]) * 1000.0
             rows = encode_capture_rows(
@@ -201,6 +201,7 @@ class InferenceRoute:
                 labels=labels,
                 probabilities=probabilities,
                 latency_ms=latency_ms,
+                classes=classes,
             )
             await self._make_durable(rows)
         else:
@@ -348,7 +349,8 @@ class RequestGate:
 
 
 def _metadata(state: ServingState) -> dict[str, Any]:
-    status = state.holder.status()
+    status, served = state.holder.status(), state.holder.served
+    classes = list(served.model.classes) if served is not None else []
     return {
         "name": state.config.model_name,
         "versions": [status.version] if status.version else [],
@@ -360,7 +362,7 @@ def _metadata(state: ServingState) -> dict[str, Any]:
         ],
         "outputs": [
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(LABELS)], "labels": list(LABELS)},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)], "labels": classes},
         ],
         "version": status.version,
         "ready": status.ready,
