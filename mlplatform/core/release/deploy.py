@@ -178,7 +178,7 @@ def smoke_cases(card: Mapping[str, Any]) -> tuple[SmokeCase, ...]:
 
 
 def smoke_request(cases: Sequence[SmokeCase] = SMOKE_CASES) -> dict[str, Any]:
-    """The `POST /predict` body asking about the canned reviews."""
+    """The `POST /predict` body asking about the smoke reviews."""
     return {
         "reviews": [
             {"text": case.text, "product_id": "smoke-test", "review_id": f"smoke-{index}"}
@@ -240,7 +240,7 @@ def judge_smoke(
             if label != case.expected
         ]
         if wrong:
-            problems.append(f"{len(wrong)} of {len(cases)} canned reviews wrong: {', '.join(wrong)}")
+            problems.append(f"{len(wrong)} of {len(cases)} smoke reviews wrong: {', '.join(wrong)}")
     if latency_ms > max_latency_ms:
         problems.append(f"latency {latency_ms:.1f} ms over the {max_latency_ms:.0f} ms budget")
     reason = "; ".join(problems)
