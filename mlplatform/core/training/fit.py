@@ -12,10 +12,10 @@ the ones that maximise macro-F1 on those out-of-fold scores (`search_offsets`: a
 offset for up to three classes, coordinate ascent over the same grid beyond). They are kept only when
 the search, judged on rows it did not tune on (each fold's rows, with offsets searched on the others'),
 gains at least `[selection] min_offset_gain` macro-F1: on small or noisy data it usually does not, and
-no offsets is then the honest choice. Tuning them on the validation rows that
-also choose the candidate overfitted those rows: the validation figure then promised more than unseen
-data gave (bench/model_quality.py measures both ways). Fold fits read pre-tokenised texts (the same
-n-grams the vectorizer would read), so a fold costs its counting and its classifier fit only.
+no offsets is then the honest choice. Tuning them on the validation rows that also choose the candidate
+overfitted those rows: the validation figure then promised more than unseen data gave
+(bench/model_quality.py measures both ways). Fold fits read pre-tokenised texts (the same n-grams the
+vectorizer would read), so a fold costs its counting and its classifier fit only.
 
 Logistic regression solves with newton-cg unless a grid names a solver: the same objective as lbfgs,
 reached several times faster on these sparse matrices (the cross-validation's fits ride on the saving).
