@@ -182,16 +182,20 @@ def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 
 def stage_features(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     from mlplatform.core.data.bias import check_bias, pretraining_bias
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.features import FeatureRules, build_reviews, check_label_distribution
     from mlplatform.core.platform.settings import Settings
 
-    rules = FeatureRules.from_settings(Settings.load())
+    rules, contract = FeatureRules.from_settings(Settings.load()), load_contract()
     drop_hash = (directory / DROP_HASH_FILE).read_text()
-    table = build_reviews({drop_hash: _read_table(directory / RAW_PARQUET)}, rules)
-    check_label_distribution(table.frame, None, rules)
+    table = build_reviews({drop_hash: _read_table(directory / RAW_PARQUET)}, contract)
+    check_label_distribution(table.frame, None, rules, contract.classes)
+    facets = contract.facet_columns
     check_bias(
-        pretraining_bias(table.frame, rules.facets, label_col="label", min_rows=rules.min_facet_rows),
+        pretraining_bias(table.frame, facets, contract.labels, min_rows=rules.min_facet_rows),
         rules.bias_warn,
+        facets,
+        contract.labels,
     )
     size = _write_artifact(table.frame, directory / REVIEWS_PARQUET)
     return {
@@ -203,6 +207,7 @@ def stage_features(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 
 
 def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.splits import (
         SplitRules,
         assign_splits,
@@ -213,10 +218,14 @@ def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     )
     from mlplatform.core.platform.settings import Settings
 
-    rules = SplitRules.from_settings(Settings.load())
+    rules, classes = SplitRules.from_settings(Settings.load()), load_contract().classes
     frame = assign_splits(_read_table(directory / REVIEWS_PARQUET), rules)
-    metadata = split_metadata(frame)
-    outcomes = [check_no_leakage(frame), check_proportions(frame, rules), check_class_coverage(frame)]
+    metadata = split_metadata(frame, classes)
+    outcomes = [
+        check_no_leakage(frame),
+        check_proportions(frame, rules, classes),
+        check_class_coverage(frame, classes),
+    ]
     failed = [f"{outcome.name}: {outcome.description}" for outcome in outcomes if not outcome.passed]
     if failed:
         raise SystemExit(f"split checks failed: {'; '.join(failed)}")
@@ -254,6 +263,7 @@ def onnx_vocabulary_size(onnx_bytes: bytes) -> int:
 
 
 def stage_training(directory: Path, rows: int, data: Path, candidate: str | None = None) -> dict[str, Any]:
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.platform.artifacts import Bundle
     from mlplatform.core.training.fit import load_training_config, split_frames, train_candidate
     from mlplatform.core.training.selection import candidate_files
@@ -264,7 +274,11 @@ def stage_training(directory: Path, rows: int, data: Path, candidate: str | None
     from mlplatform.core.scoring.model import ScoringRules
 
     trained = train_candidate(
-        spec, parts, load_training_config(), ScoringRules.from_settings(Settings.load())
+        spec,
+        parts,
+        load_training_config(),
+        ScoringRules.from_settings(Settings.load()),
+        load_contract().classes,
     )
     if not trained.parity.passed:
         raise SystemExit(f"candidate {spec.name}: {trained.parity.description}")

@@ -62,16 +62,19 @@ def batch_files(directory: Path) -> dict[str, Path]:
 
 
 def _smoke(endpoint: EndpointResource, target: ModelVersion, rules: DeploymentRules) -> SmokeResult:
-    """Ask the endpoint the canned reviews and judge the answer (never raises for endpoint trouble)."""
+    """Ask the endpoint the version's smoke reviews and judge the answer (never raises for endpoint trouble)."""
     if endpoint.live:
         problem = endpoint.wait_for_version(target.version, rules.wait_timeout_s, rules.poll_interval_s)
         if problem is not None:
             return deploy.failed_smoke(problem)
+    cases = deploy.smoke_cases(target.card)
     try:
-        answer = endpoint.predict(deploy.smoke_request(), target)
+        answer = endpoint.predict(deploy.smoke_request(cases), target)
     except EndpointError as exc:
         return deploy.failed_smoke(str(exc))
-    return deploy.judge_smoke(answer.body, answer.latency_ms, target.version, rules.smoke_max_latency_ms)
+    return deploy.judge_smoke(
+        answer.body, answer.latency_ms, target.version, rules.smoke_max_latency_ms, cases
+    )
 
 
 def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -100,8 +103,9 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
                 "smoke_test",
                 asset=SENTIMENT_ENDPOINT,
                 blocking=True,
-                description="Canned reviews with known answers: labels right, the answer names the deployed "
-                "version, latency within [deployment].smoke_max_latency_ms. A failure rolls the alias back.",
+                description="Reviews with known answers (the model card's smoke cases): labels right, the "
+                "answer names the deployed version, latency within [deployment].smoke_max_latency_ms. A "
+                "failure rolls the alias back.",
             ),
             dg.AssetCheckSpec(
                 "approval",

@@ -231,7 +231,7 @@ def test_the_lock_is_released_after_a_failed_smoke_test_and_its_rollback(home, t
         )
         assert registry.aliases() == {"production": "v1"}
         assert registry.events()[-1]["event"] == "rolled_back"
-        assert "4 of 4 canned reviews wrong" in registry.events()[-1]["reason"]
+        assert "4 of 4 smoke reviews wrong" in registry.events()[-1]["reason"]
         # A lock left behind by the failed run would make this one time out after 0.5 s.
         deployed = _deploy_job(str(home.root), "v2", str(log_path)).execute_in_process(
             instance=instance, raise_on_error=False

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from mlplatform.core.data.contract import SOURCE_ROW, ColumnRole, ColumnType, DatasetContract, FileFormat
 from mlplatform.core.data.text import prepare_texts
-from mlplatform.core.scoring.model import Prediction, ScoringError, ScoringModel
+from mlplatform.core.scoring.model import Prediction, ScoringError, ScoringModel, probability_columns
 
 CSV_SUFFIXES = (".csv",)
 TSV_SUFFIXES = (".tsv", ".tab")
@@ -277,10 +277,6 @@ def prediction_frame(
             dtype=pl.String,
         )
     return pl.DataFrame(columns)
-
-
-def probability_columns(classes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(f"p_{label}" for label in classes)
 
 
 def score_file(

@@ -10,13 +10,14 @@ import polars as pl
 import pytest
 
 from mlplatform.core.data.contract import DatasetContract, load_contract
-from mlplatform.core.data.text import LABELS, prepare_text
+from mlplatform.core.data.text import prepare_text
 from mlplatform.core.scoring import files as scoring_files
 from mlplatform.core.scoring.files import ScoringInputError, score_file
 from mlplatform.core.scoring.model import ExplanationUnavailable, ScoringError, ScoringModel
 from mlplatform.core.training.export import sklearn_answers
 from mlplatform_tests.core.data.contract_fixtures import SENTENCES_TOML
 from mlplatform_tests.core.scoring.models import (
+    LABELS,
     RULES,
     fitted_pipeline,
     legacy_model_bytes,
