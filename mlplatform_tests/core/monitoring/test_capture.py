@@ -100,6 +100,7 @@ def test_each_record_holds_the_probabilities_of_its_models_classes(tmp_path: Pat
     # a text that spells a probability key is a text, not a column
     tricky = encode_capture_rows(
         request_id="tricky",
+        capture_id="capture-of-tricky",
         received_at=1.0,
         route="/predict",
         model_version="v1",
