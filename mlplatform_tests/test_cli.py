@@ -17,6 +17,7 @@ from mlplatform.cli import HomeUse, build_parser, main
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform_tests.core.data.contract_fixtures import SENTENCES_TOML
 from mlplatform_tests.integration.processes import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -353,6 +354,21 @@ def test_dataset_draft_of_the_real_uci_file_loads_as_the_homes_contract(capsys, 
     assert code == 0 and out.startswith(
         f"ok: yelp_labelled.txt matches the contract {shown['fingerprint']} (1,000 rows"
     )
+
+
+def test_a_directory_holding_only_a_dataset_contract_is_a_home_to_check_files_against(capsys, tmp_path):
+    # The page's first steps (docs/data.md): save the edited draft as dataset.toml, then check a file
+    # against it before anything is landed.
+    root = tmp_path / "new-home"
+    root.mkdir()
+    (root / "dataset.toml").write_text(SENTENCES_TOML)
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("Loved it.\t1\nNever again.\t0\n")
+    assert PlatformHome(root).exists()
+    code = main(["--home", str(root), "dataset", "check", str(sentences)])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("ok: sentences.txt matches the contract ")
+    assert sorted(path.name for path in root.iterdir()) == ["dataset.toml"]  # checked, nothing laid out
 
 
 def test_dataset_check_exit_codes_and_one_line_per_problem(capsys, home, tmp_path):

@@ -18,7 +18,8 @@ role = "text"             # text | rating | label | product | facet | id | times
 type = "string"           # string | int | float | bool | datetime
 nullable = true
 # min / max (numbers), allowed = [...], max_length (strings), unique = true: checks on every drop
-# name = "..."            the normalised name (default: the source name in snake_case; "" is source_row)
+# name = "..."            the normalised name (default: the source name in snake_case; "" is source_row;
+#                         review_id, drop_hash, text, label and split are the platform's: DERIVED_NAMES)
 # bins = [25, 35, ...]    facet numbers: banded into <name>_band ("<25", "25-34", ..., "65+")
 # identity = false        left out of the content hash that identifies a review (volatile counters)
 
@@ -99,6 +100,31 @@ class ColumnType(StrEnum):
 class UnknownColumns(StrEnum):
     REFUSE = "refuse"
     IGNORE = "ignore"
+
+
+DERIVED_NAMES: Mapping[str, tuple[ColumnRole | None, str]] = {
+    "review_id": (ColumnRole.ID, "the review id"),
+    "drop_hash": (None, "the drop a review came from"),
+    "text": (ColumnRole.TEXT, "the model text"),
+    "label": (ColumnRole.LABEL, "the class"),
+    "split": (None, "the review's split"),
+}
+"""The columns the platform adds beside the contract's (the reviews table, the splits), each with the one
+role a contract column may have under that name: its values become the derived column's (the one id
+column is the review id, a text column is part of the model text, the label column is mapped to the
+class). Under any other role the derived column would replace the file's values without a word."""
+
+
+def derived_name_clash(name: str, role: ColumnRole, id_columns: int) -> str | None:
+    """Why a column of `role` may not have the normalised name `name` (None: it may); `id_columns` is how
+    many id columns the contract has (with several, the review id is their content hash)."""
+    if name not in DERIVED_NAMES:
+        return None
+    allowed, meaning = DERIVED_NAMES[name]
+    if role is allowed and not (role is ColumnRole.ID and id_columns > 1):
+        return None
+    only = f" (only the one {allowed.value} column may have it)" if allowed is not None else ""
+    return f"has the name {name!r}, which the platform derives for {meaning}{only}"
 
 
 _DATASET_KEYS = frozenset({"format", "header", "column_names", "unknown_columns"})
@@ -414,6 +440,14 @@ def _check_columns(columns: Sequence[ColumnSpec], fail) -> None:
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise fail(f"two columns normalise to the name {duplicated[0]!r}: give one a `name`")
+    id_columns = sum(column.role is ColumnRole.ID for column in columns)
+    for column in columns:
+        clash = derived_name_clash(column.name, column.role, id_columns)
+        if clash:
+            raise fail(
+                f"[columns.{json.dumps(column.source)}] {clash}: give it another `name`, "
+                f'e.g. name = "{column.name}_column"'
+            )
     derived = {column.band_name for column in columns if column.bins}
     clash = sorted(derived & set(names))
     if clash:

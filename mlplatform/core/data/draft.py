@@ -43,6 +43,7 @@ from mlplatform.core.data.contract import (
     ColumnType,
     DatasetContract,
     FileFormat,
+    derived_name_clash,
     normalised_name,
 )
 from mlplatform.core.platform.errors import UserError
@@ -111,6 +112,7 @@ def draft_contract(path: Path, sample_rows: int = DEFAULT_SAMPLE_ROWS) -> Draft:
     labels = _labels(columns)
     if not header:
         _name_headerless(columns)
+    _avoid_derived_names(columns)
     text = _render(path, file_format, header, columns, labels, rows)
     try:
         contract = DatasetContract.from_toml(text, f"draft of {path.name}")
@@ -475,6 +477,18 @@ def _name_headerless(columns: list[_Column]) -> None:
         column.source = candidate
 
 
+def _avoid_derived_names(columns: list[_Column]) -> None:
+    """A column whose normalised name the platform derives for another role (a "split" or "text" column
+    of extras, say) gets a `name` of its own, so the draft loads and no file value is replaced."""
+    id_columns = sum(column.role is ColumnRole.ID for column in columns)
+    for column in columns:
+        name = normalised_name(column.source)
+        clash = derived_name_clash(name, column.role, id_columns)
+        if clash:
+            column.keys = {"name": f"{name}_column", **column.keys}
+            column.why += f"; renamed: it {clash}"
+
+
 # --- rendering ----------------------------------------------------------------------------------------
 
 
@@ -516,7 +530,7 @@ def _render(
     lines.append('unknown_columns = "refuse"  # or "ignore": drop file columns this contract does not name')
     for column in columns:
         why = column.why
-        if column.source and normalised_name(column.source) != column.source:
+        if "name" not in column.keys and column.source and normalised_name(column.source) != column.source:
             why += f"; normalised name {normalised_name(column.source)}"
         lines += ["", f"[columns.{_toml(column.source)}]  # {why}"]
         lines.append(f"role = {_toml(column.role.value)}")

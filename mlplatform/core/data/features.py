@@ -19,8 +19,10 @@ comes from the contract, handed in as a `DatasetContract`:
 
 The table keeps the contract's columns plus `review_id`, `drop_hash`, `source_row`, `text`, `label` and
 the band columns (`reviews_columns`: the contract's order, each band after its facet, `text` after the
-last text column, `label` after the label source). A contract column whose normalised name is one the
-table derives (`text`, `label`) is replaced by the derived one; its raw values stay in the raw drop.
+last text column, `label` after the label source). Only the column a derived name stands for may carry
+it (the contract refuses others: contract.DERIVED_NAMES): a text column named `text` is replaced by the
+model text, a label column named `label` by the class, one id column named `review_id` by its value as
+text; its raw values stay in the raw drop.
 What judges the data is settings (`[features]`: `FeatureRules`), not the contract.
 """
 

@@ -142,7 +142,9 @@ class PlatformHome:
         )
 
     def exists(self) -> bool:
-        """Whether `root` holds a platform home: a directory of its layout, or its settings written ahead.
+        """Whether `root` holds a platform home: a directory of its layout, or its configuration written
+        ahead (platform.toml, training.toml, or dataset.toml: a new user writes the dataset contract first,
+        then checks files against it before landing any).
 
         Commands that only read or change what a home holds refuse a path that holds none, rather than
         lay out an empty home there (see cli.HomeUse).
@@ -151,7 +153,7 @@ class PlatformHome:
             return False
         tops = {path.relative_to(self.root).parts[0] for path in self._layout()}
         return any((self.root / top).is_dir() for top in tops) or any(
-            path.is_file() for path in (self.settings_file, self.training_file)
+            path.is_file() for path in (self.settings_file, self.training_file, self.dataset_file)
         )
 
     def ensure(self) -> PlatformHome:

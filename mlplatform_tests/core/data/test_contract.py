@@ -161,6 +161,52 @@ from_rating = { bad = [1, 2, 3], good = [3, 4, 5] }
 """
 
 
+@pytest.mark.parametrize(
+    ("column", "spec"),
+    [
+        ("split", 'role = "extra"'),
+        ("drop_hash", 'role = "facet"'),
+        ("Review ID", 'role = "extra"'),
+        ("text", 'role = "extra"'),
+        ("Label", 'role = "rating"\ntype = "int"'),
+    ],
+)
+def test_a_column_named_like_one_the_platform_derives_is_refused_unless_it_is_that_column(
+    column: str, spec: str
+) -> None:
+    # The reviews table and the splits add review_id, drop_hash, text, label and split: a file column of
+    # another meaning under one of those names would be replaced by the platform's without a word.
+    text = f'[columns."{column}"]\n{spec}\n' + RATED.replace(
+        "from_rating = { bad = [1, 2, 3]", "from_rating = { bad = [1, 2]"
+    )
+    if "rating" in spec:
+        text = text.replace('[columns.stars]\nrole = "rating"\ntype = "int"\n', "")
+    with pytest.raises(
+        ContractError, match=r"which the platform derives for .*give it another `name`"
+    ) as caught:
+        DatasetContract.from_toml(text)
+    assert f'[columns."{column}"]' in str(caught.value) and "\n" not in str(caught.value)
+    renamed = text.replace(spec, f'{spec}\nname = "{column.lower().replace(" ", "_")}_column"', 1)
+    assert DatasetContract.from_toml(renamed).columns[0].name.endswith("_column")
+
+
+def test_the_column_a_derived_name_stands_for_may_carry_it() -> None:
+    contract = DatasetContract.from_toml(
+        '[columns.review_id]\nrole = "id"\n[columns.text]\nrole = "text"\n[columns.label]\nrole = "label"\n'
+        '[labels]\nclasses = ["bad", "good"]\nmap = { "0" = "bad", "1" = "good" }\n'
+    )
+    assert (contract.id_columns, contract.text_columns, contract.label_column) == (
+        ("review_id",),
+        ("text",),
+        "label",
+    )
+    two_ids = '[columns.shop]\nrole = "id"\n[columns.review_id]\nrole = "id"\n[columns.text]\nrole = "text"\n'
+    with pytest.raises(ContractError, match="only the one id column may have it"):
+        DatasetContract.from_toml(
+            two_ids + '[columns.label]\nrole = "label"\n[labels]\nclasses = ["a", "b"]\n'
+        )
+
+
 def test_a_rating_value_mapped_to_two_classes_is_refused() -> None:
     with pytest.raises(ContractError, match="maps the rating 3 to two classes"):
         DatasetContract.from_toml(RATED)

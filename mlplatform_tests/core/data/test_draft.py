@@ -10,7 +10,9 @@ import pytest
 
 from mlplatform.core.data.contract import ColumnRole, ColumnType, FileFormat, load_contract
 from mlplatform.core.data.draft import DraftError, draft_contract
+from mlplatform.core.data.features import build_reviews
 from mlplatform.core.data.quality import IngestRules, validate_drop
+from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import generate_reviews, to_published_csv
 
 RULES = IngestRules(max_missing_text_share=0.1, max_duplicate_row_share=0.01, min_rows=1)
@@ -104,6 +106,22 @@ def test_a_label_column_of_names_becomes_the_classes(tmp_path: Path) -> None:
     assert contract.label_column == "sentiment"
     assert contract.classes == ("bad", "good", "meh")
     assert contract.labels.mapping == {"bad": "bad", "good": "good", "meh": "meh"}
+
+
+def test_a_column_named_like_one_the_platform_derives_gets_a_name_of_its_own(tmp_path: Path) -> None:
+    # An export's own "split" column (a facet here) would be replaced by the platform's split: the draft
+    # names it split_column, so it loads and the file's values reach the reviews table.
+    path = tmp_path / "export.csv"
+    rows = [f'"The parcel came on day {n}, all fine",{n % 2},{("train", "test")[n % 2]}' for n in range(40)]
+    path.write_text("comment,label,split\n" + "\n".join(rows) + "\n")
+    draft = draft_contract(path)
+    split = draft.contract.columns[-1]
+    assert (split.source, split.name) == ("split", "split_column")
+    assert 'name = "split_column"' in draft.text and "which the platform derives" in draft.text
+    assert draft.contract.label_column == "label"  # the column the name stands for keeps it
+    assert validate_drop(path, "csv", draft.contract, RULES).passed
+    reviews = build_reviews({"drop": read_drop(path.read_bytes(), "csv", draft.contract)}, draft.contract)
+    assert sorted(reviews.frame["split_column"].unique()) == ["test", "train"]
 
 
 @pytest.mark.parametrize(
