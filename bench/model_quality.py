@@ -16,8 +16,8 @@ For each: the selected model's validation macro-F1 (what chose it) beside its te
 step saw), and the gap between them.
 
 Then the same on the second real data set, the UCI sentences (two classes, another layout: its contract
-is bench/uci_sentences.toml), under `uci_sentences` in the results. Prints Markdown tables and writes
-bench/results/model_quality.json.
+is docs/examples/uci_sentences.toml, the one docs/data.md shows), read by the same reader, under
+`uci_sentences` in the results. Prints Markdown tables and writes bench/results/model_quality.json.
 
 Usage: .venv/bin/python bench/model_quality.py [--data PATH] [--uci DIR] [--size default|wide]
 """
@@ -39,7 +39,7 @@ from _common import machine
 
 from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.features import build_reviews
-from mlplatform.core.data.schema import normalised_dtypes, read_drop
+from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.splits import SplitRules, assign_splits
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.scoring.model import ScoringModel, ScoringRules
@@ -64,7 +64,7 @@ from mlplatform.core.training.fit import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
 DEFAULT_UCI = REPO_ROOT.parent / "shared" / "data" / "uci_sentiment_sentences"
-UCI_CONTRACT = REPO_ROOT / "bench" / "uci_sentences.toml"
+UCI_CONTRACT = REPO_ROOT / "docs" / "examples" / "uci_sentences.toml"
 RESULTS = REPO_ROOT / "bench" / "results" / "model_quality.json"
 BASELINE_SPEC = CandidateSpec(
     name="baseline,tfidf-1-2,logreg-balanced",
@@ -83,23 +83,14 @@ def prepare_frame(data_path: Path, settings: Settings) -> tuple[pl.DataFrame, tu
 
 
 def prepare_uci_frame(directory: Path, settings: Settings) -> tuple[pl.DataFrame, tuple[str, ...]]:
-    """The UCI sentences (every *_labelled.txt a drop) through the data stage with their own contract.
-
-    Each file is split into the contract's columns here, as core/data/schema.py's `read_drop` hands a
-    drop over (the contract's normalised columns plus `source_row`); the rest is the platform's.
-    """
+    """The UCI sentences (every *_labelled.txt a drop) through the data stage with their own contract:
+    each file read by the platform's reader (`read_drop`, in the contract's TSV layout) as `raw_reviews`
+    reads a landed drop, then `build_reviews` and `assign_splits` as for the clothing file."""
     contract = load_contract(UCI_CONTRACT)
     drops = {}
     for path in sorted(directory.glob("*_labelled.txt")):
         data = path.read_bytes()
-        # lines end in "\n" only: the IMDb file holds U+0085 (NEL) inside sentences, a line break to splitlines()
-        rows = [line.rsplit("\t", 1) for line in data.decode("utf-8").split("\n") if line.strip()]
-        columns = {
-            "source_row": list(range(len(rows))),
-            "sentence": [sentence for sentence, _ in rows],
-            "label": [label.strip() for _, label in rows],
-        }
-        drops[hashlib.sha256(data).hexdigest()] = pl.DataFrame(columns, schema=normalised_dtypes(contract))
+        drops[hashlib.sha256(data).hexdigest()] = read_drop(data, "txt", contract)
     reviews = build_reviews(drops, contract)
     return assign_splits(reviews.frame, SplitRules.from_settings(settings)), contract.classes
 

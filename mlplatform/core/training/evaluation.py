@@ -378,9 +378,13 @@ def _fairness_gap(fairness: Mapping[str, Any], rules: GateRules) -> GateOutcome:
             breaches.append(f"{facet}: recall gap {recall_gap:.3f} > {rules.max_recall_gap}")
         if rate_gap is not None and rate_gap > rules.max_predicted_rate_gap:
             breaches.append(f"{facet}: predicted-rate gap {rate_gap:.3f} > {rules.max_predicted_rate_gap}")
-    description = "; ".join(breaches) or (
-        f"every facet within recall gap {rules.max_recall_gap} and predicted-rate gap {rules.max_predicted_rate_gap}"
-    )
+    if not fairness:
+        description = "no facet to compare: the dataset contract declares none"
+    else:
+        description = "; ".join(breaches) or (
+            f"every facet within recall gap {rules.max_recall_gap} and predicted-rate gap "
+            f"{rules.max_predicted_rate_gap}"
+        )
     metadata = {
         "gaps": gaps,
         "max_recall_gap": rules.max_recall_gap,

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mlplatform.core.data.contract import DatasetContract
 
-SENTENCES_TOML = """
-[dataset]
-format = "tsv"
-header = false
-column_names = ["sentence", "label"]
-
-[columns.sentence]
-role = "text"
-type = "string"
-nullable = false
-
-[columns.label]
-role = "label"
-type = "string"
-nullable = false
-allowed = ["0", "1"]
-
-[labels]
-classes = ["negative", "positive"]
-favourable = "positive"
-map = { "0" = "negative", "1" = "positive" }
-"""
-"""The UCI sentiment sentences (../shared/data/uci_sentiment_sentences) as a contract file."""
+EXAMPLES = Path(__file__).resolve().parents[3] / "docs" / "examples"
+SENTENCES_TOML = (EXAMPLES / "uci_sentences.toml").read_text(encoding="utf-8")
+"""The UCI sentiment sentences (../shared/data/uci_sentiment_sentences) as a contract file: the example
+docs/data.md shows, so what the page says is what the tests load."""
 
 
 def sentences_contract(**sentence: Any) -> DatasetContract:
@@ -43,6 +25,4 @@ def sentences_contract(**sentence: Any) -> DatasetContract:
 def sentences_toml(**sentence: Any) -> str:
     """`sentences_contract` as the text of a dataset.toml."""
     lines = [f"{key} = {value!r}".replace("'", '"') for key, value in sentence.items()]
-    return SENTENCES_TOML.replace(
-        "nullable = false\n\n[columns.label]", "\n".join(["nullable = false", *lines]) + "\n\n[columns.label]"
-    )
+    return SENTENCES_TOML.replace("[columns.sentence]\n", "\n".join(["[columns.sentence]", *lines, ""]), 1)

@@ -100,7 +100,7 @@ BROKEN = [
     ),
     pytest.param(('role = "text"', 'role = "body"'), "role must be one of", id="unknown role"),
     pytest.param(
-        ("nullable = false\n\n[columns.label]", "nullable = false\ncolour = 1\n\n[columns.label]"),
+        ("[columns.sentence]\n", "[columns.sentence]\ncolour = 1\n"),
         "unknown key \\[columns.\"sentence\"\\] 'colour'",
         id="unknown column key",
     ),

@@ -279,6 +279,8 @@ def test_fairness_gap_only_warns(rules: GateRules) -> None:
     assert not gate.passed and gate.severity == WARN
     assert "division_name: recall gap 1.000" in gate.description
     assert blocking_failures(outcomes) == []
+    gate = outcome(evaluate_gates(**{**good_inputs(), "fairness": {}}, rules=rules), "fairness_gap")
+    assert gate.passed and gate.description == "no facet to compare: the dataset contract declares none"
 
 
 LINEAGE = {
