@@ -39,6 +39,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ from mlplatform.core.data.contract import (
     ColumnType,
     DatasetContract,
     FileFormat,
+    normalised_name,
 )
 from mlplatform.core.platform.errors import UserError
 
@@ -771,10 +773,17 @@ class Violation:
     value: str | None
     row: int | None  # 0-based row in the drop
     source_row: int | None
+    file_column: str | None = None  # the column's name in the file, when its `name` renames it
 
     def describe(self) -> str:
-        """As "column check: value at row N (source_row S)"."""
-        text = f"{self.column} {self.check}: {self.value!r}"
+        """As "column check: value at row N (source_row S)"; a renamed column also by its name in the
+        file: 'score (file column "Score (1-10)") in_range(1, 10): ...'."""
+        column = (
+            self.column
+            if self.file_column is None
+            else f"{self.column} (file column {json.dumps(self.file_column)})"
+        )
+        text = f"{column} {self.check}: {self.value!r}"
         if self.row is None:
             return text
         locator = f"row {self.row + 1}" + (
@@ -812,6 +821,11 @@ class SchemaAccumulator:
         # Uniqueness is judged over the whole drop below, never within one chunk.
         self._schema = full.update_columns({name: {"unique": False} for name in self.unique_columns})
         self._order = {name: position for position, name in enumerate(full.columns)}
+        self._renamed = {
+            column.name: column.source
+            for column in contract.columns
+            if column.name != normalised_name(column.source)
+        }
         self._buckets: dict[tuple[int, int, int], _Bucket] = {}
         # Per unique column, per chunk: (first row, values, source rows unless the column is source_row).
         self._seen: dict[str, list[tuple[int, pl.Series, pl.Series | None]]] = {
@@ -849,7 +863,14 @@ class SchemaAccumulator:
         bucket.count += 1
         if len(bucket.listed) < self.max_listed:
             bucket.listed.append(
-                Violation(name, check, None if value is None else str(value), row, source_row)
+                Violation(
+                    name,
+                    check,
+                    None if value is None else str(value),
+                    row,
+                    source_row,
+                    self._renamed.get(name),
+                )
             )
 
     def _finish(self) -> None:

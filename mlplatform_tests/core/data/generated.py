@@ -4,6 +4,8 @@
   `label`, no id, facets or product): labels by `map`, review ids by content hash.
 - `FIVE_CLASS`: an export with its own names: an id column, two text columns, a 1-10 rating mapped to
   five classes, a product key, a string facet and a binned float facet.
+- `RENAMED`: Parquet whose source names differ from the normalised ones (`name = ...`), a 1-10 rating
+  mapped to three classes, a product key, a string facet and a binned numeric facet.
 
 `generated_drop(contract, rows, seed)` writes rows whose class shows in their words (with some noise, so
 models are good but not perfect), in the frame `read_drop` hands over for that contract.
@@ -11,6 +13,7 @@ models are good but not perfect), in the frame `read_drop` hands over for that c
 
 from __future__ import annotations
 
+import io
 import random
 from typing import Any
 
@@ -71,6 +74,56 @@ from_rating = { awful = [1, 2], poor = [3, 4], okay = [5, 6], good = [7, 8], gre
     "five-class test contract",
 )
 
+RENAMED_TOML = """
+[dataset]
+format = "parquet"
+
+[columns."Review Key"]
+role = "id"
+type = "string"
+nullable = false
+unique = true
+name = "key"
+
+[columns."Comment Body"]
+role = "text"
+type = "string"
+name = "body"
+
+[columns."Score (1-10)"]
+role = "rating"
+type = "int"
+nullable = false
+min = 1
+max = 10
+name = "score"
+
+[columns."Article No"]
+role = "product"
+type = "string"
+nullable = false
+name = "article"
+
+[columns."Store Region"]
+role = "facet"
+type = "string"
+name = "region"
+
+[columns."Household Income"]
+role = "facet"
+type = "float"
+bins = [40000, 90000]
+name = "income"
+
+[labels]
+classes = ["unhappy", "mixed", "happy"]
+favourable = "happy"
+from_rating = { unhappy = [1, 2, 3, 4], mixed = [5, 6], happy = [7, 8, 9, 10] }
+"""
+RENAMED = DatasetContract.from_toml(RENAMED_TOML, "renamed three-class test contract")
+"""A third layout: Parquet, every column renamed (`name`), a 1-10 rating mapped to three classes, a
+product key and a binned numeric facet beside a string one."""
+
 FILLER = ("the", "product", "it", "was", "and", "this", "really", "but", "order", "item", "with", "for")
 REGIONS = ("north", "south", "east", "west")
 SKUS = ("sku-1", "sku-2", "sku-3", "sku-4", "sku-5", "sku-6")
@@ -97,6 +150,16 @@ def _text(rng: random.Random, label: str, classes: tuple[str, ...]) -> str:
         words.append(rng.choice(class_words(rng.choice(classes))))
     rng.shuffle(words)
     return " ".join(words)
+
+
+def source_parquet(frame: pl.DataFrame, contract: DatasetContract) -> bytes:
+    """A generated (normalised) frame as the Parquet file an export would write: the contract's source
+    names, in its order, without the reader's `source_row`."""
+    buffer = io.BytesIO()
+    frame.select(pl.col(column.name).alias(column.source) for column in contract.columns).write_parquet(
+        buffer
+    )
+    return buffer.getvalue()
 
 
 def generated_drop(contract: DatasetContract, rows: int = 300, seed: int = 7, start: int = 0) -> pl.DataFrame:

@@ -21,6 +21,7 @@ from mlplatform.core.data.schema import (
     validate_schema,
 )
 from mlplatform_tests.core.data.contract_fixtures import sentences_contract
+from mlplatform_tests.core.data.generated import RENAMED, generated_drop, source_parquet
 
 HEADER = ",Clothing ID,Age,Title,Review Text,Rating,Recommended IND,Positive Feedback Count,Division Name,Department Name,Class Name\n"
 ROW_0 = '0,767,33,,"Soft, and ""comfy""",4,1,0,Initmates,Intimate,Intimates\n'
@@ -452,6 +453,16 @@ def test_each_breach_of_a_string_column_names_column_value_and_row(data: bytes, 
 def test_each_breach_of_a_typed_column_names_column_value_and_row(overrides, fragment) -> None:
     failure = validate_schema(read_drop(parquet_bytes(shop_frame(**overrides)), "parquet", SHOP), SHOP)
     assert failure is not None and fragment in failure
+
+
+def test_a_renamed_column_is_named_as_the_file_has_it_too() -> None:
+    frame = generated_drop(RENAMED, rows=6, seed=4)
+    frame = frame.with_columns(score=pl.when(pl.col("source_row") == 3).then(11).otherwise("score"))
+    failure = validate_schema(read_drop(source_parquet(frame, RENAMED), "parquet", RENAMED), RENAMED)
+    assert failure == (
+        """1 contract violation(s): score (file column "Score (1-10)") in_range(1, 10): '11' at row 4 """
+        "(source_row 3)"
+    )
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 3, 1000])
