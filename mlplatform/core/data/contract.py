@@ -4,7 +4,8 @@ A home's dataset is described by `$MLPLATFORM_HOME/dataset.toml`; without one, t
 `config/dataset.toml` describes the Women's clothing CSV exactly as the platform always read it. The
 contract drives the whole platform — reading and validating drops, labels, the review id, facets, the
 product key, the classes a model learns and answers — so it is loaded and checked once, before anything
-runs, and every mistake in it is refused with one line naming the key:
+runs, and every mistake in it is refused with one line naming the key. How to write one for your own
+files (draft, edit, check, land) and what follows from each key: docs/data.md, "Bring your own data".
 
 ```toml
 [dataset]
