@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             best[point["option"]] = point
     plain = best["plain (the default family)"]["validation_macro_f1"]
     summary = {
-        option: {**point, "helps_on_validation": point["validation_macro_f1"] > plain}
+        option: {**point, "helps_on_validation": point["validation_macro_f1"] >= plain + MIN_GAIN}
         for option, point in best.items()
     }
     report = {
@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         "best_per_option": summary,
     }
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print("\n| option | best C | validation macro-F1 | test macro-F1 | helps |\n|---|---:|---:|---:|---|")
+    print(
+        f"\n| option | best C | validation macro-F1 | test macro-F1 | gains >= {MIN_GAIN} |\n|---|---:|---:|---:|---|"
+    )
     for option, point in summary.items():
         print(
             f"| {option} | {point['C']} | {point['validation_macro_f1']:.4f} | {point['test_macro_f1']:.4f} "
