@@ -185,7 +185,56 @@ def e2e(result: dict[str, Any]) -> str:
     )
 
 
+def model_quality(result: dict[str, Any]) -> str:
+    """Each real data set (the clothing reviews; the UCI sentences under `uci_sentences`): the selected
+    model beside the reference on the same test split, and the test split's noise."""
+    sets = [("Women's clothing", result), ("UCI sentences", result.get("uci_sentences"))]
+    rows, noise = [], []
+    for name, measured in sets:
+        if measured is None:
+            continue
+        data, classes = measured["data"], measured["classes"]
+        split = f"{data['train_rows']:,} / {data['validation_rows']:,} / {data['test_rows']:,}"
+        for row in measured["results"]:
+            f1 = " · ".join(f"{label} {row['test_f1'][label]:.3f}" for label in classes)
+            rows.append(
+                [
+                    f"{name}, {len(classes)} classes",
+                    split,
+                    "selected" if row["model"] == "selected" else "reference",
+                    f"`{row['candidate']}`",
+                    f"{row['test_macro_f1']:.3f}",
+                    f1,
+                    f"{row['onnx_bytes'] / 1000:,.0f} KB",
+                ]
+            )
+        f1 = measured["results"][0]["test_macro_f1"]
+        noise.append(f"{name} ±{(f1 * (1 - f1) / data['test_rows']) ** 0.5:.3f}")
+    return "\n".join(
+        [
+            _table(
+                [
+                    "data set",
+                    "train / validation / test",
+                    "model",
+                    "candidate",
+                    "test macro-F1",
+                    "test F1 per class",
+                    "ONNX",
+                ],
+                rows,
+                ["---", "---:", "---", "---", "---:", "---", "---:"],
+            ),
+            "",
+            "Standard error of a test macro-F1 near these (√(F1(1−F1)/test rows)): " + ", ".join(noise) + ".",
+            "",
+            _measured(result),
+        ]
+    )
+
+
 FIGURES: dict[str, tuple[str, Renderer]] = {
+    "model-quality": ("model_quality.json", model_quality),
     "batch-throughput": ("batch.json", batch_throughput),
     "batch-single-review": ("batch.json", batch_single_review),
     "batch-targets": ("batch.json", batch_targets),
