@@ -10,11 +10,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.serving.app import create_app
-from mlplatform.serving.capture import read_capture
 from mlplatform_tests.serving.conftest import deploy, with_serving
 from mlplatform_tests.serving.test_app import INFER, JSON, async_client, infer_body
 
@@ -125,10 +125,10 @@ def test_readiness_is_false_while_every_slot_is_taken(
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, int, int]:
         async with async_client(app) as http:
-            first = asyncio.create_task(http.post(INFER, json=infer_body(["nice"])))
+            first = asyncio.create_task(http.post(INFER, json=infer_body(["lovely dress"])))
             await holding.wait()
             ready = await http.get("/v2/health/ready")
-            refused = await http.post(INFER, json=infer_body(["nice"]))
+            refused = await http.post(INFER, json=infer_body(["lovely dress"]))
             release.set()
             answered = await first
             ready_after = await http.get("/v2/health/ready")
