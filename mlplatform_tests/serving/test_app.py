@@ -494,6 +494,8 @@ def test_an_unexpected_failure_is_a_500_with_the_request_id(
 ) -> None:
     class BrokenModel:
         calls = 0
+        classes = tuple(LABELS)
+        explains = False
 
         def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
             BrokenModel.calls += 1

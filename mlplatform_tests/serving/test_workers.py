@@ -57,6 +57,8 @@ class ThreadRecordingModel:
 
     def __init__(self, model: Any) -> None:
         self._model = model
+        self.classes = model.classes
+        self.explains = model.explains
         self.threads: list[int] = []
 
     def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
@@ -133,6 +135,9 @@ REQUEST_REVIEWS = 3
 
 class LoopWaitingModel:
     """Scores only once `go` is set: by the loop, after it answered a health probe mid-inference."""
+
+    classes = ("negative", "neutral", "positive")
+    explains = False
 
     def __init__(self) -> None:
         self.go = threading.Event()

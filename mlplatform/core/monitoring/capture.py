@@ -6,7 +6,10 @@ monitoring joins with ground truth (by `review_id`), so one row per review keeps
 table with no unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the request arrived (UTC),
 `latency_ms` runs from arrival until the answer was ready, before the wait for the capture fsync (which
 the latency histogram in /metrics includes). `text` is the prepared text that was scored
-(core/data/text.py). `encode_capture_rows` writes a request's lines.
+(core/data/text.py). `explanation` is the prediction's explanation (a list of `{ngram, weight}`, the
+n-grams that pushed the predicted class most, strongest first) when the request asked for one, else
+null; segments written before it existed read it as null. `encode_capture_rows` writes a request's
+lines.
 
 Keys: `request_id` is the client's `X-Request-ID` as given (or one the endpoint made), so clients find
 their requests under their own ids; but clients reuse ids (a retry after a timeout, a fixed id in a
@@ -44,6 +47,7 @@ import polars as pl
 from mlplatform.core.data.text import PROBABILITY_COLUMNS
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
+from mlplatform.core.scoring.model import Contribution
 
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
@@ -62,6 +66,9 @@ _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
     "label": pl.String(),
     **{column: pl.Float64() for column in PROBABILITY_COLUMNS},
     "latency_ms": pl.Float64(),
+    # The explanation of the prediction when the request asked for one, else null (and in segments
+    # written before explanations existed).
+    "explanation": pl.List(pl.Struct({"ngram": pl.String(), "weight": pl.Float64()})),
 }
 CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
 
@@ -88,8 +95,12 @@ def encode_capture_rows(
     labels: Sequence[str],
     probabilities: np.ndarray,
     latency_ms: float,
+    explanations: Sequence[Sequence[Contribution]] | None = None,
 ) -> bytes:
-    """The capture lines of one request: one JSON object per review row, each ending in a newline."""
+    """The capture lines of one request: one JSON object per review row, each ending in a newline.
+
+    `explanations`: each row's top n-grams when the request asked to explain (written as a list of
+    `{"ngram", "weight"}`), else the column is left out of the lines (read as null)."""
     shared = {
         "request_id": request_id,
         "capture_id": capture_id,
@@ -111,6 +122,8 @@ def encode_capture_rows(
             **dict(zip(PROBABILITY_COLUMNS, scores, strict=True)),
             "latency_ms": latency_ms,
         }
+        if explanations is not None:
+            record["explanation"] = explanations[row]
         lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
     return b"".join(lines)
 
