@@ -15,10 +15,13 @@
   old version's baseline. Every version's numbers are metadata (`<version>/<metric>`); the checks
   judge the version in production now, the one whose behaviour can still be acted on.
 - `live_model_quality`: the log joined with ground truth landed as CSV files under
-  `lake/landing/labels/` (columns `review_id` and `label` or `rating`); the check fails when the
-  production version's live macro-F1 falls more than `[monitoring].max_macro_f1_drop` below its test one.
-- `product_quality_report`: products drawing an unusual share of negative predictions (taxonomy from
-  `reviews`), written as a Bundle of a formula-safe CSV and a Markdown table.
+  `lake/landing/labels/`, read by the dataset contract (`review_id` or its id columns; its label source
+  column, or `label` with class names); the check fails when the production version's live macro-F1
+  falls more than `[monitoring].max_macro_f1_drop` below its test one.
+- `product_quality_report`: products (the contract's `product` column) drawing an unusual share of
+  predictions of the watched class (product_report.watched_class), taxonomy from `reviews`, written as a
+  Bundle of a formula-safe CSV and a Markdown table. A contract without a product column gets no
+  report: the materialization says why (metadata `skipped`).
 - `system_health`: the endpoint's `/metrics`: request and error rate, p50/p99 latency of the inference
   routes over the endpoint's recent window (`[serving].health_window_s`, metadata `window_s`), CPU share
   since the process started, memory now; with no endpoint configured its checks fail as a WARN "no
@@ -203,14 +206,15 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
                 "below its test macro-F1 (ERROR); too few labelled rows is a WARN.",
             )
         ],
-        description="Predictions joined with ground truth from lake/landing/labels/*.csv (review_id, "
-        "label or rating): macro-F1, per-class recall and confusion matrix per version and day.",
+        description="Predictions joined with ground truth from lake/landing/labels/*.csv (review_id or "
+        "the contract's id columns; its label source, or label): macro-F1, per-class recall and confusion "
+        "matrix per version and day.",
     )
     def live_model_quality(prediction_log: pl.DataFrame, platform: PlatformResource):
         home, settings_now = platform.platform_home(), platform.settings()
         judgement = judge_live_quality(
             prediction_log,
-            monitoring_inputs(home, settings_now).labels(),
+            monitoring_inputs(home, settings_now).labels(platform.contract()),
             platform.registry(),
             MonitoringRules.from_settings(settings_now),
         )
@@ -230,15 +234,25 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
         ins={PREDICTION_LOG: dg.AssetIn(), "reviews": dg.AssetIn()},
         kinds={"csv", "markdown"},
         code_version=code_version([product_report], settings.section("monitoring")),
-        description="Products with an unusual share of negative predictions (Wilson lower bound above the "
-        "overall rate), as a formula-safe CSV and Markdown.",
+        description="Products with an unusual share of predictions of the watched class (Wilson lower "
+        "bound above the overall rate), as a formula-safe CSV and Markdown; skipped, with the reason in its "
+        "metadata, when the dataset contract has no product column.",
     )
     def product_quality_report(
-        prediction_log: pl.DataFrame, reviews: pl.DataFrame, platform: PlatformResource
+        context: AssetExecutionContext,
+        prediction_log: pl.DataFrame,
+        reviews: pl.DataFrame,
+        platform: PlatformResource,
     ):
         report = product_report.product_report(
-            prediction_log, reviews, MonitoringRules.from_settings(platform.settings())
+            prediction_log,
+            reviews,
+            MonitoringRules.from_settings(platform.settings()),
+            platform.contract(),
+            platform.explainer(),
         )
+        if report.skipped:
+            context.log.info(f"product_quality_report skipped: {report.note}")
         return versioned_output(
             Bundle(report.files()),
             metadata={**report.metadata(), "top_products": dg.MetadataValue.md(report.markdown)},

@@ -303,6 +303,7 @@ class InferenceRoute:
                 labels=labels,
                 probabilities=probabilities,
                 latency_ms=latency_ms,
+                classes=scored.classes,
                 explanations=explanations,
             )
         return Answer(response, rows, len(labels), capture_id)
@@ -463,10 +464,9 @@ def _server_metadata() -> dict[str, Any]:
 
 
 def _metadata(state: ServingState) -> dict[str, Any]:
-    status = state.holder.status()
-    health = state.health.now()
-    served = state.holder.served
+    status, served = state.holder.status(), state.holder.served
     classes = list(served.model.classes) if served is not None else []
+    health = state.health.now()
     outputs: list[dict[str, Any]] = [
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         # The served model's own classes, in the order of its probability columns.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -16,9 +17,10 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import generate_reviews, write_demo_drops
-from mlplatform.core.data.text import LABELS, prepare_texts
+from mlplatform.core.data.text import prepare_texts
 from mlplatform.core.monitoring.alerts import FIRING, RESOLVED, WEBHOOK_ENV, AlertStore
 from mlplatform.core.monitoring.drift import (
     BASELINE_CARD_KEY,
@@ -42,6 +44,7 @@ from mlplatform.runner import run_pending
 from mlplatform.serving.app import create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+LABELS = load_contract().classes
 SETTINGS = """[lake]
 settle_seconds = 0.0
 [monitoring]
@@ -199,6 +202,10 @@ def test_held_back_reviews_do_not_drift_labels_that_disagree_degrade_and_a_seede
     csv = pl.read_csv(bundle["product_quality_report.csv"], schema_overrides={"product_id": pl.String})
     assert SEEDED in csv["product_id"].to_list() and FEW not in csv["product_id"].to_list()
     assert SEEDED in bundle["product_quality_report.md"].decode()
+    # why: the n-grams of the complaint that the serving model's own weights push towards negative
+    pushing = csv.filter(pl.col("product_id") == SEEDED)["pushing_ngrams"].item()
+    words = set(re.findall(r"[a-z]+", negative.lower()))
+    assert pushing and all(set(item.split(" (")[0].split()) <= words for item in pushing.split(", "))
 
 
 def test_generic_sentences_drift_and_alert_once_per_condition_with_webhook(home, monkeypatch, receiver):

@@ -13,40 +13,17 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
-from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.training.export import to_onnx
 from mlplatform.serving.app import create_app
 from mlplatform_tests.core.scoring.models import legacy_model_bytes
 from mlplatform_tests.serving.conftest import deploy, with_serving
 from mlplatform_tests.serving.test_app import INFER, JSON, infer_body
 
 TOP_K = 3
-TWO_CLASSES = ("bad", "good")  # a model of another contract: the wire follows the model, not LABELS
-
-
-def two_class_model() -> bytes:
-    texts = ["great lovely dress", "lovely great fit", "awful cheap fabric", "cheap awful fit"] * 3
-    labels = ["good", "good", "bad", "bad"] * 3
-    pipeline = Pipeline(
-        [
-            (
-                "tfidf",
-                TfidfVectorizer(
-                    token_pattern=TOKEN_PATTERN, lowercase=False, preprocessor=lowercase_for_tokens
-                ),
-            ),
-            ("classifier", LogisticRegression(C=10.0, max_iter=1000)),
-        ]
-    ).fit(texts, labels)
-    return to_onnx(pipeline, TWO_CLASSES)
 
 
 @pytest.fixture
@@ -175,23 +152,7 @@ def test_a_model_that_cannot_explain_answers_409_with_the_reason(
     assert read_capture(home.capture).height == 1
 
 
-# --- classes and metadata -----------------------------------------------------------------------------
-
-
-def test_metadata_and_answers_follow_the_served_models_own_classes(
-    home: PlatformHome, fast_settings: Settings, registry: ModelRegistry
-) -> None:
-    deploy(registry, two_class_model())
-    with TestClient(create_app(home, fast_settings)) as http:
-        metadata = http.get("/v2/models/sentiment").json()
-        infer = http.post(INFER, json=infer_body(["great lovely dress", "cheap awful fit"])).json()
-        predict = http.post("/predict", json={"reviews": [{"text": "great lovely dress"}]}).json()
-    probabilities = next(output for output in metadata["outputs"] if output["name"] == "probabilities")
-    assert (probabilities["labels"], probabilities["shape"]) == (list(TWO_CLASSES), [-1, 2])
-    label, scores = infer["outputs"]
-    assert label["data"] == ["good", "bad"]
-    assert scores["shape"] == [2, 2] and len(scores["data"]) == 4
-    assert set(predict["predictions"][0]["probabilities"]) == set(TWO_CLASSES)
+# --- metadata -----------------------------------------------------------------------------
 
 
 def test_server_metadata_names_the_binary_tensor_data_extension(client: TestClient) -> None:

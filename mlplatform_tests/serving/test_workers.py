@@ -61,7 +61,7 @@ class ThreadRecordingModel:
         self.explains = model.explains
         self.threads: list[int] = []
 
-    def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
+    def predict(self, texts: list[str], explain_top_k: int = 0) -> Any:
         self.threads.append(threading.get_ident())
         return self._model.predict(texts, explain_top_k)
 
@@ -136,12 +136,12 @@ REQUEST_REVIEWS = 3
 class LoopWaitingModel:
     """Scores only once `go` is set: by the loop, after it answered a health probe mid-inference."""
 
-    classes = ("negative", "neutral", "positive")
-    explains = False
-
     def __init__(self) -> None:
         self.go = threading.Event()
         self.scoring = threading.Event()
+
+    classes = ("negative", "neutral", "positive")
+    explains = False
 
     def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
         if len(texts) == REQUEST_REVIEWS:  # a request, not the warm-up (two texts, before serving)
@@ -165,7 +165,9 @@ def test_health_probes_are_answered_while_large_requests_score(
         async with async_client(app) as http:
             requests = [
                 asyncio.create_task(
-                    http.post("/predict", content=body_of("x " * 600, reviews=REQUEST_REVIEWS), headers=JSON)
+                    http.post(
+                        "/predict", content=body_of("great " * 600, reviews=REQUEST_REVIEWS), headers=JSON
+                    )
                 )
                 for _ in range(4)
             ]

@@ -5,17 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from mlplatform.core.monitoring.capture import (
     CAPTURE_COLUMNS,
     CaptureError,
     encode_capture_rows,
+    probabilities_of,
     read_capture,
 )
 
 
-def rows(request_id: str, count: int = 1, version: str = "v1") -> bytes:
+def rows(
+    request_id: str,
+    count: int = 1,
+    version: str = "v1",
+    classes: tuple[str, ...] = ("negative", "neutral", "positive"),
+) -> bytes:
+    shares = np.array([0.1, 0.2, 0.7]) if len(classes) == 3 else np.linspace(1.0, 2.0, len(classes))
     return encode_capture_rows(
         request_id=request_id,
         capture_id=f"capture-of-{request_id}",
@@ -25,9 +33,10 @@ def rows(request_id: str, count: int = 1, version: str = "v1") -> bytes:
         texts=[f"text {i} of {request_id}" for i in range(count)],
         product_ids=[str(i) for i in range(count)],
         review_ids=[None] * count,
-        labels=["positive"] * count,
-        probabilities=np.tile(np.array([0.1, 0.2, 0.7], dtype=np.float32), (count, 1)),
+        labels=[classes[-1]] * count,
+        probabilities=np.tile((shares / shares.sum()).astype(np.float32), (count, 1)),
         latency_ms=1.5,
+        classes=classes,
     )
 
 
@@ -61,3 +70,47 @@ def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
     frame = read_capture(tmp_path)
     assert frame.height == 0
     assert frame.columns == list(CAPTURE_COLUMNS)
+
+
+def test_each_record_holds_the_probabilities_of_its_models_classes(tmp_path: Path) -> None:
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl").write_bytes(
+        rows("three") + rows("two", 2, "v2", ("bad", "good"))
+    )
+    (tmp_path / "20240101T000000000000Z-999999999-000002.jsonl").write_bytes(
+        rows("five", 1, "v3", ("awful", "poor", "okay", "good", "great"))
+    )
+    frame = read_capture(tmp_path)
+    probabilities = [column for column in frame.columns if column.startswith("p_")]
+    assert probabilities == [
+        "p_negative",
+        "p_neutral",
+        "p_positive",
+        "p_bad",
+        "p_good",
+        "p_awful",
+        "p_poor",
+        "p_okay",
+        "p_great",
+    ]
+    assert all(frame.schema[column] == pl.Float64 for column in probabilities)
+    by_request = {row["request_id"]: row for row in frame.iter_rows(named=True)}
+    assert probabilities_of(by_request["two"]) == pytest.approx({"bad": 1 / 3, "good": 2 / 3})
+    assert set(probabilities_of(by_request["three"])) == {"negative", "neutral", "positive"}
+    assert set(probabilities_of(by_request["five"])) == {"awful", "poor", "okay", "good", "great"}
+    # a text that spells a probability key is a text, not a column
+    tricky = encode_capture_rows(
+        request_id="tricky",
+        capture_id="capture-of-tricky",
+        received_at=1.0,
+        route="/predict",
+        model_version="v1",
+        texts=['x","p_evil":1,"y'],
+        product_ids=[None],
+        review_ids=[None],
+        labels=["good"],
+        probabilities=np.array([[0.5, 0.5]], dtype=np.float32),
+        latency_ms=1.0,
+        classes=("bad", "good"),
+    )
+    (tmp_path / "20240101T000000000000Z-999999999-000003.jsonl").write_bytes(tricky)
+    assert "p_evil" not in read_capture(tmp_path).columns
