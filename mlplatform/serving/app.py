@@ -279,13 +279,13 @@ class InferenceRoute:
         top_k = config.explain_top_k if request.explain else 0
         labels, probabilities, explanations = self._score(served, texts, top_k)
         scored = Scored(
-            config.model_name,
-            served.version,
-            request_id,
-            served.model.classes,
-            labels,
-            probabilities,
-            explanations,
+            model_name=config.model_name,
+            version=served.version,
+            request_id=request_id,
+            classes=served.model.classes,
+            labels=labels,
+            probabilities=probabilities,
+            explanations=explanations,
         )
         response = self._render(request, scored)
         rows = None

@@ -362,36 +362,30 @@ def model_inputs(texts: Sequence[str]) -> list[str]:
 # --- responses --------------------------------------------------------------------------------------
 
 
-def _binary_strings_bytes(strings: Sequence[bytes]) -> bytes:
-    return b"".join(len(item).to_bytes(_LENGTH_PREFIX, "little") + item for item in strings)
+def _length_prefixed(items: Sequence[bytes]) -> bytes:
+    """BYTES elements as binary tensor data: each a 4-byte little-endian length, then its bytes."""
+    return b"".join(len(item).to_bytes(_LENGTH_PREFIX, "little") + item for item in items)
 
 
 def _output_tensor(form: OutputForm, scored: Scored) -> tuple[dict[str, Any], bytes | None]:
     """One output's JSON entry and, when it goes as binary tensor data, its bytes."""
-    size = len(scored.labels)
     if form.name == PROBABILITIES:
-        tensor: dict[str, Any] = {
-            "name": PROBABILITIES,
-            "datatype": "FP32",
-            "shape": list(scored.probabilities.shape),
-        }
-        if form.binary:
-            data = scored.probabilities.astype("<f4", copy=False).tobytes()
-            return {**tensor, "parameters": {"binary_data_size": len(data)}}, data
-        return {**tensor, "data": scored.probabilities.ravel()}, None
-    if form.name == LABEL:
-        values: list[str] | list[bytes] = scored.labels
+        probabilities = scored.probabilities
+        tensor: dict[str, Any] = {"name": form.name, "datatype": "FP32", "shape": list(probabilities.shape)}
+        if not form.binary:
+            return {**tensor, "data": probabilities.ravel()}, None
+        data = probabilities.astype("<f4", copy=False).tobytes()
     else:
-        assert scored.explanations is not None  # a request that wants this output asked to explain
-        values = [orjson.dumps(row) for row in scored.explanations]
-    tensor = {"name": form.name, "datatype": "BYTES", "shape": [size]}
-    if form.binary:
-        encoded = values if form.name == EXPLANATION else [label.encode() for label in values]
-        data = _binary_strings_bytes(encoded)  # type: ignore[arg-type]
-        return {**tensor, "parameters": {"binary_data_size": len(data)}}, data
-    if form.name == EXPLANATION:
-        values = [value.decode() for value in values]  # type: ignore[union-attr]
-    return {**tensor, "data": values}, None
+        if form.name == LABEL:
+            items = scored.labels
+        else:
+            assert scored.explanations is not None  # a request that wants this output asked to explain
+            items = [orjson.dumps(row).decode() for row in scored.explanations]
+        tensor = {"name": form.name, "datatype": "BYTES", "shape": [len(items)]}
+        if not form.binary:
+            return {**tensor, "data": items}, None
+        data = _length_prefixed([item.encode() for item in items])
+    return {**tensor, "parameters": {"binary_data_size": len(data)}}, data
 
 
 def render_infer_response(request: InferenceRequest, scored: Scored) -> Rendered:
