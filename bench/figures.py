@@ -233,8 +233,120 @@ def model_quality(result: dict[str, Any]) -> str:
     )
 
 
+def _per_round(values: list[float], fmt: str) -> str:
+    return " / ".join(format(value, fmt) for value in values)
+
+
+def serving_throughput(result: dict[str, Any]) -> str:
+    """bench/serving.py: each server's requests/s, p99 and ratio to the baseline, round by round."""
+    by_server: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for row in result["results"]:
+        by_server.setdefault((row["concurrency"], row["server"]), []).append(row)
+    baseline = {
+        (row["round"], row["concurrency"]): row["requests_per_s"]
+        for row in result["results"]
+        if row["server"].startswith("baseline")
+    }
+    rows = []
+    for (concurrency, server), runs in sorted(by_server.items(), key=lambda item: item[0][0]):
+        ratios = [run["requests_per_s"] / baseline[(run["round"], concurrency)] for run in runs]
+        rows.append(
+            [
+                server,
+                concurrency,
+                _per_round([run["requests_per_s"] for run in runs], ",.0f"),
+                _per_round([run["p50_ms"] for run in runs], ".2f"),
+                _per_round([run["p99_ms"] for run in runs], ".1f"),
+                " / ".join(f"{ratio:.2f}x" for ratio in ratios),
+            ]
+        )
+    sync = result["disk_sync_ms"]["preallocated_fdatasync"]
+    load = result.get("load_average_1m", {})
+    return "\n".join(
+        [
+            _table(
+                ["server", "concurrency", "req/s, per round", "p50 ms", "p99 ms", "vs baseline"],
+                rows,
+                ["---", "---:", "---:", "---:", "---:", "---:"],
+            ),
+            "",
+            f"{result['rounds']} rounds of {result['duration_s']:g} s per run ({result['load_tool']}, loopback). "
+            f"The disk where capture is written: one record's `fdatasync` p50 {sync['p50_ms']:.2f} ms, "
+            f"p99 {sync['p99_ms']:.2f} ms, {sync['over_2ms']} of {sync['records']} over 2 ms. "
+            f"Load average {load.get('before', 0):.1f} before, {load.get('after', 0):.1f} after. "
+            + _measured(result),
+        ]
+    )
+
+
+def serving_targets(result: dict[str, Any]) -> str:
+    """bench/serving.py: issue 13's targets for the defaults, rounds met of rounds run."""
+    rows = [
+        [name.replace("_", " "), f"{met['rounds_met']} of {met['rounds']}"]
+        for name, met in result["targets"].items()
+    ]
+    return _table(["target (defaults, every round)", "rounds met"], rows, ["---", "---:"])
+
+
+def serving_hostile(result: dict[str, Any]) -> str:
+    """bench/serving_hostile.py: the readiness probe idle and under each load, and the slow clients."""
+
+    def probe(figures: dict[str, Any]) -> list[str]:
+        statuses = ", ".join(f"{count} x {status}" for status, count in sorted(figures["statuses"].items()))
+        return [
+            f"{figures['p50_ms']:.1f} / {figures['p99_ms']:.1f} / {figures['max_ms']:.1f}",
+            f"{figures['over_50_ms']} of {figures['probes']}",
+            statuses,
+        ]
+
+    large, small, slow = result["large_texts"], result["small_reviews"], result["slow_clients"]
+    rows = [
+        ["idle", *probe(result["readiness_idle"]), "—"],
+        [
+            f"{large['clients']} clients posting one ~1 MB review each",
+            *probe(large["readiness_under_load"]),
+            ", ".join(f"{count} x {status}" for status, count in large["inference"]["statuses"].items()),
+        ],
+        [
+            f"{small['clients']} clients posting short reviews",
+            *probe(small["readiness_under_load"]),
+            ", ".join(f"{count} x {status}" for status, count in small["inference"]["statuses"].items()),
+        ],
+        [
+            f"{slow['stalled_mid_body']} connections stalled mid-body + {slow['stalled_mid_headers']} mid-headers",
+            *probe(slow["readiness"]),
+            ", ".join(f"{count} x {status}" for status, count in slow["inference_statuses"].items())
+            + f"; stalled: {', '.join(f'{n} x {s}' for s, n in slow['stalled_connections_ended'].items())}, "
+            f"{slow['stalled_connections_still_open']} still open",
+        ],
+    ]
+    return "\n".join(
+        [
+            _table(
+                [
+                    "10 s of",
+                    "readiness probe p50 / p99 / max ms",
+                    "probes over 50 ms",
+                    "probe answers",
+                    "inference answers",
+                ],
+                rows,
+            ),
+            "",
+            (f"Server code: {result['code_label']}. " if result.get("code_label") else "")
+            + f"Load average {result['load_average_1m_after']:.1f} at the end. "
+            + _measured(result),
+        ]
+    )
+
+
 FIGURES: dict[str, tuple[str, Renderer]] = {
     "model-quality": ("model_quality.json", model_quality),
+    "serving-throughput": ("serving.json", serving_throughput),
+    "serving-targets": ("serving.json", serving_targets),
+    "serving-hostile": ("serving_hostile.json", serving_hostile),
+    "serving-hostile-whole-cleaning": ("serving_hostile_whole_cleaning.json", serving_hostile),
+    "serving-hostile-before": ("serving_hostile_before.json", serving_hostile),
     "batch-throughput": ("batch.json", batch_throughput),
     "batch-single-review": ("batch.json", batch_single_review),
     "batch-targets": ("batch.json", batch_targets),

@@ -2,9 +2,13 @@
 
 Routes (Open Inference Protocol v2 plus a plain JSON route):
     GET  /v2/health/live, /v2/health/ready          open even when API keys are configured (state only)
-    GET  /v2/models/{name}, /v2/models/{name}/ready  metadata (version, and the reason when not servable)
-    POST /v2/models/{name}/infer                      BYTES `text` [N] (+ optional `product_id`, `review_id`)
-    POST /predict                                     {"reviews": [{"text", "product_id", "review_id"}]}
+    GET  /v2                                          server metadata: name, version, extensions
+    GET  /v2/models/{name}, /v2/models/{name}/ready  metadata (version, the served model's classes and
+                                                      outputs, and the reason when not servable)
+    POST /v2/models/{name}/infer                      BYTES `text` [N] (+ optional `product_id`, `review_id`),
+                                                      JSON or binary tensor data, parameter `explain`
+    POST /predict                                     {"reviews": [{"text", "product_id", "review_id"}],
+                                                       "explain": false}
     GET  /metrics                                     Prometheus text
     GET  /dashboard, /dashboard/data                  operations dashboard page (open: it holds no data) and its
                                                       JSON (serving/dashboard.py)
@@ -16,8 +20,14 @@ metadata route behind the key.
 
 The inference routes skip FastAPI's per-request validation and serialisation: they check the content
 type, read the body with a byte limit and a deadline, take a concurrency slot (serving/admission.py),
-parse it with orjson, validate by hand, score, build the response with orjson, make the capture record
-durable, then answer. Every refusal is a 4xx/503 with `{"error": ..., "id": ...}`; only a bug is a 500
+parse it with orjson, validate by hand (the wire format: serving/protocol.py), score, build the
+response with orjson, make the capture record durable, then answer. A request picks its model once
+(`InferenceRoute._scored`: `holder.served`) and that one version scores, renders and is captured.
+
+Explanations (`"explain": true`, OIP parameter `explain`): the top `[serving] explain_top_k` n-grams of
+each review for its predicted class, from the model's own graph; a model registered before the graph
+reported them answers 409 with the reason (retrain it), never a 500. They are captured with the
+prediction (the capture's `explanation` column). Every refusal is a 4xx/503 with `{"error": ..., "id": ...}`; only a bug is a 500
 (`{"error": "internal error"}`). Liveness and readiness: serving/health.py; the deadline for a
 request's headers: serving/connection.py.
 """
@@ -28,6 +38,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import importlib.metadata
 import logging
 import random
 import re
@@ -53,8 +64,8 @@ from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.scoring.model import ScoringRules, load_model
-from mlplatform.serving.admission import ConcurrencySlots, json_content_problem, read_whole_body
+from mlplatform.core.scoring.model import Contribution, ExplanationUnavailable, ScoringRules, load_model
+from mlplatform.serving.admission import ConcurrencySlots, admit_content, read_whole_body
 from mlplatform.serving.capture import CaptureConfig, CaptureState, CaptureStatus, CaptureWriter
 from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes
 from mlplatform.serving.health import PUBLIC_REASONS, Health, HealthSources, StandingAlert
@@ -62,17 +73,20 @@ from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import (
     ModelHolder,
     ModelLoader,
-    Predictor,
     ProductionRegistry,
     ServedModel,
 )
 from mlplatform.serving.protocol import (
+    BINARY_HEADER,
+    BINARY_TYPE,
+    EXPLANATION,
     ASGIReceive,
     ASGIScope,
     ASGISend,
+    InferenceRequest,
+    Rendered,
     RequestRefused,
-    Reviews,
-    decode_json,
+    Scored,
     error_body,
     model_inputs,
     parse_infer_request,
@@ -101,6 +115,7 @@ class ServingConfig:
 
     model_name: str
     max_batch: int
+    explain_top_k: int
     max_body_bytes: int
     max_concurrency: int
     inline_max_body_bytes: int
@@ -121,6 +136,7 @@ class ServingConfig:
         return cls(
             model_name=str(section["model_name"]),
             max_batch=int(section["max_batch"]),
+            explain_top_k=int(section["explain_top_k"]),
             max_body_bytes=int(section["max_body_bytes"]),
             max_concurrency=int(section["max_concurrency"]),
             inline_max_body_bytes=int(section["inline_max_body_bytes"]),
@@ -166,16 +182,16 @@ class ServingState:
     workers: WorkerThreads
 
 
-Renderer = Callable[[str, str, str, Sequence[str], np.ndarray, Sequence[str]], bytes]
-Parser = Callable[[Any, int], Reviews]
+Parser = Callable[[bytes, int | None, int], InferenceRequest]  # (body, binary header length, max_batch)
+Renderer = Callable[[InferenceRequest, Scored], Rendered]
 
 
 @dataclass(frozen=True)
 class Answer:
-    """What a request's work produced: the response body, its capture lines and key (None: sampled out),
+    """What a request's work produced: the response, its capture lines and key (None: sampled out),
     its size."""
 
-    body: bytes
+    response: Rendered
     capture_rows: bytes | None
     reviews: int
     capture_id: str | None
@@ -184,11 +200,14 @@ class Answer:
 class InferenceRoute:
     """Raw ASGI handler of one inference route: parse, score with one model version, capture, answer."""
 
-    def __init__(self, state: ServingState, route: str, parse: Parser, render: Renderer) -> None:
+    def __init__(
+        self, state: ServingState, route: str, parse: Parser, render: Renderer, *, binary: bool = False
+    ) -> None:
         self._state = state
         self._route = route
         self._parse = parse
         self._render = render
+        self._binary = binary  # takes the binary tensor data extension (the OIP route)
 
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
         request_id = scope[REQUEST_ID_SCOPE_KEY]
@@ -198,24 +217,29 @@ class InferenceRoute:
             headers = _CLOSE_CONNECTION if refused.close else ()
             await send_json(send, refused.status, error_body(refused.message, request_id), headers)
             return
-        captured = () if answer.capture_id is None else ((CAPTURE_ID_HEADER, answer.capture_id.encode()),)
-        await send_json(send, 200, answer.body, captured)
+        headers = [] if answer.capture_id is None else [(CAPTURE_ID_HEADER, answer.capture_id.encode())]
+        response = answer.response
+        if response.header_length is None:
+            await send_json(send, 200, response.body, headers)
+            return
+        headers.append((BINARY_HEADER, b"%d" % response.header_length))
+        await send_json(send, 200, response.body, headers, content_type=BINARY_TYPE)
 
     async def _answer(self, scope: ASGIScope, receive: ASGIReceive, request_id: str) -> Answer:
         config = self._state.config
         if scope["method"] != "POST":
             raise RequestRefused(405, f"{self._route} takes POST")
-        refusal = json_content_problem(scope)
-        if refusal is not None:
-            raise refusal
+        header_length = admit_content(scope, binary_route=self._binary)
         received_at = time.time()
         raw = await read_whole_body(
             scope, receive, limit=config.max_body_bytes, timeout_s=config.body_timeout_s
         )
         with self._state.slots.hold():  # only now: a body still arriving holds no slot
-            return await self._scored(raw, request_id, received_at, scope[STARTED_SCOPE_KEY])
+            return await self._scored(raw, header_length, request_id, received_at, scope[STARTED_SCOPE_KEY])
 
-    async def _scored(self, raw: bytes, request_id: str, received_at: float, started: float) -> Answer:
+    async def _scored(
+        self, raw: bytes, header_length: int | None, request_id: str, received_at: float, started: float
+    ) -> Answer:
         state = self._state
         config = state.config
         served = state.holder.served  # read once: this request's one model version
@@ -223,7 +247,9 @@ class InferenceRoute:
             raise RequestRefused(503, f"model not servable: {state.holder.status().reason}")
         sampled = config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate
         capture_id = uuid.uuid4().hex if sampled else None  # the capture's key (capture.py: Keys)
-        work = functools.partial(self._work, raw, served, request_id, received_at, started, capture_id)
+        work = functools.partial(
+            self._work, raw, header_length, served, request_id, received_at, started, capture_id
+        )
         inline = len(raw) <= config.inline_max_body_bytes  # by size, not review count: serving/workers.py
         answer = work() if inline else await state.workers.run(work)
         state.metrics.observe_batch(answer.reviews)
@@ -236,6 +262,7 @@ class InferenceRoute:
     def _work(
         self,
         raw: bytes,
+        header_length: int | None,
         served: ServedModel,
         request_id: str,
         received_at: float,
@@ -244,11 +271,23 @@ class InferenceRoute:
     ) -> Answer:
         """Everything a request costs in proportion to its size, in one call (on the loop or a worker)."""
         config = self._state.config
-        reviews = self._parse(decode_json(raw), config.max_batch)
+        request = self._parse(raw, header_length, config.max_batch)
+        reviews = request.reviews
+        if request.explain and not served.model.explains:
+            raise RequestRefused(409, _cannot_explain(served.version))
         texts = model_inputs(reviews.texts)
-        labels, probabilities = self._score(served.model, texts)
-        classes = served.model.classes
-        body = self._render(config.model_name, served.version, request_id, labels, probabilities, classes)
+        top_k = config.explain_top_k if request.explain else 0
+        labels, probabilities, explanations = self._score(served, texts, top_k)
+        scored = Scored(
+            model_name=config.model_name,
+            version=served.version,
+            request_id=request_id,
+            classes=served.model.classes,
+            labels=labels,
+            probabilities=probabilities,
+            explanations=explanations,
+        )
+        response = self._render(request, scored)
         rows = None
         if capture_id is not None:
             latency_ms = (time.perf_counter() - started) * 1000.0
@@ -264,13 +303,19 @@ class InferenceRoute:
                 labels=labels,
                 probabilities=probabilities,
                 latency_ms=latency_ms,
-                classes=classes,
+                classes=scored.classes,
+                explanations=explanations,
             )
-        return Answer(body, rows, len(labels), capture_id)
+        return Answer(response, rows, len(labels), capture_id)
 
     @staticmethod
-    def _score(model: Predictor, texts: list[str]) -> tuple[list[str], np.ndarray]:
-        prediction = model.predict(texts)
+    def _score(
+        served: ServedModel, texts: list[str], top_k: int
+    ) -> tuple[list[str], np.ndarray, Sequence[Sequence[Contribution]] | None]:
+        try:
+            prediction = served.model.predict(texts, explain_top_k=top_k)
+        except ExplanationUnavailable:
+            raise RequestRefused(409, _cannot_explain(served.version)) from None
         if prediction.no_tokens.any():
             first = int(np.flatnonzero(prediction.no_tokens)[0])
             raise RequestRefused(
@@ -279,7 +324,8 @@ class InferenceRoute:
                 "unknown words): it cannot be labelled",
             )
         labels = [str(label) for label in prediction.labels]
-        return labels, np.ascontiguousarray(prediction.probabilities, dtype=np.float32)
+        probabilities = np.ascontiguousarray(prediction.probabilities, dtype=np.float32)
+        return labels, probabilities, prediction.explanations
 
     async def _make_durable(self, rows: bytes, *, inline: bool) -> None:
         # Only a small request may sync its own record on the loop: a large one's bytes go to the writer.
@@ -291,6 +337,13 @@ class InferenceRoute:
             self._state.metrics.count_capture_failure()
             reason = str(exc) or "timed out waiting for the capture fsync"
             raise RequestRefused(503, f"capture unavailable, request not answered: {reason}") from None
+
+
+def _cannot_explain(version: str) -> str:
+    return (
+        f"model version {version} cannot explain its predictions (registered before explanations): "
+        "ask without explain, or retrain and deploy a model that explains"
+    )
 
 
 class RequestGate:
@@ -315,7 +368,7 @@ class RequestGate:
             {"/v2/health/live", "/v2/health/ready", f"{config.model_path}/ready", DASHBOARD_PATH}
         )
         self._known_paths = frozenset(
-            {*self._open_paths, *self._inference_routes, config.model_path, "/metrics"}
+            {*self._open_paths, *self._inference_routes, "/v2", config.model_path, "/metrics"}
         )
 
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
@@ -393,10 +446,42 @@ class RequestGate:
 # --- the app ----------------------------------------------------------------------------------------
 
 
+EXPLANATION_DOCUMENT = (
+    'one JSON document per review: [{"ngram": str, "weight": float}, ...], the top [serving] explain_top_k '
+    "n-grams for the predicted class, strongest first (weight: the n-gram's contribution to that class's "
+    "score); returned when the request parameter explain is true"
+)
+SERVER_EXTENSIONS = ("binary_tensor_data",)
+
+
+def _server_metadata() -> dict[str, Any]:
+    """`GET /v2`: the Open Inference Protocol's server metadata."""
+    try:
+        version = importlib.metadata.version("mlplatform")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        version = "unknown"
+    return {"name": "mlplatform", "version": version, "extensions": list(SERVER_EXTENSIONS)}
+
+
 def _metadata(state: ServingState) -> dict[str, Any]:
     status, served = state.holder.status(), state.holder.served
     classes = list(served.model.classes) if served is not None else []
     health = state.health.now()
+    outputs: list[dict[str, Any]] = [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        # The served model's own classes, in the order of its probability columns.
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes) or -1], "labels": classes},
+    ]
+    if served is not None and served.model.explains:
+        outputs.append(
+            {
+                "name": EXPLANATION,
+                "datatype": "BYTES",
+                "shape": [-1],
+                "optional": True,
+                "content": EXPLANATION_DOCUMENT,
+            }
+        )
     return {
         "name": state.config.model_name,
         "versions": [status.version] if status.version else [],
@@ -406,10 +491,7 @@ def _metadata(state: ServingState) -> dict[str, Any]:
             {"name": "product_id", "datatype": "BYTES", "shape": [-1], "optional": True},
             {"name": "review_id", "datatype": "BYTES", "shape": [-1], "optional": True},
         ],
-        "outputs": [
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)], "labels": classes},
-        ],
+        "outputs": outputs,
         "version": status.version,
         "ready": health.ready,
         "state": health.readiness,
@@ -446,6 +528,12 @@ def _add_info_routes(app: FastAPI, state: ServingState, *, reveal_reasons: bool)
     async def ready() -> Response:
         return _readiness(state.health.now(), reveal=reveal_reasons)
 
+    server_metadata = _server_metadata()
+
+    @app.get("/v2", summary="Server metadata (Open Inference Protocol): name, version, extensions")
+    async def server() -> Response:
+        return json_response(server_metadata)
+
     @app.get(config.model_path, summary="Model metadata: version served, inputs, outputs, why not servable")
     async def metadata() -> Response:
         return json_response(_metadata(state))
@@ -480,7 +568,10 @@ def _inference_route_docs(config: ServingConfig) -> dict[str, Any]:
     return {
         config.infer_path: {
             "post": {
-                "summary": "Open Inference Protocol v2 inference: BYTES `text` [N] -> `label`, `probabilities` [N, 3]",
+                "summary": (
+                    "Open Inference Protocol v2 inference: BYTES `text` [N] -> `label`, `probabilities` "
+                    "[N, classes], `explanation` with the parameter explain; JSON or binary tensor data"
+                ),
                 "requestBody": _json_body({"inputs": [text]}),
                 "responses": responses,
             }
@@ -488,7 +579,7 @@ def _inference_route_docs(config: ServingConfig) -> dict[str, Any]:
         PREDICT_PATH: {
             "post": {
                 "summary": "Plain JSON inference over a list of reviews",
-                "requestBody": _json_body({"reviews": [review]}),
+                "requestBody": _json_body({"reviews": [review], "explain": False}),
                 "responses": responses,
             }
         },
@@ -611,7 +702,7 @@ def create_app(
 
     inference_routes = {
         config.infer_path: InferenceRoute(
-            state, config.infer_path, parse_infer_request, render_infer_response
+            state, config.infer_path, parse_infer_request, render_infer_response, binary=True
         ),
         PREDICT_PATH: InferenceRoute(state, PREDICT_PATH, parse_predict_request, render_predict_response),
     }

@@ -480,8 +480,11 @@ class CaptureWriter:
             else:
                 error_message = self._commit_data(b"".join(item[0] for item in batch), inline=False)
         _wake(batch, error_message)
-        if error_message is None:
-            with self._segment_lock:  # after the wake: the requests are not kept waiting for zeros
+        # After the wake: the requests are not kept waiting for zeros. Only when room is low (checked
+        # again under the lock): a lock taken for nothing could make a lone request's inline sync,
+        # which never waits for the lock, hand its record to this thread instead.
+        if error_message is None and self._room_is_low():
+            with self._segment_lock:
                 self._top_up_safely()
 
     def _commit_data(self, data: bytes, *, inline: bool) -> str | None:

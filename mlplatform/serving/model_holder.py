@@ -39,10 +39,12 @@ SHUTTING_DOWN = "the endpoint is shutting down"
 
 
 class Predictor(Protocol):
-    """What the holder needs of `mlplatform.core.scoring.model.ScoringModel`: its classes (the order of
-    its probability columns) and its predictions."""
+    """What the endpoint needs of `mlplatform.core.scoring.model.ScoringModel`."""
 
-    classes: tuple[str, ...]
+    classes: tuple[str, ...]  # the probability columns' classes, in order
+
+    @property
+    def explains(self) -> bool: ...  # its graph reports n-gram contributions (explain_top_k > 0 works)
 
     def predict(self, texts: Sequence[str], explain_top_k: int = 0) -> Prediction: ...
 

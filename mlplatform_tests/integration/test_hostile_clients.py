@@ -2,7 +2,8 @@
 
 - Slow clients: more stalled connections than `max_concurrency`, mid-body and mid-headers; inference
   and readiness carry on, and every stalled connection is answered 408 and closed at its deadline.
-- Fuzz (hypothesis): generated JSON documents in both inference shapes, arbitrary bodies, content types,
+- Fuzz (hypothesis): generated JSON documents in both inference shapes, binary tensor data framed well
+  and badly (element lengths, sizes, shapes, header lengths), arbitrary bodies, content types,
   request ids, methods and paths over HTTP, and raw byte strings straight onto a socket. The property:
   never a 5xx, every refusal of the app a JSON `{"error", "id"}` naming the request id, readiness true
   throughout (a prober reads it all along), and no internal error in the server's log. A raw byte
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.integration
 INFER = "/v2/models/sentiment/infer"
 TIMEOUT_S = 3.0  # header_timeout_s and body_timeout_s of the server under test
 MAX_CONCURRENCY = 64  # the default: the slow-client test stalls more connections than this
-FUZZ = settings(  # thousands of cases in all (1500 + 500 + 1000 below), a modest run time
+FUZZ = settings(  # thousands of cases in all (1500 + 600 + 500 + 1000 below), a modest run time
     deadline=None,
     database=None,  # no .hypothesis directory in the tree
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -271,6 +272,89 @@ def test_fuzz_methods_paths_and_headers(
 ) -> None:
     response = http.request(method, path, content=body or None, headers=headers)
     assert response.status_code < 500, response.text
+
+
+def framed_text(texts: list[bytes], lengths: list[int]) -> bytes:
+    """BYTES elements as binary tensor data, each with its stated length (true or not)."""
+    return b"".join(length.to_bytes(4, "little") + text for text, length in zip(texts, lengths, strict=False))
+
+
+BINARY_ELEMENTS = st.lists(
+    st.sampled_from([b"lovely dress", b"awful fabric, ripped"])
+    | st.binary(max_size=40)
+    | st.text(max_size=40).map(str.encode),
+    min_size=0,
+    max_size=5,
+)
+
+
+@st.composite
+def binary_requests(draw: st.DrawFn) -> tuple[bytes, str]:
+    """Binary tensor data, half of it well framed, the rest with any element lengths, sizes, shapes,
+    header lengths and trailing bytes."""
+    texts = draw(BINARY_ELEMENTS)
+    lengths = [len(text) for text in texts]
+    size, shape, trailing, header_length = None, [len(texts)], b"", None
+    if not draw(st.booleans()):  # badly framed: lie about lengths, sizes, shapes, what follows
+        lengths = [draw(st.integers(0, 2**32 - 1)) if draw(st.booleans()) else n for n in lengths]
+        size = draw(st.none() | st.integers(-5, 300) | JSON_VALUES)
+        shape = draw(st.just(shape) | SHAPES | JSON_VALUES)
+        trailing = draw(st.binary(max_size=8))
+        header_length = draw(st.none() | st.integers(-3, 400).map(str) | SAFE_HEADER_TEXT)
+    data = framed_text(texts, lengths)
+    tensor = {
+        "name": "text",
+        "datatype": "BYTES",
+        "shape": shape,
+        "parameters": {"binary_data_size": len(data) if size is None else size},
+    }
+    document: dict = {"inputs": [tensor]}
+    if draw(st.booleans()):
+        document["parameters"] = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "binary_data_output": st.booleans() | JSON_VALUES,
+                    "explain": st.booleans() | JSON_VALUES,
+                },
+            )
+        )
+    if draw(st.booleans()):
+        document["outputs"] = draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.sampled_from(["label", "probabilities", "explanation", "x"])},
+                    optional={
+                        "parameters": st.fixed_dictionaries(
+                            {}, optional={"binary_data": st.booleans() | JSON_VALUES}
+                        )
+                    },
+                ),
+                max_size=4,
+            )
+            | JSON_VALUES
+        )
+    header = json.dumps(document).encode()
+    return header + data + trailing, str(len(header)) if header_length is None else header_length
+
+
+@settings(FUZZ, max_examples=600)
+@given(
+    request=binary_requests(),
+    content_type=st.sampled_from([None, "application/octet-stream", "application/json"]),
+)
+def test_fuzz_binary_tensor_data(
+    server: Server, http: httpx.Client, request: tuple[bytes, str], content_type: str | None
+) -> None:
+    body, header_length = request
+    headers = {"Inference-Header-Content-Length": header_length}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = http.post(INFER, content=body, headers=headers)
+    event(f"status {response.status_code}")
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert response.json()["id"] == response.headers["x-request-id"]
 
 
 def raw_exchange(port: int, data: bytes) -> bytes:

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -35,14 +36,17 @@ def deployed(registry: ModelRegistry, tiny_models: dict[int, bytes]) -> str:
         "multipart/form-data; boundary=x",
         "application/json; charset=latin-1",
         "application/jsonp",
+        "application/octet-stream",  # only with the binary tensor data header
         "",
-        None,
+        None,  # from a browser (it sends Origin with every POST): a typeless Blob body
     ],
 )
 def test_inference_takes_json_content_types_only(
     home: PlatformHome, fast_settings: Settings, deployed: str, content_type: str | None
 ) -> None:
-    headers = {} if content_type is None else {"Content-Type": content_type}
+    headers = (
+        {"Origin": "https://elsewhere.example"} if content_type is None else {"Content-Type": content_type}
+    )
     with TestClient(create_app(home, fast_settings)) as http:
         for path in ("/predict", INFER):
             response = http.post(path, content=REVIEW_BODY, headers={**headers, "X-Request-ID": "typed"})
@@ -61,6 +65,40 @@ def test_json_content_types_are_scored(
     with TestClient(create_app(home, fast_settings)) as http:
         response = http.post("/predict", content=REVIEW_BODY, headers={"Content-Type": content_type})
     assert response.status_code == 200, response.text
+
+
+def test_a_client_that_sends_no_content_type_and_no_origin_is_scored(
+    home: PlatformHome, fast_settings: Settings, deployed: str
+) -> None:
+    """Triton's tritonclient sends no Content-Type; no browser posts without an Origin header."""
+    with TestClient(create_app(home, fast_settings)) as http:
+        for path in ("/predict", INFER):
+            body = REVIEW_BODY if path == "/predict" else orjson.dumps(infer_body(["lovely dress"]))
+            response = http.post(path, content=body)
+            assert response.status_code == 200, response.text
+
+
+def test_binary_tensor_data_may_say_octet_stream_or_nothing_even_from_a_browser(
+    home: PlatformHome, fast_settings: Settings, deployed: str
+) -> None:
+    """A page cannot add Inference-Header-Content-Length without a preflight, which is never granted."""
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 16}}
+            ]
+        }
+    )
+    body = header + (12).to_bytes(4, "little") + b"lovely dress"
+    binary = {"Inference-Header-Content-Length": str(len(header)), "Origin": "https://elsewhere.example"}
+    with TestClient(create_app(home, fast_settings)) as http:
+        for content_type in ({"Content-Type": "application/octet-stream"}, {}):
+            response = http.post(INFER, content=body, headers={**binary, **content_type})
+            assert response.status_code == 200, response.text
+        refused = http.post(INFER, content=body, headers={**binary, "Content-Type": "text/plain"})
+        assert refused.status_code == 415
+        on_predict = http.post("/predict", content=body, headers={**binary, **JSON})
+        assert on_predict.status_code == 400 and "Open Inference Protocol" in on_predict.json()["error"]
 
 
 async def stalled_body(arrived: asyncio.Event | None = None) -> AsyncIterator[bytes]:

@@ -528,6 +528,7 @@ def test_an_unexpected_failure_is_a_500_with_the_request_id(
     class BrokenModel:
         calls = 0
         classes = LABELS
+        explains = False
 
         def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
             BrokenModel.calls += 1

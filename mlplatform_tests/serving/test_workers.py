@@ -58,6 +58,7 @@ class ThreadRecordingModel:
     def __init__(self, model: Any) -> None:
         self._model = model
         self.classes = model.classes
+        self.explains = model.explains
         self.threads: list[int] = []
 
     def predict(self, texts: list[str], explain_top_k: int = 0) -> Any:
@@ -140,6 +141,7 @@ class LoopWaitingModel:
         self.scoring = threading.Event()
 
     classes = ("negative", "neutral", "positive")
+    explains = False
 
     def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
         if len(texts) == REQUEST_REVIEWS:  # a request, not the warm-up (two texts, before serving)

@@ -8,7 +8,10 @@ answered (core/scoring/model.py's `probability_columns`: a model of other classe
 and a row leaves the columns of classes its model lacks null); `time` is when the request arrived (UTC),
 `latency_ms` runs from arrival until the answer was ready, before the wait for the capture fsync (which
 the latency histogram in /metrics includes). `text` is the prepared text that was scored
-(core/data/text.py). `encode_capture_rows` writes a request's lines.
+(core/data/text.py). `explanation` is the prediction's explanation (a list of `{ngram, weight}`, the
+n-grams that pushed the predicted class most, strongest first) when the request asked for one, else
+null; segments written before it existed read it as null. `encode_capture_rows` writes a request's
+lines.
 
 Keys: `request_id` is the client's `X-Request-ID` as given (or one the endpoint made), so clients find
 their requests under their own ids; but clients reuse ids (a retry after a timeout, a fixed id in a
@@ -46,7 +49,7 @@ import polars as pl
 
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
-from mlplatform.core.scoring.model import PROBABILITY_PREFIX, probability_columns
+from mlplatform.core.scoring.model import PROBABILITY_PREFIX, Contribution, probability_columns
 
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
@@ -64,6 +67,9 @@ _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
     "review_id": pl.String(),
     "label": pl.String(),
     "latency_ms": pl.Float64(),
+    # The explanation of the prediction when the request asked for one, else null (and in segments
+    # written before explanations existed).
+    "explanation": pl.List(pl.Struct({"ngram": pl.String(), "weight": pl.Float64()})),
 }
 CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
 """The columns every record has (besides its model's `p_<class>` columns)."""
@@ -94,9 +100,13 @@ def encode_capture_rows(
     probabilities: np.ndarray,
     latency_ms: float,
     classes: Sequence[str],
+    explanations: Sequence[Sequence[Contribution]] | None = None,
 ) -> bytes:
     """The capture lines of one request: one JSON object per review row, each ending in a newline;
-    `probabilities` has one column per class of `classes` (the answering model's)."""
+    `probabilities` has one column per class of `classes` (the answering model's).
+
+    `explanations`: each row's top n-grams when the request asked to explain (written as a list of
+    `{"ngram", "weight"}`), else the column is left out of the lines (read as null)."""
     columns = probability_columns(tuple(classes))
     shared = {
         "request_id": request_id,
@@ -119,6 +129,8 @@ def encode_capture_rows(
             **dict(zip(columns, scores, strict=True)),
             "latency_ms": latency_ms,
         }
+        if explanations is not None:
+            record["explanation"] = explanations[row]
         lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
     return b"".join(lines)
 

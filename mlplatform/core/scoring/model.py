@@ -151,10 +151,16 @@ class ScoringModel:
         outputs = {value.name for value in self._session.get_outputs()}
         wanted = [LABEL_OUTPUT, PROBABILITIES_OUTPUT]
         if self.kind is GraphKind.SPARSE_TEXT:
-            wanted += [NORM_OUTPUT, TERM_ROWS_OUTPUT, TERM_COLUMNS_OUTPUT, TERM_CONTRIBUTIONS_OUTPUT]
+            wanted += [NORM_OUTPUT]
+        explaining = [TERM_ROWS_OUTPUT, TERM_COLUMNS_OUTPUT, TERM_CONTRIBUTIONS_OUTPUT]
+        if self.kind is GraphKind.SPARSE_TEXT and not set(explaining) <= outputs:
+            raise ScoringError(f"model {source} lacks the outputs {sorted(set(explaining) - outputs)}")
         if not set(wanted) <= outputs:
             raise ScoringError(f"model {source} lacks the outputs {sorted(set(wanted) - outputs)}")
+        # Only what a run needs is fetched: ONNX Runtime copies every output asked for, and a plain
+        # prediction needs none of the per-term arrays the explanation is made of.
         self._outputs = wanted
+        self._explaining_outputs = wanted + explaining
         self._column_input = len(inputs[0].shape) == 2  # skl2onnx's [N, 1]
         self._token = re.compile(TOKEN_PATTERN)
         self._pool: ThreadPoolExecutor | None = None
@@ -188,11 +194,14 @@ class ScoringModel:
             return Prediction(
                 np.array([], dtype=object), empty, np.zeros(0, dtype=bool), () if explain_top_k else None
             )
+        explain = explain_top_k > 0
         runs = [(0, len(texts))] if len(texts) == 1 else list(self._runs(texts))
         if len(runs) == 1:
-            parts = [self._run(texts)]
+            parts = [self._run(texts, explain)]
         else:
-            parts = list(self._executor().map(lambda bounds: self._run(texts[bounds[0] : bounds[1]]), runs))
+            parts = list(
+                self._executor().map(lambda bounds: self._run(texts[bounds[0] : bounds[1]], explain), runs)
+            )
         if len(parts) == 1:
             labels, probabilities, norms = parts[0].labels, parts[0].probabilities, parts[0].norms
         else:
@@ -227,18 +236,22 @@ class ScoringModel:
             longest = max(longest, length)
         yield start, len(texts)
 
-    def _run(self, texts: Sequence[str]) -> _RunOutput:
+    def _run(self, texts: Sequence[str], explain: bool = False) -> _RunOutput:
         feed = np.asarray(texts, dtype=object)
         if self._column_input:
             feed = feed.reshape(-1, 1)
         try:
-            values = self._session.run(self._outputs, {INPUT_NAME: feed})
+            values = self._session.run(
+                self._explaining_outputs if explain else self._outputs, {INPUT_NAME: feed}
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ScoringError(f"onnxruntime failed on {self.source}: {_first_line(exc)}") from exc
         labels = np.asarray(values[0], dtype=object).reshape(-1)
         probabilities = np.asarray(values[1], dtype=np.float32)
         if self.kind is GraphKind.LEGACY:
             return _RunOutput(labels, probabilities, None, None, None, None)
+        if not explain:
+            return _RunOutput(labels, probabilities, values[2], None, None, None)
         return _RunOutput(labels, probabilities, *values[2:])
 
     def _explain(self, part: _RunOutput, top_k: int) -> list[tuple[Contribution, ...]]:

@@ -15,6 +15,7 @@ from mlplatform.core.monitoring.capture import (
     probabilities_of,
     read_capture,
 )
+from mlplatform.core.scoring.model import Contribution
 
 
 def rows(
@@ -114,3 +115,32 @@ def test_each_record_holds_the_probabilities_of_its_models_classes(tmp_path: Pat
     )
     (tmp_path / "20240101T000000000000Z-999999999-000003.jsonl").write_bytes(tricky)
     assert "p_evil" not in read_capture(tmp_path).columns
+
+
+def test_explanations_are_captured_and_older_records_read_them_as_null(tmp_path: Path) -> None:
+    explained = encode_capture_rows(
+        request_id="explained",
+        capture_id="capture-of-explained",
+        received_at=2.0,
+        route="/predict",
+        model_version="v2",
+        texts=["runs small, p_evil fabric"],
+        product_ids=[None],
+        review_ids=[None],
+        labels=["bad"],
+        probabilities=np.array([[0.8, 0.2]], dtype=np.float32),
+        latency_ms=1.0,
+        classes=("bad", "good"),
+        explanations=[(Contribution("runs small", 0.75), Contribution("p_evil", 0.25))],
+    )
+    # Written before explanations existed: no `explanation` key at all.
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl").write_bytes(rows("older"))
+    (tmp_path / "20240101T000000000000Z-999999999-000002.jsonl").write_bytes(explained + rows("plain"))
+    frame = read_capture(tmp_path)
+    by_request = {row["request_id"]: row for row in frame.iter_rows(named=True)}
+    assert by_request["older"]["explanation"] is None and by_request["plain"]["explanation"] is None
+    assert by_request["explained"]["explanation"] == [
+        {"ngram": "runs small", "weight": 0.75},
+        {"ngram": "p_evil", "weight": 0.25},
+    ]
+    assert "p_evil" not in frame.columns

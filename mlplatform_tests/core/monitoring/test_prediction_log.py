@@ -30,8 +30,13 @@ def capture_rows(records: list[tuple[str, int, str, str]]) -> pl.DataFrame:
             "p_neutral": 0.1,
             "p_positive": 0.8,
             "latency_ms": 2.0,
+            "explanation": None,
         },
-        schema_overrides={"time": pl.Datetime("us", "UTC"), "review_id": pl.String},
+        schema_overrides={
+            "time": pl.Datetime("us", "UTC"),
+            "review_id": pl.String,
+            "explanation": pl.List(pl.Struct({"ngram": pl.String, "weight": pl.Float64})),
+        },
     )
     return frame.select(CAPTURE_COLUMNS)
 

@@ -167,3 +167,24 @@ def test_models_registered_before_the_sparse_graph_still_score_correctly() -> No
     assert not legacy.explains
     with pytest.raises(ExplanationUnavailable, match="retrain"):
         legacy.predict(texts, explain_top_k=3)
+
+
+def test_a_plain_prediction_fetches_none_of_the_explanations_arrays(model: ScoringModel) -> None:
+    """ONNX Runtime copies every output asked for; a prediction without explanations needs three."""
+    asked: list[list[str]] = []
+    session = model._session
+
+    class RecordingSession:
+        def run(self, outputs: list[str], feed: dict) -> list:
+            asked.append(list(outputs))
+            return session.run(outputs, feed)
+
+    model._session = RecordingSession()
+    try:
+        plain = model.predict(["the dress fit well"])
+        explained = model.predict(["the dress fit well"], explain_top_k=2)
+    finally:
+        model._session = session
+    assert asked[0] == ["label", "probabilities", "text_norm"]
+    assert len(asked[1]) == 6
+    assert plain.labels.tolist() == explained.labels.tolist() and plain.explanations is None
