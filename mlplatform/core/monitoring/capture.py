@@ -8,6 +8,15 @@ table with no unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the requ
 the latency histogram in /metrics includes). `text` is the prepared text that was scored
 (core/data/text.py). `encode_capture_rows` writes a request's lines.
 
+Roles (`role`, `CaptureRole`): `answered` rows are what the client was answered, by the version named
+in `model_version`. During a shadow rollout each answered row has a `shadow` row beside it (same
+`capture_id` and `row`): the rollout's candidate's prediction of the same text, made off the answer's
+path and never returned, under the candidate's own `model_version`, with its own scoring time as
+`latency_ms`. A candidate that failed to predict (an error, a full shadow queue, or a canary candidate
+whose failure production answered for) leaves a `shadow` row with `error` set and no label or
+probabilities, so every answered row has its shadow row and failures are counted, not lost. Segments
+written before roles existed read `role` and `error` as null: answered rows (`answered_only`).
+
 Keys: `request_id` is the client's `X-Request-ID` as given (or one the endpoint made), so clients find
 their requests under their own ids; but clients reuse ids (a retry after a timeout, a fixed id in a
 script), so it is not a key. `capture_id` is: the endpoint makes one per captured request (a random
@@ -34,6 +43,7 @@ import io
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +72,17 @@ _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
     "label": pl.String(),
     **{column: pl.Float64() for column in PROBABILITY_COLUMNS},
     "latency_ms": pl.Float64(),
+    "role": pl.String(),
+    "error": pl.String(),
 }
 CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
+
+
+class CaptureRole(StrEnum):
+    """Whether a captured prediction was returned to the client (see the module docstring)."""
+
+    ANSWERED = "answered"
+    SHADOW = "shadow"
 
 
 class CaptureError(UserError, RuntimeError):
@@ -88,15 +107,10 @@ def encode_capture_rows(
     labels: Sequence[str],
     probabilities: np.ndarray,
     latency_ms: float,
+    role: CaptureRole = CaptureRole.ANSWERED,
 ) -> bytes:
     """The capture lines of one request: one JSON object per review row, each ending in a newline."""
-    shared = {
-        "request_id": request_id,
-        "capture_id": capture_id,
-        "time": utc_iso(received_at),
-        "route": route,
-        "model_version": model_version,
-    }
+    shared = _shared_fields(request_id, capture_id, received_at, route, model_version)
     lines = []
     for row, (text, product_id, review_id, label, scores) in enumerate(
         zip(texts, product_ids, review_ids, labels, probabilities, strict=True)
@@ -110,9 +124,69 @@ def encode_capture_rows(
             "label": label,
             **dict(zip(PROBABILITY_COLUMNS, scores, strict=True)),
             "latency_ms": latency_ms,
+            "role": role.value,
         }
         lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
     return b"".join(lines)
+
+
+def encode_failed_rows(
+    *,
+    request_id: str,
+    capture_id: str,
+    received_at: float,
+    route: str,
+    model_version: str,
+    texts: Sequence[str],
+    product_ids: Sequence[str | None],
+    review_ids: Sequence[str | None],
+    error: str,
+    latency_ms: float,
+) -> bytes:
+    """The `shadow` rows of a candidate that could not predict a request's texts: no label, the error."""
+    shared = _shared_fields(request_id, capture_id, received_at, route, model_version)
+    lines = [
+        orjson.dumps(
+            {
+                **shared,
+                "row": row,
+                "text": text,
+                "product_id": product_id,
+                "review_id": review_id,
+                "label": None,
+                "latency_ms": latency_ms,
+                "role": CaptureRole.SHADOW.value,
+                "error": error,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+        for row, (text, product_id, review_id) in enumerate(zip(texts, product_ids, review_ids, strict=True))
+    ]
+    return b"".join(lines)
+
+
+def _shared_fields(
+    request_id: str, capture_id: str, received_at: float, route: str, model_version: str
+) -> dict[str, str]:
+    return {
+        "request_id": request_id,
+        "capture_id": capture_id,
+        "time": utc_iso(received_at),
+        "route": route,
+        "model_version": model_version,
+    }
+
+
+def role_of_rows() -> pl.Expr:
+    """Each row's role; rows written before roles existed were answered."""
+    return pl.col("role").fill_null(CaptureRole.ANSWERED.value)
+
+
+def answered_only(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows that were returned to clients (all of a frame without a `role` column)."""
+    if "role" not in frame.columns:
+        return frame
+    return frame.filter(role_of_rows() == CaptureRole.ANSWERED.value)
 
 
 # --- reading ------------------------------------------------------------------------------------------
