@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -104,16 +105,25 @@ def encode_capture_rows(
     texts: Sequence[str],
     product_ids: Sequence[str | None],
     review_ids: Sequence[str | None],
-    labels: Sequence[str],
-    probabilities: np.ndarray,
+    labels: Sequence[str] | None,
+    probabilities: np.ndarray | None,
     latency_ms: float,
     role: CaptureRole = CaptureRole.ANSWERED,
+    error: str | None = None,
 ) -> bytes:
-    """The capture lines of one request: one JSON object per review row, each ending in a newline."""
+    """The capture lines of one request: one JSON object per review row, each ending in a newline.
+
+    With `error` (a candidate that could not predict: a `shadow` row) the rows carry the error and no
+    label or probabilities; `labels` and `probabilities` are then None.
+    """
     shared = _shared_fields(request_id, capture_id, received_at, route, model_version)
+    failed = error is not None
+    outputs = (
+        itertools.repeat((None, None), len(texts)) if failed else zip(labels, probabilities, strict=True)
+    )
     lines = []
-    for row, (text, product_id, review_id, label, scores) in enumerate(
-        zip(texts, product_ids, review_ids, labels, probabilities, strict=True)
+    for row, (text, product_id, review_id, (label, scores)) in enumerate(
+        zip(texts, product_ids, review_ids, outputs, strict=True)
     ):
         record = {
             **shared,
@@ -122,46 +132,12 @@ def encode_capture_rows(
             "product_id": product_id,
             "review_id": review_id,
             "label": label,
-            **dict(zip(PROBABILITY_COLUMNS, scores, strict=True)),
+            **({} if failed else dict(zip(PROBABILITY_COLUMNS, scores, strict=True))),
             "latency_ms": latency_ms,
             "role": role.value,
+            **({"error": error} if failed else {}),
         }
         lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
-    return b"".join(lines)
-
-
-def encode_failed_rows(
-    *,
-    request_id: str,
-    capture_id: str,
-    received_at: float,
-    route: str,
-    model_version: str,
-    texts: Sequence[str],
-    product_ids: Sequence[str | None],
-    review_ids: Sequence[str | None],
-    error: str,
-    latency_ms: float,
-) -> bytes:
-    """The `shadow` rows of a candidate that could not predict a request's texts: no label, the error."""
-    shared = _shared_fields(request_id, capture_id, received_at, route, model_version)
-    lines = [
-        orjson.dumps(
-            {
-                **shared,
-                "row": row,
-                "text": text,
-                "product_id": product_id,
-                "review_id": review_id,
-                "label": None,
-                "latency_ms": latency_ms,
-                "role": CaptureRole.SHADOW.value,
-                "error": error,
-            },
-            option=orjson.OPT_APPEND_NEWLINE,
-        )
-        for row, (text, product_id, review_id) in enumerate(zip(texts, product_ids, review_ids, strict=True))
-    ]
     return b"".join(lines)
 
 

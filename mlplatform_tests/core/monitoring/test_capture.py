@@ -13,7 +13,6 @@ from mlplatform.core.monitoring.capture import (
     CaptureRole,
     answered_only,
     encode_capture_rows,
-    encode_failed_rows,
     read_capture,
 )
 
@@ -70,7 +69,7 @@ def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
 
 
 def test_shadow_rows_and_failed_ones_read_back_beside_the_answers(tmp_path: Path) -> None:
-    failed = encode_failed_rows(
+    failed = encode_capture_rows(
         request_id="b",
         capture_id="capture-of-b",
         received_at=1_700_000_001.0,
@@ -79,8 +78,11 @@ def test_shadow_rows_and_failed_ones_read_back_beside_the_answers(tmp_path: Path
         texts=["one", "two"],
         product_ids=["7", None],
         review_ids=[None, "r2"],
-        error="shadow queue full: dropped",
+        labels=None,
+        probabilities=None,
         latency_ms=0.0,
+        role=CaptureRole.SHADOW,
+        error="shadow queue full: dropped",
     )
     segment = rows("a") + rows("a", version="v2", role=CaptureRole.SHADOW) + failed
     (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl").write_bytes(segment)
