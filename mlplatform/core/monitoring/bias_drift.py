@@ -15,7 +15,8 @@ What is judged is bias, not drift of the whole traffic (drift_report watches tha
 and class c, its gap to all traffic, live rate_d(c) - rate_all(c), against the same gap at training
 (all = the row-weighted mix of the card's facet values). A value's shift is the largest
 |live gap - training gap| over the classes; WARN above `warn`, ERROR above `error`, judged from
-`min_rows` live predictions of the value. A global shift (every group predicted more negative) moves
+`min_rows` live predictions of the value, and only for values the card judged at training (at least
+`[features] min_facet_rows` test rows: a gap measured on a handful of test rows is noise). A global shift (every group predicted more negative) moves
 no gap; one group treated differently than at training does.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 
 import polars as pl
 
+from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.monitoring.rules import (
     ERROR,
     WARN,
@@ -36,6 +38,8 @@ from mlplatform.core.monitoring.rules import (
     require_columns,
 )
 from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.scoring.model import model_classes
 
 BIAS_DRIFT_CHECK = "bias_drift"
 MISSING_VALUE = "(missing)"
@@ -202,8 +206,9 @@ def product_facet(
 
 def _baseline(
     card_facets: Mapping[str, Any], facet: str, classes: Sequence[str]
-) -> dict[str, tuple[int, dict[str, float]]]:
-    """{value: (test rows, predicted rates)} of the card's judged values of `facet` (empty: none)."""
+) -> dict[str, tuple[int, dict[str, float], bool]]:
+    """{value: (test rows, predicted rates, judged at training)} of the card's values of `facet` (empty:
+    none). A value with fewer test rows than `[features] min_facet_rows` was not judged at training."""
     entry = card_facets.get(facet)
     values = entry.get("values") if isinstance(entry, Mapping) else None
     if not isinstance(values, Mapping):
@@ -215,6 +220,7 @@ def _baseline(
             baseline[str(value)] = (
                 int(numbers["rows"]),
                 {label: float(rates.get(label, 0.0)) for label in classes},
+                bool(numbers.get("judged", True)),
             )
     return baseline
 
@@ -224,7 +230,7 @@ def _value_drift(
     value: str,
     live: pl.Series,
     live_all: Mapping[str, float],
-    baseline: Mapping[str, tuple[int, dict[str, float]]],
+    baseline: Mapping[str, tuple[int, dict[str, float], bool]],
     base_all: Mapping[str, float],
     classes: Sequence[str],
     rules: BiasDriftRules,
@@ -235,6 +241,9 @@ def _value_drift(
         return ValueDrift(
             facet, value, live.len(), rates, None, None, None, None, "not in the training baseline"
         )
+    if not base[2]:
+        note = f"{base[0]} test rows at training (< [features] min_facet_rows): not judged"
+        return ValueDrift(facet, value, live.len(), rates, base[1], None, None, None, note)
     if live.len() < rules.min_rows:
         note = f"{live.len()} live predictions < min_rows {rules.min_rows}: not judged"
         return ValueDrift(facet, value, live.len(), rates, base[1], None, None, None, note)
@@ -312,9 +321,10 @@ def bias_drift(
         if not baseline:
             results.append(FacetDrift(facet, None, "the model card has no predicted rates for it", ()))
             continue
-        total = sum(rows for rows, _ in baseline.values())
+        total = sum(rows for rows, _, _ in baseline.values())
         base_all = {
-            label: sum(rows * rates[label] for rows, rates in baseline.values()) / total for label in classes
+            label: sum(rows * rates[label] for rows, rates, _ in baseline.values()) / total
+            for label in classes
         }
         live_all = _rates(joined["label"], classes) if joined.height else dict.fromkeys(classes, 0.0)
         values = tuple(
@@ -360,3 +370,26 @@ def _outcome(version: str | None, facets: Sequence[FacetDrift], rules: BiasDrift
     )
     bound = rules.error if severity == ERROR else rules.warn
     return MonitorOutcome(BIAS_DRIFT_CHECK, False, severity, f"{listed} > {severity} bound {bound}", metadata)
+
+
+def judge_bias_drift(
+    log: pl.DataFrame,
+    catalogue: pl.DataFrame | None,
+    registry: ModelRegistry,
+    contract: DatasetContract,
+    rules: BiasDriftRules,
+) -> BiasDriftReport:
+    """`bias_drift` of the production version (the one whose behaviour can still be acted on): the
+    contract's facets, its card's test rates, the classes of its model file."""
+    production = registry.production()
+    card_facets = production.card.get("facets") if production is not None else None
+    return bias_drift(
+        log,
+        catalogue,
+        version=None if production is None else production.version,
+        card_facets=card_facets if isinstance(card_facets, Mapping) else {},
+        facets=contract.facet_columns,
+        product_column=contract.product_column,
+        classes=contract.classes if production is None else model_classes(production.onnx_path),
+        rules=rules,
+    )

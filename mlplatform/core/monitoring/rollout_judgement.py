@@ -39,10 +39,23 @@ import numpy as np
 import polars as pl
 
 from mlplatform.core.monitoring.capture import CaptureRole
-from mlplatform.core.monitoring.drift import DriftBaseline, drift_report
+from mlplatform.core.monitoring.drift import DriftBaseline, MissingBaseline, drift_baseline, drift_report
+from mlplatform.core.monitoring.inputs import MonitoringInputs
+from mlplatform.core.monitoring.prediction_log import prediction_log
 from mlplatform.core.monitoring.rules import ERROR, MonitoringRules, MonitorOutcome, require_columns
-from mlplatform.core.release.registry import APPROVED, REJECTED
-from mlplatform.core.release.rollout import Rollout, RolloutAction, RolloutRules, RolloutStrategy
+from mlplatform.core.platform.artifacts import ArtifactStore
+from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.release.registry import APPROVED, PRODUCTION, REJECTED, IntegrityError, ModelRegistry
+from mlplatform.core.release.rollout import (
+    Rollout,
+    RolloutAction,
+    RolloutOutcome,
+    RolloutRules,
+    RolloutStrategy,
+    conclude,
+    current_rollout,
+)
+from mlplatform.core.scoring.model import ScoringError, model_classes
 from mlplatform.core.training.evaluation import classification_metrics
 
 AGREEMENT_CHECK = "agreement"
@@ -386,3 +399,107 @@ def judge_rollout(
         rules=rules,
     )
     return RolloutJudgement(rollout, now.isoformat(timespec="seconds"), numbers, outcomes, action, reason)
+
+
+# --- one round: read the window, judge it, act ------------------------------------------------------
+
+
+NO_ROLLOUT = "no rollout is running"
+
+
+@dataclass(frozen=True)
+class RolloutRound:
+    """One round of the `rollout` asset: the judgement (None: no rollout ran) and what was done."""
+
+    judgement: RolloutJudgement | None
+    outcome: RolloutOutcome | None
+
+    @property
+    def outcomes(self) -> tuple[MonitorOutcome, ...]:
+        """The checks; with no rollout running each passes, saying so (nothing to judge is no fault)."""
+        if self.judgement is None:
+            return tuple(
+                MonitorOutcome(name, True, None, NO_ROLLOUT, {"evaluated": 0}) for name in ROLLOUT_CHECKS
+            )
+        return self.judgement.outcomes
+
+    def record(self) -> dict[str, Any]:
+        """What the asset stores: the judgement with its numbers and the action taken."""
+        if self.judgement is None or self.outcome is None:
+            return {"rollout": None, "action": None, "reason": NO_ROLLOUT}
+        return {**self.judgement.to_dict(), "after": self.outcome.to_dict()}
+
+    def metadata(self) -> dict[str, float | int | str]:
+        """The judgement's numbers, and the action taken with its reason (a verdict the rollout's
+        change meanwhile kept from being carried out says so)."""
+        if self.judgement is None or self.outcome is None:
+            return {"action": "none", "reason": NO_ROLLOUT}
+        return {
+            **self.judgement.metadata(),
+            "action": self.outcome.action.value,
+            "reason": self.outcome.reason,
+        }
+
+
+def _refused_candidate(rollout: Rollout, reason: str, now: datetime) -> RolloutJudgement:
+    """The judgement of a candidate whose file cannot be used: abort at once."""
+    refused = MonitorOutcome(ERROR_RATE_CHECK, False, ERROR, reason, {"evaluated": 1})
+    others = tuple(
+        _waiting(name, "the candidate was refused") for name in ROLLOUT_CHECKS if name != ERROR_RATE_CHECK
+    )
+    return RolloutJudgement(
+        rollout, now.isoformat(timespec="seconds"), {}, (refused, *others), RolloutAction.ABORT, reason
+    )
+
+
+def judge_running_rollout(
+    home: PlatformHome,
+    registry: ModelRegistry,
+    store: ArtifactStore,
+    inputs: MonitoringInputs,
+    *,
+    rules: RolloutRules,
+    monitoring: MonitoringRules,
+    lock_timeout_s: float,
+    now: datetime,
+    by: str,
+) -> RolloutRound:
+    """Judge the running rollout on the capture and labels `inputs` names, then carry the verdict out.
+
+    A candidate whose file fails its hash check (or cannot be read as a model) is aborted at once.
+    """
+    rollout = current_rollout(registry)
+    if rollout is None:
+        return RolloutRound(None, None)
+    try:
+        classes = model_classes(registry.verify(rollout.candidate))
+    except (IntegrityError, ScoringError) as exc:
+        judgement = _refused_candidate(rollout, f"candidate {rollout.candidate} refused: {exc}", now)
+    else:
+        log, _ = prediction_log(inputs.capture(), roles=(CaptureRole.ANSWERED, CaptureRole.SHADOW))
+        try:
+            baseline: DriftBaseline | None = drift_baseline(store, registry, rollout.candidate)
+        except MissingBaseline:
+            baseline = None
+        judgement = judge_rollout(
+            log,
+            inputs.labels(),
+            rollout,
+            classes=classes,
+            baseline=baseline,
+            candidate_status=registry.get(rollout.candidate).status,
+            production_now=registry.aliases().get(PRODUCTION),
+            rules=rules,
+            monitoring=monitoring,
+            now=now,
+        )
+    outcome = conclude(
+        home,
+        registry,
+        rollout,
+        judgement.action,
+        reason=judgement.reason,
+        by=by,
+        lock_timeout_s=lock_timeout_s,
+    )
+    return RolloutRound(judgement, outcome)

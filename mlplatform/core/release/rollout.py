@@ -45,9 +45,20 @@ from typing import Any
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings, SettingsError
-from mlplatform.core.release.deploy import deployment_lock
+from mlplatform.core.release.deploy import (
+    Deployment,
+    DeploymentRules,
+    DeployOutcome,
+    DeployState,
+    SmokeResult,
+    SmokeTest,
+    deploy_version,
+    deployment_lock,
+    smoke_or_reject,
+)
 from mlplatform.core.release.registry import (
     APPROVED,
+    PREVIOUS,
     PRODUCTION,
     REJECTED,
     ModelRegistry,
@@ -517,3 +528,85 @@ def rollout_events(
         for event in events
         if event.get("event") in kinds and (rollout_id is None or event.get("rollout") == rollout_id)
     ]
+
+
+# --- a new version, deployed by the strategy --------------------------------------------------------
+
+
+def deploy_by_strategy(
+    home: PlatformHome,
+    registry: ModelRegistry,
+    target: ModelVersion,
+    *,
+    live_smoke_test: SmokeTest,
+    offline_smoke_test: SmokeTest,
+    rules: DeploymentRules,
+    rollout_rules: RolloutRules,
+    live: bool,
+    endpoint_url: str | None,
+    by: str,
+) -> Deployment:
+    """Deploy an Approved `target` as `[deployment] strategy` says (sentiment_endpoint's one call).
+
+    Direct, or no production yet (nothing to compare with): `deploy_version` (promote and smoke-test);
+    a running rollout of another version is ended first, superseded. Shadow or canary: under the
+    deployment lock, smoke-test the version in-process (the endpoint answers with production) and start
+    its rollout, ending a rollout of an older version (superseded: the newest version is the one worth
+    trying); a version failing the smoke test is rejected, never rolled out. A version whose rollout
+    runs already changes nothing.
+    """
+    running = current_rollout(registry)
+    direct = rollout_rules.strategy is DeploymentStrategy.DIRECT or registry.aliases().get(PRODUCTION) is None
+    if direct or PRODUCTION in target.aliases:
+        if running is not None and running.candidate != target.version and PRODUCTION not in target.aliases:
+            abort_rollout(
+                registry,
+                running.id,
+                by=by,
+                reason=f"superseded: {target.version} deployed directly",
+                automatic=False,
+            )
+        return deploy_version(
+            home, registry, target, live_smoke_test, rules, live=live, endpoint_url=endpoint_url, by=by
+        )
+    if running is not None and running.candidate == target.version:
+        unchanged = DeployOutcome(DeployState.IN_ROLLOUT, SmokeResult(True, "", None, 0.0, ()))
+        return _deployment(registry, target, unchanged, endpoint_url, running)
+    strategy = RolloutStrategy(rollout_rules.strategy.value)
+    with deployment_lock(home, rules.lock_timeout_s) as waited_s:
+        smoke = smoke_or_reject(registry, registry.get(target.version), offline_smoke_test, by)
+        if not smoke.passed:
+            return _deployment(
+                registry, target, DeployOutcome(DeployState.REFUSED, smoke, waited_s), endpoint_url
+            )
+        running = current_rollout(registry)
+        if running is not None:
+            abort_rollout(
+                registry,
+                running.id,
+                by=by,
+                reason=f"superseded by a {strategy.value} of {target.version}",
+                automatic=False,
+            )
+        steps = rollout_rules.canary_steps if strategy is RolloutStrategy.CANARY else ()
+        started = start_rollout(registry, strategy, target.version, by=by, steps=steps)
+    state = DeployOutcome(DeployState.ROLLOUT_STARTED, smoke, waited_s)
+    return _deployment(registry, target, state, endpoint_url, started)
+
+
+def _deployment(
+    registry: ModelRegistry,
+    target: ModelVersion,
+    outcome: DeployOutcome,
+    endpoint_url: str | None,
+    rollout: Rollout | None = None,
+) -> Deployment:
+    aliases = registry.aliases()
+    return Deployment(
+        target,
+        outcome,
+        aliases.get(PRODUCTION),
+        aliases.get(PREVIOUS),
+        endpoint_url,
+        None if rollout is None else rollout.to_dict(),
+    )

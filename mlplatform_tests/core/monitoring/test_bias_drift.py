@@ -127,6 +127,17 @@ def test_values_with_few_predictions_or_no_baseline_are_shown_not_judged():
     assert {value.value: value.shift for value in department.values} == {"Dresses": None, "Tops": None}
     assert result.outcome.severity == WARN and result.outcome.metadata["evaluated"] == 0
 
+    thin = {
+        "department_name": {
+            "values": {"Dresses": {**_alike("Dresses")["values"]["Dresses"], "rows": 12, "judged": False}}
+        }
+    }
+    (value,) = facet(report(live(0.9, 0.2), card_facets=thin), "department_name").values[:1]
+    assert (
+        value.shift is None
+        and value.note == "12 test rows at training (< [features] min_facet_rows): not judged"
+    )
+
     unknown = report(live(0.2, 0.2).with_columns(pl.lit("99").alias("product_id")))
     missing = facet(unknown, "department_name").values
     assert [(value.value, value.note) for value in missing] == [("(missing)", "not in the training baseline")]

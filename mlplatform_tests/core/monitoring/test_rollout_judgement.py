@@ -243,7 +243,9 @@ def test_drift_of_the_candidate_against_its_own_baseline_aborts():
     )
     baseline = DriftBaseline(training, vocabulary, model_version="v2")
     judgement = judge(shadow_traffic(300), baseline=baseline)
-    assert judgement.action is RolloutAction.ABORT and judgement.reason.startswith("drift: length_ks 1.0000 > ERROR bound")
+    assert judgement.action is RolloutAction.ABORT and judgement.reason.startswith(
+        "drift: length_ks 1.0000 > ERROR bound"
+    )
     assert judgement.numbers["drift/length_ks"] == 1.0
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.release.deploy import DeploymentRules, DeployState, SmokeResult
 from mlplatform.core.release.registry import PREVIOUS, PRODUCTION, ModelRegistry
 from mlplatform.core.release.rollout import (
     ROLLOUT_POINTER,
@@ -23,6 +25,7 @@ from mlplatform.core.release.rollout import (
     canary_schedule,
     conclude,
     current_rollout,
+    deploy_by_strategy,
     promote_rollout,
     rollout_events,
     start_rollout,
@@ -257,3 +260,108 @@ def test_rules_read_the_settings_and_refuse_bad_ones():
         RolloutRules.from_settings(with_deployment(strategy="blue-green"))
     with pytest.raises(SettingsError, match="canary_steps must increase"):
         RolloutRules.from_settings(with_deployment(canary_steps=[50, 5]))
+
+
+# --- sentiment_endpoint's one call: deploy by the strategy ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_models() -> dict[int, bytes]:
+    from mlplatform_tests.serving.conftest import tiny_model_bytes
+
+    return {variant: tiny_model_bytes(variant) for variant in range(3)}
+
+
+def smoke(passed: bool, calls: list[str]):
+    def test(version) -> SmokeResult:
+        calls.append(version.version)
+        return SmokeResult(passed, "" if passed else "labels wrong", version.version, 1.0, ())
+
+    return test
+
+
+def by_strategy(home: PlatformHome, version: str, strategy: str, *, offline_passes: bool = True):
+    registry = ModelRegistry(home.registry)
+    settings = Settings.load()
+    live_calls: list[str] = []
+    offline_calls: list[str] = []
+    rollout_rules = dataclasses.replace(
+        RolloutRules.from_settings(settings), strategy=DeploymentStrategy(strategy)
+    )
+    deployment = deploy_by_strategy(
+        home,
+        registry,
+        registry.get(version),
+        live_smoke_test=smoke(True, live_calls),
+        offline_smoke_test=smoke(offline_passes, offline_calls),
+        rules=DeploymentRules.from_settings(settings),
+        rollout_rules=rollout_rules,
+        live=False,
+        endpoint_url=None,
+        by="sentiment_endpoint",
+    )
+    return deployment, live_calls, offline_calls
+
+
+@pytest.fixture
+def real_registry(home: PlatformHome, real_models) -> ModelRegistry:
+    """v1 in production, v2 and v3 approved: real models (their classes are read from their files)."""
+    registry = ModelRegistry(home.registry)
+    for variant in range(3):
+        register(registry, real_models[variant])
+    registry.promote("v1", by="test")
+    return registry
+
+
+def test_a_shadow_strategy_starts_a_rollout_instead_of_promoting(home, real_registry):
+    deployment, live_calls, offline_calls = by_strategy(home, "v2", "shadow")
+
+    assert deployment.outcome.state is DeployState.ROLLOUT_STARTED
+    assert (live_calls, offline_calls) == ([], ["v2"])  # smoke-tested in-process: production answers live
+    assert real_registry.aliases() == {PRODUCTION: "v1"}
+    rollout = current_rollout(real_registry)
+    assert (rollout.strategy, rollout.candidate, rollout.started_by) == ("shadow", "v2", "sentiment_endpoint")
+    assert (
+        deployment.record()["rollout"]["id"] == rollout.id
+        and deployment.record()["state"] == "rollout_started"
+    )
+
+    again, _, offline_calls = by_strategy(home, "v2", "shadow")  # the same version's next run
+    assert again.outcome.state is DeployState.IN_ROLLOUT and offline_calls == []
+    assert current_rollout(real_registry) == rollout
+
+
+def test_a_canary_strategy_starts_at_the_first_of_canary_steps(home, real_registry):
+    by_strategy(home, "v2", "canary")
+    assert current_rollout(real_registry).steps == (5, 25, 50)
+
+
+def test_a_newer_version_supersedes_the_running_rollout(home, real_registry):
+    by_strategy(home, "v2", "shadow")
+    by_strategy(home, "v3", "canary")
+    assert current_rollout(real_registry).candidate == "v3"
+    aborted = [event for event in real_registry.events() if event["event"] == "rollout_aborted"]
+    assert [(event["version"], event["automatic"]) for event in aborted] == [("v2", False)]
+    assert aborted[0]["reason"] == "superseded by a canary of v3"
+
+
+def test_a_version_failing_its_smoke_test_is_rejected_and_never_rolled_out(home, real_registry):
+    deployment, _, _ = by_strategy(home, "v2", "shadow", offline_passes=False)
+    assert deployment.outcome.state is DeployState.REFUSED
+    assert current_rollout(real_registry) is None and real_registry.get("v2").status == "Rejected"
+
+
+def test_a_direct_deployment_ends_a_running_rollout_and_promotes(home, real_registry):
+    by_strategy(home, "v2", "shadow")
+    deployment, live_calls, _ = by_strategy(home, "v3", "direct")
+    assert deployment.outcome.state is DeployState.DEPLOYED and live_calls == ["v3"]
+    assert current_rollout(real_registry) is None and real_registry.aliases()[PRODUCTION] == "v3"
+    aborted = next(event for event in real_registry.events() if event["event"] == "rollout_aborted")
+    assert aborted["reason"] == "superseded: v3 deployed directly"
+
+
+def test_without_production_a_strategy_deploys_directly(home: PlatformHome, real_models):
+    registry = ModelRegistry(home.registry)
+    register(registry, real_models[0])
+    deployment, _, _ = by_strategy(home, "v1", "canary")
+    assert deployment.outcome.state is DeployState.DEPLOYED and registry.aliases() == {PRODUCTION: "v1"}
