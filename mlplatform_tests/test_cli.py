@@ -135,6 +135,10 @@ NEEDS_A_HOME = {
     ("artifacts", "list"): ["artifacts", "list", "reviews"],
     ("artifacts", "restore"): ["artifacts", "restore", "reviews", "0123456789abcdef", "out/"],
     ("alerts",): ["alerts"],
+    ("rollout", "shadow"): ["rollout", "shadow", "v2"],
+    ("rollout", "canary"): ["rollout", "canary", "v2", "--percent", "5"],
+    ("rollout", "status"): ["rollout", "status"],
+    ("rollout", "stop"): ["rollout", "stop"],
 }
 
 

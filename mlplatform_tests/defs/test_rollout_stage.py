@@ -45,7 +45,9 @@ def home(tmp_path: Path, tiny_models: dict[int, bytes]) -> PlatformHome:
     return home
 
 
-def capture(home: PlatformHome, count: int, *, strategy: str, agree: bool = True) -> None:
+def capture(
+    home: PlatformHome, count: int, *, strategy: str, agree: bool = True, candidate: str = "v2"
+) -> None:
     """What an endpoint would have captured during the rollout: `count` requests of one review each."""
     lines = []
     probabilities = np.array([[0.1, 0.1, 0.8]], dtype=np.float32)
@@ -63,14 +65,14 @@ def capture(home: PlatformHome, count: int, *, strategy: str, agree: bool = True
             "latency_ms": 3.0,
         }
         if strategy == "canary" and index % 4 == 0:
-            lines.append(encode_capture_rows(model_version="v2", labels=[label], **fields))
+            lines.append(encode_capture_rows(model_version=candidate, labels=[label], **fields))
             continue
         lines.append(encode_capture_rows(model_version="v1", labels=[label], **fields))
         if strategy == "shadow":
             shadow_label = label if agree else CLASSES[(index + 1) % 3]
             lines.append(
                 encode_capture_rows(
-                    model_version="v2", labels=[shadow_label], role=CaptureRole.SHADOW, **fields
+                    model_version=candidate, labels=[shadow_label], role=CaptureRole.SHADOW, **fields
                 )
             )
     segment = home.capture / f"20260301T000000000000Z-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
