@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from mlplatform.core.monitoring.alerts import FIRING, RESOLVED, AlertStore
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.serving.capture import read_capture
 from mlplatform_tests.integration.processes import endpoint_process, wait_until
 from mlplatform_tests.serving.conftest import deploy, tiny_model_bytes
 

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.serving.app import create_app
-from mlplatform.serving.capture import read_capture
 from mlplatform_tests.serving.conftest import deploy, with_serving
 from mlplatform_tests.serving.test_app import INFER, JSON, async_client, infer_body
 

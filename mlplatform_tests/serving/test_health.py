@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlplatform.core.monitoring.alerts import FIRING, RESOLVED, AlertStore
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.serving.app import create_app
-from mlplatform.serving.capture import read_capture
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, with_serving
 
 

@@ -19,13 +19,15 @@ import numpy as np
 import orjson
 import pytest
 
+from mlplatform.core.monitoring import capture
+from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.scoring import load_model
-from mlplatform.serving import capture, protocol
+from mlplatform.core.scoring.model import load_model
+from mlplatform.serving import protocol
 from mlplatform.serving.app import create_app
-from mlplatform.serving.capture import read_capture
+from mlplatform_tests.core.scoring.models import RULES
 from mlplatform_tests.serving.conftest import deploy, with_serving
 from mlplatform_tests.serving.test_app import JSON, async_client
 
@@ -57,9 +59,9 @@ class ThreadRecordingModel:
         self._model = model
         self.threads: list[int] = []
 
-    def predict(self, texts: list[str]) -> tuple[Any, np.ndarray]:
+    def predict(self, texts: list[str], explain_top_k: int = 0) -> Any:
         self.threads.append(threading.get_ident())
-        return self._model.predict(texts)
+        return self._model.predict(texts, explain_top_k)
 
 
 def run_profiled(app: Any, body: bytes) -> tuple[int, set[str], int]:
@@ -87,7 +89,7 @@ def run_profiled(app: Any, body: bytes) -> tuple[int, set[str], int]:
 
 def recording_loader(models: list[ThreadRecordingModel]) -> Callable[[Path, str], ThreadRecordingModel]:
     def load(path: Path, sha256: str) -> ThreadRecordingModel:
-        model = ThreadRecordingModel(load_model(path, sha256))
+        model = ThreadRecordingModel(load_model(path, sha256, RULES))
         models.append(model)
         return model
 
