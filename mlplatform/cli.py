@@ -501,9 +501,8 @@ def cmd_rollout_canary(args: argparse.Namespace, home: PlatformHome) -> int:
 
 
 def _rollout_status(home: PlatformHome) -> dict:
-    from mlplatform.core.monitoring.rollout_judgement import latest_round
     from mlplatform.core.platform.artifacts import ArtifactStore
-    from mlplatform.core.release.rollout import current_rollout, rollout_events
+    from mlplatform.core.release.rollout import current_rollout, latest_round, rollout_events
 
     registry = _registry(home)
     rollout = current_rollout(registry)

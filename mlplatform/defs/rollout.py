@@ -33,7 +33,7 @@ from mlplatform.defs.monitoring import CAPTURE, monitoring_inputs
 from mlplatform.defs.resources import PlatformResource
 from mlplatform.defs.versions import code_version
 
-ROLLOUT = rollout_judgement.ROLLOUT_ASSET
+ROLLOUT = rollout_state.ROLLOUT_ASSET
 ROLLOUT_JOB = "rollout_job"
 ROLLOUT_SENSOR = "rollout_sensor"
 JUDGED_BY = "rollout"

@@ -58,10 +58,6 @@ from mlplatform.core.release.rollout import (
 from mlplatform.core.scoring.model import ScoringError, model_classes
 from mlplatform.core.training.evaluation import classification_metrics
 
-ROLLOUT_ASSET = "rollout"
-"""The asset whose materializations are the rounds (defs/rollout.py): each stores `RolloutRound.record()`."""
-ROUNDS_SEARCHED = 50
-"""How many of the newest stored rounds `latest_round` looks through for one rollout's."""
 AGREEMENT_CHECK = "agreement"
 CLASS_SHARES_CHECK = "class_shares"
 ERROR_RATE_CHECK = "error_rate"
@@ -507,16 +503,3 @@ def judge_running_rollout(
         lock_timeout_s=lock_timeout_s,
     )
     return RolloutRound(judgement, outcome)
-
-
-def latest_round(store: ArtifactStore, rollout_id: str | None = None) -> dict[str, Any] | None:
-    """The newest stored round that judged a rollout (of `rollout_id` when given): what `mlplatform
-    rollout status` and the dashboard show. None when there is none among the newest `ROUNDS_SEARCHED`."""
-    if ROLLOUT_ASSET not in store.assets():
-        return None
-    for record in reversed(store.versions(ROLLOUT_ASSET)[-ROUNDS_SEARCHED:]):
-        stored = store.load(record)
-        judged = stored.get("rollout") if isinstance(stored, Mapping) else None
-        if isinstance(judged, Mapping) and (rollout_id is None or judged.get("id") == rollout_id):
-            return dict(stored)
-    return None

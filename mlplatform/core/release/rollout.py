@@ -42,6 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings, SettingsError
@@ -70,6 +71,11 @@ from mlplatform.core.scoring.model import model_classes
 
 ROLLOUT_POINTER = "rollout"
 """The registry pointer holding the running rollout (absent when none runs)."""
+ROLLOUT_ASSET = "rollout"
+"""The asset whose materializations are the judgement rounds (defs/rollout.py; each stores
+core/monitoring/rollout_judgement.py's `RolloutRound.record()`)."""
+ROUNDS_SEARCHED = 50
+"""How many of the newest stored rounds `latest_round` looks through for one rollout's."""
 MAX_PERCENT = 100
 
 
@@ -610,3 +616,16 @@ def _deployment(
         endpoint_url,
         None if rollout is None else rollout.to_dict(),
     )
+
+
+def latest_round(store: ArtifactStore, rollout_id: str | None = None) -> dict[str, Any] | None:
+    """The newest stored round that judged a rollout (of `rollout_id` when given): what `mlplatform
+    rollout status` and the dashboard show. None when there is none among the newest `ROUNDS_SEARCHED`."""
+    if ROLLOUT_ASSET not in store.assets():
+        return None
+    for record in reversed(store.versions(ROLLOUT_ASSET)[-ROUNDS_SEARCHED:]):
+        stored = store.load(record)
+        judged = stored.get("rollout") if isinstance(stored, Mapping) else None
+        if isinstance(judged, Mapping) and (rollout_id is None or judged.get("id") == rollout_id):
+            return dict(stored)
+    return None
