@@ -57,7 +57,7 @@ from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.model import ScoringRules, load_model
 from mlplatform.serving.admission import ConcurrencySlots, json_content_problem, read_whole_body
 from mlplatform.serving.capture import CaptureConfig, CaptureState, CaptureStatus, CaptureWriter
-from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes
+from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes, endpoint_health
 from mlplatform.serving.health import PUBLIC_REASONS, Health, HealthSources, StandingAlert
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import (
@@ -623,7 +623,14 @@ def create_app(
     for path, handler in inference_routes.items():  # listed in the app's routes too (RequestGate serves them)
         app.router.routes.append(Route(path, handler))
     _add_info_routes(app, state, reveal_reasons=not api_keys)
-    add_dashboard_routes(app, home, settings, holder.status)
+    monitoring = settings.section("monitoring")
+    add_dashboard_routes(
+        app,
+        home,
+        settings,
+        holder.status,
+        own_health=lambda: endpoint_health(metrics.render().decode(), monitoring, time.time()),
+    )
     _add_error_handlers(app)
     _document_inference_routes(app, config)
     return app
