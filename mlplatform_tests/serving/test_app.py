@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform.core.data.features import LABELS
-from mlplatform.core.monitoring import prediction_log
 from mlplatform.core.monitoring.capture import read_capture
+from mlplatform.core.monitoring.prediction_log import prediction_log
 from mlplatform.core.platform.home import PlatformHome, api_keys_from_env
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
