@@ -42,11 +42,15 @@ import onnxruntime
 import polars as pl
 from _common import machine, peak_rss_bytes
 
-from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens, prepare_texts
+from mlplatform.core.data.contract import load_contract
+from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens, prepare_texts
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.scoring.files import score_file
 from mlplatform.core.scoring.model import ScoringModel, ScoringRules, load_model
 from mlplatform.core.training.export import sklearn_answers, to_onnx
+
+CONTRACT = load_contract()
+LABELS = CONTRACT.classes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
@@ -76,8 +80,8 @@ def fit_and_export(reviews: pl.DataFrame, workdir: Path) -> tuple[Any, Path, str
     from sklearn.pipeline import Pipeline
 
     texts = prepared(reviews)
-    ratings = reviews["Rating"].cast(pl.Int64).to_numpy()
-    labels = np.where(ratings <= 2, "negative", np.where(ratings == 3, "neutral", "positive"))
+    rule = CONTRACT.labels.rating_classes()
+    labels = np.array([rule[float(rating)] for rating in reviews["Rating"].cast(pl.Int64).to_list()])
     vectorizer = TfidfVectorizer(
         token_pattern=TOKEN_PATTERN,
         lowercase=False,
@@ -87,7 +91,7 @@ def fit_and_export(reviews: pl.DataFrame, workdir: Path) -> tuple[Any, Path, str
     )
     classifier = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced")
     pipeline = Pipeline([("tfidf", vectorizer), ("clf", classifier)]).fit(texts, labels)
-    content = to_onnx(pipeline, LABELS)
+    content = to_onnx(pipeline, LABELS)  # the packaged (clothing) contract's classes
     path = workdir / "model.onnx"
     path.write_bytes(content)
     return pipeline, path, hashlib.sha256(content).hexdigest()
@@ -128,7 +132,13 @@ def throughput(
         PREDICT: lambda: [model.predict(chunk) for chunk in chunks],
         ONE_THREAD: lambda: [one_thread.predict(chunk) for chunk in chunks],
         SCORE_FILE: lambda: score_file(
-            source, workdir / "scored.parquet", model, "bench", rules.chunk_rows, overwrite=True
+            source,
+            workdir / "scored.parquet",
+            model,
+            "bench",
+            rules.chunk_rows,
+            contract=load_contract(),
+            overwrite=True,
         ),
     }
     seconds: dict[str, list[float]] = {name: [] for name in measures}
@@ -233,7 +243,9 @@ def score_child(input_path: str, output_path: str, model_path: str, sha256: str)
     rules = ScoringRules.from_settings(Settings.load())
     model = load_model(Path(model_path), sha256, rules)
     rss_after_load = peak_rss_bytes()
-    summary = score_file(Path(input_path), Path(output_path), model, "bench", rules.chunk_rows)
+    summary = score_file(
+        Path(input_path), Path(output_path), model, "bench", rules.chunk_rows, contract=load_contract()
+    )
     print(
         json.dumps(
             {

@@ -56,6 +56,7 @@ def main() -> None:
     if not args.data.exists():
         raise SystemExit(f"real data not found at {args.data} (see ../shared/data/README.md)")
 
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.lake import Lake
     from mlplatform.core.data.schema import read_drop
     from mlplatform.core.data.synthetic import to_published_csv
@@ -67,7 +68,7 @@ def main() -> None:
     port = free_port()
     home.settings_file.write_text(f'[deployment]\nendpoint_url = "http://127.0.0.1:{port}"\n')
     prepare_instance(home)
-    frame = read_drop(args.data.read_bytes(), "csv")
+    frame = read_drop(args.data.read_bytes(), "csv", load_contract())
     part_1, part_2 = work / "reviews-part-1.csv", work / "reviews-part-2.csv"
     part_1.write_bytes(to_published_csv(frame.head(frame.height - HELD_BACK_ROWS)))
     part_2.write_bytes(to_published_csv(frame.tail(HELD_BACK_ROWS)))

@@ -155,6 +155,7 @@ def _read_table(path: Path) -> Any:
 
 
 def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.lake import Lake
     from mlplatform.core.data.quality import IngestRules, validate_drop
     from mlplatform.core.platform.home import PlatformHome
@@ -166,13 +167,14 @@ def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     (landed,) = lake.land([directory / SOURCE_CSV])
     drop = lake.drop(landed.hash)
     lake.record_read("raw_reviews", drop.hash, consumer="bench-scale:raw_reviews", purpose="validate drop")
-    payload = lake.open_drop(drop.hash).read_bytes()
-    validation = validate_drop(payload, drop.format, IngestRules.from_settings(settings))
-    del payload
+    contract = load_contract(home.dataset_file)
+    validation = validate_drop(
+        lake.open_drop(drop.hash), drop.format, contract, IngestRules.from_settings(settings)
+    )
     if not validation.passed:
         failure = validation.first_failure
         raise SystemExit(f"the replicated drop failed ingest: {failure.name}: {failure.description}")
-    lake.accept(drop.hash)
+    lake.accept(drop.hash, contract=contract.fingerprint)
     (directory / DROP_HASH_FILE).write_text(drop.hash)
     size = _write_artifact(validation.frame, directory / RAW_PARQUET)
     return {"rows_out": validation.frame.height, "artifact_bytes": size}
@@ -180,16 +182,20 @@ def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 
 def stage_features(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     from mlplatform.core.data.bias import check_bias, pretraining_bias
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.features import FeatureRules, build_reviews, check_label_distribution
     from mlplatform.core.platform.settings import Settings
 
-    rules = FeatureRules.from_settings(Settings.load())
+    rules, contract = FeatureRules.from_settings(Settings.load()), load_contract()
     drop_hash = (directory / DROP_HASH_FILE).read_text()
-    table = build_reviews({drop_hash: _read_table(directory / RAW_PARQUET)}, rules)
-    check_label_distribution(table.frame, None, rules)
+    table = build_reviews({drop_hash: _read_table(directory / RAW_PARQUET)}, contract)
+    check_label_distribution(table.frame, None, rules, contract.classes)
+    facets = contract.facet_columns
     check_bias(
-        pretraining_bias(table.frame, rules.facets, label_col="label", min_rows=rules.min_facet_rows),
+        pretraining_bias(table.frame, facets, contract.labels, min_rows=rules.min_facet_rows),
         rules.bias_warn,
+        facets,
+        contract.labels,
     )
     size = _write_artifact(table.frame, directory / REVIEWS_PARQUET)
     return {
@@ -201,6 +207,7 @@ def stage_features(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 
 
 def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.splits import (
         SplitRules,
         assign_splits,
@@ -211,10 +218,14 @@ def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     )
     from mlplatform.core.platform.settings import Settings
 
-    rules = SplitRules.from_settings(Settings.load())
+    rules, classes = SplitRules.from_settings(Settings.load()), load_contract().classes
     frame = assign_splits(_read_table(directory / REVIEWS_PARQUET), rules)
-    metadata = split_metadata(frame)
-    outcomes = [check_no_leakage(frame), check_proportions(frame, rules), check_class_coverage(frame)]
+    metadata = split_metadata(frame, classes)
+    outcomes = [
+        check_no_leakage(frame),
+        check_proportions(frame, rules, classes),
+        check_class_coverage(frame, classes),
+    ]
     failed = [f"{outcome.name}: {outcome.description}" for outcome in outcomes if not outcome.passed]
     if failed:
         raise SystemExit(f"split checks failed: {'; '.join(failed)}")
@@ -252,6 +263,7 @@ def onnx_vocabulary_size(onnx_bytes: bytes) -> int:
 
 
 def stage_training(directory: Path, rows: int, data: Path, candidate: str | None = None) -> dict[str, Any]:
+    from mlplatform.core.data.contract import load_contract
     from mlplatform.core.platform.artifacts import Bundle
     from mlplatform.core.training.fit import load_training_config, split_frames, train_candidate
     from mlplatform.core.training.selection import candidate_files
@@ -262,7 +274,11 @@ def stage_training(directory: Path, rows: int, data: Path, candidate: str | None
     from mlplatform.core.scoring.model import ScoringRules
 
     trained = train_candidate(
-        spec, parts, load_training_config(), ScoringRules.from_settings(Settings.load())
+        spec,
+        parts,
+        load_training_config(),
+        ScoringRules.from_settings(Settings.load()),
+        load_contract().classes,
     )
     if not trained.parity.passed:
         raise SystemExit(f"candidate {spec.name}: {trained.parity.description}")

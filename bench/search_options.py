@@ -24,7 +24,8 @@ from typing import Any
 import polars as pl
 from _common import machine
 
-from mlplatform.core.data.features import FeatureRules, build_reviews
+from mlplatform.core.data.contract import load_contract
+from mlplatform.core.data.features import build_reviews
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.splits import SplitRules, assign_splits
 from mlplatform.core.platform.settings import Settings
@@ -46,13 +47,13 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "sublinear_tf, 1-3 grams": {"sublinear_tf": True, "ngram_range": [1, 3]},
 }
 C_VALUES = (0.5, 1.0, 2.0)
+CLASSES = load_contract().classes
 
 
 def prepare_frame(data_path: Path, settings: Settings) -> pl.DataFrame:
     data = data_path.read_bytes()
-    reviews = build_reviews(
-        {hashlib.sha256(data).hexdigest(): read_drop(data, "csv")}, FeatureRules.from_settings(settings)
-    )
+    contract = load_contract()
+    reviews = build_reviews({hashlib.sha256(data).hexdigest(): read_drop(data, "csv", contract)}, contract)
     return assign_splits(reviews.frame, SplitRules.from_settings(settings))
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{option}, C={c}", "logreg", "logistic_regression", {**BASE, **params, "C": c}
             )
             started = time.perf_counter()
-            trained = train_candidate(spec, parts, config, scoring)
+            trained = train_candidate(spec, parts, config, scoring, CLASSES)
             test_labels = (
                 ScoringModel.from_bytes(trained.onnx_bytes, scoring).predict(test["text"].to_list()).labels
             )
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 "C": c,
                 "validation_macro_f1": round(trained.validation_metrics["macro_f1"], 4),
                 "test_macro_f1": round(
-                    classification_metrics(test["label"].to_list(), test_labels)["macro_f1"], 4
+                    classification_metrics(test["label"].to_list(), test_labels, CLASSES)["macro_f1"], 4
                 ),
                 "parity": trained.parity.passed,
                 "onnx_bytes": len(trained.onnx_bytes),

@@ -47,10 +47,14 @@ import polars as pl
 from _common import free_port, machine
 from pydantic import BaseModel
 
-from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens
+from mlplatform.core.data.contract import load_contract
+from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.training.export import to_onnx
 
+CONTRACT = load_contract()  # the packaged clothing contract: what these benches read
+LABELS = CONTRACT.classes
+RATING_CLASSES = CONTRACT.labels.rating_classes()
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "womens_clothing_ecommerce_reviews.csv"
 RESULTS = ROOT / "bench" / "results" / "serving.json"
@@ -102,7 +106,7 @@ def training_data(data_path: Path) -> tuple[list[str], list[str], str]:
         cleaned = prepare_text(title, text)
         if cleaned and rating is not None:
             model_texts.append(cleaned)
-            labels.append(LABELS[0] if rating <= 2 else LABELS[1] if rating == 3 else LABELS[2])
+            labels.append(RATING_CLASSES[float(rating)])
     return model_texts, labels, source
 
 

@@ -39,9 +39,8 @@ from typing import Any
 import httpx
 import numpy as np
 from _common import free_port, machine
-from serving import DEFAULT_DATA, deploy_to_home, start_server, train, training_data
+from serving import DEFAULT_DATA, LABELS, deploy_to_home, start_server, train, training_data
 
-from mlplatform.core.data.text import LABELS
 from mlplatform.core.training.export import to_onnx
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,13 +38,14 @@ class HomeUse(Enum):
     """What a command may do when its home is missing (a subcommand's `home_use` default)."""
 
     NEEDS = "needs an existing home"
+    NONE = "reads no home (works anywhere, creates nothing)"
     CREATES = "creates the home where it is missing"
     CREATES_IN_EMPTY_DIRECTORY = "creates the home in an existing, empty directory"
 
 
 def _check_home(home: PlatformHome, use: HomeUse) -> None:
     """Refuse (CommandError) a command whose home is missing unless it may create one there."""
-    if use is HomeUse.CREATES or home.exists():
+    if use in (HomeUse.CREATES, HomeUse.NONE) or home.exists():
         return
     root = home.root
     if use is HomeUse.CREATES_IN_EMPTY_DIRECTORY:
@@ -80,6 +81,13 @@ def _lake(home: PlatformHome):
     from mlplatform.core.data.lake import Lake
 
     return Lake.from_settings(home, Settings.load(home.settings_file))
+
+
+def _contract(home: PlatformHome):
+    """The home's dataset contract (the packaged default without a dataset.toml); refused in one line."""
+    from mlplatform.core.data.contract import load_contract
+
+    return load_contract(home.dataset_file)
 
 
 # ---- run / demo / status / ui --------------------------------------------------------------------
@@ -443,6 +451,7 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
     from mlplatform.core.scoring.model import ScoringRules, load_model
 
     settings = Settings.load(home.settings_file)
+    contract = _contract(home)
     production = _registry(home).production()
     if production is None:
         raise CommandError("no model in production: run the pipeline (mlplatform run) first")
@@ -454,6 +463,7 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
         model,
         production.version,
         rules.chunk_rows,
+        contract=contract,
         explain_top_k=int(settings.section("serving")["explain_top_k"]) if args.explain else 0,
         overwrite=args.overwrite,
         on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
@@ -605,6 +615,79 @@ def cmd_rollout_stop(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
+# ---- dataset --------------------------------------------------------------------------------------
+
+
+def cmd_dataset_draft(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.data.draft import draft_contract
+
+    draft = draft_contract(Path(args.file), sample_rows=args.sample_rows)
+    sys.stdout.write(draft.text)
+    return EXIT_OK
+
+
+def cmd_dataset_check(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.data.lake import drop_format
+    from mlplatform.core.data.quality import IngestRules, validate_drop
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CommandError(f"not a file: {path}")
+    contract = _contract(home)
+    rules = IngestRules.from_settings(Settings.load(home.settings_file))
+    validation = validate_drop(
+        path, drop_format(path.name), contract, rules, keep_frame=False, max_listed=args.max_problems
+    )
+    problems = validation.problems()
+    if args.json:
+        _print_json([problem.to_dict() for problem in problems])
+    elif problems:
+        for problem in problems:
+            print(f"{path.name}: {problem.check}: {problem.message}")
+    else:
+        print(
+            f"ok: {path.name} matches the contract {contract.fingerprint} "
+            f"({validation.rows:,} rows; {', '.join(outcome.name for outcome in validation.checks)} passed)"
+        )
+    return EXIT_OK if validation.passed else EXIT_BLOCKED
+
+
+def cmd_dataset_show(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.data.schema import column_rules, normalised_columns
+
+    contract = _contract(home)
+    if args.json:
+        _print_json(contract.describe())
+        return EXIT_OK
+    where = home.dataset_file if home.dataset_file.exists() else "packaged default"
+    dataset = f"{contract.format.value}, header" if contract.header else f"{contract.format.value}, no header"
+    print(f"contract: {where} (fingerprint {contract.fingerprint})")
+    print(f"files: {dataset}; unknown columns: {contract.unknown_columns.value}")
+    print(
+        f"classes: {', '.join(contract.classes)}"
+        + (f" (favourable: {contract.labels.favourable})" if contract.labels.favourable else "")
+    )
+    print()
+    rows = []
+    for column in normalised_columns(contract):
+        checks = [rule for rule in column_rules(column) if rule != "required"]
+        if column.bins:
+            checks.append("bins [" + ", ".join(f"{edge:g}" for edge in column.bins) + "]")
+        source = "(row position)" if column not in contract.columns else repr(column.source)
+        rows.append(
+            [
+                source,
+                column.name,
+                column.role.value,
+                column.type.value,
+                "yes" if column.nullable else "no",
+                ", ".join(checks) or "-",
+            ]
+        )
+    _table(rows, ["SOURCE", "NAME", "ROLE", "TYPE", "NULLABLE", "CHECKS"])
+    return EXIT_OK
+
+
 # ---- lineage / artifacts -------------------------------------------------------------------------
 
 
@@ -710,22 +793,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="process everything pending once (exit 1 when a gate blocked)")
-    run.set_defaults(handler=cmd_run, home_use=HomeUse.CREATES)
+    run.set_defaults(handler=cmd_run, home_use=HomeUse.CREATES, needs_contract=True)
 
     demo = sub.add_parser("demo", help="land generated sample drops and run the pipeline")
     demo.add_argument("--drops", type=int, default=3)
     demo.add_argument("--rows", type=int, default=1500, help="rows per drop")
     demo.add_argument("--seed", type=int, default=7)
-    demo.set_defaults(handler=cmd_demo, home_use=HomeUse.CREATES)
+    demo.set_defaults(handler=cmd_demo, home_use=HomeUse.CREATES, needs_contract=True)
 
     status = sub.add_parser("status", help="drops and the latest version of each asset with its checks")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(handler=cmd_status)
+    status.set_defaults(handler=cmd_status, needs_contract=True)
 
     ui = sub.add_parser("ui", help="the Dagster UI with its daemon on this home")
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--host", default="127.0.0.1")
-    ui.set_defaults(handler=cmd_ui, home_use=HomeUse.CREATES)
+    ui.set_defaults(handler=cmd_ui, home_use=HomeUse.CREATES, needs_contract=True)
 
     lake = sub.add_parser("lake", help="the data lake: land, checkout, audit")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="ACTION")
@@ -772,9 +855,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="the real-time endpoint (serves the production model, hot swap)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.set_defaults(handler=cmd_serve, home_use=HomeUse.CREATES_IN_EMPTY_DIRECTORY)
+    serve.set_defaults(handler=cmd_serve, home_use=HomeUse.CREATES_IN_EMPTY_DIRECTORY, needs_contract=True)
 
-    score = sub.add_parser("score", help="batch-score a CSV/Parquet file with the production model")
+    dataset = sub.add_parser("dataset", help="the home's dataset contract: draft, check, show")
+    dataset_sub = dataset.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    draft = dataset_sub.add_parser("draft", help="print a draft contract inferred from a file, to edit")
+    draft.add_argument("file")
+    draft.add_argument("--sample-rows", type=int, default=100_000, help="rows the guesses look at")
+    draft.set_defaults(handler=cmd_dataset_draft, home_use=HomeUse.NONE)
+    check = dataset_sub.add_parser(
+        "check", help="validate a file against the home's contract without landing it (exit 1: problems)"
+    )
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true", help="a JSON list of problems")
+    check.add_argument(
+        "--max-problems", type=int, default=50, help="contract violations listed (all are counted)"
+    )
+    check.set_defaults(handler=cmd_dataset_check, needs_contract=True)
+    show = dataset_sub.add_parser("show", help="the home's dataset contract: columns, roles, checks, classes")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_dataset_show, needs_contract=True)
+
+    score = sub.add_parser("score", help="batch-score a file (contract layout, or a `text` column)")
     score.add_argument("input")
     score.add_argument("output", help="CSV or Parquet, by extension")
     score.add_argument(
@@ -785,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT if it exists (refused otherwise)"
     )
-    score.set_defaults(handler=cmd_score)
+    score.set_defaults(handler=cmd_score, needs_contract=True)
 
     rollout = sub.add_parser(
         "rollout", help="try a version on live traffic first: shadow, canary, status, stop"
@@ -906,12 +1008,20 @@ COMMAND_HELP: dict[str, tuple[str | None, str]] = {
         "mlplatform rollout stop --promote --reason 'a week of agreement'",
     ),
     "serve": (None, "mlplatform serve --host 0.0.0.0 --port 8080"),
-    "score": (None, "mlplatform score reviews.csv scored.parquet"),
+    "score": (None, "mlplatform score reviews.csv scored.parquet --explain --overwrite"),
     "lineage": (None, "mlplatform lineage --prediction 5f0c1e2a-request-id"),
     "artifacts": (None, "mlplatform artifacts list reviews"),
     "artifacts list": (None, "mlplatform artifacts list review_splits --json"),
     "artifacts restore": (None, "mlplatform artifacts restore reviews 3f2a9c1b ./restored/"),
     "alerts": (None, "mlplatform alerts --all"),
+    "dataset": (None, "mlplatform dataset show"),
+    "dataset draft": (None, "mlplatform dataset draft exports/reviews.tsv --sample-rows 5000"),
+    "dataset check": (
+        "exit codes: 0 the file matches the contract; 1 it does not (one line per problem) or refused; "
+        "2 usage error; 130 interrupted",
+        "mlplatform dataset check exports/reviews-2024-08.tsv --json",
+    ),
+    "dataset show": (None, "mlplatform dataset show --json"),
 }
 
 
@@ -947,6 +1057,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     home = PlatformHome.at(Path(args.home).resolve()) if args.home else PlatformHome.from_env()
     try:
         _check_home(home, getattr(args, "home_use", HomeUse.NEEDS))
+        if getattr(args, "needs_contract", False):
+            _contract(home)  # a malformed contract is refused in one line, before anything runs
         return args.handler(args, home)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

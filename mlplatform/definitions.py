@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.training.fit import load_training_config
@@ -32,12 +33,13 @@ MONITORING_SCHEDULE = "monitoring_schedule"
 
 def build_definitions(home: PlatformHome) -> dg.Definitions:
     settings = Settings.load(home.settings_file)
+    contract = load_contract(home.dataset_file)  # a malformed contract stops here, before anything runs
     training_config = load_training_config(home.training_file if home.training_file.exists() else None)
     assets = [
-        *build_ingest_assets(settings),
-        *build_feature_assets(settings),
+        *build_ingest_assets(settings, contract),
+        *build_feature_assets(settings, contract),
         *build_training_assets(settings, training_config),
-        *build_deployment_assets(settings),
+        *build_deployment_assets(settings, contract),
         *build_monitoring_assets(settings),
         *build_rollout_assets(settings),
     ]

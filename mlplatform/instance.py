@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import file_lock, write_bytes_atomic
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import postgres_session_lock, require_postgres, sqlalchemy_url
@@ -64,7 +65,7 @@ HEADER = (
 )
 
 
-class InstanceError(RuntimeError):
+class InstanceError(UserError, RuntimeError):
     """The home's Dagster instance cannot be opened as it is (a bad dagster.yaml, a wrong DAGSTER_HOME)."""
 
 

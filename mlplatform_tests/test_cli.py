@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from mlplatform.cli import HomeUse, build_parser, main
+from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform_tests.integration.processes import free_port
@@ -135,11 +138,14 @@ NEEDS_A_HOME = {
     ("artifacts", "list"): ["artifacts", "list", "reviews"],
     ("artifacts", "restore"): ["artifacts", "restore", "reviews", "0123456789abcdef", "out/"],
     ("alerts",): ["alerts"],
+    ("dataset", "check"): ["dataset", "check", "in.csv"],
+    ("dataset", "show"): ["dataset", "show"],
     ("rollout", "shadow"): ["rollout", "shadow", "v2"],
     ("rollout", "canary"): ["rollout", "canary", "v2", "--percent", "5"],
     ("rollout", "status"): ["rollout", "status"],
     ("rollout", "stop"): ["rollout", "stop"],
 }
+READS_NO_HOME = {("dataset", "draft")}
 
 
 def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -154,10 +160,13 @@ def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 def test_only_the_documented_commands_may_create_a_home():
     leaves = dict(leaf_commands(build_parser()))
-    creating = {path for path, use in leaves.items() if use is not None and use is not HomeUse.NEEDS}
+    creating = {path for path, use in leaves.items() if use not in (None, HomeUse.NEEDS, HomeUse.NONE)}
+    assert {path for path, use in leaves.items() if use is HomeUse.NONE} == READS_NO_HOME
     assert creating == {("demo",), ("run",), ("ui",), ("lake", "land"), ("serve",)}
     assert leaves[("serve",)] is HomeUse.CREATES_IN_EMPTY_DIRECTORY
-    assert set(leaves) - creating == set(NEEDS_A_HOME), "a new command: add it to NEEDS_A_HOME"
+    assert set(leaves) - creating - READS_NO_HOME == set(NEEDS_A_HOME), (
+        "a new command: add it to NEEDS_A_HOME"
+    )
 
 
 @pytest.mark.parametrize("where", ["missing", "empty directory"])
@@ -314,3 +323,123 @@ def test_the_server_module_with_the_database_down_is_one_line_and_exit_1(home):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "the endpoint cannot start: PostgreSQL records unavailable" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
+
+
+# ---- dataset draft | check | show -----------------------------------------------------------------
+
+UCI_FILE = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "uci_sentiment_sentences"
+    / "yelp_labelled.txt"
+)
+
+
+@pytest.mark.realdata
+def test_dataset_draft_of_the_real_uci_file_loads_as_the_homes_contract(capsys, home):
+    if not UCI_FILE.exists():
+        pytest.skip(f"{UCI_FILE} not found (see ../shared/data/README.md)")
+    code, out, err = run_cli(capsys, home, "dataset", "draft", str(UCI_FILE))
+    assert code == 0 and err == ""
+    home.dataset_file.write_text(out)
+    code, out, _ = run_cli(capsys, home, "dataset", "show", "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["source"] == str(home.dataset_file)
+    assert shown["dataset"] == {"format": "tsv", "header": False, "unknown_columns": "refuse"}
+    assert [(column["name"], column["role"]) for column in shown["columns"]] == [
+        ("text", "text"),
+        ("label", "label"),
+    ]
+    assert shown["labels"]["classes"] == ["negative", "positive"]
+    code, out, _ = run_cli(capsys, home, "dataset", "check", str(UCI_FILE))
+    assert code == 0 and out.startswith(
+        f"ok: yelp_labelled.txt matches the contract {shown['fingerprint']} (1,000 rows"
+    )
+
+
+def test_dataset_check_exit_codes_and_one_line_per_problem(capsys, home, tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_bytes(to_published_csv(generate_reviews(80, seed=2)))
+    code, out, _ = run_cli(capsys, home, "dataset", "check", str(good))
+    assert code == 0 and out.startswith("ok: good.csv matches the contract ") and "80 rows" in out
+    code, out, _ = run_cli(capsys, home, "dataset", "check", str(good), "--json")
+    assert (code, json.loads(out)) == (0, [])
+    assert Lake(home).drops() == []  # checked, never landed
+
+    frame = generate_reviews(80, seed=2)
+    bad = tmp_path / "bad.csv"
+    broken = frame.with_columns(
+        age=pl.when(pl.col("source_row") == 3).then(7).otherwise(pl.col("age")),
+        rating=pl.when(pl.col("source_row").is_in([5, 9])).then(9).otherwise(pl.col("rating")),
+    )
+    bad.write_bytes(to_published_csv(broken))
+    code, out, _ = run_cli(capsys, home, "dataset", "check", str(bad))
+    assert code == 1
+    assert out.splitlines() == [
+        "bad.csv: schema: age in_range(14, 110): '7' at row 4 (source_row 3)",
+        "bad.csv: schema: rating in_range(1, 5): '9' at row 6 (source_row 5)",
+        "bad.csv: schema: rating in_range(1, 5): '9' at row 10 (source_row 9)",
+    ]
+    code, out, _ = run_cli(capsys, home, "dataset", "check", str(bad), "--json", "--max-problems", "1")
+    problems = json.loads(out)
+    assert code == 1
+    assert problems[0] == {
+        "check": "schema",
+        "column": "age",
+        "row": 4,
+        "line": None,
+        "value": "7",
+        "message": "age in_range(14, 110): '7' at row 4 (source_row 3)",
+    }
+    assert problems[1]["message"] == "and 2 more contract violation(s)"
+
+    unreadable = tmp_path / "cut.csv"
+    unreadable.write_bytes(good.read_bytes()[:-30])
+    code, out, _ = run_cli(capsys, home, "dataset", "check", str(unreadable))
+    assert code == 1 and out.count("\n") == 1 and out.startswith("cut.csv: schema: ")
+    code, _, err = run_cli(capsys, home, "dataset", "check", str(tmp_path / "absent.csv"))
+    assert code == 1 and err.count("\n") == 1 and "not a file" in err
+
+
+def test_dataset_show_describes_the_packaged_default(capsys, home):
+    code, out, _ = run_cli(capsys, home, "dataset", "show", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["source"].startswith("packaged default")
+    assert {"fingerprint", "dataset", "columns", "labels"} <= shown.keys()
+    assert shown["columns"][0] | {} == {**shown["columns"][0], "source": "", "name": "source_row"}
+    code, out, _ = run_cli(capsys, home, "dataset", "show")
+    assert code == 0 and out.startswith("contract: packaged default (fingerprint ")
+    assert re.search(r"'Rating' +rating +rating +int +no +1..5\n", out)
+    assert re.search(r"'Age' +age +facet +int +no +14..110, bins \[25, 35, 45, 55, 65\]\n", out)
+
+
+def test_a_malformed_contract_is_refused_in_one_line_by_every_command_that_loads_it(capsys, home, tmp_path):
+    drop = tmp_path / "a.csv"
+    drop.write_bytes(to_published_csv(generate_reviews(20, seed=1)))
+    home.dataset_file.write_text('[dataset]\nformat = "xlsx"\n[columns.text]\nrole = "text"\n')
+    for argv in (
+        ["dataset", "show"],
+        ["dataset", "check", str(drop)],
+        ["run"],
+        ["demo", "--drops", "1", "--rows", "10"],
+        ["status"],
+        ["score", str(drop), str(tmp_path / "out.csv")],
+    ):
+        code, out, err = run_cli(capsys, home, *argv)
+        assert (code, out) == (1, ""), argv
+        assert (
+            err
+            == f"error: {home.dataset_file}: [dataset] format must be one of ['csv', 'tsv', 'parquet'], got 'xlsx'\n"
+        )
+    assert Lake(home).drops() == []  # demo refused before landing anything
+    code, out, _ = run_cli(capsys, home, "dataset", "draft", str(drop))  # drafting needs no contract
+    assert code == 0 and out.startswith("# Draft dataset contract")
+
+
+def test_dataset_draft_refuses_what_cannot_make_a_contract(capsys, home, tmp_path):
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("a,b\n1,2\n3,4\n")
+    code, out, err = run_cli(capsys, home, "dataset", "draft", str(numbers))
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "no column holds text" in err

@@ -20,7 +20,8 @@ at the same time waits for the first to end (at most `[deployment] lock_timeout_
 with the reason), on any Dagster storage; the `deployment` pool queues the step in the UI too.
 
 batch_predictions scores one file of `lake/batch/` (partition key: its sha256) with the production
-version at run time; the file is never moved or deleted.
+version at run time, read in the home's dataset contract's layout (or with a plain `text` column); the
+file is never moved or deleted.
 """
 
 import tempfile
@@ -30,6 +31,7 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.platform.artifacts import Bundle
 from mlplatform.core.platform.fsio import sha256_file
 from mlplatform.core.platform.settings import Settings
@@ -69,16 +71,19 @@ def batch_files(directory: Path) -> dict[str, Path]:
 
 
 def _smoke(endpoint: EndpointResource, target: ModelVersion, rules: DeploymentRules) -> SmokeResult:
-    """Ask the endpoint the canned reviews and judge the answer (never raises for endpoint trouble)."""
+    """Ask the endpoint the version's smoke reviews and judge the answer (never raises for endpoint trouble)."""
     if endpoint.live:
         problem = endpoint.wait_for_version(target.version, rules.wait_timeout_s, rules.poll_interval_s)
         if problem is not None:
             return deploy.failed_smoke(problem)
+    cases = deploy.smoke_cases(target.card)
     try:
-        answer = endpoint.predict(deploy.smoke_request(), target)
+        answer = endpoint.predict(deploy.smoke_request(cases), target)
     except EndpointError as exc:
         return deploy.failed_smoke(str(exc))
-    return deploy.judge_smoke(answer.body, answer.latency_ms, target.version, rules.smoke_max_latency_ms)
+    return deploy.judge_smoke(
+        answer.body, answer.latency_ms, target.version, rules.smoke_max_latency_ms, cases
+    )
 
 
 def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -107,8 +112,9 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
                 "smoke_test",
                 asset=SENTIMENT_ENDPOINT,
                 blocking=True,
-                description="Canned reviews with known answers: labels right, the answer names the deployed "
-                "version, latency within [deployment].smoke_max_latency_ms. A failure rolls the alias back.",
+                description="Reviews with known answers (the model card's smoke cases): labels right, the "
+                "answer names the deployed version, latency within [deployment].smoke_max_latency_ms. A "
+                "failure rolls the alias back.",
             ),
             dg.AssetCheckSpec(
                 "approval",
@@ -176,7 +182,7 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
     return sentiment_endpoint
 
 
-def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
+def _batch_predictions_asset(settings: Settings, contract: DatasetContract) -> dg.AssetsDefinition:
     @dg.asset(
         name=BATCH_PREDICTIONS,
         group_name="deployment",
@@ -186,7 +192,7 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
         deps=[SENTIMENT_ENDPOINT],
         output_required=False,
         kinds={"onnx", "polars"},
-        code_version=code_version([scoring_files, scoring_model], settings.section("scoring")),
+        code_version=code_version([scoring_files, scoring_model], settings.section("scoring"), contract),
         check_specs=[
             dg.AssetCheckSpec(
                 "row_count",
@@ -217,7 +223,12 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
         with tempfile.TemporaryDirectory(dir=home.root) as scratch:
             try:
                 summary = scoring_files.score_file(
-                    path, Path(scratch) / "predictions.parquet", model, production.version, rules.chunk_rows
+                    path,
+                    Path(scratch) / "predictions.parquet",
+                    model,
+                    production.version,
+                    rules.chunk_rows,
+                    contract=platform.contract(),
                 )
             except ScoringError as exc:  # bad input (ScoringInputError) or rows in != rows out
                 yield check_result("row_count", False, f"{path.name}: {exc}", {"file": path.name})
@@ -249,5 +260,5 @@ def _batch_predictions_asset(settings: Settings) -> dg.AssetsDefinition:
     return batch_predictions
 
 
-def build_deployment_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    return [_sentiment_endpoint_asset(settings), _batch_predictions_asset(settings)]
+def build_deployment_assets(settings: Settings, contract: DatasetContract) -> list[dg.AssetsDefinition]:
+    return [_sentiment_endpoint_asset(settings), _batch_predictions_asset(settings, contract)]

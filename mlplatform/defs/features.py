@@ -4,8 +4,9 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core.data import bias, features, splits
+from mlplatform.core.data import bias, features, schema, splits
 from mlplatform.core.data.bias import check_bias, pretraining_bias
+from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.data.features import FeatureRules, build_reviews, check_label_distribution
 from mlplatform.core.data.splits import (
     SplitRules,
@@ -38,8 +39,8 @@ def _previous_label_shares(context: AssetExecutionContext) -> dict[str, float] |
     return shares or None
 
 
-def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    features_version = code_version([features, bias], settings.section("features"))
+def build_feature_assets(settings: Settings, contract: DatasetContract) -> list[dg.AssetsDefinition]:
+    features_version = code_version([features, bias, schema], settings.section("features"), contract)
 
     @dg.asset(
         name="reviews",
@@ -51,12 +52,14 @@ def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             dg.AssetCheckSpec(
                 "label_distribution",
                 asset="reviews",
-                description="Every label present; shift vs the previous version under its bound (WARN).",
+                description="Every class of the dataset contract present; shift vs the previous version "
+                "under its bound (WARN).",
             ),
             dg.AssetCheckSpec(
                 "pretraining_bias",
                 asset="reviews",
-                description="Class imbalance, DPL, KL, JS, TVD and KS by facet under their bounds (WARN).",
+                description="Class imbalance, DPL, KL, JS, TVD and KS by the contract's facets under their "
+                "bounds, label metrics judging its favourable class (WARN); no facet declared: passes.",
             ),
         ],
         description="All accepted drops, deduplicated by review id, labelled, with the text a model sees.",
@@ -64,15 +67,21 @@ def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def reviews(
         context: AssetExecutionContext, raw_reviews: dict[str, pl.DataFrame], platform: PlatformResource
     ):
-        rules = FeatureRules.from_settings(platform.settings())
-        table = build_reviews(raw_reviews, rules)
+        rules, contract = FeatureRules.from_settings(platform.settings()), platform.contract()
+        # Never mix layouts: every drop must hold the current contract's normalised columns.
+        accepted_under = {drop.hash: drop.contract for drop in platform.lake().drops()}
+        schema.check_layouts(raw_reviews, accepted_under, contract)
+        table = build_reviews(raw_reviews, contract)
         previous = _previous_label_shares(context)
         yield versioned_output(table.frame, metadata=table.stats.as_metadata())
+        facets = contract.facet_columns
         for outcome in (
-            check_label_distribution(table.frame, previous, rules),
+            check_label_distribution(table.frame, previous, rules, contract.classes),
             check_bias(
-                pretraining_bias(table.frame, rules.facets, label_col="label", min_rows=rules.min_facet_rows),
+                pretraining_bias(table.frame, facets, contract.labels, min_rows=rules.min_facet_rows),
                 rules.bias_warn,
+                facets,
+                contract.labels,
             ),
         ):
             yield check_result(
@@ -92,13 +101,13 @@ def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         description="Train / validation / test, a pure function of each review's stable id.",
     )
     def review_splits(reviews: pl.DataFrame, platform: PlatformResource):
-        rules = SplitRules.from_settings(platform.settings())
+        rules, classes = SplitRules.from_settings(platform.settings()), platform.contract().classes
         frame = assign_splits(reviews, rules)
-        yield versioned_output(frame, metadata=split_metadata(frame))
+        yield versioned_output(frame, metadata=split_metadata(frame, classes))
         for outcome in (
             check_no_leakage(frame),
-            check_proportions(frame, rules),
-            check_class_coverage(frame),
+            check_proportions(frame, rules, classes),
+            check_class_coverage(frame, classes),
         ):
             yield check_result(outcome.name, outcome.passed, outcome.description, outcome.metadata)
 

@@ -15,10 +15,13 @@
   old version's baseline. Every version's numbers are metadata (`<version>/<metric>`); the checks
   judge the version in production now, the one whose behaviour can still be acted on.
 - `live_model_quality`: the log joined with ground truth landed as CSV files under
-  `lake/landing/labels/` (columns `review_id` and `label` or `rating`); the check fails when the
-  production version's live macro-F1 falls more than `[monitoring].max_macro_f1_drop` below its test one.
-- `product_quality_report`: products drawing an unusual share of negative predictions (taxonomy from
-  `reviews`), written as a Bundle of a formula-safe CSV and a Markdown table.
+  `lake/landing/labels/`, read by the dataset contract (`review_id` or its id columns; its label source
+  column, or `label` with class names); the check fails when the production version's live macro-F1
+  falls more than `[monitoring].max_macro_f1_drop` below its test one.
+- `product_quality_report`: products (the contract's `product` column) drawing an unusual share of
+  predictions of the watched class (product_report.watched_class), taxonomy from `reviews`, written as a
+  Bundle of a formula-safe CSV and a Markdown table. A contract without a product column gets no
+  report: the materialization says why (metadata `skipped`).
 - `bias_drift`: predicted-class rates per facet value of the dataset contract on the production
   version's live traffic, by day, against its model card's test rates (core/monitoring/bias_drift.py):
   the check fails WARN / ERROR when a value's gap to all traffic moved past `[monitoring.bias_drift]`
@@ -42,7 +45,6 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core.data.contract import load_contract
 from mlplatform.core.monitoring import (
     bias_drift,
     capture,
@@ -200,14 +202,15 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
                 "below its test macro-F1 (ERROR); too few labelled rows is a WARN.",
             )
         ],
-        description="Predictions joined with ground truth from lake/landing/labels/*.csv (review_id, "
-        "label or rating): macro-F1, per-class recall and confusion matrix per version and day.",
+        description="Predictions joined with ground truth from lake/landing/labels/*.csv (review_id or "
+        "the contract's id columns; its label source, or label): macro-F1, per-class recall and confusion "
+        "matrix per version and day.",
     )
     def live_model_quality(prediction_log: pl.DataFrame, platform: PlatformResource):
         home, settings_now = platform.platform_home(), platform.settings()
         judgement = judge_live_quality(
             prediction_log,
-            monitoring_inputs(home, settings_now).labels(),
+            monitoring_inputs(home, settings_now).labels(platform.contract()),
             platform.registry(),
             MonitoringRules.from_settings(settings_now),
         )
@@ -227,15 +230,21 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
         ins={PREDICTION_LOG: dg.AssetIn(), "reviews": dg.AssetIn()},
         kinds={"csv", "markdown"},
         code_version=code_version([product_report], settings.section("monitoring")),
-        description="Products with an unusual share of negative predictions (Wilson lower bound above the "
-        "overall rate), as a formula-safe CSV and Markdown.",
+        description="Products with an unusual share of predictions of the watched class (Wilson lower "
+        "bound above the overall rate), as a formula-safe CSV and Markdown; skipped, with the reason in its "
+        "metadata, when the dataset contract has no product column.",
     )
     def product_quality_report(
-        prediction_log: pl.DataFrame, reviews: pl.DataFrame, platform: PlatformResource
+        context: AssetExecutionContext,
+        prediction_log: pl.DataFrame,
+        reviews: pl.DataFrame,
+        platform: PlatformResource,
     ):
         report = product_report.product_report(
-            prediction_log, reviews, MonitoringRules.from_settings(platform.settings())
+            prediction_log, reviews, MonitoringRules.from_settings(platform.settings()), platform.contract()
         )
+        if report.skipped:
+            context.log.info(f"product_quality_report skipped: {report.note}")
         return versioned_output(
             Bundle(report.files()),
             metadata={**report.metadata(), "top_products": dg.MetadataValue.md(report.markdown)},
@@ -267,12 +276,11 @@ def _bias_drift_asset(settings: Settings) -> dg.AssetsDefinition:
         "against the production version's model card (its test split).",
     )
     def bias_drift_asset(prediction_log: pl.DataFrame, reviews: pl.DataFrame, platform: PlatformResource):
-        home = platform.platform_home()
         report = bias_drift.judge_bias_drift(
             prediction_log,
             reviews,
             platform.registry(),
-            load_contract(home.dataset_file),
+            platform.contract(),
             bias_drift.BiasDriftRules.from_settings(platform.settings()),
         )
         yield versioned_output(report.to_dict(), metadata=report.metadata())

@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 import httpx
 
+from mlplatform.core.data.contract import DatasetContract, load_contract
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome, api_keys_from_env
@@ -23,7 +24,7 @@ from mlplatform.core.scoring.model import ScoringRules, load_model
 
 
 class PlatformResource(dg.ConfigurableResource):
-    """The deployment's home: its settings, its lake and its registry."""
+    """The deployment's home: its settings, its dataset contract, its lake and its registry."""
 
     home: str
 
@@ -32,6 +33,9 @@ class PlatformResource(dg.ConfigurableResource):
 
     def settings(self) -> Settings:
         return Settings.load(self.platform_home().settings_file)
+
+    def contract(self) -> DatasetContract:
+        return load_contract(self.platform_home().dataset_file)
 
     def registry(self) -> ModelRegistry:
         return ModelRegistry.for_home(self.platform_home().ensure())

@@ -75,6 +75,7 @@ def _rollout_asset(settings: Settings) -> dg.AssetsDefinition:
             platform.registry(),
             ArtifactStore.from_settings(home, settings_now),
             monitoring_inputs(home.ensure(), settings_now),
+            platform.contract(),
             rules=RolloutRules.from_settings(settings_now),
             monitoring=MonitoringRules.from_settings(settings_now),
             lock_timeout_s=DeploymentRules.from_settings(settings_now).lock_timeout_s,

@@ -64,7 +64,8 @@ def _candidate_asset(
         group_name="training",
         kinds={"sklearn", "onnx"},
         code_version=version,
-        description=f"Candidate {spec.name}: fitted on train, offsets tuned on validation, exported to ONNX.",
+        description=f"Candidate {spec.name}: fitted on train for the dataset contract's classes, class "
+        "offsets tuned by cross-validation on train, exported to ONNX.",
         op_tags=TRAINING_OP_TAGS,
         retry_policy=retry_policy,
         check_specs=[
@@ -76,8 +77,9 @@ def _candidate_asset(
             )
         ],
     )
-    def candidate(review_splits: pl.DataFrame):
-        trained = fit.train_candidate(spec, split_frames(review_splits), config, scoring)
+    def candidate(review_splits: pl.DataFrame, platform: PlatformResource):
+        classes = platform.contract().classes
+        trained = fit.train_candidate(spec, split_frames(review_splits), config, scoring, classes)
         validation = trained.validation_metrics
         yield versioned_output(
             Bundle(candidate_files(trained)),
@@ -87,6 +89,8 @@ def _candidate_asset(
                 "validation_balanced_accuracy": validation["balanced_accuracy"],
                 "train_macro_f1": trained.train_metrics["macro_f1"],
                 "fit_seconds": trained.fit_seconds,
+                "classes": ", ".join(trained.classes),
+                "class_offsets_kept": trained.offset_tuning.kept,
                 "onnx_size_bytes": len(trained.onnx_bytes),
                 "hyperparameters": dg.MetadataValue.json(trained.hyperparameters),
             },
@@ -146,7 +150,7 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
     def best_model(
         context: AssetExecutionContext, review_splits: pl.DataFrame, platform: PlatformResource, **candidates
     ):
-        settings_now = platform.settings()
+        settings_now, contract = platform.settings(), platform.contract()
         registration = register_best(
             platform.registry(),
             [CandidateRecord.from_files(bundle.files) for bundle in candidates.values()],
@@ -156,6 +160,7 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
                 FeatureRules.from_settings(settings_now),
                 RegistryRules.from_settings(settings_now),
                 ScoringRules.from_settings(settings_now),
+                contract.facet_columns,
             ),
             Provenance(
                 run_id=context.run_id,

@@ -1,7 +1,8 @@
-"""Code versions: a hash of the code and the settings that decide an asset's output.
+"""Code versions: a hash of the code, the settings and the dataset contract that decide an asset's output.
 
-Dagster marks an asset stale when its code_version changes, so editing the module that computes it
-or one of the settings it reads (e.g. a threshold or a hyperparameter grid) makes it due again.
+Dagster marks an asset stale when its code_version changes, so editing the module that computes it,
+one of the settings it reads (e.g. a threshold or a hyperparameter grid) or the home's dataset contract
+(for the assets that read drops by it) makes it due again.
 """
 
 from __future__ import annotations
@@ -13,12 +14,22 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from mlplatform.core.data.contract import DatasetContract
 
-def code_version(modules: list[ModuleType], settings: Mapping[str, Any] | None = None) -> str:
+
+def code_version(
+    modules: list[ModuleType],
+    settings: Mapping[str, Any] | None = None,
+    contract: DatasetContract | None = None,
+) -> str:
+    """The hash of `modules`' source, the `settings` section that tunes them and, for assets that read
+    drops by it, the `contract`'s fingerprint (what it says, not how its file is spelled)."""
     digest = hashlib.sha256()
     for module in sorted(modules, key=lambda m: m.__name__):
         digest.update(module.__name__.encode())
         digest.update(inspect.getsource(module).encode())
     if settings is not None:
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    if contract is not None:
+        digest.update(f"contract:{contract.fingerprint}".encode())
     return digest.hexdigest()[:16]

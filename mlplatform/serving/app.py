@@ -47,7 +47,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlplatform.core.data.text import LABELS
 from mlplatform.core.monitoring.alerts import AlertStore
 from mlplatform.core.monitoring.capture import CaptureError, encode_capture_rows
 from mlplatform.core.platform.home import PlatformHome
@@ -167,7 +166,7 @@ class ServingState:
     workers: WorkerThreads
 
 
-Renderer = Callable[[str, str, str, Sequence[str], np.ndarray], bytes]
+Renderer = Callable[[str, str, str, Sequence[str], np.ndarray, Sequence[str]], bytes]
 Parser = Callable[[Any, int], Reviews]
 
 
@@ -248,7 +247,8 @@ class InferenceRoute:
         reviews = self._parse(decode_json(raw), config.max_batch)
         texts = model_inputs(reviews.texts)
         labels, probabilities = self._score(served.model, texts)
-        body = self._render(config.model_name, served.version, request_id, labels, probabilities)
+        classes = served.model.classes
+        body = self._render(config.model_name, served.version, request_id, labels, probabilities, classes)
         rows = None
         if capture_id is not None:
             latency_ms = (time.perf_counter() - started) * 1000.0
@@ -264,6 +264,7 @@ class InferenceRoute:
                 labels=labels,
                 probabilities=probabilities,
                 latency_ms=latency_ms,
+                classes=classes,
             )
         return Answer(body, rows, len(labels), capture_id)
 
@@ -393,7 +394,8 @@ class RequestGate:
 
 
 def _metadata(state: ServingState) -> dict[str, Any]:
-    status = state.holder.status()
+    status, served = state.holder.status(), state.holder.served
+    classes = list(served.model.classes) if served is not None else []
     health = state.health.now()
     return {
         "name": state.config.model_name,
@@ -406,7 +408,7 @@ def _metadata(state: ServingState) -> dict[str, Any]:
         ],
         "outputs": [
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(LABELS)], "labels": list(LABELS)},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)], "labels": classes},
         ],
         "version": status.version,
         "ready": health.ready,

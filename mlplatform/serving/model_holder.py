@@ -39,7 +39,10 @@ SHUTTING_DOWN = "the endpoint is shutting down"
 
 
 class Predictor(Protocol):
-    """What the holder needs of `mlplatform.core.scoring.model.ScoringModel`."""
+    """What the holder needs of `mlplatform.core.scoring.model.ScoringModel`: its classes (the order of
+    its probability columns) and its predictions."""
+
+    classes: tuple[str, ...]
 
     def predict(self, texts: Sequence[str], explain_top_k: int = 0) -> Prediction: ...
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlplatform.core.data.text import LABELS, prepare_text
+from mlplatform.core.data.text import prepare_text
 from mlplatform.core.platform.errors import UserError
 
 ASGIScope = MutableMapping[str, Any]
@@ -156,8 +156,14 @@ def model_inputs(texts: Sequence[str]) -> list[str]:
 
 
 def render_infer_response(
-    model_name: str, version: str, request_id: str, labels: Sequence[str], probabilities: np.ndarray
+    model_name: str,
+    version: str,
+    request_id: str,
+    labels: Sequence[str],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
 ) -> bytes:
+    """The v2 answer: `label` [N] and `probabilities` [N, classes], columns in the model's class order."""
     size = len(labels)
     return orjson.dumps(
         {
@@ -169,7 +175,7 @@ def render_infer_response(
                 {
                     "name": "probabilities",
                     "datatype": "FP32",
-                    "shape": [size, len(LABELS)],
+                    "shape": [size, len(classes)],
                     "data": probabilities.ravel(),
                 },
             ],
@@ -179,10 +185,16 @@ def render_infer_response(
 
 
 def render_predict_response(
-    model_name: str, version: str, request_id: str, labels: Sequence[str], probabilities: np.ndarray
+    model_name: str,
+    version: str,
+    request_id: str,
+    labels: Sequence[str],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
 ) -> bytes:
+    """The /predict answer: each review's label and its probability of each of the model's classes."""
     predictions = [
-        {"label": label, "probabilities": dict(zip(LABELS, row, strict=True))}
+        {"label": label, "probabilities": dict(zip(classes, row, strict=True))}
         for label, row in zip(labels, probabilities, strict=True)
     ]
     return orjson.dumps(

@@ -77,7 +77,10 @@ def test_the_first_model_is_smoke_tested_in_process_and_promoted(trained):
     assert record["state"] == "deployed" and record["endpoint_url"] is None
     assert record["production"] == version.version and record["previous"] is None
     assert record["smoke_test"]["passed"] is True
-    assert record["smoke_test"]["labels"] == [case.expected for case in SMOKE_CASES]
+    # the smoke cases its card records: per class, test reviews it labels right with most confidence
+    cases = version.card["smoke_cases"]
+    assert {case["expected"] for case in cases} == {"negative", "neutral", "positive"}
+    assert record["smoke_test"]["labels"] == [case["expected"] for case in cases]
     assert _check(trained, "sentiment_endpoint", "smoke_test").passed
     assert _check(trained, "sentiment_endpoint", "approval").passed
 
@@ -196,13 +199,13 @@ def test_a_failed_smoke_test_restores_the_aliases_exactly(home_copy, wrong_endpo
 
     assert report.exit_code == 1
     assert [blocked.asset for blocked in report.blocked] == ["sentiment_endpoint:smoke_test"]
-    assert "4 of 4 canned reviews wrong" in report.blocked[0].reason
+    assert "4 of 6 smoke reviews wrong" in report.blocked[0].reason
     assert registry.aliases() == before
     promoted, rolled_back = registry.events()[-2:]
     assert (promoted["event"], promoted["to"]) == ("promoted", "v1")
     assert rolled_back["event"] == "rolled_back" and rolled_back["automatic"] is True
     assert rolled_back["to"] == "v2" and rolled_back["reason"].startswith(
-        "smoke_test: 4 of 4 canned reviews wrong"
+        "smoke_test: 4 of 6 smoke reviews wrong"
     )
     check = _check(home_copy, "sentiment_endpoint", "smoke_test")
     assert not check.passed and "labelled 'neutral'" in check.description

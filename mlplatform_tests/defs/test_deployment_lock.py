@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.platform.artifacts import Bundle
 from mlplatform.core.platform.fsio import sha256_bytes
 from mlplatform.core.platform.home import PG_URL_ENV, PlatformHome
@@ -97,7 +98,9 @@ def _deploy_job(
         return Bundle({"model.onnx": onnx, "model_card.json": card})
 
     settings = Settings.load(PlatformHome.at(Path(home_root)).settings_file)
-    (endpoint_asset,) = [asset for asset in build_deployment_assets(settings) if asset.key == ASSET_KEY]
+    (endpoint_asset,) = [
+        asset for asset in build_deployment_assets(settings, load_contract()) if asset.key == ASSET_KEY
+    ]
     endpoint = SlowFollowingEndpoint(
         home=home_root, log_path=log_path, answer_s=ANSWER_SECONDS, labels_right=labels_right
     )
@@ -228,7 +231,7 @@ def test_the_lock_is_released_after_a_failed_smoke_test_and_its_rollback(home, t
         )
         assert registry.aliases() == {"production": "v1"}
         assert registry.events()[-1]["event"] == "rolled_back"
-        assert "4 of 4 canned reviews wrong" in registry.events()[-1]["reason"]
+        assert "4 of 4 smoke reviews wrong" in registry.events()[-1]["reason"]
         # A lock left behind by the failed run would make this one time out after 0.5 s.
         deployed = _deploy_job(str(home.root), "v2", str(log_path)).execute_in_process(
             instance=instance, raise_on_error=False

@@ -16,9 +16,10 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import generate_reviews, write_demo_drops
-from mlplatform.core.data.text import LABELS, prepare_texts
+from mlplatform.core.data.text import prepare_texts
 from mlplatform.core.monitoring.alerts import FIRING, RESOLVED, WEBHOOK_ENV, AlertStore
 from mlplatform.core.monitoring.drift import (
     BASELINE_CARD_KEY,
@@ -42,6 +43,7 @@ from mlplatform.runner import run_pending
 from mlplatform.serving.app import create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+LABELS = load_contract().classes
 SETTINGS = """[lake]
 settle_seconds = 0.0
 [features]

@@ -63,6 +63,7 @@ def capture(
             "review_ids": [f"review-{index}"],
             "probabilities": probabilities,
             "latency_ms": 3.0,
+            "classes": CLASSES,
         }
         if strategy == "canary" and index % 4 == 0:
             lines.append(encode_capture_rows(model_version=candidate, labels=[label], **fields))

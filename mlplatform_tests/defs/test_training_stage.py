@@ -22,6 +22,8 @@ seed = 1
 [selection]
 metric = "macro_f1"
 tune_class_offsets = false
+offset_folds = 3
+min_offset_gain = 0.0
 offset_range = 1.0
 offset_step = 0.5
 parity_tolerance = 1e-4
@@ -84,6 +86,9 @@ def test_first_model_is_judged_by_value_thresholds_registered_and_approved(home,
     assert any(key.startswith("gaps/") and key.endswith("/max_recall_gap") for key in fairness)
     quality = _check(instance, "best_model", "quality_bar").metadata
     assert {"recall/negative", "min_class_recall/negative", "macro_f1", "min_macro_f1"} <= quality.keys()
+    assert card["model"]["classes"] == ["negative", "neutral", "positive"]
+    tuning = card["hyperparameters"]["class_offset_tuning"]
+    assert tuning["method"] == "cross_validation" and tuning["rows"] > 0
     assert set(candidates) == {f"candidate_models/logreg_c{c}" for c in ("0p5", "1", "2")}  # C varies
 
 
@@ -108,7 +113,7 @@ def test_a_model_worse_than_production_fails_no_regression(home, tmp_path):
     # A change of the search (its code version) retrains; the new best is far worse than production.
     home.training_file.write_text(USELESS_SEARCH)
     home.settings_file.write_text(
-        "[gates]\nmin_macro_f1 = 0.0\n[gates.min_class_recall]\nnegative = 0.0\nneutral = 0.0\npositive = 0.0\n"
+        "[gates]\nmin_macro_f1 = 0.0\n[gates.min_class_recall]\ndefault = 0.0\nnegative = 0.0\npositive = 0.0\n"
     )
     report = run_pending(home, say=lambda _: None)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import to_published_csv
@@ -88,7 +89,7 @@ def running_platform(tmp_path: Path):
 def test_land_train_deploy_quarantine_redeploy_and_trace(running_platform, real_data_path, tmp_path):
     home, port = running_platform
     lake = Lake(home)
-    frame = read_drop(real_data_path.read_bytes(), "csv")
+    frame = read_drop(real_data_path.read_bytes(), "csv", load_contract())
     first, held_back = frame.head(frame.height - HELD_BACK_ROWS), frame.tail(HELD_BACK_ROWS)
     drops = tmp_path / "drops"
     drops.mkdir()

@@ -10,11 +10,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens
+from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.training.export import to_onnx
+from mlplatform_tests.core.scoring.models import LABELS
 
 TRAINING_REVIEWS: tuple[tuple[str, str], ...] = (
     ("I love this dress, it fits perfectly and looks great", "positive"),
@@ -29,10 +30,19 @@ TRAINING_REVIEWS: tuple[tuple[str, str], ...] = (
 )
 
 
-def tiny_model_bytes(variant: int = 0) -> bytes:
-    """A TF-IDF + logistic regression sentiment model as ONNX; each variant has different bytes."""
+TWO_CLASSES = ("bad", "good")
+"""The classes of `tiny_model_bytes(two_classes=True)`: another contract's (negative -> bad, positive -> good)."""
+
+
+def tiny_model_bytes(variant: int = 0, two_classes: bool = False) -> bytes:
+    """A TF-IDF + logistic regression sentiment model as ONNX; each variant has different bytes. Its
+    classes are LABELS, or TWO_CLASSES (trained on the negative and positive reviews only)."""
     texts = [text for text, _ in TRAINING_REVIEWS] + [f"variant {variant} filler words"]
     labels = [label for _, label in TRAINING_REVIEWS] + ["neutral"]
+    if two_classes:
+        renamed = {"negative": "bad", "positive": "good"}
+        kept = [(text, renamed[label]) for text, label in zip(texts, labels, strict=True) if label in renamed]
+        texts, labels = [text for text, _ in kept], [label for _, label in kept]
     pipeline = Pipeline(
         [
             (
@@ -44,7 +54,7 @@ def tiny_model_bytes(variant: int = 0) -> bytes:
             ("classifier", LogisticRegression(C=10.0 + variant, max_iter=1000)),
         ]
     ).fit(texts, labels)
-    return to_onnx(pipeline, LABELS)
+    return to_onnx(pipeline, TWO_CLASSES if two_classes else LABELS)
 
 
 @pytest.fixture(scope="session")

@@ -125,10 +125,10 @@ def test_readiness_is_false_while_every_slot_is_taken(
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, int, int]:
         async with async_client(app) as http:
-            first = asyncio.create_task(http.post(INFER, json=infer_body(["nice"])))
+            first = asyncio.create_task(http.post(INFER, json=infer_body(["love this dress"])))
             await holding.wait()
             ready = await http.get("/v2/health/ready")
-            refused = await http.post(INFER, json=infer_body(["nice"]))
+            refused = await http.post(INFER, json=infer_body(["love this dress"]))
             release.set()
             answered = await first
             ready_after = await http.get("/v2/health/ready")

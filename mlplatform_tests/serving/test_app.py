@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlplatform.core.data.features import LABELS
 from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.monitoring.prediction_log import prediction_log
 from mlplatform.core.platform.home import PlatformHome, api_keys_from_env
@@ -26,7 +25,15 @@ from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.model import Prediction
 from mlplatform.serving.app import create_app
-from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, with_serving
+from mlplatform_tests.core.scoring.models import LABELS
+from mlplatform_tests.serving.conftest import (
+    TWO_CLASSES,
+    damage_model_file,
+    deploy,
+    register,
+    tiny_model_bytes,
+    with_serving,
+)
 
 INFER = "/v2/models/sentiment/infer"
 JSON = {"Content-Type": "application/json"}
@@ -158,6 +165,32 @@ def test_a_sampled_out_answer_names_no_capture(
     with TestClient(create_app(home, with_serving(test_settings, capture_sample_rate=0.0))) as http:
         response = http.post("/predict", json={"reviews": [REVIEW]})
     assert response.status_code == 200 and "x-capture-id" not in response.headers
+
+
+def test_the_endpoint_serves_whatever_classes_the_production_model_has(
+    home: PlatformHome, test_settings: Settings, registry: ModelRegistry
+) -> None:
+    version = deploy(registry, tiny_model_bytes(two_classes=True))
+    with TestClient(create_app(home, test_settings)) as http:
+        outputs = http.get("/v2/models/sentiment").json()["outputs"]
+        assert outputs[1] == {
+            "name": "probabilities",
+            "datatype": "FP32",
+            "shape": [-1, 2],
+            "labels": ["bad", "good"],
+        }
+        answer = http.post(INFER, json=infer_body(["I love this dress, great fit", "awful, ripped"])).json()
+        label, probabilities = answer["outputs"]
+        assert label["data"] == ["good", "bad"] and probabilities["shape"] == [2, 2]
+        assert len(probabilities["data"]) == 4
+        (prediction,) = http.post("/predict", json={"reviews": [{"text": "lovely fabric"}]}).json()[
+            "predictions"
+        ]
+        assert set(prediction["probabilities"]) == set(TWO_CLASSES) and prediction["label"] == "good"
+    frame = read_capture(home.capture)
+    assert set(frame["model_version"]) == {version}
+    assert [column for column in frame.columns if column.startswith("p_")] == ["p_bad", "p_good"]
+    assert (((frame["p_bad"] + frame["p_good"]) - 1.0).abs() < 1e-5).all()
 
 
 # --- bad input: always a 4xx with {"error": ...} ---------------------------------------------------
@@ -494,6 +527,7 @@ def test_an_unexpected_failure_is_a_500_with_the_request_id(
 ) -> None:
     class BrokenModel:
         calls = 0
+        classes = LABELS
 
         def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
             BrokenModel.calls += 1

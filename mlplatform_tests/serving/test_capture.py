@@ -64,7 +64,9 @@ def test_appended_rows_are_readable_with_polars(tmp_path: Path, config: CaptureC
     asyncio.run(append_all(writer, [rows("r1", count=2), rows("r2")]))
     # Readable while the segment is still open (what a crash would leave) ...
     frame = read_capture(tmp_path)
-    assert frame.columns == list(CAPTURE_COLUMNS)
+    labelled = CAPTURE_COLUMNS.index("label") + 1
+    probabilities = ["p_negative", "p_neutral", "p_positive"]
+    assert frame.columns == [*CAPTURE_COLUMNS[:labelled], *probabilities, *CAPTURE_COLUMNS[labelled:]]
     assert sorted(frame["request_id"].to_list()) == ["r1", "r1", "r2"]
     writer.close()
     # ... and after sealing, from exactly one sealed segment.

@@ -138,6 +138,24 @@ def test_promoted_model_shows_version_since_metrics_and_gates(
     assert data["registry_events"]["events"][0]["event"] == "promoted"
 
 
+def test_versions_of_other_classes_chart_their_own_classes(
+    home: PlatformHome, settings: Settings, tiny_models: dict[int, bytes]
+) -> None:
+    registry = ModelRegistry(home.registry)
+    registry.register(tiny_models[0], card=CARD, metrics={"macro_f1": 0.7})
+    two = {
+        "metrics": {
+            "test": {"macro_f1": 0.9, "per_class": {"bad": {"recall": 0.8}, "good": {"recall": 0.95}}}
+        }
+    }
+    registry.register(tiny_models[1], card=two, metrics={"macro_f1": 0.9})
+    versions = dashboard_data(home, config(settings))["models"]["versions"]
+    assert [model["per_class_recall"] for model in versions] == [
+        {"negative": 0.6, "neutral": 0.5, "positive": 0.9},
+        {"bad": 0.8, "good": 0.95},
+    ]
+
+
 def test_monitoring_artifacts_and_alerts_are_shown(home: PlatformHome, settings: Settings) -> None:
     store = ArtifactStore(home.artifacts)
     store.put(

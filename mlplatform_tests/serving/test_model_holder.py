@@ -132,7 +132,7 @@ def test_a_refusal_whatever_its_cause_is_retried_after_refused_retry_s(
     def flaky_loader(path: Path, sha256: str) -> Any:
         if failures:
             raise failures.pop()
-        return load_model(path, sha256)
+        return load_model(path, sha256, RULES)
 
     holder = ModelHolder(
         registry, flaky_loader, poll_interval_s=3600, refused_retry_s=30.0, monotonic=lambda: now[0]

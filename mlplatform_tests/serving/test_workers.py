@@ -24,7 +24,7 @@ from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.scoring.model import load_model
+from mlplatform.core.scoring.model import Prediction, load_model
 from mlplatform.serving import protocol
 from mlplatform.serving.app import create_app
 from mlplatform_tests.core.scoring.models import RULES
@@ -138,12 +138,17 @@ class LoopWaitingModel:
         self.go = threading.Event()
         self.scoring = threading.Event()
 
-    def predict(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+    classes = ("negative", "neutral", "positive")
+
+    def predict(self, texts: list[str], explain_top_k: int = 0) -> Prediction:
         if len(texts) == REQUEST_REVIEWS:  # a request, not the warm-up (two texts, before serving)
             self.scoring.set()
             if not self.go.wait(timeout=30):
                 raise RuntimeError("the event loop never came back while this request was scored")
-        return ["neutral"] * len(texts), np.full((len(texts), 3), 1 / 3, dtype=np.float32)
+        labels = np.array(["neutral"] * len(texts), dtype=object)
+        return Prediction(
+            labels, np.full((len(texts), 3), 1 / 3, dtype=np.float32), np.zeros(len(texts), bool)
+        )
 
 
 def test_health_probes_are_answered_while_large_requests_score(
@@ -157,7 +162,9 @@ def test_health_probes_are_answered_while_large_requests_score(
         async with async_client(app) as http:
             requests = [
                 asyncio.create_task(
-                    http.post("/predict", content=body_of("x " * 600, reviews=REQUEST_REVIEWS), headers=JSON)
+                    http.post(
+                        "/predict", content=body_of("great " * 600, reviews=REQUEST_REVIEWS), headers=JSON
+                    )
                 )
                 for _ in range(4)
             ]

@@ -35,9 +35,10 @@ Roles: `text` columns are joined in their declared order into the model text (co
 of every column whose `identity` is true, in declared order); `timestamp` is when the review was written;
 `extra` columns are carried along and otherwise unused.
 
-Files: a drop's columns must be exactly the contract's, in the contract's order, unless
-`unknown_columns = "ignore"`, which drops file columns the contract does not name (documented in
-docs/data.md). Missing contract columns are always refused.
+Files: a drop's columns must be exactly the contract's — by name in any order with a header (Parquet:
+source or normalised names), in `column_names` order without — unless `unknown_columns = "ignore"`,
+which drops file columns the contract does not name. Missing contract columns are always refused
+(core/data/schema.py reads drops; README, "The data lake").
 
 A contract's `fingerprint` (a hash of its canonical form) is part of the code version of every asset it
 affects, so changing it makes them stale. Drops already validated keep the contract they were accepted

@@ -2,10 +2,11 @@
 
 Layout (all under `PlatformHome.lake`):
 
-    landing/reviews/            drops arrive here (CSV as published, or Parquet)
+    landing/reviews/            drops arrive here (CSV, TSV or text in the contract's layout, or Parquet)
     landing/.manifest/<h>.json  one record per drop: every name it landed under, landing time, its file
     landing/.duplicates/<h>/    files found in landing whose bytes were already a drop (kept, not deleted)
-    raw/<h>.<ext> + <h>.json    accepted drops, read-only, with a sidecar
+    raw/<h>.<ext> + <h>.json    accepted drops, read-only, with a sidecar (names, times, and the
+                                fingerprint of the dataset contract the drop was accepted under)
     quarantine/<h>.<ext>        rejected drops, original bytes, + <h>.reason.json
     quarantine/unsafe/          landing entries refused as unsafe (symlinks, directories) + reason file
     audit/ledger.jsonl          every read of a dataset version, allowed or denied (in PostgreSQL instead
@@ -63,8 +64,22 @@ PIPELINE_READER = "pipeline"
 LEDGER_RECORDS = "lake_ledger"  # the ledger's journal name in PostgreSQL
 # Datasets the lake serves itself, with the drop state each one exposes.
 LAKE_DATASETS = {"raw_reviews": "accepted", "quarantined_reviews": "quarantined"}
-FORMATS_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-EXTENSION_BY_FORMAT = {"csv": ".csv", "parquet": ".parquet", "unknown": ".bin"}
+# A drop's format is what its name announces; "txt" is delimited text in the contract's format.
+FORMATS_BY_SUFFIX = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".txt": "txt",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+EXTENSION_BY_FORMAT = {
+    "csv": ".csv",
+    "tsv": ".tsv",
+    "txt": ".txt",
+    "parquet": ".parquet",
+    "unknown": ".bin",
+}
 IN_PROGRESS_SUFFIXES = (".part", ".tmp")
 _HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 # Asset datasets may have several key parts ("candidate_models/logreg_c1").
@@ -128,7 +143,7 @@ def is_drop_hash(value: str) -> bool:
 
 
 def drop_format(name: str) -> str:
-    """The format a drop's file name announces: "csv", "parquet", or "unknown"."""
+    """The format a drop's file name announces: "csv", "tsv", "txt", "parquet", or "unknown"."""
     return FORMATS_BY_SUFFIX.get(Path(name).suffix.lower(), "unknown")
 
 
@@ -144,11 +159,12 @@ class Drop:
     state: str  # "landed" | "accepted" | "quarantined"
     path: Path
     size: int
-    format: str  # "csv" | "parquet" | "unknown"
+    format: str  # "csv" | "tsv" | "txt" | "parquet" | "unknown"
     landed_at: str
     reason: str | None = None
     check: str | None = None
     decided_at: str | None = None
+    contract: str | None = None  # accepted drops: the fingerprint of the contract they were read under
 
     @property
     def name(self) -> str:
@@ -710,6 +726,7 @@ class Lake:
             reason=decision.get("reason"),
             check=decision.get("check"),
             decided_at=decision.get("accepted_at") or decision.get("quarantined_at"),
+            contract=decision.get("contract"),
         )
 
     def _checked_hash(self, digest: str) -> str:
@@ -743,9 +760,11 @@ class Lake:
 
     # ------------------------------------------------------------------------------------ decisions
 
-    def accept(self, digest: str) -> Drop:
+    def accept(self, digest: str, contract: str | None = None) -> Drop:
         """Move the drop's bytes to `raw/<hash>.<ext>` (read-only) with a sidecar. Idempotent.
 
+        `contract` is the fingerprint of the dataset contract the drop was validated under; the sidecar
+        keeps it for good (an accepted drop stays what it was when the contract changes).
         The bytes are hashed before the move: bytes changed since landing are refused (LakeError).
         A quarantined drop cannot be accepted.
         """
@@ -760,7 +779,8 @@ class Lake:
             actual = sha256_file(drop.path)
             if actual != digest:
                 raise LakeError(f"drop {digest}: bytes at {drop.path} changed since landing (now {actual})")
-            record = self._decision_record(drop, accepted_at=_utc_now())
+            decision = {"accepted_at": _utc_now()} | ({"contract": contract} if contract else {})
+            record = self._decision_record(drop, **decision)
             self._publish(drop, self.home.raw, self._raw_sidecar(digest), record)
             self._move_bytes(drop, self.home.raw)
             write_json_atomic(self._raw_sidecar(digest), record, read_only=True)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from mlplatform.core.data.features import LABELS
 from mlplatform.core.data.quality import CheckOutcome, MetadataValue
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.settings import Settings
@@ -106,8 +105,11 @@ def _require(frame: pl.DataFrame, columns: tuple[str, ...]) -> None:
         raise SplitError(f"cannot check splits: missing columns {missing}")
 
 
-def split_metadata(frame: pl.DataFrame, label_col: str = "label") -> dict[str, MetadataValue]:
-    """Rows, share of all rows and label shares of each split, e.g. `test/rows`, `test/label_share/neutral`."""
+def split_metadata(
+    frame: pl.DataFrame, classes: Sequence[str], label_col: str = "label"
+) -> dict[str, MetadataValue]:
+    """Rows, share of all rows and the share of each of `classes` in each split, e.g. `test/rows`,
+    `test/label_share/neutral`."""
     _require(frame, ("split", label_col))
     unknown = set(frame.get_column("split").unique().to_list()) - set(SPLITS)
     if unknown:
@@ -118,7 +120,7 @@ def split_metadata(frame: pl.DataFrame, label_col: str = "label") -> dict[str, M
         rows = sum(n for (name, _), n in counts.items() if name == split)
         metadata[f"{split}/rows"] = rows
         metadata[f"{split}/share"] = rows / frame.height if frame.height else 0.0
-        for label in LABELS:
+        for label in classes:
             share = counts.get((split, label), 0) / rows if rows else 0.0
             metadata[f"{split}/label_share/{label}"] = share
     return metadata
@@ -175,9 +177,11 @@ def allowed_share_gap(target: float, rows: int, rules: SplitRules) -> float:
     return max(rules.proportion_tolerance, rules.proportion_sigmas * math.sqrt(target * (1 - target) / rows))
 
 
-def check_proportions(frame: pl.DataFrame, rules: SplitRules, label_col: str = "label") -> CheckOutcome:
+def check_proportions(
+    frame: pl.DataFrame, rules: SplitRules, classes: Sequence[str], label_col: str = "label"
+) -> CheckOutcome:
     """Each split's share of rows is within `allowed_share_gap` of its target."""
-    metadata = split_metadata(frame, label_col)
+    metadata = split_metadata(frame, classes, label_col)
     if frame.height == 0:
         return CheckOutcome(PROPORTIONS_CHECK, False, "no rows to split", metadata)
     problems = []
@@ -196,30 +200,38 @@ def check_proportions(frame: pl.DataFrame, rules: SplitRules, label_col: str = "
 
 def _max_label_share_gap(metadata: Mapping[str, MetadataValue], overall: Mapping[str, float]) -> float:
     return max(
-        abs(float(metadata[f"{split}/label_share/{label}"]) - overall[label])
+        abs(float(metadata[f"{split}/label_share/{label}"]) - share)
         for split in SPLITS
         if metadata[f"{split}/rows"]
-        for label in LABELS
+        for label, share in overall.items()
     )
 
 
-def check_class_coverage(frame: pl.DataFrame, label_col: str = "label") -> CheckOutcome:
-    """Every label appears in every split; metadata also carries the largest gap between a split's
-    label share and the overall one (how well the hash split stratifies)."""
-    metadata = split_metadata(frame, label_col)
+def check_class_coverage(
+    frame: pl.DataFrame, classes: Sequence[str], label_col: str = "label"
+) -> CheckOutcome:
+    """Every declared class appears in every split (a model learns, is tuned and is judged on each);
+    metadata also carries the largest gap between a split's class share and the overall one (how well
+    the hash split stratifies)."""
+    metadata = split_metadata(frame, classes, label_col)
     if frame.height == 0:
         return CheckOutcome(CLASS_COVERAGE_CHECK, False, "no rows to split", metadata)
     overall_counts = dict(frame.group_by(label_col).len().iter_rows())
-    overall = {label: overall_counts.get(label, 0) / frame.height for label in LABELS}
+    unknown = set(overall_counts) - set(classes)
+    if unknown:
+        raise SplitError(
+            f"column '{label_col}' holds values that are not classes {list(classes)}: {sorted(map(str, unknown))}"
+        )
+    overall = {label: overall_counts.get(label, 0) / frame.height for label in classes}
     metadata["max_label_share_gap"] = _max_label_share_gap(metadata, overall)
     missing = [
         f"{label} in {split}"
         for split in SPLITS
-        for label in LABELS
+        for label in classes
         if metadata[f"{split}/rows"] == 0 or metadata[f"{split}/label_share/{label}"] == 0
     ]
     if missing:
         return CheckOutcome(CLASS_COVERAGE_CHECK, False, f"classes missing: {', '.join(missing)}", metadata)
     return CheckOutcome(
-        CLASS_COVERAGE_CHECK, True, f"all {len(LABELS)} classes in all {len(SPLITS)} splits", metadata
+        CLASS_COVERAGE_CHECK, True, f"all {len(classes)} classes in all {len(SPLITS)} splits", metadata
     )

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import polars as pl
 
-from mlplatform.core.data.schema import NORMALISED_COLUMNS, NORMALISED_DTYPES, PUBLISHED_COLUMNS
+from mlplatform.core.data.contract import DatasetContract, load_contract
+from mlplatform.core.data.schema import normalised_dtypes
+
+CLOTHING: DatasetContract = load_contract()
+"""The layout these reviews follow: the packaged default contract (the published clothing CSV)."""
+_DTYPES = normalised_dtypes(CLOTHING)
+NORMALISED_COLUMNS: tuple[str, ...] = tuple(_DTYPES)
 
 RATINGS: tuple[int, ...] = (1, 2, 3, 4, 5)
 RATING_SHARES: tuple[float, ...] = (0.036, 0.068, 0.122, 0.216, 0.558)
@@ -320,7 +326,7 @@ def generate_reviews(n_rows: int, seed: int) -> pl.DataFrame:
     rng = random.Random(seed)
     catalogue = _Catalogue.build(rng)
     rows = [_review(rng, catalogue, source_row) for source_row in range(n_rows)]
-    return pl.DataFrame(rows, schema=NORMALISED_DTYPES, orient="row").select(NORMALISED_COLUMNS)
+    return pl.DataFrame(rows, schema=_DTYPES, orient="row").select(NORMALISED_COLUMNS)
 
 
 def to_published_csv(frame: pl.DataFrame) -> bytes:
@@ -333,7 +339,7 @@ def to_published_csv(frame: pl.DataFrame) -> bytes:
     # The real file was written with minimal quoting and "\n" line ends; the csv module reproduces it
     # byte for byte (polars would quote the empty index header).
     writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    writer.writerow(PUBLISHED_COLUMNS)
+    writer.writerow(CLOTHING.source_names)
     writer.writerows(frame.select(NORMALISED_COLUMNS).iter_rows())
     return buffer.getvalue().encode("utf-8")
 

@@ -1,4 +1,4 @@
-"""The text a model sees, the label order, and how a text becomes tokens: one definition for all.
+"""The text a model sees and how a text becomes tokens: one definition for all.
 
 `prepare_text` is THE definition of a model's input text. Training (the `reviews` table), batch
 scoring, the endpoint and drift all call it — the endpoint on one review, the others through
@@ -22,11 +22,6 @@ import re
 from collections.abc import Sequence
 
 import polars as pl
-
-LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
-"""Sentiment classes, in the order of every model's probability columns."""
-PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{label}" for label in LABELS)
-"""Column names of the class probabilities in predictions and the capture."""
 
 TOKEN_PATTERN = r"[a-zA-Z0-9_]{2,}"
 """What a token is, for every model: the one pattern re2 and Python's `re` read alike."""

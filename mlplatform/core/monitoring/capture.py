@@ -3,7 +3,9 @@
 Format: JSON lines, one line per review row of a 2xx inference request. A request of N reviews writes N
 lines that share its `request_id` and `capture_id` and are numbered by `row` (0..N-1); a row is what
 monitoring joins with ground truth (by `review_id`), so one row per review keeps the file readable as a
-table with no unnesting. Columns: see `CAPTURE_COLUMNS`; `time` is when the request arrived (UTC),
+table with no unnesting. Columns: see `CAPTURE_COLUMNS`, and one `p_<class>` per class of the model that
+answered (core/scoring/model.py's `probability_columns`: a model of other classes writes other columns,
+and a row leaves the columns of classes its model lacks null); `time` is when the request arrived (UTC),
 `latency_ms` runs from arrival until the answer was ready, before the wait for the capture fsync (which
 the latency histogram in /metrics includes). `text` is the prepared text that was scored
 (core/data/text.py). `encode_capture_rows` writes a request's lines.
@@ -42,6 +44,7 @@ import contextlib
 import io
 import itertools
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -52,9 +55,9 @@ import numpy as np
 import orjson
 import polars as pl
 
-from mlplatform.core.data.text import PROBABILITY_COLUMNS
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.storage import ObjectNotFound, StorageError, StorageLocation, is_home_directory
+from mlplatform.core.scoring.model import PROBABILITY_PREFIX, probability_columns
 
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
@@ -71,12 +74,14 @@ _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
     "product_id": pl.String(),
     "review_id": pl.String(),
     "label": pl.String(),
-    **{column: pl.Float64() for column in PROBABILITY_COLUMNS},
     "latency_ms": pl.Float64(),
     "role": pl.String(),
     "error": pl.String(),
 }
 CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
+"""The columns every record has (besides its model's `p_<class>` columns)."""
+# A record's keys follow "{" or ","; inside a JSON string a quote is always escaped, so this finds keys only.
+_PROBABILITY_KEY = re.compile(rb'[{,]"(p_[^"\\]*)":')
 
 
 class CaptureRole(StrEnum):
@@ -108,14 +113,17 @@ def encode_capture_rows(
     labels: Sequence[str] | None,
     probabilities: np.ndarray | None,
     latency_ms: float,
+    classes: Sequence[str],
     role: CaptureRole = CaptureRole.ANSWERED,
     error: str | None = None,
 ) -> bytes:
-    """The capture lines of one request: one JSON object per review row, each ending in a newline.
+    """The capture lines of one request: one JSON object per review row, each ending in a newline;
+    `probabilities` has one column per class of `classes` (the answering model's).
 
     With `error` (a candidate that could not predict: a `shadow` row) the rows carry the error and no
     label or probabilities; `labels` and `probabilities` are then None.
     """
+    columns = probability_columns(tuple(classes))
     shared = _shared_fields(request_id, capture_id, received_at, route, model_version)
     failed = error is not None
     outputs = (
@@ -132,7 +140,7 @@ def encode_capture_rows(
             "product_id": product_id,
             "review_id": review_id,
             "label": label,
-            **({} if failed else dict(zip(PROBABILITY_COLUMNS, scores, strict=True))),
+            **({} if failed else dict(zip(columns, scores, strict=True))),
             "latency_ms": latency_ms,
             "role": role.value,
             **({"error": error} if failed else {}),
@@ -270,6 +278,30 @@ def _segment_bytes(root: Path, remote: StorageLocation | None) -> list[tuple[str
     return sorted(segments, key=_segment_order)
 
 
+def _schema_with(probability_columns: list[str]) -> dict[str, pl.DataType]:
+    """The written schema with these `p_<class>` columns where records write them: after `label`."""
+    schema: dict[str, pl.DataType] = {}
+    for name, dtype in _WRITTEN_SCHEMA.items():
+        schema[name] = dtype
+        if name == "label":
+            schema.update(dict.fromkeys(probability_columns, pl.Float64()))
+    return schema
+
+
+def _probability_keys(data: bytes) -> list[str]:
+    """The `p_<class>` columns a segment's records hold, in the order first written."""
+    return list(dict.fromkeys(match.decode("utf-8") for match in _PROBABILITY_KEY.findall(data)))
+
+
+def probabilities_of(record: dict[str, Any]) -> dict[str, float]:
+    """A capture record's (or log row's) probabilities by class: its `p_<class>` values that are set."""
+    return {
+        name.removeprefix(PROBABILITY_PREFIX): value
+        for name, value in record.items()
+        if name.startswith(PROBABILITY_PREFIX) and value is not None
+    }
+
+
 def read_capture(root: Path, location: StorageLocation | None = None) -> pl.DataFrame:
     """All capture records (sealed and open segments, oldest first) as a polars frame.
 
@@ -285,11 +317,15 @@ def read_capture(root: Path, location: StorageLocation | None = None) -> pl.Data
         data = complete_lines(raw)
         if not data:
             continue
+        schema = _schema_with(_probability_keys(data))
         try:
-            frames.append(pl.read_ndjson(io.BytesIO(data), schema=_WRITTEN_SCHEMA))
+            frames.append(pl.read_ndjson(io.BytesIO(data), schema=schema))
         except pl.exceptions.PolarsError as exc:
             raise CaptureError(f"capture segment {path} is unreadable: {exc}") from exc
-    frame = pl.concat(frames) if frames else pl.DataFrame(schema=_WRITTEN_SCHEMA)
+    frame = pl.concat(frames, how="diagonal") if frames else pl.DataFrame(schema=_WRITTEN_SCHEMA)
+    frame = frame.select(
+        list(_schema_with([name for name in frame.columns if name.startswith(PROBABILITY_PREFIX)]))
+    )
     return frame.with_columns(
         pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC")
     )

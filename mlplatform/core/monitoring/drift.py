@@ -4,6 +4,7 @@ A version's `TrainingBaseline` is computed once, when the version is registered,
 it was fitted on, and recorded in its model card under `BASELINE_CARD_KEY` (so new data landing later
 never moves it). It holds:
 
+- `classes`: the model's classes (its card's, in its probability order), which the shares are over;
 - `predicted_class_shares`: the model's predicted-class shares on its test split (what a healthy live
   mix looks like; the true label mix would blame the model's known bias on the traffic);
 - `length_counts`: how many training texts have each length in characters (after trimming) — the whole
@@ -39,7 +40,7 @@ import onnx
 import polars as pl
 
 from mlplatform.core.data.features import js_divergence
-from mlplatform.core.data.text import LABELS, TOKEN_PATTERN
+from mlplatform.core.data.text import TOKEN_PATTERN
 from mlplatform.core.monitoring.prediction_log import model_versions
 from mlplatform.core.monitoring.rules import (
     DRIFT_METRICS,
@@ -59,6 +60,8 @@ from mlplatform.core.training.rebuild import recorded_splits
 _SHARE_TOLERANCE = 1e-6
 BASELINE_CARD_KEY = "drift_baseline"  # where a model card records its version's TrainingBaseline
 _BASELINE_KEYS = ("rows", "predicted_class_shares", "length_counts", "tokens", "oov_rate")
+"""Keys every recorded baseline has; `classes` too since baselines record them (before, the shares named
+every class of the model, so their keys are its classes)."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,8 @@ def text_lengths(texts: pl.Series) -> np.ndarray:
     return texts.cast(pl.String).fill_null("").str.strip_chars().str.len_chars().to_numpy().astype(np.int64)
 
 
-def _shares(values: Mapping[str, float]) -> list[float]:
-    return [float(values.get(label, 0.0)) for label in LABELS]
+def _shares(values: Mapping[str, float], classes: Sequence[str]) -> list[float]:
+    return [float(values.get(label, 0.0)) for label in classes]
 
 
 def population_stability_index(expected: Sequence[float], actual: Sequence[float], floor: float) -> float:
@@ -163,15 +166,17 @@ def predicted_class_shares(confusion_matrix: Mapping[str, Any]) -> dict[str, flo
     return {label: count / total for label, count in zip(labels, column_sums, strict=True)}
 
 
-def _checked_shares(shares: Mapping[str, float]) -> dict[str, float]:
-    """The shares over every label (a missing label has share 0); unknown labels or a sum off 1 raise."""
-    unknown = set(shares) - set(LABELS)
+def _checked_shares(shares: Mapping[str, float], classes: Sequence[str]) -> dict[str, float]:
+    """The shares over every class (a missing class has share 0); unknown labels or a sum off 1 raise."""
+    unknown = set(shares) - set(classes)
     if unknown:
-        raise MonitoringError(f"predicted-class shares name unknown labels {sorted(unknown)}")
+        raise MonitoringError(
+            f"predicted-class shares name labels {sorted(unknown)} that are not the classes {list(classes)}"
+        )
     total = sum(shares.values())
     if abs(total - 1.0) > _SHARE_TOLERANCE:
         raise MonitoringError(f"predicted-class shares must sum to 1, got {total}")
-    return {label: float(shares.get(label, 0.0)) for label in LABELS}
+    return {label: float(shares.get(label, 0.0)) for label in classes}
 
 
 @dataclass(frozen=True)
@@ -186,18 +191,27 @@ class TrainingBaseline:
     tokens: int
     oov_rate: float
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The model's classes, in its probability order (the shares' keys)."""
+        return tuple(self.predicted_class_shares)
+
     @classmethod
     def from_training(
         cls,
         train_texts: Sequence[str] | pl.Series,
         test_predicted_class_shares: Mapping[str, float],
         vocabulary: ModelVocabulary,
+        classes: Sequence[str] | None = None,
     ) -> TrainingBaseline:
-        """Summarise the training texts (tokenised by `vocabulary`) and the test predicted-class shares."""
+        """Summarise the training texts (tokenised by `vocabulary`) and the test predicted-class shares
+        over `classes` (default: the classes the shares name, in their order)."""
         texts = pl.Series("text", train_texts, dtype=pl.String)
         if texts.len() == 0:
             raise MonitoringError("a drift baseline needs at least one training text")
-        shares = _checked_shares(test_predicted_class_shares)
+        shares = _checked_shares(
+            test_predicted_class_shares, list(test_predicted_class_shares) if classes is None else classes
+        )
         values, counts = np.unique(text_lengths(texts), return_counts=True)
         tokens, oov = vocabulary.token_counts(texts)
         return cls(
@@ -213,10 +227,11 @@ class TrainingBaseline:
         cls, splits: pl.DataFrame, test_confusion_matrix: Mapping[str, Any], vocabulary: ModelVocabulary
     ) -> TrainingBaseline:
         """The baseline of a version fitted on the `train` rows of `splits` (a `review_splits` frame), whose
-        test confusion matrix (as its model card records it) gives the predicted-class shares."""
+        test confusion matrix (as its model card records it) gives the classes and predicted-class shares."""
         require_columns(splits, ("split", "text"), "review_splits")
         train_texts = splits.filter(pl.col("split") == "train")["text"]
-        return cls.from_training(train_texts, predicted_class_shares(test_confusion_matrix), vocabulary)
+        shares = predicted_class_shares(test_confusion_matrix)
+        return cls.from_training(train_texts, shares, vocabulary, test_confusion_matrix["labels"])
 
     def lengths(self) -> np.ndarray:
         """The training texts' lengths (sorted), rebuilt from the counts."""
@@ -229,6 +244,7 @@ class TrainingBaseline:
         """JSON-ready form (length keys become strings; `from_dict` reads them back)."""
         return {
             "rows": self.rows,
+            "classes": list(self.classes),
             "predicted_class_shares": dict(self.predicted_class_shares),
             "length_counts": {str(length): count for length, count in sorted(self.length_counts.items())},
             "tokens": self.tokens,
@@ -244,11 +260,10 @@ class TrainingBaseline:
         if missing:
             raise MonitoringError(f"recorded drift baseline lacks keys {missing}")
         try:
+            shares = {str(label): float(share) for label, share in data["predicted_class_shares"].items()}
             baseline = cls(
                 rows=int(data["rows"]),
-                predicted_class_shares=_checked_shares(
-                    {label: float(share) for label, share in data["predicted_class_shares"].items()}
-                ),
+                predicted_class_shares=_checked_shares(shares, data.get("classes") or list(shares)),
                 length_counts={int(length): int(count) for length, count in data["length_counts"].items()},
                 tokens=int(data["tokens"]),
                 oov_rate=float(data["oov_rate"]),
@@ -319,12 +334,15 @@ def _one_version(log_rows: pl.DataFrame, baseline: DriftBaseline) -> str:
     return str(versions[0])
 
 
-def _live_class_shares(labels: pl.Series) -> dict[str, float]:
+def _live_class_shares(labels: pl.Series, classes: Sequence[str]) -> dict[str, float]:
     counts = dict(labels.value_counts().iter_rows())
-    unknown = set(counts) - set(LABELS)
+    unknown = set(counts) - set(classes)
     if unknown:
-        raise MonitoringError(f"captured labels hold values that are not labels: {sorted(map(str, unknown))}")
-    return {label: counts.get(label, 0) / labels.len() for label in LABELS}
+        raise MonitoringError(
+            f"captured labels hold values that are not the model's classes {list(classes)}: "
+            f"{sorted(map(str, unknown))}"
+        )
+    return {label: counts.get(label, 0) / labels.len() for label in classes}
 
 
 def _length_psi(base_lengths: np.ndarray, live_lengths: np.ndarray, rules: MonitoringRules) -> float:
@@ -345,13 +363,14 @@ def drift_metrics(
 ) -> dict[str, float]:
     """Every drift number of `log_rows` (columns text, label) against the baseline."""
     training = baseline.training
-    live_shares = _live_class_shares(log_rows["label"])
+    classes = training.classes
+    live_shares = _live_class_shares(log_rows["label"], classes)
     base_lengths, live_lengths = training.lengths(), text_lengths(log_rows["text"])
     tokens, oov = baseline.vocabulary.token_counts(log_rows["text"])
     live_oov_rate = oov / tokens if tokens else 0.0
     live_short = float(np.mean(live_lengths < rules.short_text_chars))
     base_short = float(np.mean(base_lengths < rules.short_text_chars))
-    base_class, live_class = _shares(training.predicted_class_shares), _shares(live_shares)
+    base_class, live_class = _shares(training.predicted_class_shares, classes), _shares(live_shares, classes)
     return {
         "predicted_class_psi": population_stability_index(base_class, live_class, rules.psi_floor_share),
         "predicted_class_js": js_divergence(base_class, live_class),
@@ -367,8 +386,8 @@ def drift_metrics(
         "baseline_short_text_share": base_short,
         "live_median_length": float(np.median(live_lengths)),
         "baseline_median_length": float(np.median(base_lengths)),
-        **{f"live_share_{label}": live_shares[label] for label in LABELS},
-        **{f"baseline_share_{label}": training.predicted_class_shares[label] for label in LABELS},
+        **{f"live_share_{label}": live_shares[label] for label in classes},
+        **{f"baseline_share_{label}": training.predicted_class_shares[label] for label in classes},
     }
 
 

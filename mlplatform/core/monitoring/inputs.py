@@ -1,7 +1,8 @@
 """What the monitors read from outside the asset graph: the endpoint's capture and ground-truth labels.
 
 The capture is written by the endpoint (append-only segments, local and maybe published to a storage
-location); labels land later as CSV files keyed by `review_id` with a `label` or a `rating` column.
+location); labels land later as CSV files, read by the dataset contract (live_quality.ground_truth:
+keyed by `review_id` or the contract's id columns, with the contract's label source or a `label`).
 Neither is an asset's output, so their fingerprints are how change is noticed: the capture's segment
 names and sizes (a new or grown segment changes it), and the labels files' names, sizes and
 modification times.
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import polars as pl
 
+from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.monitoring.capture import list_segments, read_capture
-from mlplatform.core.monitoring.live_quality import ground_truth
+from mlplatform.core.monitoring.live_quality import ground_truth, unique_truth
 from mlplatform.core.monitoring.prediction_log import PredictionLog, prediction_log
 from mlplatform.core.monitoring.rules import MonitoringError
 from mlplatform.core.platform.storage import StorageLocation
@@ -56,20 +58,18 @@ class MonitoringInputs:
     def label_files(self) -> list[Path]:
         return sorted(self.labels_dir.glob("*.csv")) if self.labels_dir.is_dir() else []
 
-    def labels(self) -> pl.DataFrame:
-        """Every labels file as one (review_id, label) frame (empty when none landed)."""
+    def labels(self, contract: DatasetContract) -> pl.DataFrame:
+        """Every labels file, read by the dataset contract, as one (review_id, label) frame of classes
+        (empty when none landed); a file that cannot be read or conflicts with another is named."""
         frames = []
         for path in self.label_files():
-            frame = pl.read_csv(path, infer_schema=False)
-            if "rating" in frame.columns:
-                frame = frame.with_columns(pl.col("rating").cast(pl.Int64))
             try:
-                frames.append(ground_truth(frame).rename({"true_label": "label"}))
+                frames.append(ground_truth(pl.read_csv(path, infer_schema=False), contract))
             except (MonitoringError, pl.exceptions.PolarsError) as exc:
                 raise MonitoringError(f"labels file {path}: {exc}") from exc
         if not frames:
             return pl.DataFrame(schema={"review_id": pl.String, "label": pl.String})
-        return pl.concat(frames)
+        return unique_truth(pl.concat(frames))
 
     def capture_summary(self) -> CaptureSummary:
         """How much is captured and its fingerprint (segment names and sizes)."""

@@ -20,8 +20,7 @@ from typing import Any
 import polars as pl
 
 from mlplatform.core.data.lake import Lake, LakeError
-from mlplatform.core.data.text import LABELS, PROBABILITY_COLUMNS
-from mlplatform.core.monitoring.capture import answered_only
+from mlplatform.core.monitoring.capture import CAPTURE_COLUMNS, answered_only, probabilities_of
 from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, StoredArtifact
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
@@ -43,9 +42,6 @@ BEST_MODEL = "best_model"
 CANDIDATES_PREFIX = f"{CANDIDATES_GROUP_PREFIX}/"
 DROP_HASH_COLUMN = "drop_hash"
 TEXT_PREVIEW_CHARS = 60
-# The capture columns a request's chain is read from (core/monitoring/capture.py; the endpoint writes them).
-CAPTURE_COLUMNS = ("request_id", "time", "route", "model_version", "row", "text", "product_id", "review_id")
-CAPTURE_COLUMNS += ("label", *PROBABILITY_COLUMNS, "latency_ms")
 
 
 class LineageError(UserError):
@@ -219,7 +215,7 @@ def _request_record(rows: pl.DataFrame) -> dict[str, Any]:
             {
                 "row": row["row"],
                 "label": row["label"],
-                "probabilities": {label: row[f"p_{label}"] for label in LABELS},
+                "probabilities": probabilities_of(row),
             }
             for row in rows.iter_rows(named=True)
         ],

@@ -1,8 +1,15 @@
 """Live model quality: predictions joined with ground truth that arrived later, per model version and day.
 
-Ground truth is a frame keyed by `review_id` with either a `label` or a `rating` (mapped with the
-platform's rule: 1-2 negative, 3 neutral, 4-5 positive). Each captured prediction of a labelled review
-counts once, so a review scored twice (two requests) counts twice: both answers were served.
+Ground truth lands as files (lake/landing/labels/) read by the dataset contract (`ground_truth`): the
+review id is a `review_id` column, else made from the contract's id (or identity) columns as the
+reviews table makes it; the class is the contract's label rule applied to its label source column (the
+rating by `from_rating`, the label column by `map`; by source or normalised name), else a `label`
+column holding class names. A row without an id or with a value the rule does not map refuses the
+file, naming the row: ground truth is never dropped silently.
+
+Each captured prediction of a labelled review counts once, so a review scored twice (two requests)
+counts twice: both answers were served. Each version is judged over its own classes (its model card's);
+labelled rows whose class that version does not have (the contract changed since) are counted, not judged.
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ from typing import Any
 
 import polars as pl
 
-from mlplatform.core.data.features import label_from_rating
-from mlplatform.core.data.text import LABELS
+from mlplatform.core.data.contract import DatasetContract
+from mlplatform.core.data.features import class_labels, label_source, review_ids
+from mlplatform.core.data.schema import POLARS_TYPES
 from mlplatform.core.monitoring.prediction_log import model_versions
 from mlplatform.core.monitoring.rules import (
     ERROR,
@@ -25,7 +33,7 @@ from mlplatform.core.monitoring.rules import (
     require_columns,
 )
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.training.evaluation import classification_metrics
+from mlplatform.core.training.evaluation import card_classes, classification_metrics
 
 LIVE_QUALITY_CHECK = "live_quality"
 BY_DAY_SCHEMA: dict[str, pl.DataType] = {
@@ -46,16 +54,18 @@ class VersionQuality:
     test_macro_f1: float
     metrics: dict[str, Any] | None
     outcome: MonitorOutcome
+    rows_other_classes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         metrics = self.metrics or {}
         return {
             "model_version": self.model_version,
             "rows_joined": self.rows_joined,
+            "rows_other_classes": self.rows_other_classes,
             "test_macro_f1": self.test_macro_f1,
             "macro_f1": metrics.get("macro_f1"),
             "per_class_recall": (
-                {label: metrics["per_class"][label]["recall"] for label in LABELS} if metrics else None
+                {label: entry["recall"] for label, entry in metrics["per_class"].items()} if metrics else None
             ),
             "confusion_matrix": metrics.get("confusion_matrix"),
             "outcome": self.outcome.to_dict(),
@@ -80,21 +90,63 @@ class LiveQuality:
         }
 
 
-def ground_truth(labels: pl.DataFrame) -> pl.DataFrame:
-    """`review_id` -> `true_label`, one row per review; conflicting or unmappable labels raise."""
-    require_columns(labels, ("review_id",), "labels frame")
-    if "label" in labels.columns:
-        truth = labels.select("review_id", pl.col("label").cast(pl.String).alias("true_label"))
-    elif "rating" in labels.columns:
-        truth = labels.select("review_id", label_from_rating(pl.col("rating")).alias("true_label"))
+def _by_contract_names(labels: pl.DataFrame, contract: DatasetContract) -> pl.DataFrame:
+    """The contract's columns a labels file holds, under their normalised names and dtypes."""
+    renames = {
+        column.source: column.name
+        for column in contract.columns
+        if column.source in labels.columns and column.name not in labels.columns
+    }
+    frame = labels.rename(renames)
+    present = [column for column in contract.columns if column.name in frame.columns]
+    try:
+        return frame.with_columns(pl.col(column.name).cast(POLARS_TYPES[column.type]) for column in present)
+    except pl.exceptions.PolarsError as exc:
+        raise MonitoringError(f"a column of the labels does not have its contract type: {exc}") from None
+
+
+def ground_truth(labels: pl.DataFrame, contract: DatasetContract) -> pl.DataFrame:
+    """`review_id` -> `label` (a class), one row per review, from one labels file read by the contract
+    (see the module docstring); a row without an id or a class, or conflicting labels, raise."""
+    frame = _by_contract_names(labels, contract)
+    id_columns = contract.id_columns if len(contract.id_columns) == 1 else contract.identity_columns
+    if "review_id" in frame.columns:
+        ids = frame["review_id"].cast(pl.String)
+    elif all(column in frame.columns for column in id_columns):
+        ids = review_ids(frame, contract)
     else:
-        raise MonitoringError("labels frame needs a 'label' or a 'rating' column")
-    bad = truth.filter(pl.col("review_id").is_null() | ~pl.col("true_label").is_in(LABELS).fill_null(False))
-    if bad.height:
         raise MonitoringError(
-            f"{bad.height} label rows lack a review id or a valid label/rating (e.g. {bad.row(0, named=True)})"
+            f"labels need a 'review_id' column or the contract's id columns {list(id_columns)}"
         )
-    truth = truth.unique(maintain_order=True)
+    source = label_source(contract)
+    if source in frame.columns:
+        classes = frame.select(class_labels(contract.labels, pl.col(source))).to_series()
+        what = f"a {source} the contract's label rule maps"
+    elif "label" in frame.columns:
+        classes = frame["label"].cast(pl.String)
+        what = f"a label among the classes {list(contract.classes)}"
+    else:
+        raise MonitoringError(
+            f"labels need the contract's label source column {source!r} or a 'label' column of class names"
+        )
+    truth = pl.DataFrame(
+        {"review_id": ids, "label": classes}, schema={"review_id": pl.String, "label": pl.String}
+    )
+    bad = truth.with_row_index("row").filter(
+        pl.col("review_id").is_null() | ~pl.col("label").is_in(contract.classes).fill_null(False)
+    )
+    if bad.height:
+        first = bad.row(0, named=True)["row"]
+        raise MonitoringError(
+            f"{bad.height} label rows lack a review id or {what} (e.g. row {first}: {labels.row(first, named=True)})"
+        )
+    return unique_truth(truth)
+
+
+def unique_truth(truth: pl.DataFrame) -> pl.DataFrame:
+    """Ground truth (`review_id`, `label`) with each review once; conflicting labels raise."""
+    require_columns(truth, ("review_id", "label"), "labels frame")
+    truth = truth.select("review_id", pl.col("label").cast(pl.String)).unique(maintain_order=True)
     conflicting = truth.filter(pl.col("review_id").is_duplicated())["review_id"].unique().sort()
     if conflicting.len():
         raise MonitoringError(
@@ -123,51 +175,59 @@ def _judge(
         "test_macro_f1": test_macro_f1,
         "drop": drop,
         "max_macro_f1_drop": rules.max_macro_f1_drop,
-        **{f"recall_{label}": metrics["per_class"][label]["recall"] for label in LABELS},
+        **{f"recall_{label}": entry["recall"] for label, entry in metrics["per_class"].items()},
     }
     return MonitorOutcome(LIVE_QUALITY_CHECK, passed, None if passed else ERROR, description, metadata)
 
 
-def _by_day(joined: pl.DataFrame) -> pl.DataFrame:
+def _by_day(judged: Mapping[str, tuple[pl.DataFrame, tuple[str, ...]]]) -> pl.DataFrame:
     records = []
-    for (version, day), group in sorted(joined.partition_by(["model_version", "day"], as_dict=True).items()):
-        metrics = classification_metrics(group["true_label"].to_list(), group["label"].to_list())
-        records.append((version, day, group.height, metrics["accuracy"], metrics["macro_f1"]))
+    for version, (rows, classes) in sorted(judged.items()):
+        for (day,), group in sorted(rows.partition_by(["day"], as_dict=True).items()):
+            metrics = classification_metrics(group["true_label"].to_list(), group["label"].to_list(), classes)
+            records.append((version, day, group.height, metrics["accuracy"], metrics["macro_f1"]))
     return pl.DataFrame(records, schema=BY_DAY_SCHEMA, orient="row")
 
 
 def live_quality(
     log: pl.DataFrame,
-    labels: pl.DataFrame,
-    card_metrics_by_version: Mapping[str, Mapping[str, Any]],
+    truth: pl.DataFrame,
+    cards_by_version: Mapping[str, Mapping[str, Any]],
     rules: MonitoringRules,
 ) -> LiveQuality:
-    """Join the prediction log with ground truth; macro-F1, per-class recall and confusion matrix per version.
+    """Join the prediction log with ground truth (`review_id`, `label`: classes, as `ground_truth` reads
+    them); macro-F1, per-class recall and confusion matrix per version, over that version's classes.
 
-    `card_metrics_by_version` maps each model version in the log to its model card's test metrics
-    (`ModelRegistry.get(version).card["metrics"]["test"]`, at least `macro_f1`). Every version in the log
-    gets an outcome: "not enough data" (WARN) under `min_labelled_rows` joined rows, else a failure (ERROR)
-    when live macro-F1 is more than `max_macro_f1_drop` below the test macro-F1.
+    `cards_by_version` maps each model version in the log to its model card (its classes and its test
+    metrics' `macro_f1`). Every version in the log gets an outcome: "not enough data" (WARN) under
+    `min_labelled_rows` joined rows, else a failure (ERROR) when live macro-F1 is more than
+    `max_macro_f1_drop` below the test macro-F1.
     """
     require_columns(log, ("model_version", "time", "review_id", "label"), "prediction log")
-    truth = ground_truth(labels)
+    truth = unique_truth(truth).rename({"label": "true_label"})
     if "day" not in log.columns:
         log = log.with_columns(pl.col("time").dt.date().alias("day"))
     joined = log.filter(pl.col("review_id").is_not_null()).join(truth, on="review_id", how="inner")
     by_version: dict[str, VersionQuality] = {}
+    judged: dict[str, tuple[pl.DataFrame, tuple[str, ...]]] = {}
     for version in sorted(log["model_version"].unique().to_list()):
-        if version not in card_metrics_by_version:
-            raise MonitoringError(f"no model-card test metrics given for model version {version}")
-        test_macro_f1 = float(card_metrics_by_version[version]["macro_f1"])
-        rows = joined.filter(pl.col("model_version") == version)
+        if version not in cards_by_version:
+            raise MonitoringError(f"no model card given for model version {version}")
+        card = cards_by_version[version]
+        test_macro_f1, classes = float(card["metrics"]["test"]["macro_f1"]), card_classes(card)
+        of_version = joined.filter(pl.col("model_version") == version)
+        rows = of_version.filter(pl.col("true_label").is_in(classes))
+        judged[version] = (rows, classes)
         metrics = (
-            classification_metrics(rows["true_label"].to_list(), rows["label"].to_list())
+            classification_metrics(rows["true_label"].to_list(), rows["label"].to_list(), classes)
             if rows.height
             else None
         )
         outcome = _judge(version, rows.height, metrics, test_macro_f1, rules)
-        by_version[version] = VersionQuality(version, rows.height, test_macro_f1, metrics, outcome)
-    return LiveQuality(by_version, _by_day(joined), truth.height, joined.height)
+        by_version[version] = VersionQuality(
+            version, rows.height, test_macro_f1, metrics, outcome, of_version.height - rows.height
+        )
+    return LiveQuality(by_version, _by_day(judged), truth.height, joined.height)
 
 
 @dataclass(frozen=True)
@@ -197,12 +257,12 @@ class LiveQualityJudgement:
 
 
 def judge_live_quality(
-    log: pl.DataFrame, labels: pl.DataFrame, registry: ModelRegistry, rules: MonitoringRules
+    log: pl.DataFrame, truth: pl.DataFrame, registry: ModelRegistry, rules: MonitoringRules
 ) -> LiveQualityJudgement:
     """`live_quality` of the log against each version's model card, judged on the production version
     (not enough data when it served no labelled row)."""
-    cards = {version: registry.get(version).card["metrics"]["test"] for version in model_versions(log)}
-    quality = live_quality(log, labels, cards, rules)
+    cards = {version: registry.get(version).card for version in model_versions(log)}
+    quality = live_quality(log, truth, cards, rules)
     production = registry.production()
     judged = None if production is None else production.version
     if judged in quality.by_version:

@@ -1,33 +1,58 @@
-"""Products that draw an unusual share of negative predictions, with enough volume to mean it.
+"""Products that draw an unusual share of predictions of the watched class, with enough volume to mean it.
 
-A product is flagged when it has at least `min_product_predictions` predictions and the Wilson lower
-bound of its negative share (z = `wilson_z`) lies above the overall negative rate of all predictions
-that name a product: a few unlucky reviews give a wide interval and are not flagged; a steady stream of
-complaints is. Written as CSV with cells safe against spreadsheet formula injection, and as Markdown.
+The watched class is the one farthest from the favourable class in the dataset contract's declared class
+order (`watched_class`): the first class, unless the favourable class is the first, then the last; with
+no favourable class, the first (for the packaged clothing contract: "negative"). A product (the
+contract's `product` column; the endpoint's `product_id`) is flagged when it has at least
+`min_product_predictions` predictions and the Wilson lower bound of its watched share (z = `wilson_z`)
+lies above the overall watched rate of all predictions that name a product: a few unlucky reviews give a
+wide interval and are not flagged; a steady stream of complaints is. Each product's taxonomy is its most
+frequent value of each of the contract's string facet and extra columns in the reviews table. Written as
+CSV with cells safe against spreadsheet formula injection, and as Markdown. A contract without a product
+column has no products: the report is skipped, and says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
+from mlplatform.core.data.contract import ColumnRole, ColumnType, DatasetContract, LabelRule
 from mlplatform.core.monitoring.rules import MonitoringError, MonitoringRules, require_columns
 
-NEGATIVE = "negative"
-TAXONOMY_COLUMNS: tuple[str, ...] = ("division_name", "department_name", "class_name")
-REPORT_COLUMNS: tuple[str, ...] = (
-    "product_id",
-    *TAXONOMY_COLUMNS,
-    "predictions",
-    "negative_predictions",
-    "negative_share",
-    "wilson_lower",
-    "overall_negative_rate",
-)
 # A spreadsheet treats a cell starting with one of these as a formula (or, for tab / CR, may shift it).
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def watched_class(labels: LabelRule) -> str:
+    """The class whose share the report watches (see the module docstring)."""
+    classes = labels.classes
+    return classes[-1] if labels.favourable == classes[0] else classes[0]
+
+
+def taxonomy_columns(contract: DatasetContract) -> tuple[str, ...]:
+    """The reviews table's columns that describe a product: the contract's string facets and extras."""
+    return tuple(
+        column.name
+        for column in contract.columns
+        if column.role in (ColumnRole.FACET, ColumnRole.EXTRA) and column.type is ColumnType.STRING
+    )
+
+
+def report_columns(watched: str, taxonomy: Sequence[str]) -> tuple[str, ...]:
+    """The report's columns, named after the watched class (e.g. `negative_share`)."""
+    return (
+        "product_id",
+        *taxonomy,
+        "predictions",
+        f"{watched}_predictions",
+        f"{watched}_share",
+        "wilson_lower",
+        f"overall_{watched}_rate",
+    )
 
 
 def wilson_lower_bound(successes: pl.Expr, trials: pl.Expr, z: float) -> pl.Expr:
@@ -39,15 +64,14 @@ def wilson_lower_bound(successes: pl.Expr, trials: pl.Expr, z: float) -> pl.Expr
     return (centre - margin) / (1 + z2 / trials)
 
 
-def product_taxonomy(catalogue: pl.DataFrame) -> pl.DataFrame:
-    """One row per product id (string) with its most frequent (division, department, class).
+def product_taxonomy(catalogue: pl.DataFrame, id_column: str, taxonomy: Sequence[str]) -> pl.DataFrame:
+    """One row per product id (string, from `id_column`) with its most frequent taxonomy values.
 
-    The catalogue may be the reviews table (`clothing_id`, one row per review) or a product list
-    (`product_id`); the taxonomy columns it lacks are left null.
+    The catalogue may be the reviews table (one row per review) or a product list; the taxonomy
+    columns it lacks are left null.
     """
-    id_column = "product_id" if "product_id" in catalogue.columns else "clothing_id"
     require_columns(catalogue, (id_column,), "catalogue")
-    present = [column for column in TAXONOMY_COLUMNS if column in catalogue.columns]
+    present = [column for column in taxonomy if column in catalogue.columns]
     frame = catalogue.select(pl.col(id_column).cast(pl.String).alias("product_id"), *present).filter(
         pl.col("product_id").is_not_null()
     )
@@ -55,47 +79,54 @@ def product_taxonomy(catalogue: pl.DataFrame) -> pl.DataFrame:
     most_frequent = counted.sort(
         ["product_id", "len", *present], descending=[False, True] + [False] * len(present)
     )
-    taxonomy = most_frequent.unique(subset="product_id", keep="first", maintain_order=True).drop("len")
-    return taxonomy.with_columns(
-        pl.lit(None, dtype=pl.String).alias(column) for column in TAXONOMY_COLUMNS if column not in present
-    )
+    found = most_frequent.unique(subset="product_id", keep="first", maintain_order=True).drop("len")
+    return found.with_columns(
+        pl.lit(None, dtype=pl.String).alias(column) for column in taxonomy if column not in present
+    ).select("product_id", *taxonomy)
 
 
 def product_quality_report(
-    log: pl.DataFrame, catalogue: pl.DataFrame | None, rules: MonitoringRules
+    log: pl.DataFrame,
+    catalogue: pl.DataFrame | None,
+    rules: MonitoringRules,
+    watched: str,
+    product_column: str,
+    taxonomy: Sequence[str] = (),
 ) -> pl.DataFrame:
-    """Flagged products (`REPORT_COLUMNS`), the most clearly unusual first (by Wilson lower bound).
+    """Flagged products (`report_columns`), the most clearly unusual first (by Wilson lower bound).
 
+    `watched` is the class whose share is judged; `product_column` the catalogue's product key.
     Predictions without a product id are left out of both the products and the overall rate.
     """
     require_columns(log, ("product_id", "label"), "prediction log")
     with_product = log.filter(pl.col("product_id").is_not_null())
     if with_product.height == 0:
         raise MonitoringError("no captured prediction names a product; nothing to report on")
-    overall_rate = with_product.filter(pl.col("label") == NEGATIVE).height / with_product.height
+    count, share, overall = f"{watched}_predictions", f"{watched}_share", f"overall_{watched}_rate"
+    overall_rate = with_product.filter(pl.col("label") == watched).height / with_product.height
     per_product = with_product.group_by("product_id").agg(
-        pl.len().alias("predictions"), (pl.col("label") == NEGATIVE).sum().alias("negative_predictions")
+        pl.len().alias("predictions"), (pl.col("label") == watched).sum().alias(count)
     )
     flagged = (
         per_product.with_columns(
-            (pl.col("negative_predictions") / pl.col("predictions")).alias("negative_share"),
-            wilson_lower_bound(pl.col("negative_predictions"), pl.col("predictions"), rules.wilson_z).alias(
-                "wilson_lower"
-            ),
-            pl.lit(overall_rate).alias("overall_negative_rate"),
+            (pl.col(count) / pl.col("predictions")).alias(share),
+            wilson_lower_bound(pl.col(count), pl.col("predictions"), rules.wilson_z).alias("wilson_lower"),
+            pl.lit(overall_rate).alias(overall),
         )
         .filter(
             (pl.col("predictions") >= rules.min_product_predictions) & (pl.col("wilson_lower") > overall_rate)
         )
-        .with_columns(pl.col("predictions").cast(pl.Int64), pl.col("negative_predictions").cast(pl.Int64))
+        .with_columns(pl.col("predictions").cast(pl.Int64), pl.col(count).cast(pl.Int64))
     )
-    taxonomy = (
-        product_taxonomy(catalogue)
+    taxonomy_frame = (
+        product_taxonomy(catalogue, product_column, taxonomy)
         if catalogue is not None
-        else pl.DataFrame(schema={"product_id": pl.String, **dict.fromkeys(TAXONOMY_COLUMNS, pl.String)})
+        else pl.DataFrame(schema={"product_id": pl.String, **dict.fromkeys(taxonomy, pl.String)})
     )
-    report = flagged.join(taxonomy, on="product_id", how="left")
-    return report.select(REPORT_COLUMNS).sort(["wilson_lower", "product_id"], descending=[True, False])
+    report = flagged.join(taxonomy_frame, on="product_id", how="left")
+    return report.select(report_columns(watched, taxonomy)).sort(
+        ["wilson_lower", "product_id"], descending=[True, False]
+    )
 
 
 def _neutralise(value: str) -> str:
@@ -149,34 +180,56 @@ REPORT_MARKDOWN = "product_quality_report.md"
 
 @dataclass(frozen=True)
 class ProductReport:
-    """The flagged products, as a formula-safe CSV and a Markdown table, and what they were drawn from."""
+    """The flagged products, as a formula-safe CSV and a Markdown table, and what they were drawn from;
+    `skipped` when the dataset contract has no product column (`note` says so)."""
 
     report: pl.DataFrame
     markdown: str
     predictions_with_product: int
     note: str
     top_n: int
+    watched: str
+    skipped: bool = False
 
     def files(self) -> dict[str, bytes]:
         return {REPORT_CSV: to_safe_csv(self.report), REPORT_MARKDOWN: self.markdown.encode("utf-8")}
 
     def metadata(self) -> dict[str, int | str]:
-        return {
+        metadata: dict[str, int | str] = {
             "flagged": self.report.height,
             "predictions_with_product": self.predictions_with_product,
+            "watched_class": self.watched,
             "summary": self.note,
             "top_product_ids": ", ".join(self.report["product_id"].head(self.top_n).to_list()),
         }
+        if self.skipped:
+            metadata["skipped"] = self.note
+        return metadata
 
 
-def product_report(log: pl.DataFrame, reviews: pl.DataFrame, rules: MonitoringRules) -> ProductReport:
-    """The report on the log's predictions that name a product (an empty report when none does)."""
+NO_PRODUCT_COLUMN = (
+    'skipped: the dataset contract declares no product column (role = "product"), so there are no '
+    "products to report on"
+)
+
+
+def product_report(
+    log: pl.DataFrame, reviews: pl.DataFrame, rules: MonitoringRules, contract: DatasetContract
+) -> ProductReport:
+    """The report on the log's predictions that name a product (an empty report when none does, a
+    skipped one when the contract has no product column)."""
+    watched, taxonomy = watched_class(contract.labels), taxonomy_columns(contract)
+    empty = pl.DataFrame(schema=dict.fromkeys(report_columns(watched, taxonomy), pl.String))
     with_product = log.filter(pl.col("product_id").is_not_null())
+    if contract.product_column is None:
+        markdown = f"{NO_PRODUCT_COLUMN}.\n"
+        return ProductReport(
+            empty, markdown, with_product.height, NO_PRODUCT_COLUMN, rules.report_top_n, watched, True
+        )
     if with_product.height == 0:
-        report = pl.DataFrame(schema=dict.fromkeys(REPORT_COLUMNS, pl.String))
-        note = "no captured prediction names a product: nothing to report on"
+        report, note = empty, "no captured prediction names a product: nothing to report on"
     else:
-        report = product_quality_report(log, reviews, rules)
+        report = product_quality_report(log, reviews, rules, watched, contract.product_column, taxonomy)
         note = f"{report.height} product(s) flagged of {with_product['product_id'].n_unique()}"
     markdown = to_markdown(report, rules.report_top_n)
-    return ProductReport(report, markdown, with_product.height, note, rules.report_top_n)
+    return ProductReport(report, markdown, with_product.height, note, rules.report_top_n, watched)

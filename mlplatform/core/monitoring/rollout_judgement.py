@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.monitoring.capture import CaptureRole
 from mlplatform.core.monitoring.drift import DriftBaseline, MissingBaseline, drift_baseline, drift_report
 from mlplatform.core.monitoring.inputs import MonitoringInputs
@@ -136,11 +137,11 @@ def _p99(latencies: pl.Series) -> float:
     return float(np.percentile(latencies.drop_nulls().to_numpy(), 99))
 
 
-def _macro_f1(rows: pl.DataFrame, truth: pl.DataFrame) -> tuple[int, float | None]:
+def _macro_f1(rows: pl.DataFrame, truth: pl.DataFrame, classes: Sequence[str]) -> tuple[int, float | None]:
     joined = rows.filter(pl.col("review_id").is_not_null()).join(truth, on="review_id", how="inner")
     if joined.height == 0:
         return 0, None
-    metrics = classification_metrics(joined["true_label"].to_list(), joined["label"].to_list())
+    metrics = classification_metrics(joined["true_label"].to_list(), joined["label"].to_list(), classes)
     return joined.height, float(metrics["macro_f1"])
 
 
@@ -217,13 +218,17 @@ def _class_shares(
 
 
 def _live_quality(
-    window: _Window, labels: pl.DataFrame, rules: RolloutRules, monitoring: MonitoringRules
+    window: _Window,
+    labels: pl.DataFrame,
+    classes: Sequence[str],
+    rules: RolloutRules,
+    monitoring: MonitoringRules,
 ) -> tuple[MonitorOutcome, dict[str, float | int]]:
     if labels.height == 0:
         return _waiting(LIVE_QUALITY_CHECK, "no labels have arrived"), {}
     truth = labels.select("review_id", pl.col("label").alias("true_label")).unique(subset="review_id")
-    candidate_rows, candidate_f1 = _macro_f1(window.predicted, truth)
-    production_rows, production_f1 = _macro_f1(window.production, truth)
+    candidate_rows, candidate_f1 = _macro_f1(window.predicted, truth, classes)
+    production_rows, production_f1 = _macro_f1(window.production, truth, classes)
     numbers = {"candidate_labelled_rows": candidate_rows, "production_labelled_rows": production_rows}
     numbers.update({"candidate_macro_f1": candidate_f1} if candidate_f1 is not None else {})
     numbers.update({"production_macro_f1": production_f1} if production_f1 is not None else {})
@@ -344,7 +349,7 @@ def judge_rollout(
         numbers["candidate_answer_share"] = served / window.answered.height
     enough = asked >= rules.min_rows
     short = f"{asked} of {rules.min_rows} candidate predictions in this step"
-    live_quality, quality_numbers = _live_quality(window, labels, rules, monitoring)
+    live_quality, quality_numbers = _live_quality(window, labels, classes, rules, monitoring)
     drift, drift_numbers = _drift(window, baseline, monitoring)
     if enough and window.predicted.height:
         agreement = _agreement(window, rollout, classes, rules)
@@ -457,6 +462,7 @@ def judge_running_rollout(
     registry: ModelRegistry,
     store: ArtifactStore,
     inputs: MonitoringInputs,
+    contract: DatasetContract,
     *,
     rules: RolloutRules,
     monitoring: MonitoringRules,
@@ -464,7 +470,8 @@ def judge_running_rollout(
     now: datetime,
     by: str,
 ) -> RolloutRound:
-    """Judge the running rollout on the capture and labels `inputs` names, then carry the verdict out.
+    """Judge the running rollout on the capture and labels `inputs` names (labels read by `contract`),
+    then carry the verdict out.
 
     A candidate whose file fails its hash check (or cannot be read as a model) is aborted at once.
     """
@@ -483,7 +490,7 @@ def judge_running_rollout(
             baseline = None
         judgement = judge_rollout(
             log,
-            inputs.labels(),
+            inputs.labels(contract),
             rollout,
             classes=classes,
             baseline=baseline,

@@ -24,12 +24,26 @@ def packaged_config_text(name: str) -> str:
     return resources.files("mlplatform.config").joinpath(name).read_text(encoding="utf-8")
 
 
+OPEN_TABLES = frozenset({"gates.min_class_recall."})
+"""Tables whose keys a deployment may add (they name things of its own, e.g. its classes)."""
+MOVED_TO_CONTRACT = {
+    "features.facets": 'declare facet columns in dataset.toml (role = "facet")',
+    "features.age_band_edges": "declare `bins` on the facet column in dataset.toml",
+}
+"""Settings that describe the data and moved to the dataset contract, with where they went."""
+
+
 def _merge(defaults: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
     merged = dict(defaults)
     for key, value in overrides.items():
-        if key not in defaults:
+        if f"{where}{key}" in MOVED_TO_CONTRACT:
+            raise SettingsError(
+                f"setting '{where}{key}' describes the data, which the dataset contract does now: "
+                f"{MOVED_TO_CONTRACT[f'{where}{key}']}"
+            )
+        if key not in defaults and where not in OPEN_TABLES:
             raise SettingsError(f"unknown setting '{where}{key}' (see config/platform.toml for the keys)")
-        if isinstance(defaults[key], Mapping) and isinstance(value, Mapping):
+        if isinstance(defaults.get(key), Mapping) and isinstance(value, Mapping):
             merged[key] = _merge(defaults[key], value, f"{where}{key}.")
         else:
             merged[key] = value

@@ -1,8 +1,10 @@
 """Deploying a model: which registry version to deploy, whether it may go, and the smoke test.
 
-The smoke test asks the serving model about a few canned clothing reviews whose answer is not in
-doubt (clearly negative, clearly positive; the neutral class is too fuzzy to assert) and judges the
+The smoke test asks the serving model about reviews whose answer is not in doubt and judges the
 answer: every label as expected, the answer names the version just deployed, latency within budget.
+The reviews are the ones the version's model card records (`smoke_cases`: per class, the test reviews
+the model labels right with the most confidence, whatever the classes); a version registered before
+cards recorded them is asked the canned clothing reviews below (clearly negative, clearly positive).
 Pure code: the endpoint call itself lives in the Dagster resource (defs/resources.py).
 
 A deployment (promote, wait, smoke test, rollback) runs under the platform's deployment lock, so two
@@ -57,7 +59,8 @@ class SmokeCase:
     expected: str
 
 
-# Unambiguous reviews in the data set's own words (title and review text, as the model reads them).
+# Unambiguous reviews in the clothing data set's own words (title and review text, as the model reads
+# them): the smoke test of versions whose card records no smoke cases (registered before cards did).
 SMOKE_CASES: tuple[SmokeCase, ...] = (
     SmokeCase(
         "Disappointed. Very disappointed with the quality. The fabric feels cheap and scratchy and "
@@ -166,8 +169,16 @@ def deploy_decision(version: ModelVersion) -> DeployDecision:
     return DeployDecision(DeployAction.REFUSE, f"{version.version} is {version.status}: it is never deployed")
 
 
+def smoke_cases(card: Mapping[str, Any]) -> tuple[SmokeCase, ...]:
+    """The reviews a version's smoke test asks: its card's `smoke_cases`, else the canned `SMOKE_CASES`."""
+    recorded = card.get("smoke_cases")
+    if not recorded:
+        return SMOKE_CASES
+    return tuple(SmokeCase(str(case["text"]), str(case["expected"])) for case in recorded)
+
+
 def smoke_request(cases: Sequence[SmokeCase] = SMOKE_CASES) -> dict[str, Any]:
-    """The `POST /predict` body asking about the canned reviews."""
+    """The `POST /predict` body asking about the smoke reviews."""
     return {
         "reviews": [
             {"text": case.text, "product_id": "smoke-test", "review_id": f"smoke-{index}"}
@@ -229,7 +240,7 @@ def judge_smoke(
             if label != case.expected
         ]
         if wrong:
-            problems.append(f"{len(wrong)} of {len(cases)} canned reviews wrong: {', '.join(wrong)}")
+            problems.append(f"{len(wrong)} of {len(cases)} smoke reviews wrong: {', '.join(wrong)}")
     if latency_ms > max_latency_ms:
         problems.append(f"latency {latency_ms:.1f} ms over the {max_latency_ms:.0f} ms budget")
     reason = "; ".join(problems)
@@ -387,7 +398,7 @@ class Deployment:
         smoke = self.outcome.smoke
         if self.outcome.state is DeployState.IN_ROLLOUT:
             return f"{self.target.version} is in its rollout already: smoke-tested when it started"
-        return smoke.reason or f"{len(SMOKE_CASES)} canned reviews right, answered by {self.target.version}"
+        return smoke.reason or f"{len(smoke.labels)} smoke reviews right, answered by {self.target.version}"
 
     def record(self) -> dict[str, Any]:
         """What `sentiment_endpoint` stores: the state, the versions the aliases name, the smoke test."""

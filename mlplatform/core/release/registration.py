@@ -50,12 +50,14 @@ CardSections = Callable[[pl.DataFrame, Mapping[str, Any], bytes], Mapping[str, A
 
 @dataclass(frozen=True)
 class RegistrationRules:
-    """The settings registration reads: the gates, the facets they judge, the approval policy."""
+    """What registration reads: the gates, the facets they judge (the dataset contract's facet columns)
+    and their row floor, the approval policy, the scoring rules."""
 
     gates: GateRules
     features: FeatureRules
     registry: RegistryRules
     scoring: ScoringRules
+    facets: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -137,13 +139,14 @@ def register_best(
         test_rows(splits),
         production_onnx,
         rules.gates,
-        rules.features.facets,
+        rules.facets,
         rules.features.min_facet_rows,
         rules.scoring,
     )
     card = model_card(
         model_name=chosen.name,
         family=chosen.family,
+        classes=judgement.classes,
         hyperparameters=chosen.hyperparameters,
         test_metrics=judgement.test_metrics,
         validation_metrics=chosen.validation_metrics,
@@ -162,6 +165,7 @@ def register_best(
             "created_at": provenance.created_at.isoformat(),
             "production_compared": production.version if production else None,
         },
+        smoke_cases=judgement.smoke_cases,
     )
     if card_sections is not None:
         card.update(card_sections(splits, judgement.test_metrics, chosen.onnx_bytes))

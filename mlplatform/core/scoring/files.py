@@ -8,9 +8,13 @@ beside the output. The output appears, by rename, only when every row was scored
 equal the rows an independent pass counted in the input; an existing output is replaced only with
 `overwrite=True`.
 
-Input layouts: the published reviews CSV (unnamed index, "Title", "Review Text", ...), the lake's
-normalised columns (title, review_text), or any CSV/Parquet with a plain `text` column. Row ids come
-from the published index, an `id` or `review_id` column, else the 0-based row number.
+Input layouts: the home's dataset contract's (core/data/contract.py) — its text columns, by source or by
+normalised name, joined in the contract's order into the model text; CSV or TSV (no quoting) as the
+contract declares, with a header or headerless (`[dataset] column_names`) — or any CSV/Parquet with a
+plain `text` column. `.csv` is read as CSV, `.tsv` as TSV, `.txt` in the contract's format. Only the text
+(and id) columns need be there. Row ids come from the contract's `id` columns (joined with "|" when there
+are several), else its `source_row` column (the published clothing index), else an `id` or `review_id`
+column, else the 0-based row number.
 
 Output columns: `row_id`, `label`, one `p_<class>` per class (the model's class order), `no_tokens`,
 `model_version`, and with `explain_top_k` an `explanation` column (JSON: the top n-grams of the
@@ -33,15 +37,18 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from mlplatform.core.data.contract import SOURCE_ROW, ColumnRole, ColumnType, DatasetContract, FileFormat
 from mlplatform.core.data.text import prepare_texts
-from mlplatform.core.scoring.model import Prediction, ScoringError, ScoringModel
+from mlplatform.core.scoring.model import Prediction, ScoringError, ScoringModel, probability_columns
 
 CSV_SUFFIXES = (".csv",)
+TSV_SUFFIXES = (".tsv", ".tab")
+TEXT_SUFFIXES = (".txt",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
-# Text columns, in the order they make the model text: a plain text column; the published CSV; the lake.
-TEXT_COLUMN_SETS = (("text",), ("Title", "Review Text"), ("title", "review_text"))
+PLAIN_TEXT_COLUMN = "text"
 ID_COLUMNS = ("id", "review_id")
 EXPLANATION_COLUMN = "explanation"
+_ROW_NUMBER = "__row_number"
 
 
 class ScoringInputError(ScoringError):
@@ -59,22 +66,57 @@ class ScoreSummary:
     output_path: Path
 
 
-def _read_schema(input_path: Path) -> tuple[pl.LazyFrame, list[str]]:
+@dataclass(frozen=True)
+class _Reading:
+    """How to scan one input: Parquet, or delimited text with its separator, quoting and header."""
+
+    parquet: bool
+    separator: str = ","
+    header: bool = True
+    names: tuple[str, ...] | None = None  # headerless: the columns' names, in order
+
+    def scan(self, path: Path, overrides: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
+        if self.parquet:
+            return pl.scan_parquet(path)
+        return pl.scan_csv(
+            path,
+            separator=self.separator,
+            quote_char=None if self.separator == "\t" else '"',  # TSV: no quoting, as the lake reads it
+            has_header=self.header,
+            new_columns=list(self.names) if self.names is not None else None,
+            infer_schema=False,
+            schema_overrides=overrides,
+        )
+
+
+def _reading(input_path: Path, contract: DatasetContract) -> _Reading:
     suffix = input_path.suffix.lower()
     if not input_path.is_file():
         raise ScoringInputError(f"input {input_path} is not a readable file")
+    if suffix in PARQUET_SUFFIXES:
+        return _Reading(parquet=True)
+    if suffix in CSV_SUFFIXES:
+        kind = FileFormat.CSV
+    elif suffix in TSV_SUFFIXES:
+        kind = FileFormat.TSV
+    elif suffix in TEXT_SUFFIXES:
+        kind = FileFormat.TSV if contract.format is FileFormat.TSV else FileFormat.CSV
+    else:
+        raise ScoringInputError(f"input {input_path} must be .csv, .tsv, .txt or .parquet")
+    separator = "\t" if kind is FileFormat.TSV else ","
+    with_header = _Reading(parquet=False, separator=separator)
+    # The contract's headerless layout, unless the file names a plain `text` column in its first row.
+    headerless = kind is contract.format and not contract.header
+    if headerless and PLAIN_TEXT_COLUMN not in _names(with_header, input_path):
+        return _Reading(parquet=False, separator=separator, header=False, names=contract.source_names)
+    return with_header
+
+
+def _names(reading: _Reading, input_path: Path) -> list[str]:
     try:
-        if suffix in CSV_SUFFIXES:
-            names = pl.scan_csv(input_path, infer_schema=False).collect_schema().names()
-            # The published CSV's unnamed first column is the review's integer index.
-            overrides = {"": pl.Int64} if names and names[0] == "" else None
-            return pl.scan_csv(input_path, infer_schema=False, schema_overrides=overrides), names
-        if suffix in PARQUET_SUFFIXES:
-            frame = pl.scan_parquet(input_path)
-            return frame, frame.collect_schema().names()
+        return reading.scan(input_path).collect_schema().names()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise ScoringInputError(f"cannot read {input_path}: {_first_line(exc)}") from exc
-    raise ScoringInputError(f"input {input_path} must be .csv or .parquet")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -82,25 +124,57 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _id_column(names: list[str]) -> str | None:
-    if names and names[0] == "":
-        return ""
-    return next((name for name in ID_COLUMNS if name in names), None)
+def _text_columns(names: list[str], contract: DatasetContract) -> tuple[str, ...] | None:
+    """The input's text columns in model-text order: a plain `text` column, else the contract's."""
+    if PLAIN_TEXT_COLUMN in names:
+        return (PLAIN_TEXT_COLUMN,)
+    texts = contract.by_role(ColumnRole.TEXT)
+    for spelling in ([column.source for column in texts], [column.name for column in texts]):
+        if set(spelling) <= set(names):
+            return tuple(spelling)
+    return None
 
 
-def scoring_frame(input_path: Path) -> tuple[pl.LazyFrame, tuple[str, ...]]:
+def _id_columns(names: list[str], contract: DatasetContract) -> tuple[tuple[str, ...], bool]:
+    """The input's id column(s) and whether they hold integers (the contract says int)."""
+    ids = contract.by_role(ColumnRole.ID)
+    candidates = [list(ids), [column for column in contract.columns if column.name == SOURCE_ROW]]
+    for columns in candidates:
+        if not columns:
+            continue
+        for spelling in ([column.source for column in columns], [column.name for column in columns]):
+            if set(spelling) <= set(names):
+                integer = len(columns) == 1 and columns[0].type is ColumnType.INT
+                return tuple(spelling), integer
+    plain = next((name for name in ID_COLUMNS if name in names), None)
+    return ((plain,), False) if plain is not None else ((), False)
+
+
+def scoring_frame(input_path: Path, contract: DatasetContract) -> tuple[pl.LazyFrame, tuple[str, ...]]:
     """The input as a lazy frame of `row_id` and its text columns (in model-text order), in input order."""
-    frame, names = _read_schema(input_path)
-    text_columns = next((columns for columns in TEXT_COLUMN_SETS if set(columns) <= set(names)), None)
+    reading = _reading(input_path, contract)
+    names = _names(reading, input_path)
+    text_columns = _text_columns(names, contract)
     if text_columns is None:
+        sources = [column.source for column in contract.by_role(ColumnRole.TEXT)]
         raise ScoringInputError(
-            f"input {input_path} has no text: expected a 'text' column or 'Title' and 'Review Text' (found {names})"
+            f"input {input_path} has no text: expected a 'text' column or the contract's text column(s) "
+            f"{', '.join(repr(name) for name in sources)} (found {names})"
         )
-    id_column = _id_column(names)
-    if id_column is None:
-        id_column = "__row_number"
-        frame = frame.with_row_index(id_column)
-    selected = [pl.col(id_column).alias("row_id")]
+    id_columns, integer_id = _id_columns(names, contract)
+    overrides = {id_columns[0]: pl.Int64()} if integer_id and not reading.parquet else None
+    try:
+        frame = reading.scan(input_path, overrides)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ScoringInputError(f"cannot read {input_path}: {_first_line(exc)}") from exc
+    if not id_columns:
+        frame = frame.with_row_index(_ROW_NUMBER)
+        row_id = pl.col(_ROW_NUMBER)
+    elif len(id_columns) == 1:
+        row_id = pl.col(id_columns[0])
+    else:
+        row_id = pl.concat_str([pl.col(name).cast(pl.String) for name in id_columns], separator="|")
+    selected = [row_id.alias("row_id")]
     selected += [
         pl.col(name).cast(pl.String).alias(f"__text_{index}") for index, name in enumerate(text_columns)
     ]
@@ -178,14 +252,17 @@ def prediction_frame(
 ) -> pl.DataFrame:
     """One output chunk: a no_tokens row has no label and no probabilities."""
     answered = ~prediction.no_tokens
-    labels = np.where(answered, prediction.labels, None)
+    unanswered = np.flatnonzero(~answered)
+    # From a list, then blanked: polars cannot build a String series from an object array whose first
+    # value is None (a chunk that starts with a no_tokens row).
+    labels = pl.Series("label", prediction.labels.tolist(), dtype=pl.String)
     columns: dict[str, Any] = {
         "row_id": row_ids,
-        "label": pl.Series("label", labels, dtype=pl.String),
+        "label": labels.scatter(unanswered, None) if len(unanswered) else labels,
     }
     for index, name in enumerate(probability_columns(classes)):
         values = pl.Series(name, prediction.probabilities[:, index], dtype=pl.Float32)
-        columns[name] = values.scatter(np.flatnonzero(~answered), None) if not answered.all() else values
+        columns[name] = values.scatter(unanswered, None) if len(unanswered) else values
     columns["no_tokens"] = pl.Series("no_tokens", prediction.no_tokens, dtype=pl.Boolean)
     columns["model_version"] = pl.repeat(version, len(row_ids), dtype=pl.String, eager=True)
     if prediction.explanations is not None:
@@ -202,10 +279,6 @@ def prediction_frame(
     return pl.DataFrame(columns)
 
 
-def probability_columns(classes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(f"p_{label}" for label in classes)
-
-
 def score_file(
     input_path: Path,
     output_path: Path,
@@ -213,16 +286,18 @@ def score_file(
     model_version: str,
     chunk_rows: int,
     *,
+    contract: DatasetContract,
     explain_top_k: int = 0,
     overwrite: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> ScoreSummary:
-    """Score a CSV/Parquet file in chunks into a CSV/Parquet file (by extension); rows in = rows out."""
+    """Score a CSV/TSV/Parquet file (in `contract`'s layout, or with a `text` column) in chunks into a
+    CSV/Parquet file (by extension); rows in = rows out."""
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise ScoringInputError(f"output {output_path} would overwrite the input")
-    frame, text_columns = scoring_frame(input_path)
+    frame, text_columns = scoring_frame(input_path, contract)
     if explain_top_k:
         model.require_explanations()
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +317,7 @@ def score_file(
             row_ids = pl.Series("row_id", [], dtype=frame.collect_schema()["row_id"])
             writer.write(prediction_frame(row_ids, empty, model.classes, model_version))
         # Rows in counted by an independent pass over the input, rows out from the written file.
-        expected, rows_out = count_input_rows(input_path), writer.finish()
+        expected, rows_out = count_input_rows(input_path, contract), writer.finish()
         if not expected == rows_in == rows_out:
             raise ScoringError(
                 f"rows in != rows out for {input_path}: input has {expected}, read {rows_in}, wrote {rows_out}"
@@ -254,12 +329,13 @@ def score_file(
     return ScoreSummary(expected, rows_out, no_tokens, time.perf_counter() - started, output_path)
 
 
-def count_input_rows(input_path: Path) -> int:
-    """Rows of a CSV/Parquet input, counted without scoring (Parquet: from its metadata)."""
+def count_input_rows(input_path: Path, contract: DatasetContract) -> int:
+    """Rows of an input, counted without scoring (Parquet: from its metadata), read as `score_file` reads it."""
+    reading = _reading(input_path, contract)
     try:
-        if input_path.suffix.lower() in PARQUET_SUFFIXES:
+        if reading.parquet:
             return pq.ParquetFile(input_path).metadata.num_rows
-        return int(pl.scan_csv(input_path, infer_schema=False).select(pl.len()).collect().item())
+        return int(reading.scan(input_path).select(pl.len()).collect().item())
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise ScoringInputError(f"cannot read {input_path}: {_first_line(exc)}") from exc
 

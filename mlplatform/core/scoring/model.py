@@ -48,6 +48,12 @@ NORM_OUTPUT = "text_norm"
 TERM_ROWS_OUTPUT = "term_rows"
 TERM_COLUMNS_OUTPUT = "term_columns"
 TERM_CONTRIBUTIONS_OUTPUT = "term_contributions"
+PROBABILITY_PREFIX = "p_"
+
+
+def probability_columns(classes: tuple[str, ...]) -> tuple[str, ...]:
+    """The name of each class's probability column in predictions and the capture: `p_<class>`."""
+    return tuple(f"{PROBABILITY_PREFIX}{label}" for label in classes)
 
 
 class ScoringError(UserError, RuntimeError):

@@ -1,4 +1,10 @@
-"""Evaluation of a sentiment model: metrics, per-facet metrics and gaps, latency, gates and the model card."""
+"""Evaluation of a text classifier: metrics, per-facet metrics and gaps, latency, gates and the model card.
+
+Every function takes the classes it judges (a model's `ScoringModel.classes`, the dataset contract's
+`labels.classes`: 2 to 10 of them, in the model's probability order); nothing assumes three. The model
+card records them (`model.classes`), so later stages compare a version only with versions of the same
+classes.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mlplatform.core.data.text import LABELS
 from mlplatform.core.platform.errors import PlatformError
 from mlplatform.core.platform.settings import Settings, SettingsError
-from mlplatform.core.scoring.model import ScoringModel
+from mlplatform.core.scoring.model import ScoringModel, probability_columns
 
 PREDICTION_COLUMN = "predicted_label"
 MISSING_FACET_VALUE = "(missing)"
@@ -26,13 +31,15 @@ class EvaluationError(PlatformError, ValueError):
     """Inputs to an evaluation are inconsistent (unknown labels, missing columns, empty data)."""
 
 
-def label_codes(labels: Sequence[str] | np.ndarray, what: str) -> np.ndarray:
-    """Labels as integer codes in LABELS order; an unknown label raises EvaluationError naming `what`."""
-    index = {label: code for code, label in enumerate(LABELS)}
+def label_codes(labels: Sequence[str] | np.ndarray, what: str, classes: Sequence[str]) -> np.ndarray:
+    """Labels as integer codes in `classes` order; an unknown label raises EvaluationError naming `what`."""
+    index = {label: code for code, label in enumerate(classes)}
     try:
         return np.array([index[label] for label in labels], dtype=np.int64)
     except KeyError as exc:
-        raise EvaluationError(f"{what} holds unknown label {exc.args[0]!r}; labels are {LABELS}") from None
+        raise EvaluationError(
+            f"{what} holds unknown label {exc.args[0]!r}; the classes are {list(classes)}"
+        ) from None
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -62,14 +69,17 @@ def macro_f1_from_codes(truth: np.ndarray, predicted: np.ndarray, n_classes: int
     return float(np.mean(_per_class(confusion_matrix(truth, predicted, n_classes))[2]))
 
 
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str] | np.ndarray) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
-    truth, predicted = label_codes(y_true, "y_true"), label_codes(y_pred, "y_pred")
+def classification_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str] | np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro-F1 (over every class), per-class precision/recall/F1/support
+    and the confusion matrix, for `classes` in their order."""
+    truth, predicted = label_codes(y_true, "y_true", classes), label_codes(y_pred, "y_pred", classes)
     if len(truth) != len(predicted):
         raise EvaluationError(f"y_true has {len(truth)} rows but y_pred has {len(predicted)}")
     if len(truth) == 0:
         raise EvaluationError("cannot compute metrics on zero rows")
-    matrix = confusion_matrix(truth, predicted, len(LABELS))
+    matrix = confusion_matrix(truth, predicted, len(classes))
     precision, recall, f1, support = _per_class(matrix)
     present = support > 0
     return {
@@ -84,30 +94,36 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str] | np.nda
                 "f1": float(f1[i]),
                 "support": int(support[i]),
             }
-            for i, label in enumerate(LABELS)
+            for i, label in enumerate(classes)
         },
-        "confusion_matrix": {"labels": list(LABELS), "matrix": matrix.tolist()},
+        "confusion_matrix": {"labels": list(classes), "matrix": matrix.tolist()},
     }
 
 
 def predict_frame(model: ScoringModel, frame: pl.DataFrame) -> pl.DataFrame:
-    """The frame with a `predicted_label` column from the ONNX model (all rows kept, in order)."""
+    """The frame with a `predicted_label` column and a `p_<class>` column per class of the ONNX model
+    (all rows kept, in order)."""
     if "text" not in frame.columns:
         raise EvaluationError("frame to score lacks the 'text' column")
-    labels = model.predict(frame["text"].to_list()).labels
-    return frame.with_columns(pl.Series(PREDICTION_COLUMN, [str(label) for label in labels], dtype=pl.String))
+    prediction = model.predict(frame["text"].to_list())
+    labels = pl.Series(PREDICTION_COLUMN, [str(label) for label in prediction.labels], dtype=pl.String)
+    probabilities = [
+        pl.Series(name, prediction.probabilities[:, index], dtype=pl.Float64)
+        for index, name in enumerate(probability_columns(model.classes))
+    ]
+    return frame.with_columns(labels, *probabilities)
 
 
 def _group_rates(
-    labels: np.ndarray, predicted: np.ndarray
+    labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]
 ) -> tuple[dict[str, float | None], dict[str, float]]:
-    truth, guess = label_codes(labels, "label"), label_codes(predicted, PREDICTION_COLUMN)
-    matrix = confusion_matrix(truth, guess, len(LABELS))
+    truth, guess = label_codes(labels, "label", classes), label_codes(predicted, PREDICTION_COLUMN, classes)
+    matrix = confusion_matrix(truth, guess, len(classes))
     support = matrix.sum(axis=1)
     recall = {
-        label: (float(matrix[i, i] / support[i]) if support[i] else None) for i, label in enumerate(LABELS)
+        label: (float(matrix[i, i] / support[i]) if support[i] else None) for i, label in enumerate(classes)
     }
-    predicted_rate = {label: float(np.mean(guess == i)) for i, label in enumerate(LABELS)}
+    predicted_rate = {label: float(np.mean(guess == i)) for i, label in enumerate(classes)}
     return recall, predicted_rate
 
 
@@ -117,7 +133,7 @@ def _max_gap(values: list[float | None]) -> float | None:
 
 
 def facet_metrics(
-    frame_with_predictions: pl.DataFrame, facets: Sequence[str], min_rows: int
+    frame_with_predictions: pl.DataFrame, facets: Sequence[str], min_rows: int, classes: Sequence[str]
 ) -> dict[str, Any]:
     """Per facet value: rows, accuracy, macro-F1, recall and predicted-class rate per class; per facet, the gaps.
 
@@ -136,8 +152,8 @@ def facet_metrics(
         ).partition_by("_facet", as_dict=True, maintain_order=True)
         for (value,), group in sorted(grouped.items()):
             labels, predicted = group["label"].to_numpy(), group[PREDICTION_COLUMN].to_numpy()
-            recall, predicted_rate = _group_rates(labels, predicted)
-            metrics = classification_metrics(labels.tolist(), predicted.tolist())
+            recall, predicted_rate = _group_rates(labels, predicted, classes)
+            metrics = classification_metrics(labels.tolist(), predicted.tolist(), classes)
             values[value] = {
                 "rows": group.height,
                 "judged": group.height >= min_rows,
@@ -146,14 +162,14 @@ def facet_metrics(
                 "recall": recall,
                 "predicted_rate": predicted_rate,
             }
-        result[facet] = {"values": values, "gaps": _facet_gaps(values)}
+        result[facet] = {"values": values, "gaps": _facet_gaps(values, classes)}
     return result
 
 
-def _facet_gaps(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _facet_gaps(values: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
     judged = [entry for entry in values.values() if entry["judged"]]
-    recall_gap = {label: _max_gap([entry["recall"][label] for entry in judged]) for label in LABELS}
-    rate_gap = {label: _max_gap([entry["predicted_rate"][label] for entry in judged]) for label in LABELS}
+    recall_gap = {label: _max_gap([entry["recall"][label] for entry in judged]) for label in classes}
+    rate_gap = {label: _max_gap([entry["predicted_rate"][label] for entry in judged]) for label in classes}
     return {
         "judged_values": len(judged),
         "recall": recall_gap,
@@ -182,12 +198,52 @@ def single_review_latency(model: ScoringModel, texts: Sequence[str], n: int = 20
     }
 
 
+DEFAULT_FLOOR = "default"
+
+
+@dataclass(frozen=True)
+class ClassFloors:
+    """`[gates.min_class_recall]`: a `default` recall floor for every class, and floors for named classes."""
+
+    default: float
+    by_class: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, floor in {DEFAULT_FLOOR: self.default, **self.by_class}.items():
+            if not 0.0 <= floor <= 1.0:
+                raise SettingsError(f"[gates.min_class_recall] {name} must be in [0, 1], got {floor}")
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> ClassFloors:
+        if DEFAULT_FLOOR not in table:
+            raise SettingsError(
+                "[gates.min_class_recall] needs `default`, the floor of every class not named in it"
+            )
+        try:
+            floors = {str(name): float(value) for name, value in table.items()}
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"[gates.min_class_recall] values must be numbers: {exc}") from None
+        default = floors.pop(DEFAULT_FLOOR)
+        return cls(default, floors)
+
+    def floor(self, label: str) -> float:
+        return self.by_class.get(label, self.default)
+
+    def for_classes(self, classes: Sequence[str]) -> dict[str, float]:
+        """The floor of each of `classes`."""
+        return {label: self.floor(label) for label in classes}
+
+    def unused(self, classes: Sequence[str]) -> list[str]:
+        """Named floors for classes not among `classes` (not applied; the gate lists them)."""
+        return sorted(set(self.by_class) - set(classes))
+
+
 @dataclass(frozen=True)
 class GateRules:
     """Thresholds of the best_model gates, from the [gates] section of the settings."""
 
     min_macro_f1: float
-    min_class_recall: Mapping[str, float]
+    min_class_recall: ClassFloors
     max_macro_f1_drop: float
     max_p99_latency_ms: float
     max_model_size_bytes: int
@@ -198,12 +254,9 @@ class GateRules:
     def from_settings(cls, settings: Settings) -> GateRules:
         """Read the [gates] section."""
         gates = settings.section("gates")
-        floors = dict(gates["min_class_recall"])
-        if set(floors) != set(LABELS):
-            raise SettingsError(f"[gates.min_class_recall] must name exactly {LABELS}, got {sorted(floors)}")
         return cls(
             min_macro_f1=float(gates["min_macro_f1"]),
-            min_class_recall={label: float(floors[label]) for label in LABELS},
+            min_class_recall=ClassFloors.from_table(gates["min_class_recall"]),
             max_macro_f1_drop=float(gates["max_macro_f1_drop"]),
             max_p99_latency_ms=float(gates["max_p99_latency_ms"]),
             max_model_size_bytes=int(gates["max_model_size_bytes"]),
@@ -229,18 +282,24 @@ def blocking_failures(outcomes: Sequence[GateOutcome]) -> list[GateOutcome]:
 
 
 def _quality_bar(metrics: Mapping[str, Any], rules: GateRules) -> GateOutcome:
-    recalls = {label: metrics["per_class"][label]["recall"] for label in LABELS}
+    classes = list(metrics["per_class"])
+    recalls = {label: metrics["per_class"][label]["recall"] for label in classes}
+    floors = rules.min_class_recall.for_classes(classes)
     failures = [f"macro-F1 {metrics['macro_f1']:.4f} < {rules.min_macro_f1}"] * (
         metrics["macro_f1"] < rules.min_macro_f1
     )
     failures += [
-        f"{label} recall {recalls[label]:.4f} < {rules.min_class_recall[label]}"
-        for label in LABELS
-        if recalls[label] < rules.min_class_recall[label]
+        f"{label} recall {recalls[label]:.4f} < {floors[label]}"
+        for label in classes
+        if recalls[label] < floors[label]
     ]
     description = "; ".join(failures) or (
-        f"macro-F1 {metrics['macro_f1']:.4f} >= {rules.min_macro_f1} and every class recall above its floor"
+        f"macro-F1 {metrics['macro_f1']:.4f} >= {rules.min_macro_f1} and the recall of each of "
+        f"{len(classes)} classes at or above its floor"
     )
+    unused = rules.min_class_recall.unused(classes)
+    if unused:
+        description += f" (floors for classes this model does not have, not used: {', '.join(unused)})"
     return GateOutcome(
         "quality_bar",
         not failures,
@@ -250,18 +309,21 @@ def _quality_bar(metrics: Mapping[str, Any], rules: GateRules) -> GateOutcome:
             "macro_f1": metrics["macro_f1"],
             "min_macro_f1": rules.min_macro_f1,
             "recall": recalls,
-            "min_class_recall": dict(rules.min_class_recall),
+            "min_class_recall": floors,
+            "unused_floors": unused,
         },
     )
 
 
 def _no_regression(
-    metrics: Mapping[str, Any], production_metrics: Mapping[str, Any] | None, rules: GateRules
+    metrics: Mapping[str, Any],
+    production_metrics: Mapping[str, Any] | None,
+    rules: GateRules,
+    not_compared: str | None = None,
 ) -> GateOutcome:
     if production_metrics is None:
-        return GateOutcome(
-            "no_regression", True, ERROR, "not evaluated: no model in production", {"evaluated": False}
-        )
+        reason = not_compared or "no model in production"
+        return GateOutcome("no_regression", True, ERROR, f"not evaluated: {reason}", {"evaluated": False})
     drop = production_metrics["macro_f1"] - metrics["macro_f1"]
     passed = drop <= rules.max_macro_f1_drop
     description = (
@@ -334,12 +396,15 @@ def evaluate_gates(
     fairness: Mapping[str, Any],
     production_metrics: Mapping[str, Any] | None,
     rules: GateRules,
+    not_compared: str | None = None,
 ) -> list[GateOutcome]:
-    """All best_model gates. `production_metrics` must come from the production model on the SAME test split;
-    None (nothing in production) leaves no_regression unevaluated, so a first model faces value thresholds alone."""
+    """All best_model gates, for the classes `metrics` holds. `production_metrics` must come from the
+    production model on the SAME test split, with the same classes; None leaves no_regression unevaluated
+    for the reason `not_compared` (default: nothing in production), so the model faces value thresholds
+    alone."""
     return [
         _quality_bar(metrics, rules),
-        _no_regression(metrics, production_metrics, rules),
+        _no_regression(metrics, production_metrics, rules, not_compared),
         _latency_budget(latency, rules),
         _model_size_budget(model_size_bytes, rules),
         _fairness_gap(fairness, rules),
@@ -350,6 +415,7 @@ def model_card(
     *,
     model_name: str,
     family: str,
+    classes: Sequence[str],
     hyperparameters: Mapping[str, Any],
     test_metrics: Mapping[str, Any],
     validation_metrics: Mapping[str, Any],
@@ -359,14 +425,16 @@ def model_card(
     model_size_bytes: int,
     onnx_sha256: str,
     lineage: Mapping[str, Any],
+    smoke_cases: Sequence[Mapping[str, str]] = (),
 ) -> dict[str, Any]:
-    """The model card as a JSON-ready dict; `lineage` must hold split_versions, drop_hashes, code_version,
-    run_id and created_at."""
+    """The model card as a JSON-ready dict; `classes` are the model's, in its probability order
+    (`model.classes`); `lineage` must hold split_versions, drop_hashes, code_version, run_id and created_at;
+    `smoke_cases` ({"text", "expected"}) are what a deployment's smoke test asks the endpoint."""
     missing = [key for key in LINEAGE_KEYS if key not in lineage]
     if missing:
         raise EvaluationError(f"model card lineage lacks {missing}")
     return {
-        "model": {"name": model_name, "family": family, "labels": list(LABELS), "format": "onnx"},
+        "model": {"name": model_name, "family": family, "classes": list(classes), "format": "onnx"},
         "onnx": {"sha256": onnx_sha256, "size_bytes": model_size_bytes},
         "hyperparameters": dict(hyperparameters),
         "metrics": {"test": dict(test_metrics), "validation": dict(validation_metrics)},
@@ -383,7 +451,17 @@ def model_card(
             for gate in gates
         ],
         "lineage": dict(lineage),
+        "smoke_cases": [dict(case) for case in smoke_cases],
     }
+
+
+def card_classes(card: Mapping[str, Any]) -> tuple[str, ...]:
+    """The classes a model card records, in the model's probability order (a card written before cards
+    recorded them: its test confusion matrix's labels, which are the same)."""
+    recorded = card.get("model", {}).get("classes")
+    if recorded is None:
+        recorded = card["metrics"]["test"]["confusion_matrix"]["labels"]
+    return tuple(str(label) for label in recorded)
 
 
 def _fmt(value: float | None) -> str:
@@ -397,6 +475,7 @@ def render_model_card_markdown(card: Mapping[str, Any]) -> str:
         f"# Model card: {card['model']['name']}",
         "",
         f"- family: {card['model']['family']}",
+        f"- classes: {', '.join(card_classes(card))}",
         f"- ONNX sha256: `{card['onnx']['sha256']}` ({card['onnx']['size_bytes']} bytes)",
         f"- code version: {card['lineage']['code_version']}; run id: {card['lineage']['run_id']}; "
         f"created: {card['lineage']['created_at']}",

@@ -1,9 +1,24 @@
 """Candidate model search: config, deterministic fitting, ONNX export with parity, and selection.
 
-Every candidate is a TF-IDF word n-gram vectorizer + a linear classifier, fitted on the train split,
-tuned on the validation split (per-class intercept offsets that maximise validation macro-F1) and
-exported to ONNX right after fitting; the scikit-learn object is dropped once parity is checked. The test
-split is never touched here.
+Every candidate is a TF-IDF word n-gram vectorizer + a linear classifier for the classes of the dataset
+contract (2 to 10, in the contract's order: the order of the ONNX probability columns), fitted on the
+train split and exported to ONNX right after fitting; the scikit-learn object is dropped once parity is
+checked. The validation split only measures (it picks the candidate); the test split is never touched here.
+
+Class offsets (added to the intercepts, so the model stays a plain linear model) are tuned by
+cross-validation on the train split: the candidate is refitted on k stratified folds of the train rows,
+each fold's held-out rows get decision scores from a model that never saw them, and the offsets are
+the ones that maximise macro-F1 on those out-of-fold scores (`search_offsets`: a grid over every free
+offset for up to three classes, coordinate ascent over the same grid beyond). They are kept only when
+the search, judged on rows it did not tune on (each fold's rows, with offsets searched on the others'),
+gains at least `[selection] min_offset_gain` macro-F1: on small or noisy data it usually does not, and
+no offsets is then the honest choice. Tuning them on the validation rows that also choose the candidate
+overfitted those rows: the validation figure then promised more than unseen data gave
+(bench/model_quality.py measures both ways). Fold fits read pre-tokenised texts (the same n-grams the
+vectorizer would read), so a fold costs its counting and its classifier fit only.
+
+Logistic regression solves with newton-cg unless a grid names a solver: the same objective as lbfgs,
+reached several times faster on these sparse matrices (the cross-validation's fits ride on the saving).
 """
 
 from __future__ import annotations
@@ -27,7 +42,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
 
-from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens
+from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.settings import packaged_config_text
 from mlplatform.core.scoring.model import GRAPH_KIND, ScoringRules
@@ -85,9 +100,19 @@ class NoEligibleCandidateError(UserError, RuntimeError):
 class SelectionConfig:
     metric: str
     tune_class_offsets: bool
+    offset_folds: int
+    min_offset_gain: float
     offset_range: float
     offset_step: float
     parity_tolerance: float
+
+    def __post_init__(self) -> None:
+        if self.offset_folds < 2:
+            raise TrainingConfigError(f"[selection] offset_folds must be at least 2, got {self.offset_folds}")
+        if self.min_offset_gain < 0:
+            raise TrainingConfigError(f"[selection] min_offset_gain must be >= 0, got {self.min_offset_gain}")
+        if self.offset_step <= 0 or self.offset_range < 0:
+            raise TrainingConfigError("[selection] offset_step must be > 0 and offset_range >= 0")
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,8 @@ class TrainingConfig:
             selection=SelectionConfig(
                 metric="macro_f1",
                 tune_class_offsets=bool(_require(raw, "selection", "tune_class_offsets")),
+                offset_folds=int(_require(raw, "selection", "offset_folds")),
+                min_offset_gain=float(_require(raw, "selection", "min_offset_gain")),
                 offset_range=float(_require(raw, "selection", "offset_range")),
                 offset_step=float(_require(raw, "selection", "offset_step")),
                 parity_tolerance=float(_require(raw, "selection", "parity_tolerance")),
@@ -321,6 +348,7 @@ def build_pipeline(spec: CandidateSpec, seed: int) -> Pipeline:
     estimator_class = ESTIMATORS[spec.estimator]
     if spec.estimator == "logistic_regression":
         classifier_params.setdefault("max_iter", 3000)
+        classifier_params.setdefault("solver", "newton-cg")
     else:
         classifier_params.setdefault("random_state", seed)
     try:
@@ -336,43 +364,232 @@ def build_pipeline(spec: CandidateSpec, seed: int) -> Pipeline:
     return Pipeline([("tfidf", vectorizer), ("clf", classifier)])
 
 
-def fit_candidate(spec: CandidateSpec, train_frame: pl.DataFrame, seed: int) -> Pipeline:
-    """Fit a candidate on the train rows (sorted by review_id so upstream row order cannot matter)."""
+def _train_rows(train_frame: pl.DataFrame, classes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Train texts and labels sorted by review_id (so upstream row order cannot matter); every class needed."""
     ordered = train_frame.sort("review_id")
     labels = ordered["label"].to_list()
-    missing = set(LABELS) - set(labels)
+    unknown = set(labels) - set(classes)
+    if unknown:
+        raise TrainingDataError(
+            f"train split holds labels {sorted(unknown)} that are not the classes {list(classes)}"
+        )
+    missing = [label for label in classes if label not in set(labels)]
     if missing:
-        raise TrainingDataError(f"train split lacks labels {sorted(missing)}; every class is needed")
+        raise TrainingDataError(f"train split lacks labels {missing}; every class is needed")
+    return ordered["text"].to_list(), labels
+
+
+def fit_candidate(
+    spec: CandidateSpec, train_frame: pl.DataFrame, seed: int, classes: Sequence[str]
+) -> Pipeline:
+    """Fit a candidate on the train rows (sorted by review_id so upstream row order cannot matter)."""
+    texts, labels = _train_rows(train_frame, classes)
     pipeline = clone(build_pipeline(spec, seed))
-    pipeline.fit(ordered["text"].to_list(), labels)
+    pipeline.fit(texts, labels)
     return pipeline
 
 
-def tune_class_offsets(
-    pipeline: Pipeline, texts: Sequence[str], labels: Sequence[str], offset_range: float, offset_step: float
-) -> tuple[float, ...]:
-    """Add the per-class intercept offsets that maximise macro-F1 on (texts, labels); return them.
+# --- class offsets --------------------------------------------------------------------------------
 
-    The model stays a plain linear model (only `intercept_` changes), so it exports to ONNX unchanged in
-    structure. Positive is the reference class (offset 0); ties go to the smallest total shift.
-    """
-    classifier = pipeline.steps[-1][1]
+
+def decision_scores(pipeline: Pipeline, texts: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Class scores [rows, classes] in `classes` order (a binary model's one score d as -d/2, d/2, as
+    the ONNX export writes it), so argmax is the predicted class."""
     scores = np.asarray(pipeline.decision_function(list(texts)), dtype=np.float64)
-    truth = label_codes(labels, "validation labels")
+    fitted = [str(label) for label in pipeline.classes_]
+    if scores.ndim == 1:
+        scores = np.column_stack([-scores / 2, scores / 2])
+    return scores[:, [fitted.index(label) for label in classes]]
+
+
+def search_offsets(
+    scores: np.ndarray, truth: np.ndarray, offset_range: float, offset_step: float
+) -> tuple[np.ndarray, float]:
+    """The per-class offsets (added to `scores`, columns in class order) that maximise macro-F1 of
+    `truth` (class codes), and that macro-F1. The last class is the reference (offset 0); every other
+    offset takes values of the grid -range..+range by step. Up to two free offsets the whole grid is
+    searched; beyond, coordinate ascent over it (one offset at a time, until a sweep changes nothing).
+    Ties go to the smallest total shift."""
+    n_classes = scores.shape[1]
     steps = round(offset_range / offset_step)
     grid = np.round(np.arange(-steps, steps + 1) * offset_step, 10)
-    best_key: tuple[float, float] | None = None
-    best_offsets = (0.0, 0.0, 0.0)
-    for negative, neutral in itertools.product(grid, grid):
-        offsets = np.array([negative, neutral, 0.0])
-        f1 = macro_f1_from_codes(truth, np.argmax(scores + offsets, axis=1), len(LABELS))
-        key = (round(f1, 12), -float(abs(negative) + abs(neutral)))
-        if best_key is None or key > best_key:
-            best_key, best_offsets = key, (float(negative), float(neutral), 0.0)
-    classifier.intercept_ = (classifier.intercept_ + np.array(best_offsets)).astype(
-        classifier.intercept_.dtype
+
+    def macro_f1(offsets: np.ndarray) -> float:
+        return macro_f1_from_codes(truth, np.argmax(scores + offsets, axis=1), n_classes)
+
+    def key(offsets: np.ndarray) -> tuple[float, float]:
+        return round(macro_f1(offsets), 12), -float(np.abs(offsets).sum())
+
+    free = n_classes - 1
+    best = np.zeros(n_classes)
+    best_key = key(best)
+    if free <= 2:
+        for values in itertools.product(grid, repeat=free):
+            offsets = np.array([*values, 0.0])
+            candidate_key = key(offsets)
+            if candidate_key > best_key:
+                best, best_key = offsets, candidate_key
+        return best, macro_f1(best)
+    for _sweep in range(100):
+        changed = False
+        for index in range(free):
+            for value in grid:
+                if value == best[index]:
+                    continue
+                offsets = best.copy()
+                offsets[index] = value
+                candidate_key = key(offsets)
+                if candidate_key > best_key:
+                    best, best_key, changed = offsets, candidate_key, True
+        if not changed:
+            break
+    return best, macro_f1(best)
+
+
+def apply_offsets(pipeline: Pipeline, offsets: Sequence[float], classes: Sequence[str]) -> None:
+    """Add per-class offsets (in `classes` order) to the classifier's intercepts (a binary model's one
+    intercept moves by the second class's offset minus the first's)."""
+    classifier = pipeline.steps[-1][1]
+    by_class = dict(zip(classes, offsets, strict=True))
+    fitted = [str(label) for label in classifier.classes_]
+    shift = np.array([by_class[label] for label in fitted])
+    if classifier.intercept_.shape[0] == 1:
+        shift = np.array([shift[1] - shift[0]])
+    classifier.intercept_ = (classifier.intercept_ + shift).astype(classifier.intercept_.dtype)
+
+
+def _already_analysed(doc: list[str]) -> list[str]:
+    """The analyzer of fold fits: their documents are the n-grams the candidate's vectorizer reads."""
+    return doc
+
+
+def stratified_folds(labels: Sequence[str], folds: int) -> np.ndarray:
+    """Fold of each row: the rows of each class, in order, dealt round-robin into `folds` folds."""
+    assignment = np.zeros(len(labels), dtype=np.int64)
+    seen: dict[str, int] = {}
+    for index, label in enumerate(labels):
+        assignment[index] = seen.get(label, 0) % folds
+        seen[label] = seen.get(label, 0) + 1
+    return assignment
+
+
+def out_of_fold_scores(
+    spec: CandidateSpec,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    seed: int,
+    classes: Sequence[str],
+    folds: int,
+) -> np.ndarray:
+    """Each train row's class scores from the candidate fitted on the other folds (it never saw the row)."""
+    template = build_pipeline(spec, seed)
+    documents = [template.steps[0][1].build_analyzer()(text) for text in texts]
+    fold_of = stratified_folds(labels, folds)
+    scores = np.zeros((len(texts), len(classes)))
+    for fold in range(folds):
+        held_out = np.flatnonzero(fold_of == fold)
+        fitted_on = np.flatnonzero(fold_of != fold)
+        pipeline = clone(template).set_params(
+            tfidf__analyzer=_already_analysed,
+            tfidf__preprocessor=None,
+            tfidf__token_pattern=None,
+            tfidf__ngram_range=(1, 1),
+            tfidf__stop_words=None,
+        )
+        pipeline.fit([documents[i] for i in fitted_on], [labels[i] for i in fitted_on])
+        scores[held_out] = decision_scores(pipeline, [documents[i] for i in held_out], classes)
+    return scores
+
+
+@dataclass(frozen=True)
+class OffsetTuning:
+    """How a candidate's class offsets were chosen: recorded beside them in its hyperparameters.
+
+    `macro_f1_without` / `macro_f1_with`: out-of-fold macro-F1 of the train rows without offsets and with
+    the offsets searched on them (in-sample for the search: it always gains); `held_out_gain`: what the
+    search gains on rows it did not tune on (the mean, over folds, of the gain on one fold's rows of the
+    offsets searched on the others' rows) — the figure that decides whether the offsets are kept.
+    """
+
+    method: str
+    folds: int
+    rows: int
+    macro_f1_without: float | None
+    macro_f1_with: float | None
+    held_out_gain: float | None
+    kept: bool
+    reason: str
+    searched: Mapping[str, float] = field(default_factory=dict)
+    """The offsets the search found on all out-of-fold scores (kept or not)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "folds": self.folds,
+            "rows": self.rows,
+            "out_of_fold_macro_f1_without": self.macro_f1_without,
+            "out_of_fold_macro_f1_with": self.macro_f1_with,
+            "held_out_gain": self.held_out_gain,
+            "searched_offsets": dict(self.searched),
+            "kept": self.kept,
+            "reason": self.reason,
+        }
+
+
+NO_TUNING = OffsetTuning("none", 0, 0, None, None, None, False, "[selection] tune_class_offsets = false")
+
+
+def held_out_offset_gain(
+    scores: np.ndarray, truth: np.ndarray, fold_of: np.ndarray, offset_range: float, offset_step: float
+) -> float:
+    """What tuning offsets gains on rows it did not see: for each fold, the offsets searched on the
+    other folds' rows, judged on this fold's rows (macro-F1 with minus without), averaged over folds."""
+    n_classes, gains = scores.shape[1], []
+    for fold in np.unique(fold_of):
+        tune, judge = fold_of != fold, fold_of == fold
+        offsets, _ = search_offsets(scores[tune], truth[tune], offset_range, offset_step)
+        with_offsets = macro_f1_from_codes(
+            truth[judge], np.argmax(scores[judge] + offsets, axis=1), n_classes
+        )
+        without = macro_f1_from_codes(truth[judge], np.argmax(scores[judge], axis=1), n_classes)
+        gains.append(with_offsets - without)
+    return float(np.mean(gains))
+
+
+def cross_validated_offsets(
+    spec: CandidateSpec,
+    train_frame: pl.DataFrame,
+    seed: int,
+    classes: Sequence[str],
+    selection: SelectionConfig,
+) -> tuple[tuple[float, ...], OffsetTuning]:
+    """Class offsets searched on out-of-fold scores of the train rows (see the module docstring), kept
+    only when the search gains at least `min_offset_gain` macro-F1 on rows it did not tune on
+    (`held_out_offset_gain`); zero offsets otherwise, or when a class has fewer train rows than folds."""
+    texts, labels = _train_rows(train_frame, classes)
+    folds, zeros = selection.offset_folds, (0.0,) * len(classes)
+    counts = {label: labels.count(label) for label in classes}
+    scarce = [label for label, count in counts.items() if count < folds]
+    if scarce:
+        reason = f"class {scarce[0]!r} has {counts[scarce[0]]} train rows, fewer than the {folds} folds"
+        return zeros, OffsetTuning("cross_validation", folds, len(labels), None, None, None, False, reason)
+    scores = out_of_fold_scores(spec, texts, labels, seed, classes, folds)
+    truth = label_codes(labels, "train labels", classes)
+    without = macro_f1_from_codes(truth, np.argmax(scores, axis=1), len(classes))
+    offsets, with_offsets = search_offsets(scores, truth, selection.offset_range, selection.offset_step)
+    gain = held_out_offset_gain(
+        scores, truth, stratified_folds(labels, folds), selection.offset_range, selection.offset_step
     )
-    return best_offsets
+    kept = gain >= selection.min_offset_gain and gain > 0 and with_offsets > without
+    reason = (
+        f"offsets searched on out-of-fold scores gain {gain:+.4f} macro-F1 on the rows they were not "
+        f"searched on (mean of {folds} folds) {'>=' if kept else '<'} min_offset_gain {selection.min_offset_gain}"
+    )
+    searched = {label: float(value) for label, value in zip(classes, offsets, strict=True)}
+    tuning = OffsetTuning(
+        "cross_validation", folds, len(labels), without, with_offsets, gain, kept, reason, searched
+    )
+    return (tuple(float(value) for value in offsets) if kept else zeros), tuning
 
 
 @dataclass(frozen=True)
@@ -380,17 +597,23 @@ class TrainedCandidate:
     """A fitted-and-exported candidate: its ONNX bytes and what we measured on train and validation."""
 
     spec: CandidateSpec
+    classes: tuple[str, ...]
     onnx_bytes: bytes
     train_metrics: Mapping[str, Any]
     validation_metrics: Mapping[str, Any]
     fit_seconds: float
     parity: ParityReport
     class_offsets: tuple[float, ...]
+    offset_tuning: OffsetTuning = NO_TUNING
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        """The spec's parameters plus the tuned class offsets, as recorded in the model card."""
-        return {**self.spec.params, "class_offsets": dict(zip(LABELS, self.class_offsets, strict=True))}
+        """The spec's parameters plus the class offsets and how they were tuned, as recorded in the card."""
+        return {
+            **self.spec.params,
+            "class_offsets": dict(zip(self.classes, self.class_offsets, strict=True)),
+            "class_offset_tuning": self.offset_tuning.to_dict(),
+        }
 
 
 def split_frames(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -406,37 +629,40 @@ def split_frames(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 
 def train_candidate(
-    spec: CandidateSpec, parts: Mapping[str, pl.DataFrame], config: TrainingConfig, scoring: ScoringRules
+    spec: CandidateSpec,
+    parts: Mapping[str, pl.DataFrame],
+    config: TrainingConfig,
+    scoring: ScoringRules,
+    classes: Sequence[str],
 ) -> TrainedCandidate:
-    """Fit one candidate, tune its offsets on validation, export it to ONNX and check parity."""
+    """Fit one candidate for `classes`, tune its offsets by cross-validation on train, export it to ONNX
+    and check parity on validation."""
+    classes = tuple(classes)
     train, validation = parts["train"], parts["validation"].sort("review_id")
     validation_texts, validation_labels = validation["text"].to_list(), validation["label"].to_list()
     started = time.perf_counter()
-    pipeline = fit_candidate(spec, train, config.seed)
-    offsets = (0.0,) * len(LABELS)
+    pipeline = fit_candidate(spec, train, config.seed, classes)
+    offsets, tuning = (0.0,) * len(classes), NO_TUNING
     if config.selection.tune_class_offsets:
-        offsets = tune_class_offsets(
-            pipeline,
-            validation_texts,
-            validation_labels,
-            config.selection.offset_range,
-            config.selection.offset_step,
-        )
+        offsets, tuning = cross_validated_offsets(spec, train, config.seed, classes, config.selection)
+        apply_offsets(pipeline, offsets, classes)
     fit_seconds = time.perf_counter() - started
-    onnx_bytes = to_onnx(pipeline, LABELS)
+    onnx_bytes = to_onnx(pipeline, classes)
     parity = check_parity(
-        pipeline, onnx_bytes, validation_texts, LABELS, config.selection.parity_tolerance, scoring
+        pipeline, onnx_bytes, validation_texts, classes, config.selection.parity_tolerance, scoring
     )
     train_predictions = pipeline.predict(train["text"].to_list())
     validation_predictions = pipeline.predict(validation_texts)
     return TrainedCandidate(
         spec=spec,
+        classes=classes,
         onnx_bytes=onnx_bytes,
-        train_metrics=classification_metrics(train["label"].to_list(), train_predictions),
-        validation_metrics=classification_metrics(validation_labels, validation_predictions),
+        train_metrics=classification_metrics(train["label"].to_list(), train_predictions, classes),
+        validation_metrics=classification_metrics(validation_labels, validation_predictions, classes),
         fit_seconds=round(fit_seconds, 3),
         parity=parity,
         class_offsets=offsets,
+        offset_tuning=tuning,
     )
 
 
@@ -444,6 +670,7 @@ def train_candidates(
     frame: pl.DataFrame,
     config: TrainingConfig,
     scoring: ScoringRules,
+    classes: Sequence[str],
     on_progress: Callable[[int, int, TrainedCandidate], None] | None = None,
 ) -> list[TrainedCandidate]:
     """Train, tune and export every candidate of the search; `on_progress(done, total, candidate)` after each."""
@@ -451,7 +678,7 @@ def train_candidates(
     specs = candidate_specs(config)
     trained = []
     for done, spec in enumerate(specs, start=1):
-        candidate = train_candidate(spec, parts, config, scoring)
+        candidate = train_candidate(spec, parts, config, scoring, classes)
         trained.append(candidate)
         if on_progress is not None:
             on_progress(done, len(specs), candidate)

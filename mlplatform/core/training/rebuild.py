@@ -22,6 +22,7 @@ import polars as pl
 from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.scoring.model import ScoringRules
+from mlplatform.core.training.evaluation import card_classes
 from mlplatform.core.training.fit import (
     TrainingConfig,
     candidate_specs,
@@ -78,7 +79,7 @@ def rebuild_model(
     if not specs:
         raise RebuildError(f"{version}: candidate {candidate!r} is not in the current search config")
     split_version, splits = recorded_splits(store, card)
-    rebuilt = train_candidate(specs[0], split_frames(splits), config, scoring)
+    rebuilt = train_candidate(specs[0], split_frames(splits), config, scoring, card_classes(card))
     return Rebuild(
         version=version,
         registered_sha256=registered_sha256,

@@ -1,8 +1,10 @@
 """From candidates to the best model: pick by validation, judge on test with ONNX Runtime, gate it.
 
 Candidates travel between assets as files (model.onnx + candidate.json), never as pickles. The chosen
-model is evaluated with the exact ONNX bytes that would be deployed; the production model, when there
-is one, is evaluated on the same test rows so the regression gate compares like with like.
+model is evaluated with the exact ONNX bytes that would be deployed, over the classes its graph names;
+the production model, when there is one with the same classes, is evaluated on the same test rows so
+the regression gate compares like with like. A production model with other classes (the dataset
+contract changed) has nothing comparable: the gate says so rather than compare them.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import polars as pl
 
 from mlplatform.core.platform.errors import PlatformError
-from mlplatform.core.scoring.model import ScoringModel, ScoringRules
+from mlplatform.core.scoring.model import ScoringModel, ScoringRules, probability_columns
 from mlplatform.core.training.evaluation import (
+    PREDICTION_COLUMN,
     GateOutcome,
     GateRules,
     classification_metrics,
@@ -33,6 +36,7 @@ MODEL_CARD_FILE = "model_card.json"  # in a best_model bundle, beside MODEL_FILE
 MODEL_CARD_MARKDOWN_FILE = "model_card.md"
 CANDIDATE_FILE = "candidate.json"
 LATENCY_SAMPLE_TEXTS = 200
+SMOKE_CASES_PER_CLASS = 2
 
 
 class SelectionError(PlatformError, ValueError):
@@ -112,11 +116,13 @@ class Judgement:
     """The chosen model measured on test, the production model on the same rows, and the gate verdicts."""
 
     chosen: CandidateRecord
+    classes: tuple[str, ...]
     test_metrics: Mapping[str, Any]
     facets: Mapping[str, Any]
     latency: Mapping[str, float]
     production_metrics: Mapping[str, Any] | None
     gates: Sequence[GateOutcome]
+    smoke_cases: tuple[Mapping[str, str], ...] = ()
 
     @property
     def blocking_failures(self) -> list[GateOutcome]:
@@ -132,19 +138,45 @@ def judge(
     min_facet_rows: int,
     scoring: ScoringRules,
 ) -> Judgement:
-    """Evaluate `chosen` on the test rows with ONNX Runtime and decide every gate."""
+    """Evaluate `chosen` on the test rows with ONNX Runtime, over the classes of its graph, and decide
+    every gate (`facets`: the dataset contract's facet columns)."""
     model = ScoringModel.from_bytes(chosen.onnx_bytes, scoring, f"candidate {chosen.name}")
+    classes = model.classes
     scored = predict_frame(model, test)
-    metrics = classification_metrics(scored["label"].to_list(), scored["predicted_label"].to_list())
-    by_facet = facet_metrics(scored, facets, min_facet_rows)
+    metrics = classification_metrics(scored["label"].to_list(), scored["predicted_label"].to_list(), classes)
+    by_facet = facet_metrics(scored, facets, min_facet_rows, classes)
     latency = single_review_latency(model, test["text"].head(LATENCY_SAMPLE_TEXTS).to_list())
-    production_metrics = None
+    production_metrics, not_compared = None, None
     if production_onnx is not None:
-        production = predict_frame(
-            ScoringModel.from_bytes(production_onnx, scoring, "the production model"), test
+        production_model = ScoringModel.from_bytes(production_onnx, scoring, "the production model")
+        if production_model.classes != classes:
+            not_compared = (
+                f"the production model's classes {list(production_model.classes)} are not this model's "
+                f"{list(classes)}: nothing to compare"
+            )
+        else:
+            production = predict_frame(production_model, test)
+            production_metrics = classification_metrics(
+                production["label"].to_list(), production["predicted_label"].to_list(), classes
+            )
+    gates = evaluate_gates(
+        metrics, len(chosen.onnx_bytes), latency, by_facet, production_metrics, rules, not_compared
+    )
+    cases = smoke_cases(scored, classes)
+    return Judgement(chosen, classes, metrics, by_facet, latency, production_metrics, gates, cases)
+
+
+def smoke_cases(scored: pl.DataFrame, classes: Sequence[str]) -> tuple[dict[str, str], ...]:
+    """What a deployment's smoke test asks the endpoint (recorded in the model card): for each class, the
+    test reviews of that class the model labels right with the most confidence, up to
+    `SMOKE_CASES_PER_CLASS` (ties by review id). Answers the model gives with certainty offline, so a
+    wrong one from the endpoint means it is not serving this model as registered."""
+    cases: list[dict[str, str]] = []
+    for label, probability in zip(classes, probability_columns(tuple(classes)), strict=True):
+        confident = (
+            scored.filter((pl.col("label") == label) & (pl.col(PREDICTION_COLUMN) == label))
+            .sort([probability, "review_id"], descending=[True, False])
+            .head(SMOKE_CASES_PER_CLASS)
         )
-        production_metrics = classification_metrics(
-            production["label"].to_list(), production["predicted_label"].to_list()
-        )
-    gates = evaluate_gates(metrics, len(chosen.onnx_bytes), latency, by_facet, production_metrics, rules)
-    return Judgement(chosen, metrics, by_facet, latency, production_metrics, gates)
+        cases += [{"text": text, "expected": label} for text in confident["text"].to_list()]
+    return tuple(cases)

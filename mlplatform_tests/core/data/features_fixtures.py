@@ -7,8 +7,11 @@ from typing import Any
 
 import polars as pl
 
-from mlplatform.core.data.features import INPUT_SCHEMA
-from mlplatform.core.data.schema import PUBLISHED_TO_NORMALISED
+from mlplatform.core.data.contract import load_contract
+from mlplatform.core.data.schema import normalised_dtypes
+
+CLOTHING = load_contract()
+"""The packaged default contract: the clothing CSV as published."""
 
 
 def review(source_row: int, review_text: str | None, rating: int = 5, **overrides: Any) -> dict[str, Any]:
@@ -20,7 +23,7 @@ def review(source_row: int, review_text: str | None, rating: int = 5, **override
         "title": None,
         "review_text": review_text,
         "rating": rating,
-        "recommended_ind": 1 if rating >= 4 else 0,
+        "recommended_ind": 1 if rating is not None and rating >= 4 else 0,
         "positive_feedback_count": 0,
         "division_name": "General",
         "department_name": "Tops",
@@ -32,9 +35,9 @@ def review(source_row: int, review_text: str | None, rating: int = 5, **override
 
 def drop_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     """A drop as core/data/schema.py hands it over: contract columns and dtypes."""
-    return pl.DataFrame(rows, schema=INPUT_SCHEMA)
+    return pl.DataFrame(rows, schema=normalised_dtypes(CLOTHING))
 
 
 def read_real_drop(path: Path) -> pl.DataFrame:
     """The real CSV as one normalised drop (published names renamed to the contract's)."""
-    return pl.read_csv(path).rename(PUBLISHED_TO_NORMALISED)
+    return pl.read_csv(path).rename({column.source: column.name for column in load_contract().columns})

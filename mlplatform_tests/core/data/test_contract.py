@@ -13,29 +13,9 @@ from mlplatform.core.data.contract import (
     load_contract,
     normalised_name,
 )
+from mlplatform_tests.core.data.contract_fixtures import SENTENCES_TOML
 
-UCI = """
-[dataset]
-format = "tsv"
-header = false
-column_names = ["sentence", "label"]
-
-[columns.sentence]
-role = "text"
-type = "string"
-nullable = false
-
-[columns.label]
-role = "label"
-type = "string"
-nullable = false
-allowed = ["0", "1"]
-
-[labels]
-classes = ["negative", "positive"]
-favourable = "positive"
-map = { "0" = "negative", "1" = "positive" }
-"""
+UCI = SENTENCES_TOML
 
 
 def test_the_packaged_default_describes_the_published_clothing_csv() -> None:

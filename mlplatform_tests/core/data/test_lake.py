@@ -276,6 +276,35 @@ def test_accept_moves_bytes_intact_read_only_with_a_sidecar(lake: Lake, tmp_path
     assert lake.pending() == []
 
 
+def test_an_accepted_drop_keeps_the_contract_it_was_accepted_under(lake: Lake, tmp_path: Path) -> None:
+    [a, b] = lake.land([write(tmp_path / "a.csv", CSV_A), write(tmp_path / "b.csv", CSV_B)])
+    accepted = lake.accept(a.hash, contract="1a2b3c4d5e6f7a8b")
+    assert accepted.contract == "1a2b3c4d5e6f7a8b"
+    assert '"contract": "1a2b3c4d5e6f7a8b"' in (lake.home.raw / f"{a.hash}.json").read_text()
+    # accepting again (under another contract) changes nothing: raw drops stay what they were
+    assert lake.accept(a.hash, contract="ffffffffffffffff").contract == "1a2b3c4d5e6f7a8b"
+    assert lake.accept(b.hash).contract is None
+    assert {drop.hash: drop.to_dict()["contract"] for drop in lake.drops()} == {
+        a.hash: "1a2b3c4d5e6f7a8b",
+        b.hash: None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "stored_as"),
+    [
+        ("r.csv", "csv", ".csv"),
+        ("r.TSV", "tsv", ".tsv"),
+        ("yelp_labelled.txt", "txt", ".txt"),
+        ("r.pq", "parquet", ".parquet"),
+    ],
+)
+def test_a_drop_keeps_the_format_its_name_announces(lake: Lake, tmp_path: Path, name, fmt, stored_as) -> None:
+    [landed] = lake.land([write(tmp_path / name, CSV_A)])
+    assert lake.drop(landed.hash).format == fmt
+    assert lake.accept(landed.hash).path.name == f"{landed.hash}{stored_as}"
+
+
 def test_accept_and_quarantine_are_idempotent(lake: Lake, tmp_path: Path) -> None:
     [a, b] = lake.land([write(tmp_path / "a.csv", CSV_A), write(tmp_path / "b.csv", CSV_B)])
     assert lake.accept(a.hash) == lake.accept(a.hash)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import polars as pl
 import pytest
 
-from mlplatform.core.data.features import FeatureRules, build_reviews
+from mlplatform.core.data.features import build_reviews
 from mlplatform.core.data.splits import (
     SplitError,
     SplitRules,
@@ -19,9 +19,11 @@ from mlplatform.core.data.splits import (
     split_position,
 )
 from mlplatform.core.platform.settings import Settings
-from mlplatform_tests.core.data.features_fixtures import read_real_drop
+from mlplatform_tests.core.data.features_fixtures import CLOTHING, read_real_drop
+from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
 
 LABEL_CYCLE = ["negative", "neutral", "positive", "positive", "positive"]
+CLASSES = CLOTHING.classes
 
 
 @pytest.fixture
@@ -84,7 +86,11 @@ def test_assign_splits_needs_review_ids(rules: SplitRules) -> None:
 
 def test_checks_pass_on_assigned_splits_with_numeric_metadata(rules: SplitRules) -> None:
     splits = assign_splits(_reviews(3000), rules)
-    outcomes = [check_no_leakage(splits), check_proportions(splits, rules), check_class_coverage(splits)]
+    outcomes = [
+        check_no_leakage(splits),
+        check_proportions(splits, rules, CLASSES),
+        check_class_coverage(splits, CLASSES),
+    ]
     assert [outcome.passed for outcome in outcomes] == [True, True, True], [o.description for o in outcomes]
     assert [outcome.name for outcome in outcomes] == ["no_leakage", "proportions", "class_coverage"]
     proportions = outcomes[1].metadata
@@ -125,12 +131,12 @@ def test_proportions_fail_when_a_split_is_off_target(rules: SplitRules) -> None:
     skewed = _reviews(100).with_columns(
         pl.when(pl.int_range(pl.len()) < 90).then(pl.lit("train")).otherwise(pl.lit("test")).alias("split")
     )
-    outcome = check_proportions(skewed, rules)
+    outcome = check_proportions(skewed, rules, CLASSES)
     assert not outcome.passed
     assert "train share 0.900 is off target 0.700" in outcome.description
     assert "validation share 0.000" in outcome.description
     assert outcome.metadata["train/share_gap"] == pytest.approx(0.2)
-    assert not check_proportions(skewed.head(0), rules).passed
+    assert not check_proportions(skewed.head(0), rules, CLASSES).passed
 
 
 def test_class_coverage_fails_when_a_split_lacks_a_class() -> None:
@@ -140,33 +146,52 @@ def test_class_coverage_fails_when_a_split_lacks_a_class() -> None:
         for label in LABEL_CYCLE[:3]
     ]
     complete = _crafted(rows)
-    assert check_class_coverage(complete).passed
+    assert check_class_coverage(complete, CLASSES).passed
     no_neutral_in_test = complete.filter(~((pl.col("split") == "test") & (pl.col("label") == "neutral")))
-    outcome = check_class_coverage(no_neutral_in_test)
+    outcome = check_class_coverage(no_neutral_in_test, CLASSES)
     assert not outcome.passed
     assert outcome.description == "classes missing: neutral in test"
     assert outcome.metadata["test/label_share/neutral"] == 0.0
     no_validation = complete.filter(pl.col("split") != "validation")
-    assert "negative in validation" in check_class_coverage(no_validation).description
+    assert "negative in validation" in check_class_coverage(no_validation, CLASSES).description
+    # a class the contract declares but no row has is missing everywhere
+    four = (*CLASSES, "mixed")
+    assert "mixed in train" in check_class_coverage(complete, four).description
+    with pytest.raises(SplitError, match="not classes"):
+        check_class_coverage(complete, ("negative", "positive"))
+
+
+@pytest.mark.parametrize("contract", [TWO_CLASS, FIVE_CLASS], ids=["two-class", "five-class"])
+def test_splits_check_the_contracts_classes(contract, rules: SplitRules) -> None:
+    reviews = build_reviews({"h": generated_drop(contract, rows=400)}, contract).frame
+    splits = assign_splits(reviews, rules)
+    coverage = check_class_coverage(splits, contract.classes)
+    assert coverage.passed, coverage.description
+    assert coverage.description == f"all {len(contract.classes)} classes in all 3 splits"
+    metadata = split_metadata(splits, contract.classes)
+    assert {f"test/label_share/{label}" for label in contract.classes} <= set(metadata)
+    assert check_proportions(splits, rules, contract.classes).passed
+    one_class_short = splits.filter(
+        ~((pl.col("split") == "validation") & (pl.col("label") == contract.classes[-1]))
+    )
+    assert not check_class_coverage(one_class_short, contract.classes).passed
 
 
 def test_unknown_split_names_are_refused() -> None:
     with pytest.raises(SplitError, match="not splits: \\['holdout'\\]"):
-        split_metadata(_crafted([("a", "holdout", "positive")]))
+        split_metadata(_crafted([("a", "holdout", "positive")]), CLASSES)
 
 
 @pytest.mark.realdata
 def test_real_data_splits_meet_their_targets(real_data_path, settings: Settings, rules: SplitRules) -> None:
-    reviews = build_reviews(
-        {"real": read_real_drop(real_data_path)}, FeatureRules.from_settings(settings)
-    ).frame
+    reviews = build_reviews({"real": read_real_drop(real_data_path)}, CLOTHING).frame
     splits = assign_splits(reviews, rules)
-    proportions = check_proportions(splits, rules)
+    proportions = check_proportions(splits, rules, CLASSES)
     assert proportions.passed, proportions.description
     for split, target in rules.target_shares().items():
         # binomial sd at n=19k is ~0.003; the hash should land well inside the tolerance
         assert abs(proportions.metadata[f"{split}/share"] - target) < 0.01
-    coverage = check_class_coverage(splits)
+    coverage = check_class_coverage(splits, CLASSES)
     assert coverage.passed, coverage.description
     assert coverage.metadata["max_label_share_gap"] < 0.02
     assert check_no_leakage(splits).passed

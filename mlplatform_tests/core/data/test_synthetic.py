@@ -11,8 +11,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from mlplatform.core.data.quality import IngestRules, validate_drop
-from mlplatform.core.data.schema import NORMALISED_COLUMNS, PUBLISHED_COLUMNS, read_drop
+from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import (
+    CLOTHING,
+    NORMALISED_COLUMNS,
     RATING_SHARES,
     RATINGS,
     generate_reviews,
@@ -79,9 +81,9 @@ def test_published_csv_round_trips_through_read_drop_and_passes(
 ) -> None:
     drop = sample.head(1_000)
     payload = to_published_csv(drop)
-    assert payload.startswith((",".join(PUBLISHED_COLUMNS) + "\n").encode())
-    assert read_drop(payload, "csv").equals(drop)
-    validation = validate_drop(payload, "csv", IngestRules.from_settings(settings))
+    assert payload.startswith((",".join(CLOTHING.source_names) + "\n").encode())
+    assert read_drop(payload, "csv", CLOTHING).equals(drop)
+    validation = validate_drop(payload, "csv", CLOTHING, IngestRules.from_settings(settings))
     assert validation.passed, validation.first_failure
 
 
@@ -92,7 +94,7 @@ def test_published_csv_refuses_a_frame_without_the_normalised_columns(sample: pl
 
 def test_demo_drops_have_distinct_source_rows_and_are_never_overwritten(tmp_path: Path) -> None:
     paths = write_demo_drops(tmp_path / "drops", n_drops=3, rows_per_drop=40, seed=5)
-    frames = [read_drop(path.read_bytes(), "csv") for path in paths]
+    frames = [read_drop(path.read_bytes(), "csv", CLOTHING) for path in paths]
     ranges = [(frame["source_row"].min(), frame["source_row"].max()) for frame in frames]
     assert ranges == [(0, 39), (40, 79), (80, 119)]
     assert write_demo_drops(tmp_path / "drops", n_drops=3, rows_per_drop=40, seed=5) == paths
@@ -110,4 +112,4 @@ def test_demo_drops_need_at_least_one_row() -> None:
 @pytest.mark.realdata
 def test_published_layout_reproduces_the_real_file_byte_for_byte(real_data_path: Path) -> None:
     payload = real_data_path.read_bytes()
-    assert to_published_csv(read_drop(payload, "csv")) == payload
+    assert to_published_csv(read_drop(payload, "csv", CLOTHING)) == payload

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from mlplatform.core.monitoring.capture import (
@@ -13,13 +14,19 @@ from mlplatform.core.monitoring.capture import (
     CaptureRole,
     answered_only,
     encode_capture_rows,
+    probabilities_of,
     read_capture,
 )
 
 
 def rows(
-    request_id: str, count: int = 1, version: str = "v1", role: CaptureRole = CaptureRole.ANSWERED
+    request_id: str,
+    count: int = 1,
+    version: str = "v1",
+    classes: tuple[str, ...] = ("negative", "neutral", "positive"),
+    role: CaptureRole = CaptureRole.ANSWERED,
 ) -> bytes:
+    shares = np.array([0.1, 0.2, 0.7]) if len(classes) == 3 else np.linspace(1.0, 2.0, len(classes))
     return encode_capture_rows(
         request_id=request_id,
         capture_id=f"capture-of-{request_id}",
@@ -29,9 +36,10 @@ def rows(
         texts=[f"text {i} of {request_id}" for i in range(count)],
         product_ids=[str(i) for i in range(count)],
         review_ids=[None] * count,
-        labels=["positive"] * count,
-        probabilities=np.tile(np.array([0.1, 0.2, 0.7], dtype=np.float32), (count, 1)),
+        labels=[classes[-1]] * count,
+        probabilities=np.tile((shares / shares.sum()).astype(np.float32), (count, 1)),
         latency_ms=1.5,
+        classes=classes,
         role=role,
     )
 
@@ -81,6 +89,7 @@ def test_shadow_rows_and_failed_ones_read_back_beside_the_answers(tmp_path: Path
         labels=None,
         probabilities=None,
         latency_ms=0.0,
+        classes=("negative", "neutral", "positive"),
         role=CaptureRole.SHADOW,
         error="shadow queue full: dropped",
     )
@@ -106,3 +115,47 @@ def test_segments_written_before_roles_read_as_answered(tmp_path: Path) -> None:
     frame = read_capture(tmp_path)
     assert frame["role"].to_list() == [None] and frame["error"].to_list() == [None]
     assert answered_only(frame).height == 1
+
+
+def test_each_record_holds_the_probabilities_of_its_models_classes(tmp_path: Path) -> None:
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl").write_bytes(
+        rows("three") + rows("two", 2, "v2", ("bad", "good"))
+    )
+    (tmp_path / "20240101T000000000000Z-999999999-000002.jsonl").write_bytes(
+        rows("five", 1, "v3", ("awful", "poor", "okay", "good", "great"))
+    )
+    frame = read_capture(tmp_path)
+    probabilities = [column for column in frame.columns if column.startswith("p_")]
+    assert probabilities == [
+        "p_negative",
+        "p_neutral",
+        "p_positive",
+        "p_bad",
+        "p_good",
+        "p_awful",
+        "p_poor",
+        "p_okay",
+        "p_great",
+    ]
+    assert all(frame.schema[column] == pl.Float64 for column in probabilities)
+    by_request = {row["request_id"]: row for row in frame.iter_rows(named=True)}
+    assert probabilities_of(by_request["two"]) == pytest.approx({"bad": 1 / 3, "good": 2 / 3})
+    assert set(probabilities_of(by_request["three"])) == {"negative", "neutral", "positive"}
+    assert set(probabilities_of(by_request["five"])) == {"awful", "poor", "okay", "good", "great"}
+    # a text that spells a probability key is a text, not a column
+    tricky = encode_capture_rows(
+        request_id="tricky",
+        capture_id="capture-of-tricky",
+        received_at=1.0,
+        route="/predict",
+        model_version="v1",
+        texts=['x","p_evil":1,"y'],
+        product_ids=[None],
+        review_ids=[None],
+        labels=["good"],
+        probabilities=np.array([[0.5, 0.5]], dtype=np.float32),
+        latency_ms=1.0,
+        classes=("bad", "good"),
+    )
+    (tmp_path / "20240101T000000000000Z-999999999-000003.jsonl").write_bytes(tricky)
+    assert "p_evil" not in read_capture(tmp_path).columns

@@ -11,10 +11,11 @@ import onnx
 import polars as pl
 import pytest
 
-from mlplatform.core.data.features import label_from_rating
+from mlplatform.core.data.contract import load_contract
+from mlplatform.core.data.features import class_labels
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import generate_reviews
-from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, prepare_texts
+from mlplatform.core.data.text import TOKEN_PATTERN, prepare_texts
 from mlplatform.core.monitoring.drift import (
     DriftBaseline,
     ModelVocabulary,
@@ -28,7 +29,10 @@ from mlplatform.core.monitoring.drift import (
 from mlplatform.core.monitoring.rules import DRIFT_METRICS, ERROR, MonitoringError, MonitoringRules
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.training.export import to_onnx
-from mlplatform_tests.core.scoring.models import fitted_pipeline, legacy_model_bytes
+from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
+from mlplatform_tests.core.scoring.models import LABELS, fitted_pipeline, legacy_model_bytes
+
+CLOTHING = load_contract()
 
 VERSION = "v1"
 _SUBJECTS = ("The weather", "My phone", "The train", "Our meeting", "The coffee", "This movie", "The printer")
@@ -46,7 +50,7 @@ def labelled_texts(reviews: pl.DataFrame) -> pl.DataFrame:
     """Model text and true label of every review with some text."""
     return reviews.select(
         prepare_texts([reviews["title"], reviews["review_text"]]),
-        label_from_rating(pl.col("rating")).alias("label"),
+        class_labels(CLOTHING.labels, pl.col("rating")).alias("label"),
     ).filter(pl.col("text") != "")
 
 
@@ -59,15 +63,17 @@ def generic_sentences(count: int, seed: int) -> list[str]:
 class TrainedSlices:
     """A tiny model trained on one slice, its baseline, and a scorer producing captured-log rows."""
 
-    def __init__(self, data: pl.DataFrame, train_rows: int, test_rows: int) -> None:
+    def __init__(
+        self, data: pl.DataFrame, train_rows: int, test_rows: int, classes: tuple[str, ...] = LABELS
+    ) -> None:
         self.train = data.head(train_rows)
         self.test = data.slice(train_rows, test_rows)
         self.held_back = data.slice(train_rows + test_rows)
         self.pipeline = fitted_pipeline().fit(self.train["text"].to_list(), self.train["label"].to_list())
-        self.vocabulary = ModelVocabulary.from_onnx(onnx.load_from_string(to_onnx(self.pipeline, LABELS)))
+        self.vocabulary = ModelVocabulary.from_onnx(onnx.load_from_string(to_onnx(self.pipeline, classes)))
         predicted = self.pipeline.predict(self.test["text"].to_list())
-        shares = {label: float(np.mean(predicted == label)) for label in LABELS}
-        training = TrainingBaseline.from_training(self.train["text"], shares, self.vocabulary)
+        shares = {label: float(np.mean(predicted == label)) for label in classes}
+        training = TrainingBaseline.from_training(self.train["text"], shares, self.vocabulary, classes)
         self.baseline = DriftBaseline(training, self.vocabulary, VERSION)
 
     def log_rows(self, texts: list[str]) -> pl.DataFrame:
@@ -169,6 +175,7 @@ def test_training_baseline_summarises_the_texts_it_is_given(synthetic: TrainedSl
     assert baseline.length_counts == {0: 1, 3: 2, 11: 1}
     assert baseline.lengths().tolist() == [0, 3, 3, 11]
     assert baseline.predicted_class_shares == shares
+    assert baseline.classes == ("negative", "neutral", "positive")
     tokens, oov = synthetic.vocabulary.token_counts(pl.Series(texts))
     assert (baseline.tokens, baseline.oov_rate) == (tokens, oov / tokens)
 
@@ -188,7 +195,7 @@ def test_training_baseline_from_splits_reads_only_the_train_rows(synthetic: Trai
     [
         (lambda card: card.pop("length_counts"), r"lacks keys \['length_counts'\]"),
         (lambda card: card.update(rows="many"), "malformed"),
-        (lambda card: card.update(predicted_class_shares={"negative": 1.0, "meh": 0.0}), "unknown labels"),
+        (lambda card: card.update(predicted_class_shares={"negative": 1.0, "meh": 0.0}), "not the classes"),
         (lambda card: card.update(predicted_class_shares={"negative": 0.5}), "sum to 1"),
         (lambda card: card.update(rows=card["rows"] + 1), "text lengths for"),
         (lambda card: card.update(length_counts=[1, 2]), "malformed"),
@@ -202,6 +209,42 @@ def test_a_malformed_recorded_baseline_is_refused_in_one_line(
     with pytest.raises(MonitoringError, match=message) as raised:
         TrainingBaseline.from_dict(card)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("contract", [TWO_CLASS, FIVE_CLASS], ids=["two-class", "five-class"])
+def test_drift_is_judged_over_the_models_own_classes(contract, rules) -> None:
+    data = generated_drop(contract, rows=1200, seed=4)
+    labelled = data.select(
+        prepare_texts([data[column] for column in contract.text_columns]),
+        class_labels(contract.labels, pl.col(contract.rating_column or contract.label_column)).alias("label"),
+    )
+    slices = TrainedSlices(labelled, train_rows=600, test_rows=200, classes=contract.classes)
+    assert slices.baseline.training.classes == contract.classes
+    recorded = json.loads(json.dumps(slices.baseline.training.to_dict()))
+    assert recorded["classes"] == list(contract.classes)
+    assert TrainingBaseline.from_dict(recorded) == slices.baseline.training
+    steady = drift_report(slices.log_rows(slices.held_back["text"].to_list()), slices.baseline, rules)
+    assert failed(steady) == {}
+    assert {f"live_share_{label}" for label in contract.classes} <= set(steady.metrics)
+    assert not {key for key in steady.metrics if key.startswith("live_share_")} - {
+        f"live_share_{label}" for label in contract.classes
+    }
+    # every review now answered with the first class: the predicted-class mix drifts
+    rows = slices.log_rows(slices.held_back["text"].to_list()).with_columns(
+        pl.lit(contract.classes[0]).alias("label")
+    )
+    shifted = drift_report(rows, slices.baseline, rules)
+    assert failed(shifted)["predicted_class_psi"] == ERROR
+    with pytest.raises(MonitoringError, match="not the model's classes"):
+        drift_report(rows.with_columns(pl.lit("neutralish").alias("label")), slices.baseline, rules)
+
+
+def test_a_baseline_recorded_before_baselines_named_their_classes_reads_them_from_its_shares(
+    synthetic: TrainedSlices,
+) -> None:
+    recorded = synthetic.baseline.training.to_dict()
+    del recorded["classes"]
+    assert TrainingBaseline.from_dict(recorded).classes == LABELS
 
 
 def test_a_recorded_baseline_that_is_not_a_mapping_is_refused() -> None:
@@ -255,7 +298,9 @@ def test_psi_and_ks_on_known_distributions() -> None:
 def test_real_data_held_back_slice_does_not_drift_and_generic_sentences_do(
     real_data_path: Path, rules
 ) -> None:
-    reviews = read_drop(real_data_path.read_bytes(), "csv").sample(fraction=1.0, shuffle=True, seed=11)
+    reviews = read_drop(real_data_path.read_bytes(), "csv", load_contract()).sample(
+        fraction=1.0, shuffle=True, seed=11
+    )
     slices = TrainedSlices(labelled_texts(reviews), train_rows=5000, test_rows=1500)
     held_back = slices.log_rows(slices.held_back["text"].head(3000).to_list())
     assert failed(drift_report(held_back, slices.baseline, rules)) == {}

@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.core.data.contract import load_contract
 from mlplatform.core.monitoring.inputs import MonitoringInputs, read_prediction_log
 from mlplatform.core.monitoring.prediction_log import INPUT_FINGERPRINT
 from mlplatform.core.monitoring.rules import MonitoringError
+from mlplatform_tests.core.data.generated import FIVE_CLASS
 from mlplatform_tests.core.monitoring.test_capture import rows
+
+CLOTHING = load_contract()
 
 
 @pytest.fixture
@@ -53,12 +57,26 @@ def test_the_capture_fingerprint_follows_the_capture_and_the_whole_one_the_label
 
 
 def test_labels_are_read_from_every_file_by_label_or_rating(inputs: MonitoringInputs) -> None:
-    assert inputs.labels().columns == ["review_id", "label"] and inputs.labels().height == 0
+    assert inputs.labels(CLOTHING).columns == ["review_id", "label"] and inputs.labels(CLOTHING).height == 0
     inputs.labels_dir.mkdir()
     (inputs.labels_dir / "a.csv").write_text("review_id,label\nr1,positive\n")
     (inputs.labels_dir / "b.csv").write_text("review_id,rating\nr2,1\n")
+    (inputs.labels_dir / "c.csv").write_text("review_id,Rating\nr3,3\n")  # the contract's source name
     (inputs.labels_dir / "notes.txt").write_text("not a labels file")
-    assert sorted(inputs.labels().rows()) == [("r1", "positive"), ("r2", "negative")]
+    assert sorted(inputs.labels(CLOTHING).rows()) == [
+        ("r1", "positive"),
+        ("r2", "negative"),
+        ("r3", "neutral"),
+    ]
+
+
+def test_labels_follow_another_contract(inputs: MonitoringInputs) -> None:
+    inputs.labels_dir.mkdir()
+    (inputs.labels_dir / "stars.csv").write_text("ReviewKey,Stars\nkey-1,2\nkey-2,9\n")
+    assert sorted(inputs.labels(FIVE_CLASS).rows()) == [("key-1", "awful"), ("key-2", "great")]
+    (inputs.labels_dir / "again.csv").write_text("review_id,label\nkey-1,poor\n")
+    with pytest.raises(MonitoringError, match="conflicting labels"):
+        inputs.labels(FIVE_CLASS)
 
 
 def test_a_bad_labels_file_is_named(inputs: MonitoringInputs) -> None:
@@ -66,4 +84,4 @@ def test_a_bad_labels_file_is_named(inputs: MonitoringInputs) -> None:
     bad = inputs.labels_dir / "broken.csv"
     bad.write_text("review_id,stars\nx,5\n")
     with pytest.raises(MonitoringError, match=f"labels file {bad}"):
-        inputs.labels()
+        inputs.labels(CLOTHING)

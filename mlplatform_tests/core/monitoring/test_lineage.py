@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 
 from mlplatform.core.data.lake import Lake
-from mlplatform.core.data.text import LABELS
 from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.monitoring.lineage import (
     LineageError,
@@ -23,6 +22,7 @@ from mlplatform.core.monitoring.lineage import (
 from mlplatform.core.platform.artifacts import ArtifactStore, IntegrityError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.training.evaluation import card_classes
 from mlplatform_tests.core.monitoring.lineage_fixtures import (
     REQUEST_ID,
     REUSED_REQUEST_ID,
@@ -32,6 +32,10 @@ from mlplatform_tests.core.monitoring.lineage_fixtures import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def model_classes(traced: TracedHome) -> tuple[str, ...]:
+    return card_classes(ModelRegistry(traced.home.registry).get(traced.model_version).card)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_prediction_lineage_reaches_the_exact_landed_drops(traced, capture):
     assert [given["text"] for given in request["inputs"]] == [r["text"] for r in REVIEWS]
     answered = [prediction["label"] for prediction in traced.answer["predictions"]]
     assert [output["label"] for output in request["outputs"]] == answered
-    assert set(request["outputs"][0]["probabilities"]) == set(LABELS)
+    assert set(request["outputs"][0]["probabilities"]) == set(model_classes(traced))
 
     assert chain["model_version"]["version"] == traced.model_version == traced.answer["model_version"]
     model = ModelRegistry(traced.home.registry).get(traced.model_version)

@@ -8,12 +8,23 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from mlplatform.core.data.text import LABELS
-from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, live_quality
+from mlplatform.core.data.contract import load_contract
+from mlplatform.core.data.features import review_ids
+from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, ground_truth, live_quality
 from mlplatform.core.monitoring.rules import ERROR, WARN, MonitoringError, MonitoringRules
 from mlplatform.core.platform.settings import Settings
+from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
 
-CARD_METRICS = {"v1": {"macro_f1": 0.80}, "v2": {"macro_f1": 0.80}}
+CLOTHING = load_contract()
+LABELS = CLOTHING.classes
+
+
+def card(classes=LABELS, macro_f1: float = 0.80) -> dict:
+    """The parts of a model card live quality reads: the classes and the test macro-F1."""
+    return {"model": {"classes": list(classes)}, "metrics": {"test": {"macro_f1": macro_f1}}}
+
+
+CARD_METRICS = {"v1": card(), "v2": card()}
 START = datetime(2024, 5, 1, 8, tzinfo=UTC)
 
 
@@ -74,7 +85,7 @@ def test_ratings_map_to_labels_and_unlabelled_versions_are_not_enough_data(rules
     truth = ["negative", "neutral", "positive"] * 40
     ratings = pl.DataFrame({"review_id": [f"r{i}" for i in range(120)], "rating": [1, 3, 5] * 40})
     log = pl.concat([scored(truth, truth), scored(truth, truth, version="v2", prefix="unlabelled")])
-    quality = live_quality(log, ratings, CARD_METRICS, rules)
+    quality = live_quality(log, ground_truth(ratings, CLOTHING), CARD_METRICS, rules)
     assert quality.by_version["v1"].metrics["macro_f1"] == 1.0
     assert quality.by_version["v1"].outcome.passed
     v2 = quality.by_version["v2"]
@@ -88,9 +99,60 @@ def test_conflicting_labels_and_missing_card_metrics_are_refused(rules) -> None:
     conflicting = pl.DataFrame({"review_id": ["r0", "r0"], "label": ["positive", "negative"]})
     with pytest.raises(MonitoringError, match="conflicting labels"):
         live_quality(scored(truth, truth), conflicting, CARD_METRICS, rules)
-    with pytest.raises(MonitoringError, match="valid label"):
-        live_quality(
-            scored(truth, truth), pl.DataFrame({"review_id": ["r0"], "rating": [9]}), CARD_METRICS, rules
-        )
+    with pytest.raises(MonitoringError, match="conflicting labels"):
+        ground_truth(conflicting, CLOTHING)
+    with pytest.raises(MonitoringError, match=r"the contract's label rule maps .*row 0"):
+        ground_truth(pl.DataFrame({"review_id": ["r0"], "rating": [9]}), CLOTHING)
+    with pytest.raises(MonitoringError, match="among the classes"):
+        ground_truth(pl.DataFrame({"review_id": ["r0"], "label": ["great"]}), CLOTHING)
+    with pytest.raises(MonitoringError, match="review_id"):
+        ground_truth(pl.DataFrame({"rating": [1]}), CLOTHING)
+    with pytest.raises(MonitoringError, match="label source column 'rating'"):
+        ground_truth(pl.DataFrame({"review_id": ["r0"]}), CLOTHING)
     with pytest.raises(MonitoringError, match="v3"):
         live_quality(scored(truth, truth, version="v3"), labels_for(truth), CARD_METRICS, rules)
+
+
+def test_ground_truth_follows_the_contracts_id_and_label_rule() -> None:
+    # five classes: the id column (by its source name) and the 1-10 rating (by its source name)
+    landed = pl.DataFrame({"ReviewKey": ["key-1", "key-2", "key-3"], "Stars": ["1", "6", "10"]})
+    truth = ground_truth(landed, FIVE_CLASS)
+    assert truth.rows() == [("key-1", "awful"), ("key-2", "okay"), ("key-3", "great")]
+    # two classes, no id column: the content hash of the identity columns, as the reviews table makes it
+    drop = generated_drop(TWO_CLASS, rows=4)
+    landed = drop.select(pl.col("sentence"), pl.col("label").cast(pl.String))
+    truth = ground_truth(landed, TWO_CLASS)
+    assert truth["review_id"].to_list() == review_ids(drop, TWO_CLASS).to_list()
+    mapped = {"0": "negative", "1": "positive"}
+    assert truth["label"].to_list() == [mapped[value] for value in drop["label"].to_list()]
+    with pytest.raises(MonitoringError, match=r"lack a review id or a label the contract's label rule maps"):
+        ground_truth(landed.with_columns(pl.lit("2").alias("label")), TWO_CLASS)
+
+
+@pytest.mark.parametrize("contract", [TWO_CLASS, FIVE_CLASS], ids=["two-class", "five-class"])
+def test_live_quality_is_judged_over_each_versions_own_classes(contract, rules) -> None:
+    classes = contract.classes
+    truth = [classes[index % len(classes)] for index in range(300)]
+    wrong = [
+        classes[(classes.index(label) + 1) % len(classes)] if index % 2 else label
+        for index, label in enumerate(truth)
+    ]
+    cards = {"v1": card(classes, 0.9), "v2": card(classes, 0.9)}
+    log = pl.concat([scored(truth, truth), scored(truth, wrong, version="v2")])
+    quality = live_quality(log, labels_for(truth), cards, rules)
+    good, bad = quality.by_version["v1"], quality.by_version["v2"]
+    assert good.outcome.passed and good.metrics["macro_f1"] == 1.0
+    assert list(good.to_dict()["per_class_recall"]) == list(classes)
+    assert not bad.outcome.passed and bad.outcome.severity == ERROR
+    assert {f"recall_{label}" for label in classes} <= set(bad.outcome.metadata)
+    assert len(bad.to_dict()["confusion_matrix"]["matrix"]) == len(classes)
+
+
+def test_labelled_rows_of_classes_a_version_does_not_have_are_counted_not_judged(rules) -> None:
+    truth = ["negative", "neutral", "positive"] * 50
+    two = ("negative", "positive")
+    predicted = [label if label in two else "positive" for label in truth]
+    quality = live_quality(scored(truth, predicted), labels_for(truth), {"v1": card(two, 0.9)}, rules)
+    entry = quality.by_version["v1"]
+    assert entry.rows_joined == 100 and entry.rows_other_classes == 50
+    assert entry.metrics["macro_f1"] == 1.0

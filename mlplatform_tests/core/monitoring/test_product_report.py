@@ -8,17 +8,26 @@ import io
 import polars as pl
 import pytest
 
+from mlplatform.core.data.contract import LabelRule, load_contract
+from mlplatform.core.data.features import build_reviews
 from mlplatform.core.monitoring.product_report import (
-    REPORT_COLUMNS,
     REPORT_CSV,
     REPORT_MARKDOWN,
     product_quality_report,
     product_report,
+    report_columns,
+    taxonomy_columns,
     to_markdown,
     to_safe_csv,
+    watched_class,
 )
 from mlplatform.core.monitoring.rules import MonitoringError, MonitoringRules
 from mlplatform.core.platform.settings import Settings
+from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
+
+CLOTHING = load_contract()
+TAXONOMY = taxonomy_columns(CLOTHING)
+REPORT_COLUMNS = report_columns("negative", TAXONOMY)
 
 
 @pytest.fixture
@@ -50,8 +59,9 @@ def log() -> pl.DataFrame:
 
 
 def test_flags_the_product_seeded_with_negatives_and_not_the_one_with_a_handful(log, rules) -> None:
-    report = product_quality_report(log, None, rules)
+    report = product_quality_report(log, None, rules, "negative", "clothing_id", TAXONOMY)
     assert report.columns == list(REPORT_COLUMNS)
+    assert TAXONOMY == ("division_name", "department_name", "class_name")
     assert report["product_id"].to_list() == ["1078"]
     row = report.row(0, named=True)
     assert row["predictions"] == 60 and row["negative_predictions"] == 30
@@ -67,7 +77,9 @@ def test_catalogue_adds_the_most_frequent_class_and_department(log, rules) -> No
             "class_name": ["Dresses", "Dresses", "Knits", "Knits"],
         }
     )
-    row = product_quality_report(log, catalogue, rules).row(0, named=True)
+    row = product_quality_report(log, catalogue, rules, "negative", "clothing_id", TAXONOMY).row(
+        0, named=True
+    )
     assert (row["product_id"], row["department_name"], row["class_name"], row["division_name"]) == (
         "1078",
         "Dresses",
@@ -78,7 +90,7 @@ def test_catalogue_adds_the_most_frequent_class_and_department(log, rules) -> No
 
 def test_a_log_without_any_product_is_refused(rules) -> None:
     with pytest.raises(MonitoringError, match="names a product"):
-        product_quality_report(predictions(None, 3, 3), None, rules)
+        product_quality_report(predictions(None, 3, 3), None, rules, "negative", "clothing_id", TAXONOMY)
 
 
 def test_csv_cells_that_start_a_formula_are_neutralised() -> None:
@@ -112,10 +124,11 @@ def test_markdown_shows_the_top_rows_and_escapes_pipes() -> None:
 
 
 def test_the_report_comes_as_csv_and_markdown_files_with_its_numbers(log, rules) -> None:
-    report = product_report(log, None, rules)
+    report = product_report(log, None, rules, CLOTHING)
     assert report.metadata() == {
         "flagged": 1,
         "predictions_with_product": 20 * 40 + 60 + 5,
+        "watched_class": "negative",
         "summary": "1 product(s) flagged of 22",
         "top_product_ids": "1078",
     }
@@ -127,7 +140,44 @@ def test_the_report_comes_as_csv_and_markdown_files_with_its_numbers(log, rules)
 
 
 def test_a_log_naming_no_product_reports_nothing_and_says_so(rules) -> None:
-    report = product_report(predictions(None, negative=5, positive=5), None, rules)
+    report = product_report(predictions(None, negative=5, positive=5), None, rules, CLOTHING)
     assert report.report.height == 0 and report.report.columns == list(REPORT_COLUMNS)
     assert report.metadata()["summary"] == "no captured prediction names a product: nothing to report on"
     assert report.metadata()["top_product_ids"] == ""
+
+
+def test_the_watched_class_is_the_one_farthest_from_the_favourable_class() -> None:
+    def rule(classes: tuple[str, ...], favourable: str | None) -> LabelRule:
+        return LabelRule(classes, favourable, mapping={label: label for label in classes})
+
+    assert watched_class(CLOTHING.labels) == "negative"
+    assert watched_class(FIVE_CLASS.labels) == "awful"
+    assert watched_class(rule(("good", "bad"), "good")) == "bad"
+    assert watched_class(rule(("bad", "good"), None)) == "bad"
+
+
+def test_a_five_class_contract_reports_its_products_by_its_watched_class(rules) -> None:
+    reviews = build_reviews({"h": generated_drop(FIVE_CLASS, rows=60)}, FIVE_CLASS).frame
+    background = [
+        pl.DataFrame({"product_id": [f"sku-{n}"] * 40, "label": ["awful"] * 2 + ["great"] * 38})
+        for n in range(2, 7)
+    ]
+    log = pl.concat(
+        [*background, pl.DataFrame({"product_id": ["sku-1"] * 40, "label": ["awful"] * 20 + ["okay"] * 20})]
+    )
+    report = product_report(log, reviews, rules, FIVE_CLASS)
+    assert not report.skipped
+    assert report.report.columns == list(report_columns("awful", ("region", "channel")))
+    assert "awful_share" in report.report.columns and "overall_awful_rate" in report.report.columns
+    row = report.report.row(0, named=True)
+    assert (row["product_id"], row["awful_predictions"]) == ("sku-1", 20)
+    assert row["region"] in {"north", "south", "east", "west"}
+
+
+def test_a_contract_without_a_product_column_skips_the_report_and_says_why(log, rules) -> None:
+    report = product_report(log, None, rules, TWO_CLASS)
+    assert report.skipped and report.report.height == 0
+    metadata = report.metadata()
+    assert metadata["skipped"].startswith("skipped: the dataset contract declares no product column")
+    assert metadata["skipped"] == metadata["summary"]
+    assert "no product column" in report.files()[REPORT_MARKDOWN].decode()

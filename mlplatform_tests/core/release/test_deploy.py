@@ -63,7 +63,7 @@ def test_a_wrong_label_fails_naming_the_review():
     labels = ["positive", *EXPECTED[1:]]
     result = judge_smoke(_answer(labels), latency_ms=1.0, expected_version="v2", max_latency_ms=100)
     assert not result.passed
-    assert result.reason == "1 of 4 canned reviews wrong: review 0 (negative) labelled 'positive'"
+    assert result.reason == "1 of 4 smoke reviews wrong: review 0 (negative) labelled 'positive'"
 
 
 def test_an_answer_from_the_old_version_fails():

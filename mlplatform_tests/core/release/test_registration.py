@@ -18,11 +18,18 @@ from mlplatform.core.release.registration import (
     register_best,
 )
 from mlplatform.core.release.registry import APPROVED, PENDING, REJECTED, ModelRegistry, RegistryRules
+from mlplatform.core.scoring.model import ScoringModel
 from mlplatform.core.training.evaluation import GateRules
 from mlplatform.core.training.fit import TrainingConfig, train_candidates
 from mlplatform.core.training.selection import MODEL_CARD_FILE, MODEL_FILE, CandidateRecord, candidate_files
+from mlplatform_tests.core.data.generated import TWO_CLASS
 from mlplatform_tests.core.scoring.models import RULES
-from mlplatform_tests.core.training.training_data import TRAINING_SEARCH, review_frame
+from mlplatform_tests.core.training.training_data import (
+    CLASSES,
+    TRAINING_SEARCH,
+    contract_frame,
+    review_frame,
+)
 
 PROVENANCE = Provenance(
     run_id="run-1",
@@ -41,7 +48,7 @@ def splits() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def candidates(splits: pl.DataFrame) -> list[CandidateRecord]:
-    trained = train_candidates(splits, TrainingConfig.from_toml(TRAINING_SEARCH), RULES)
+    trained = train_candidates(splits, TrainingConfig.from_toml(TRAINING_SEARCH), RULES, CLASSES)
     return [CandidateRecord.from_files(candidate_files(candidate)) for candidate in trained]
 
 
@@ -53,8 +60,8 @@ def rules(
     gates = dataclasses.replace(gates, max_p99_latency_ms=1e9, max_recall_gap=1.0, max_predicted_rate_gap=1.0)
     if min_macro_f1 is not None:
         gates = dataclasses.replace(gates, min_macro_f1=min_macro_f1)
-    features = dataclasses.replace(features, facets=("division_name",), min_facet_rows=1)
-    return RegistrationRules(gates, features, RegistryRules(approval=approval), RULES)
+    features = dataclasses.replace(features, min_facet_rows=1)
+    return RegistrationRules(gates, features, RegistryRules(approval=approval), RULES, ("division_name",))
 
 
 def test_the_best_candidate_is_registered_with_its_card_and_approved_by_the_gates(
@@ -80,6 +87,16 @@ def test_the_best_candidate_is_registered_with_its_card_and_approved_by_the_gate
     assert card["lineage"]["drop_hashes"] == ["d1", "d2"]
     assert card["lineage"]["created_at"] == "2024-05-01T12:00:00+00:00"
     assert card["lineage"]["production_compared"] is None
+    assert card["model"]["classes"] == list(CLASSES)
+    # the smoke cases: per class the test reviews the model labels right with most confidence
+    cases = card["smoke_cases"]
+    assert {case["expected"] for case in cases} == set(CLASSES) and len(cases) == 2 * len(CLASSES)
+    model = ScoringModel.from_bytes(best.onnx_bytes, RULES)
+    assert model.predict([case["text"] for case in cases]).labels.tolist() == [
+        case["expected"] for case in cases
+    ]
+    test_texts = set(splits.filter(pl.col("split") == "test")["text"].to_list())
+    assert all(case["text"] in test_texts for case in cases)
     files = result.files()
     assert files[MODEL_FILE] == best.onnx_bytes
     assert b'"run_id": "run-1"' in files[MODEL_CARD_FILE]
@@ -113,3 +130,24 @@ def test_a_second_model_is_compared_with_production(
     assert (
         registry.get(second.version.version).card["lineage"]["production_compared"] == first.version.version
     )
+
+
+def test_a_model_of_other_classes_is_not_compared_with_production(
+    tmp_path: Path, settings: Settings, splits: pl.DataFrame, candidates: list[CandidateRecord]
+) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    first = register_best(registry, candidates[:1], splits, rules(settings), PROVENANCE)
+    registry.promote(first.version.version, by="test")
+    two = contract_frame(TWO_CLASS, rows=300).with_columns(pl.lit("d3").alias("drop_hash"))
+    trained = train_candidates(two, TrainingConfig.from_toml(TRAINING_SEARCH), RULES, TWO_CLASS.classes)
+    others = [CandidateRecord.from_files(candidate_files(candidate)) for candidate in trained]
+    no_facets = dataclasses.replace(rules(settings), facets=TWO_CLASS.facet_columns)
+    second = register_best(registry, others, two, no_facets, PROVENANCE)
+    assert second.judgement.production_metrics is None
+    gate = next(gate for gate in second.gates if gate.name == "no_regression")
+    assert gate.passed and gate.metadata == {"evaluated": False}
+    assert "are not this model's ['negative', 'positive']: nothing to compare" in gate.description
+    card = registry.get(second.version.version).card
+    assert card["model"]["classes"] == ["negative", "positive"]
+    assert list(card["metrics"]["test"]["per_class"]) == ["negative", "positive"]
+    assert card["facets"] == {}

@@ -13,10 +13,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from mlplatform.core.data.text import LABELS, TOKEN_PATTERN, lowercase_for_tokens
+from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.scoring.model import ScoringRules
 from mlplatform.core.training.export import to_onnx
 
+LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+"""The classes of these models (the clothing contract's), in their probability order."""
 WORDS = {
     "negative": ["awful", "terrible", "ripped", "returned", "cheap", "itchy", "disappointed", "worst"],
     "neutral": ["okay", "average", "fine", "decent", "expected", "ordinary", "alright", "so"],

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mlplatform.core.data.text import LABELS
 from mlplatform.core.scoring.model import (
     Contribution,
     ExplanationUnavailable,
@@ -22,6 +21,7 @@ from mlplatform.core.scoring.model import (
 )
 from mlplatform.core.training.export import sklearn_answers, to_onnx
 from mlplatform_tests.core.scoring.models import (
+    LABELS,
     RULES,
     fitted_pipeline,
     legacy_model_bytes,

@@ -7,14 +7,16 @@ import dataclasses
 import polars as pl
 import pytest
 
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import Settings, SettingsError
 from mlplatform.core.scoring.model import ScoringModel
 from mlplatform.core.training.evaluation import (
     ERROR,
     WARN,
+    ClassFloors,
     EvaluationError,
     GateRules,
     blocking_failures,
+    card_classes,
     classification_metrics,
     evaluate_gates,
     facet_metrics,
@@ -24,7 +26,7 @@ from mlplatform.core.training.evaluation import (
     single_review_latency,
 )
 from mlplatform_tests.core.scoring.models import RULES, fitted_pipeline, sparse_model_bytes
-from mlplatform_tests.core.training.training_data import review_frame
+from mlplatform_tests.core.training.training_data import CLASSES, review_frame
 
 # Hand-computed: truth N N N U U P P P P P, predictions N N U U P P P P P N
 # (N negative, U neutral, P positive).
@@ -44,7 +46,7 @@ Y_PRED = [
 
 
 def test_classification_metrics_match_hand_computation() -> None:
-    metrics = classification_metrics(Y_TRUE, Y_PRED)
+    metrics = classification_metrics(Y_TRUE, Y_PRED, CLASSES)
     assert metrics["rows"] == 10
     assert metrics["accuracy"] == pytest.approx(7 / 10)
     # recalls: negative 2/3, neutral 1/2, positive 4/5
@@ -63,18 +65,18 @@ def test_classification_metrics_match_hand_computation() -> None:
 
 
 def test_a_class_never_predicted_scores_zero_not_an_error() -> None:
-    metrics = classification_metrics(["negative", "neutral", "positive"], ["positive"] * 3)
+    metrics = classification_metrics(["negative", "neutral", "positive"], ["positive"] * 3, CLASSES)
     assert metrics["per_class"]["negative"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert metrics["macro_f1"] == pytest.approx((0 + 0 + 2 * (1 / 3) / (1 / 3 + 1)) / 3)
 
 
 def test_bad_metric_inputs_are_refused() -> None:
     with pytest.raises(EvaluationError, match="unknown label 'great'"):
-        classification_metrics(["great"], ["positive"])
+        classification_metrics(["great"], ["positive"], CLASSES)
     with pytest.raises(EvaluationError, match="rows"):
-        classification_metrics(["positive"], ["positive", "negative"])
+        classification_metrics(["positive"], ["positive", "negative"], CLASSES)
     with pytest.raises(EvaluationError, match="zero rows"):
-        classification_metrics([], [])
+        classification_metrics([], [], CLASSES)
 
 
 def facet_frame() -> pl.DataFrame:
@@ -86,7 +88,7 @@ def facet_frame() -> pl.DataFrame:
 
 
 def test_facet_metrics_and_gaps() -> None:
-    result = facet_metrics(facet_frame(), ["division_name"], min_rows=3)["division_name"]
+    result = facet_metrics(facet_frame(), ["division_name"], min_rows=3, classes=CLASSES)["division_name"]
     values = result["values"]
     assert set(values) == {"a", "b", "c", "(missing)"}  # nothing dropped, the null is its own group
     assert values["a"]["recall"] == {"negative": 1.0, "neutral": 1.0, "positive": 1.0}
@@ -105,7 +107,7 @@ def test_facet_metrics_and_gaps() -> None:
 
 def test_facet_metrics_need_their_columns() -> None:
     with pytest.raises(EvaluationError, match="age_band"):
-        facet_metrics(facet_frame(), ["age_band"], min_rows=1)
+        facet_metrics(facet_frame(), ["age_band"], min_rows=1, classes=CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +133,9 @@ def rules(settings: Settings) -> GateRules:
 
 
 def good_inputs() -> dict:
-    metrics = classification_metrics(Y_TRUE * 3, Y_TRUE * 3)  # perfect model
+    metrics = classification_metrics(Y_TRUE * 3, Y_TRUE * 3, CLASSES)  # perfect model
     fairness = facet_metrics(
-        facet_frame().with_columns(pl.col("label").alias("predicted_label")), ["division_name"], 3
+        facet_frame().with_columns(pl.col("label").alias("predicted_label")), ["division_name"], 3, CLASSES
     )
     return {
         "metrics": metrics,
@@ -150,7 +152,54 @@ def outcome(outcomes: list, name: str):
 
 def test_gate_rules_come_from_settings(rules: GateRules) -> None:
     assert 0 < rules.min_macro_f1 < 1
-    assert set(rules.min_class_recall) == {"negative", "neutral", "positive"}
+    floors = rules.min_class_recall
+    # the packaged floors: a default for every class, overrides for two of the clothing classes
+    assert floors.for_classes(CLASSES) == {"negative": 0.40, "neutral": 0.30, "positive": 0.60}
+    assert floors.for_classes(["awful", "great"]) == {"awful": 0.30, "great": 0.30}
+    assert floors.unused(["negative", "positive"]) == [] and floors.unused(["a", "b"]) == [
+        "negative",
+        "positive",
+    ]
+
+
+def test_class_floors_need_a_default_and_floors_in_0_1(tmp_path) -> None:
+    with pytest.raises(SettingsError, match="needs `default`"):
+        ClassFloors.from_table({"negative": 0.4})
+    with pytest.raises(SettingsError, match=r"great must be in \[0, 1\]"):
+        ClassFloors.from_table({"default": 0.3, "great": 1.5})
+    # a deployment names floors for its own classes (keys the packaged settings do not have)
+    override = tmp_path / "platform.toml"
+    override.write_text("[gates.min_class_recall]\ndefault = 0.2\ngreat = 0.7\n")
+    floors = GateRules.from_settings(Settings.load(override)).min_class_recall
+    assert floors.for_classes(["awful", "great", "negative"]) == {"awful": 0.2, "great": 0.7, "negative": 0.4}
+
+
+FIVE = ("awful", "poor", "okay", "good", "great")
+
+
+def test_quality_bar_judges_the_classes_the_metrics_hold(rules: GateRules) -> None:
+    truth = [label for label in FIVE for _ in range(4)]
+    predicted = [label if index % 4 else "okay" for index, label in enumerate(truth)]  # recall 0.75, okay 1.0
+    metrics = classification_metrics(truth, predicted, FIVE)
+    strict = dataclasses.replace(rules, min_macro_f1=0.0, min_class_recall=ClassFloors(0.5, {"great": 0.8}))
+    gate = outcome(evaluate_gates(**{**good_inputs(), "metrics": metrics}, rules=strict), "quality_bar")
+    assert not gate.passed and gate.description == "great recall 0.7500 < 0.8"
+    assert gate.metadata["min_class_recall"] == {
+        "awful": 0.5,
+        "poor": 0.5,
+        "okay": 0.5,
+        "good": 0.5,
+        "great": 0.8,
+    }
+    two = classification_metrics(
+        ["negative", "positive"] * 5, ["negative", "positive"] * 5, ("negative", "positive")
+    )
+    gate = outcome(evaluate_gates(**{**good_inputs(), "metrics": two}, rules=rules), "quality_bar")
+    assert gate.passed and "the recall of each of 2 classes" in gate.description
+    assert gate.metadata["unused_floors"] == [] and "not used" not in gate.description
+    gate = outcome(evaluate_gates(**{**good_inputs(), "metrics": metrics}, rules=rules), "quality_bar")
+    assert "not used: negative, positive" in gate.description
+    assert gate.metadata["unused_floors"] == ["negative", "positive"]
 
 
 def test_every_gate_passes_for_a_good_first_model(rules: GateRules) -> None:
@@ -170,20 +219,23 @@ def test_every_gate_passes_for_a_good_first_model(rules: GateRules) -> None:
 
 
 def test_quality_bar_fails_on_macro_f1_and_on_a_class_recall(rules: GateRules) -> None:
-    useless = classification_metrics(Y_TRUE, ["positive"] * len(Y_TRUE))
+    useless = classification_metrics(Y_TRUE, ["positive"] * len(Y_TRUE), CLASSES)
     gate = outcome(evaluate_gates(**{**good_inputs(), "metrics": useless}, rules=rules), "quality_bar")
     assert not gate.passed and gate.severity == ERROR
     assert "macro-F1" in gate.description and "negative recall 0.0000" in gate.description
+    floors = rules.min_class_recall
     strict = dataclasses.replace(
-        rules, min_macro_f1=0.0, min_class_recall={**rules.min_class_recall, "neutral": 1.0}
+        rules,
+        min_macro_f1=0.0,
+        min_class_recall=dataclasses.replace(floors, by_class={**floors.by_class, "neutral": 1.0}),
     )
-    decent = classification_metrics(Y_TRUE, Y_PRED)
+    decent = classification_metrics(Y_TRUE, Y_PRED, CLASSES)
     gate = outcome(evaluate_gates(**{**good_inputs(), "metrics": decent}, rules=strict), "quality_bar")
     assert not gate.passed and gate.description == "neutral recall 0.5000 < 1.0"
 
 
 def test_no_regression_against_production_on_the_same_split(rules: GateRules) -> None:
-    candidate = classification_metrics(Y_TRUE, Y_PRED)  # macro-F1 0.6556
+    candidate = classification_metrics(Y_TRUE, Y_PRED, CLASSES)  # macro-F1 0.6556
     better_production = {"macro_f1": candidate["macro_f1"] + rules.max_macro_f1_drop + 0.01}
     gate = outcome(
         evaluate_gates(
@@ -203,6 +255,13 @@ def test_no_regression_against_production_on_the_same_split(rules: GateRules) ->
     assert gate.passed
 
 
+def test_no_regression_says_why_when_production_has_other_classes(rules: GateRules) -> None:
+    reason = "the production model's classes ['negative', 'positive'] are not this model's"
+    gate = outcome(evaluate_gates(**good_inputs(), rules=rules, not_compared=reason), "no_regression")
+    assert gate.passed and gate.metadata == {"evaluated": False}
+    assert gate.description == f"not evaluated: {reason}"
+
+
 def test_latency_and_size_budgets_fail_above_their_limits(rules: GateRules) -> None:
     slow = {"p50_ms": 1.0, "p99_ms": rules.max_p99_latency_ms + 1}
     outcomes = evaluate_gates(
@@ -214,7 +273,7 @@ def test_latency_and_size_budgets_fail_above_their_limits(rules: GateRules) -> N
 
 
 def test_fairness_gap_only_warns(rules: GateRules) -> None:
-    unfair = facet_metrics(facet_frame(), ["division_name"], 3)  # recall gap 1.0 on positive
+    unfair = facet_metrics(facet_frame(), ["division_name"], 3, CLASSES)  # recall gap 1.0 on positive
     outcomes = evaluate_gates(**{**good_inputs(), "fairness": unfair}, rules=rules)
     gate = outcome(outcomes, "fairness_gap")
     assert not gate.passed and gate.severity == WARN
@@ -236,20 +295,26 @@ def card(rules: GateRules) -> dict:
     return model_card(
         model_name="logreg,C=1.0",
         family="logreg",
+        classes=CLASSES,
         hyperparameters={"C": 1.0, "class_offsets": {"negative": -0.2, "neutral": 0.1, "positive": 0.0}},
-        test_metrics=classification_metrics(Y_TRUE, Y_PRED),
-        validation_metrics=classification_metrics(Y_TRUE, Y_TRUE),
+        test_metrics=classification_metrics(Y_TRUE, Y_PRED, CLASSES),
+        validation_metrics=classification_metrics(Y_TRUE, Y_TRUE, CLASSES),
         facets=inputs["fairness"],
         gates=evaluate_gates(**inputs, rules=rules),
         latency={"p50_ms": 0.42, "p99_ms": 1.37},
         model_size_bytes=123456,
         onnx_sha256="f" * 64,
         lineage=LINEAGE,
+        smoke_cases=[{"text": "love it", "expected": "positive"}],
     )
 
 
 def test_model_card_holds_metrics_gates_and_lineage(rules: GateRules) -> None:
     result = card(rules)
+    assert result["model"]["classes"] == list(CLASSES) and card_classes(result) == CLASSES
+    assert result["smoke_cases"] == [{"text": "love it", "expected": "positive"}]
+    legacy = {**result, "model": {"name": "m", "family": "f", "labels": list(CLASSES), "format": "onnx"}}
+    assert card_classes(legacy) == CLASSES  # a card from before: the confusion matrix's labels
     assert result["metrics"]["test"]["macro_f1"] == pytest.approx(0.6556, abs=1e-4)
     assert result["lineage"] == LINEAGE
     assert [g["name"] for g in result["gates"]] == [
@@ -264,6 +329,7 @@ def _card_kwargs(rules: GateRules) -> dict:
     return {
         "model_name": "m",
         "family": "f",
+        "classes": CLASSES,
         "hyperparameters": {},
         "test_metrics": result["metrics"]["test"],
         "validation_metrics": result["metrics"]["validation"],
@@ -291,5 +357,6 @@ def test_model_card_markdown_shows_the_key_numbers(rules: GateRules) -> None:
         "class_offsets",
         "f" * 64,
         "| division_name | 2 |",
+        "- classes: negative, neutral, positive",
     ):
         assert expected in markdown, expected

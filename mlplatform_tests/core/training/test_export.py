@@ -20,9 +20,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
 
-from mlplatform.core.data.text import CASE_MAP, LABELS, TOKEN_PATTERN, lowercase_for_tokens
+from mlplatform.core.data.text import CASE_MAP, TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.scoring.model import GRAPH_KIND, ScoringRules
 from mlplatform.core.training.export import ExportError, check_parity, sklearn_answers, to_onnx
+from mlplatform_tests.core.training.training_data import CLASSES as LABELS
 from mlplatform_tests.core.training.training_data import review_frame
 
 RULES = ScoringRules(

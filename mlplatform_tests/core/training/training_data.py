@@ -6,6 +6,13 @@ import random
 
 import polars as pl
 
+from mlplatform.core.data.contract import DatasetContract
+from mlplatform.core.data.features import build_reviews
+from mlplatform.core.data.splits import SplitRules, assign_splits
+from mlplatform_tests.core.data.generated import generated_drop
+
+CLASSES = ("negative", "neutral", "positive")
+"""The clothing classes, which `review_frame` writes."""
 WORDS = {
     "negative": ["awful", "terrible", "returned", "cheap", "ripped", "disappointed", "poor", "scratchy"],
     "neutral": ["okay", "average", "fine", "decent", "mixed", "alright", "so-so", "ordinary"],
@@ -25,6 +32,8 @@ seed = 1729
 [selection]
 metric = "macro_f1"
 tune_class_offsets = true
+offset_folds = 3
+min_offset_gain = 0.0
 offset_range = 1.0
 offset_step = 0.25
 parity_tolerance = 1e-4
@@ -43,7 +52,7 @@ class_weight = ["balanced"]
 def review_frame(rows: int = 240, seed: int = 7) -> pl.DataFrame:
     """Reviews whose label shows in their words, with splits and facets, in the training data contract."""
     rng = random.Random(seed)
-    labels = ["negative", "neutral", "positive"]
+    labels = list(CLASSES)
     records = []
     for index in range(rows):
         label = labels[index % 3]
@@ -61,3 +70,12 @@ def review_frame(rows: int = 240, seed: int = 7) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(records)
+
+
+SPLIT_RULES = SplitRules(validation_share=0.2, test_share=0.2, proportion_tolerance=0.05, salt="tests")
+
+
+def contract_frame(contract: DatasetContract, rows: int = 300, seed: int = 7) -> pl.DataFrame:
+    """Generated reviews of `contract` through the platform's data stage: labelled, with hash splits."""
+    reviews = build_reviews({"generated": generated_drop(contract, rows, seed)}, contract).frame
+    return assign_splits(reviews, SPLIT_RULES)
