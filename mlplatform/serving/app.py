@@ -17,7 +17,8 @@ metadata route behind the key.
 The inference routes skip FastAPI's per-request validation and serialisation: they check the content
 type, read the body with a byte limit and a deadline, take a concurrency slot (serving/admission.py),
 parse it with orjson, validate by hand, score, build the response with orjson, make the capture record
-durable, then answer. Every refusal is a 4xx/503 with `{"error": ..., "id": ...}`; only a bug is a 500
+durable, then answer (during a rollout, serving/rollout.py: a canary candidate may answer, a shadow
+candidate scores a copy once the answer is captured). Every refusal is a 4xx/503 with `{"error": ..., "id": ...}`; only a bug is a 500
 (`{"error": "internal error"}`). Liveness and readiness: serving/health.py; the deadline for a
 request's headers: serving/connection.py.
 """
@@ -47,12 +48,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlplatform.core.monitoring.alerts import AlertStore
-from mlplatform.core.monitoring.capture import CaptureError, encode_capture_rows
+from mlplatform.core.monitoring.alerts import AlertStore, raise_rollout_abort
+from mlplatform.core.monitoring.capture import CaptureError, CaptureRole, encode_capture_rows
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.release.rollout import (
+    Rollout,
+    RolloutRules,
+    RolloutStrategy,
+    abort_rollout,
+    rollout_events,
+)
 from mlplatform.core.scoring.model import ScoringRules, load_model
 from mlplatform.serving.admission import ConcurrencySlots, json_content_problem, read_whole_body
 from mlplatform.serving.capture import CaptureConfig, CaptureState, CaptureStatus, CaptureWriter
@@ -60,6 +68,7 @@ from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes, e
 from mlplatform.serving.health import PUBLIC_REASONS, Health, HealthSources, StandingAlert
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import (
+    Candidate,
     ModelHolder,
     ModelLoader,
     Predictor,
@@ -81,6 +90,7 @@ from mlplatform.serving.protocol import (
     render_predict_response,
     send_json,
 )
+from mlplatform.serving.rollout import ShadowJob, ShadowScorer, answer, request_key
 from mlplatform.serving.workers import WorkerThreads
 
 log = logging.getLogger(__name__)
@@ -164,6 +174,7 @@ class ServingState:
     slots: ConcurrencySlots
     health: HealthSources
     workers: WorkerThreads
+    shadow: ShadowScorer
 
 
 Renderer = Callable[[str, str, str, Sequence[str], np.ndarray, Sequence[str]], bytes]
@@ -179,6 +190,7 @@ class Answer:
     capture_rows: bytes | None
     reviews: int
     capture_id: str | None
+    shadow: ShadowJob | None = None  # to score with the shadow candidate once the answer is captured
 
 
 class InferenceRoute:
@@ -219,11 +231,14 @@ class InferenceRoute:
         state = self._state
         config = state.config
         served = state.holder.served  # read once: this request's one model version
+        candidate = state.holder.candidate  # and the rollout's candidate, if one runs
         if served is None:
             raise RequestRefused(503, f"model not servable: {state.holder.status().reason}")
         sampled = config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate
         capture_id = uuid.uuid4().hex if sampled else None  # the capture's key (capture.py: Keys)
-        work = functools.partial(self._work, raw, served, request_id, received_at, started, capture_id)
+        work = functools.partial(
+            self._work, raw, served, candidate, request_id, received_at, started, capture_id
+        )
         inline = len(raw) <= config.inline_max_body_bytes  # by size, not review count: serving/workers.py
         answer = work() if inline else await state.workers.run(work)
         state.metrics.observe_batch(answer.reviews)
@@ -231,12 +246,15 @@ class InferenceRoute:
             state.metrics.count_sampled_out()
         else:
             await self._make_durable(answer.capture_rows, inline=inline)
+            if answer.shadow is not None:  # only now: a shadow row never stands beside an unanswered request
+                state.shadow.offer(answer.shadow)
         return answer
 
     def _work(
         self,
         raw: bytes,
-        served: ServedModel,
+        production: ServedModel,
+        candidate: Candidate | None,
         request_id: str,
         received_at: float,
         started: float,
@@ -246,27 +264,49 @@ class InferenceRoute:
         config = self._state.config
         reviews = self._parse(decode_json(raw), config.max_batch)
         texts = model_inputs(reviews.texts)
-        labels, probabilities = self._score(served.model, texts)
+        routed = answer(
+            production, candidate, request_key(reviews.product_ids, request_id), texts, self._score
+        )
+        served, labels, probabilities = routed.served, routed.labels, routed.probabilities
         classes = served.model.classes
         body = self._render(config.model_name, served.version, request_id, labels, probabilities, classes)
-        rows = None
-        if capture_id is not None:
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            rows = encode_capture_rows(
-                request_id=request_id,
-                capture_id=capture_id,
-                received_at=received_at,
-                route=self._route,
-                model_version=served.version,
-                texts=texts,
-                product_ids=reviews.product_ids,
-                review_ids=reviews.review_ids,
-                labels=labels,
-                probabilities=probabilities,
+        if capture_id is None:
+            return Answer(body, None, len(labels), None)
+        shared = {
+            "request_id": request_id,
+            "capture_id": capture_id,
+            "received_at": received_at,
+            "route": self._route,
+            "texts": texts,
+            "product_ids": reviews.product_ids,
+            "review_ids": reviews.review_ids,
+            "classes": classes,
+        }
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        rows = encode_capture_rows(
+            **shared,
+            model_version=served.version,
+            labels=labels,
+            probabilities=probabilities,
+            latency_ms=latency_ms,
+        )
+        if routed.failed is not None:  # the canary candidate's failure, captured beside production's answer
+            self._state.metrics.count_canary_fallback()
+            version, error = routed.failed
+            rows += encode_capture_rows(
+                **shared,
+                model_version=version,
+                labels=None,
+                probabilities=None,
                 latency_ms=latency_ms,
-                classes=classes,
+                role=CaptureRole.SHADOW,
+                error=error,
             )
-        return Answer(body, rows, len(labels), capture_id)
+        shadow = None
+        if candidate is not None and candidate.strategy is RolloutStrategy.SHADOW:
+            request = {key: value for key, value in shared.items() if key != "classes"}
+            shadow = ShadowJob(**request, candidate=candidate.served)
+        return Answer(body, rows, len(labels), capture_id, shadow)
 
     @staticmethod
     def _score(model: Predictor, texts: list[str]) -> tuple[list[str], np.ndarray]:
@@ -537,6 +577,18 @@ class _GatedFastAPI(FastAPI):
         return self._gate(super().build_middleware_stack())
 
 
+def _abort_refused_rollout(
+    registry: ProductionRegistry, alerts: AlertStore, by: str, rollout: Rollout, reason: str
+) -> None:
+    """A candidate this endpoint refused (its file failed its check): abort its rollout and say why."""
+    if not isinstance(registry, ModelRegistry):  # a test's stand-in registry holds no rollouts to end
+        return
+    abort_rollout(registry, rollout.id, by=by, reason=reason, automatic=True)
+    for event in rollout_events(registry.events(), rollout.id):
+        if event["event"] == "rollout_aborted":
+            raise_rollout_abort(alerts, event)
+
+
 def create_app(
     home: PlatformHome,
     settings: Settings,
@@ -555,18 +607,23 @@ def create_app(
     `alert_store_from_env`).
     """
     config = ServingConfig.from_settings(settings)
+    registry = registry if registry is not None else ModelRegistry.for_home(home)
+    alert_store = alerts if alerts is not None else AlertStore.for_home(home)
+    host = socket.gethostname()
     holder = ModelHolder(
-        registry if registry is not None else ModelRegistry.for_home(home),
+        registry,
         loader
         if loader is not None
         else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
         poll_interval_s=config.swap_poll_interval_s,
         refused_retry_s=config.refused_model_retry_s,
+        on_candidate_refused=functools.partial(
+            _abort_refused_rollout, registry, alert_store, f"endpoint {host}"
+        ),
     )
     capture_config = CaptureConfig.from_settings(settings.section("serving"))
-    host = socket.gethostname()
     capture_alert = StandingAlert(
-        alerts if alerts is not None else AlertStore.for_home(home),
+        alert_store,
         kind=CAPTURE_ALERT_KIND,
         source="endpoint",
         key=f"endpoint:capture:{host}",
@@ -594,17 +651,22 @@ def create_app(
     )
     health = HealthSources(holder.status, lambda: holder.alive, capture.status, slots)
     workers = WorkerThreads(config.worker_threads)
-    state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers)
+    shadow = ShadowScorer(
+        capture, metrics, InferenceRoute._score, RolloutRules.from_settings(settings).shadow_queue_max
+    )
+    state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers, shadow)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         capture_alert.start()
         capture.start()
+        shadow.start()
         holder.start()
         try:
             yield
         finally:
             holder.begin_shutdown()
+            shadow.stop()  # its last rows join the capture before the writer closes
             capture.close()
             holder.stop()
             capture_alert.stop()

@@ -33,6 +33,7 @@ lock (an endpoint may abort from its poller without waiting behind a deployment 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +78,8 @@ core/monitoring/rollout_judgement.py's `RolloutRound.record()`)."""
 ROUNDS_SEARCHED = 50
 """How many of the newest stored rounds `latest_round` looks through for one rollout's."""
 MAX_PERCENT = 100
+CANARY_BUCKETS = 10_000
+"""Request keys hash to this many buckets: a canary's share is exact to 0.01 percent of keys."""
 
 
 class RolloutError(UserError, RuntimeError):
@@ -275,6 +278,15 @@ class Rollout:
         if rollout.strategy is RolloutStrategy.CANARY and not 0 <= rollout.step < len(rollout.steps):
             raise RolloutError(f"the registry's rollout record is at step {rollout.step} of {rollout.steps}")
         return rollout
+
+
+def answers_with_candidate(key: str, rollout_id: str, percent: int) -> bool:
+    """Whether the canary's candidate answers the request with this key (the product id when the request
+    names one, else the request id; serving/ chooses). A stable hash of the rollout and the key: one
+    product sees one version through a step, and a key on the candidate stays there as its percent grows
+    (its bucket stays under the rising bound)."""
+    digest = hashlib.blake2b(f"{rollout_id}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % CANARY_BUCKETS < percent * CANARY_BUCKETS // MAX_PERCENT
 
 
 def rollout_of(pointer: Any) -> Rollout | None:

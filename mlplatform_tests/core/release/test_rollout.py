@@ -22,6 +22,7 @@ from mlplatform.core.release.rollout import (
     RolloutStrategy,
     abort_rollout,
     advance_rollout,
+    answers_with_candidate,
     canary_schedule,
     conclude,
     current_rollout,
@@ -365,3 +366,15 @@ def test_without_production_a_strategy_deploys_directly(home: PlatformHome, real
     register(registry, real_models[0])
     deployment, _, _ = by_strategy(home, "v1", "canary")
     assert deployment.outcome.state is DeployState.DEPLOYED and registry.aliases() == {PRODUCTION: "v1"}
+
+
+def test_canary_keys_split_by_percent_stay_put_within_a_rollout_and_keep_their_version_as_it_grows():
+    keys = [f"product-{index}" for index in range(20_000)]
+    at_25 = {key for key in keys if answers_with_candidate(key, "r1", 25)}
+    at_50 = {key for key in keys if answers_with_candidate(key, "r1", 50)}
+    assert abs(len(at_25) / len(keys) - 0.25) < 0.01 and abs(len(at_50) / len(keys) - 0.50) < 0.01
+    assert at_25 <= at_50  # a product on the candidate stays on it when the step grows
+    assert at_25 == {key for key in keys if answers_with_candidate(key, "r1", 25)}  # deterministic
+    assert at_25 != {
+        key for key in keys if answers_with_candidate(key, "r2", 25)
+    }  # another rollout, another draw
