@@ -305,7 +305,7 @@ class InferenceRoute:
         shadow = None
         if candidate is not None and candidate.strategy is RolloutStrategy.SHADOW:
             request = {key: value for key, value in shared.items() if key != "classes"}
-            shadow = ShadowJob(**request, candidate=candidate.served)
+            shadow = ShadowJob(**request, version=candidate.served.version, sha256=candidate.served.sha256)
         return Answer(body, rows, len(labels), capture_id, shadow)
 
     @staticmethod
@@ -651,8 +651,15 @@ def create_app(
     )
     health = HealthSources(holder.status, lambda: holder.alive, capture.status, slots)
     workers = WorkerThreads(config.worker_threads)
+    rollout_rules = RolloutRules.from_settings(settings)
     shadow = ShadowScorer(
-        capture, metrics, InferenceRoute._score, RolloutRules.from_settings(settings).shadow_queue_max
+        home,
+        settings,
+        capture,
+        metrics,
+        queue_max=rollout_rules.shadow_queue_max,
+        batch_s=rollout_rules.shadow_batch_ms / 1000.0,
+        nice=rollout_rules.shadow_nice,
     )
     state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers, shadow)
 
@@ -660,13 +667,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         capture_alert.start()
         capture.start()
-        shadow.start()
         holder.start()
         try:
             yield
         finally:
             holder.begin_shutdown()
-            shadow.stop()  # its last rows join the capture before the writer closes
+            shadow.stop()  # the shadow worker's last rows are written before the capture closes
             capture.close()
             holder.stop()
             capture_alert.stop()

@@ -6,7 +6,8 @@ with its rollout aborted and an alert."""
 from __future__ import annotations
 
 import functools
-import threading
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,16 +32,23 @@ from mlplatform.core.release.rollout import (
 )
 from mlplatform.core.scoring.model import ScoringRules, load_model
 from mlplatform.serving.app import create_app
-from mlplatform_tests.serving.conftest import damage_model_file, deploy, register
+from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, tiny_model_bytes
 from mlplatform_tests.serving.test_health import wait_until
 
 CANDIDATE = "v2"
 
 
 @pytest.fixture
-def versions(registry: ModelRegistry, tiny_models: dict[int, bytes]) -> None:
-    deploy(registry, tiny_models[0])
-    register(registry, tiny_models[1])
+def model_variants() -> tuple[int, int]:
+    """The tiny models' variants of production (v1) and the candidate (v2)."""
+    return (0, 1)
+
+
+@pytest.fixture
+def versions(registry: ModelRegistry, tiny_models: dict[int, bytes], model_variants) -> None:
+    production, candidate = model_variants
+    deploy(registry, tiny_models[production] if production in tiny_models else tiny_model_bytes(production))
+    register(registry, tiny_models[candidate] if candidate in tiny_models else tiny_model_bytes(candidate))
 
 
 def start(registry: ModelRegistry, strategy: str, **options) -> Rollout:
@@ -48,31 +56,26 @@ def start(registry: ModelRegistry, strategy: str, **options) -> Rollout:
 
 
 class Misbehaving:
-    """The candidate's model, failing texts that say "explode" and waiting on `gate` when one is given."""
+    """The candidate's model as the endpoint holds it (a canary's), failing texts that say "explode"."""
 
-    waiting = threading.Event()  # set once a prediction waits on the gate
-
-    def __init__(self, model: Any, gate: threading.Event | None) -> None:
-        self._model, self._gate = model, gate
+    def __init__(self, model: Any) -> None:
+        self._model = model
         self.classes = model.classes
 
     def predict(self, texts, explain_top_k: int = 0):
-        if self._gate is not None and not texts[0].startswith("warm-up"):
-            Misbehaving.waiting.set()
-            self._gate.wait(30)
         if any("explode" in text for text in texts):
             raise RuntimeError("the candidate exploded")
         return self._model.predict(texts, explain_top_k)
 
 
-def loader_for(registry: ModelRegistry, gate: threading.Event | None = None):
+def loader_for(registry: ModelRegistry):
     """The real loader; the candidate's model misbehaves (see Misbehaving)."""
     candidate_sha = registry.get(CANDIDATE).sha256
     real = functools.partial(load_model, rules=ScoringRules.from_settings(Settings.load()))
 
     def load(path: Path, sha256: str) -> Any:
         model = real(path, sha256)
-        return Misbehaving(model, gate) if sha256 == candidate_sha else model
+        return Misbehaving(model) if sha256 == candidate_sha else model
 
     return load
 
@@ -137,42 +140,71 @@ def test_a_shadow_is_captured_beside_every_answer_under_its_own_version(home, re
     assert shadow["error"].null_count() == 20 and shadow["label"].null_count() == 0
 
 
+@pytest.mark.parametrize("model_variants", [(10, 11)])  # "10" is a word of v1's, not of v2's
 def test_a_failing_shadow_never_fails_the_request_and_its_failure_is_counted(home, registry, serving):
     start(registry, "shadow")
-    client = serving(loader=loader_for(registry))
+    client = serving()
     wait_until(lambda: holder(client).candidate is not None)
-    answer = predict(client, "lovely dress, explode")
+    answer = predict(client, "10")
     assert (answer.status_code, answer.json()["model_version"]) == (200, "v1")
     wait_until(lambda: metric(client, "mlplatform_serving_shadow_predictions_total", outcome="failed") == 1)
     close(client)
 
     (row,) = captured(home).filter(pl.col("role") == "shadow").iter_rows(named=True)
-    assert row["error"] == "shadow candidate failed: the candidate exploded" and row["label"] is None
+    assert row["error"] == "shadow candidate failed: review 0 has no word the candidate reads"
+    assert row["label"] is None and row["model_version"] == CANDIDATE
 
 
-def test_a_stuck_shadow_delays_no_answer_and_what_it_cannot_queue_is_recorded_as_dropped(
+def test_a_stuck_shadow_delays_no_answer_and_what_it_cannot_hold_is_recorded_as_dropped(
     home, registry, serving, fast_settings
 ):
     start(registry, "shadow")
-    gate = threading.Event()  # the candidate's scoring waits on it: a shadow as slow as can be
     settings = Settings(
         {**fast_settings.values, "rollout": {**fast_settings.section("rollout"), "shadow_queue_max": 2}}
     )
-    client = serving(loader=loader_for(registry, gate), settings=settings)
+    client = serving(settings=settings)
     wait_until(lambda: holder(client).candidate is not None)
-    Misbehaving.waiting.clear()
-    answers = [predict(client, "lovely dress")]
-    assert Misbehaving.waiting.wait(10)  # the shadow thread is stuck in the candidate
-    answers += [predict(client, "lovely dress") for _ in range(5)]  # all answered while it is stuck
-    assert {answer.status_code for answer in answers} == {200}
-    dropped = metric(client, "mlplatform_serving_shadow_predictions_total", outcome="dropped")
-    assert dropped == 3  # one being scored, two queued, three refused by the full queue
-    gate.set()
+    assert predict(client, "lovely dress").status_code == 200
+    wait_until(
+        lambda: metric(client, "mlplatform_serving_shadow_predictions_total", outcome="scored") == 1, 60
+    )
+    worker = client.app.state.serving.shadow.worker_pid
+    os.kill(worker, signal.SIGSTOP)  # the shadow worker stands still, as a hopelessly slow one would
+    try:
+        answers = [predict(client, "lovely dress") for _ in range(6)]  # all answered meanwhile
+        assert {answer.status_code for answer in answers} == {200}
+        assert metric(client, "mlplatform_serving_shadow_predictions_total", outcome="dropped") == 4
+    finally:
+        os.kill(worker, signal.SIGCONT)
     close(client)
 
     shadow = captured(home).filter(pl.col("role") == "shadow")
-    assert shadow.height == 6  # every answered request has its shadow row
-    assert shadow["error"].to_list().count("dropped: the shadow queue was full") == 3
+    assert shadow.height == 7  # every answered request has its shadow rows
+    assert sum(error.startswith("dropped: ") for error in shadow["error"].drop_nulls()) == 4
+
+
+def test_a_shadow_worker_that_dies_is_counted_and_every_answer_still_gets_its_shadow_rows(
+    home, registry, serving
+):
+    start(registry, "shadow")
+    client = serving()
+    wait_until(lambda: holder(client).candidate is not None)
+    assert predict(client, "lovely dress").status_code == 200
+    wait_until(
+        lambda: metric(client, "mlplatform_serving_shadow_predictions_total", outcome="scored") == 1, 60
+    )
+    shadow = client.app.state.serving.shadow
+    os.kill(shadow.worker_pid, signal.SIGKILL)  # a candidate that crashes its scorer
+    wait_until(lambda: not shadow.worker_alive, 30)
+    answers = [predict(client, "lovely dress") for _ in range(3)]
+    assert {answer.status_code for answer in answers} == {200}
+    close(client)
+
+    frame = captured(home)
+    assert (
+        frame.filter(pl.col("role") == "shadow").height == frame.filter(pl.col("role") == "answered").height
+    )
+    assert any("shadow worker stopped: exit code" in error for error in frame["error"].drop_nulls())
 
 
 # --- canary ------------------------------------------------------------------------------------------

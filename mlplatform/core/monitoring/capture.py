@@ -16,7 +16,8 @@ in `model_version`. During a shadow rollout each answered row has a `shadow` row
 path and never returned, under the candidate's own `model_version`, with its own scoring time as
 `latency_ms`. A candidate that failed to predict (an error, a full shadow queue, or a canary candidate
 whose failure production answered for) leaves a `shadow` row with `error` set and no label or
-probabilities, so every answered row has its shadow row and failures are counted, not lost. Segments
+probabilities, so every answered row has its shadow row and failures are counted, not lost; a shadow the
+endpoint had no room to hand over is `error` "dropped: ..." (`SHADOW_DROPPED`). Segments
 written before roles existed read `role` and `error` as null: answered rows (`answered_only`).
 
 Keys: `request_id` is the client's `X-Request-ID` as given (or one the endpoint made), so clients find
@@ -82,6 +83,11 @@ CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
 """The columns every record has (besides its model's `p_<class>` columns)."""
 # A record's keys follow "{" or ","; inside a JSON string a quote is always escaped, so this finds keys only.
 _PROBABILITY_KEY = re.compile(rb'[{,]"(p_[^"\\]*)":')
+
+
+SHADOW_DROPPED = "dropped: "
+"""How the `error` of a shadow row the endpoint could not hand to its shadow worker begins (capacity,
+not the candidate's failure: a rollout's judgement leaves these out of the candidate's error rate)."""
 
 
 class CaptureRole(StrEnum):

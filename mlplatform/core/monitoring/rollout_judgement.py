@@ -3,7 +3,8 @@
 Input: the prediction log with shadow rows (core/monitoring/prediction_log.py, roles answered and
 shadow), cut to the step's window (rows since the step began); the labels that arrived; the candidate's
 drift baseline. Production's rows are its answered ones; the candidate's are every row in its name,
-answered (canary) or shadow, and those with an `error` are its failures.
+answered (canary) or shadow, and those with an `error` are its failures; a shadow the endpoint had no
+room to hand over (`SHADOW_DROPPED`) is not the candidate's doing and is left out.
 
 Checks (`MonitorOutcome`s; an ERROR decides, a WARN is reported):
 
@@ -39,7 +40,7 @@ import numpy as np
 import polars as pl
 
 from mlplatform.core.data.contract import DatasetContract
-from mlplatform.core.monitoring.capture import CaptureRole
+from mlplatform.core.monitoring.capture import SHADOW_DROPPED, CaptureRole
 from mlplatform.core.monitoring.drift import DriftBaseline, MissingBaseline, drift_baseline, drift_report
 from mlplatform.core.monitoring.inputs import MonitoringInputs
 from mlplatform.core.monitoring.prediction_log import prediction_log
@@ -160,7 +161,8 @@ def _window(log: pl.DataFrame, rollout: Rollout) -> _Window:
     since = datetime.fromisoformat(rollout.step_started_at)
     window = log.filter(pl.col("time") >= since)
     answered = window.filter(pl.col("role") == CaptureRole.ANSWERED.value)
-    candidate = window.filter(pl.col("model_version") == rollout.candidate)
+    dropped = pl.col("error").str.starts_with(SHADOW_DROPPED).fill_null(False)  # capacity, not the candidate
+    candidate = window.filter((pl.col("model_version") == rollout.candidate) & ~dropped)
     return _Window(
         production=answered.filter(pl.col("model_version") == rollout.production),
         candidate=candidate,

@@ -160,6 +160,8 @@ class RolloutRules:
     max_macro_f1_drop: float
     judge_interval_s: int
     shadow_queue_max: int
+    shadow_batch_ms: float
+    shadow_nice: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RolloutRules:
@@ -188,6 +190,8 @@ class RolloutRules:
                 max_macro_f1_drop=float(section["max_macro_f1_drop"]),
                 judge_interval_s=int(section["judge_interval_s"]),
                 shadow_queue_max=int(section["shadow_queue_max"]),
+                shadow_batch_ms=float(section["shadow_batch_ms"]),
+                shadow_nice=int(section["shadow_nice"]),
             )
         except KeyError as exc:
             raise SettingsError(f"settings section [rollout] lacks key {exc.args[0]!r}") from None
@@ -195,8 +199,10 @@ class RolloutRules:
             raise SettingsError(
                 "[rollout] min_rows, judge_interval_s and shadow_queue_max must be at least 1"
             )
-        if rules.min_step_s < 0 or rules.max_p99_latency_ms <= 0:
-            raise SettingsError("[rollout] min_step_s must be >= 0 and max_p99_latency_ms > 0")
+        if rules.min_step_s < 0 or rules.max_p99_latency_ms <= 0 or rules.shadow_batch_ms < 0:
+            raise SettingsError(
+                "[rollout] min_step_s and shadow_batch_ms must be >= 0, max_p99_latency_ms > 0"
+            )
         for name in ("min_agreement", "max_class_share_gap", "max_error_rate", "max_macro_f1_drop"):
             if not 0.0 <= getattr(rules, name) <= 1.0:
                 raise SettingsError(f"[rollout] {name} must be in [0, 1], got {getattr(rules, name)}")

@@ -252,3 +252,16 @@ def test_drift_of_the_candidate_against_its_own_baseline_aborts():
 def test_without_a_baseline_drift_is_not_judged():
     judgement = judge(shadow_traffic(300))
     assert outcome(judgement, "drift").metadata["evaluated"] == 0
+
+
+def test_shadows_dropped_for_capacity_are_not_the_candidates_errors():
+    traffic = shadow_traffic(150, lambda i, label: None if i < 30 else label)
+    traffic = traffic.with_columns(
+        pl.when(pl.col("label").is_null())
+        .then(pl.lit("dropped: 1024 shadowed requests were waiting"))
+        .otherwise(pl.col("error"))
+        .alias("error")
+    )
+    judgement = judge(traffic)
+    assert judgement.action is RolloutAction.PROMOTE, judgement.reason
+    assert (judgement.numbers["candidate_rows"], judgement.numbers["candidate_failures"]) == (120, 0)
