@@ -270,6 +270,8 @@ class InferenceRoute:
         served, labels, probabilities = routed.served, routed.labels, routed.probabilities
         classes = served.model.classes
         body = self._render(config.model_name, served.version, request_id, labels, probabilities, classes)
+        if routed.failed is not None:
+            self._state.metrics.count_canary_fallback()
         if capture_id is None:
             return Answer(body, None, len(labels), None)
         shared = {
@@ -291,7 +293,6 @@ class InferenceRoute:
             latency_ms=latency_ms,
         )
         if routed.failed is not None:  # the canary candidate's failure, captured beside production's answer
-            self._state.metrics.count_canary_fallback()
             version, error = routed.failed
             rows += encode_capture_rows(
                 **shared,

@@ -12,7 +12,6 @@ unreadable, with the reason) -- so one broken source never blanks the page nor h
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -656,9 +655,7 @@ def add_dashboard_routes(
         # The endpoint's own figures on the loop (where its metrics are kept), then file reads and a few
         # small artifact loads off it, so inference is never held up.
         health = own_health() if own_health is not None else None
-        data = await anyio.to_thread.run_sync(
-            dashboard_data, home, config, dataclasses.asdict(served()), health
-        )
+        data = await anyio.to_thread.run_sync(dashboard_data, home, config, served().to_dict(), health)
         return Response(
             json.dumps(data, allow_nan=False).encode(),
             media_type="application/json",

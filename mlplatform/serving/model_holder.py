@@ -139,6 +139,26 @@ class HolderStatus:
     candidate: Candidate | None = None
     candidate_refusals: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (what the dashboard shows as what this endpoint serves): the candidate by name."""
+        candidate = self.candidate
+        return {
+            "version": self.version,
+            "ready": self.ready,
+            "reason": self.reason,
+            "swaps": self.swaps,
+            "refusals": self.refusals,
+            "state": self.state.value,
+            "candidate": None
+            if candidate is None
+            else {
+                "version": candidate.served.version,
+                "strategy": candidate.strategy.value,
+                "percent": candidate.percent,
+            },
+            "candidate_refusals": self.candidate_refusals,
+        }
+
 
 class ModelHolder:
     """Serves the production alias; a background thread polls it and swaps models in when it moves."""

@@ -283,3 +283,21 @@ def test_a_candidate_failing_its_hash_check_is_refused_and_its_rollout_aborted_w
     assert alert is not None and "sha256" in alert.message
     answers = [predict(client, "lovely dress", product_id=str(index)) for index in range(10)]
     assert {answer.json()["model_version"] for answer in answers} == {"v1"}
+
+
+def test_the_dashboard_names_what_this_endpoint_serves_during_a_rollout(registry, serving):
+    start(registry, "canary", percent=25, steps=[25, 100])
+    client = serving()
+    wait_until(lambda: holder(client).candidate is not None)
+    data = client.get("/dashboard/data")
+    assert data.status_code == 200
+    served = data.json()["production"]["served"]
+    assert (served["version"], served["candidate"]) == (
+        "v1",
+        {"version": CANDIDATE, "strategy": "canary", "percent": 25},
+    )
+    assert data.json()["rollout"]["running"]["shares"][1] == {
+        "version": CANDIDATE,
+        "role": "canary",
+        "share": 25,
+    }
