@@ -868,9 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file")
     check.add_argument("--json", action="store_true", help="a JSON list of problems")
-    check.add_argument(
-        "--max-problems", type=int, default=50, help="contract violations listed (all are counted)"
-    )
+    check.add_argument("--max-problems", type=int, default=50, help="problems listed (all are counted)")
     check.set_defaults(handler=cmd_dataset_check, needs_contract=True)
     show = dataset_sub.add_parser("show", help="the home's dataset contract: columns, roles, checks, classes")
     show.add_argument("--json", action="store_true")

@@ -241,7 +241,11 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
         platform: PlatformResource,
     ):
         report = product_report.product_report(
-            prediction_log, reviews, MonitoringRules.from_settings(platform.settings()), platform.contract()
+            prediction_log,
+            reviews,
+            MonitoringRules.from_settings(platform.settings()),
+            platform.contract(),
+            platform.explainer(),
         )
         if report.skipped:
             context.log.info(f"product_quality_report skipped: {report.note}")

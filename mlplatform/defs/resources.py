@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,13 @@ import httpx
 
 from mlplatform.core.data.contract import DatasetContract, load_contract
 from mlplatform.core.data.lake import Lake
+from mlplatform.core.monitoring.product_report import Explainer
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome, api_keys_from_env
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.deploy import DeploymentRules
 from mlplatform.core.release.registry import PRODUCTION, ModelRegistry, ModelVersion
-from mlplatform.core.scoring.model import ScoringRules, load_model
+from mlplatform.core.scoring.model import Contribution, ScoringModel, ScoringRules, load_model
 
 
 class PlatformResource(dg.ConfigurableResource):
@@ -42,6 +43,26 @@ class PlatformResource(dg.ConfigurableResource):
 
     def lake(self) -> Lake:
         return Lake.from_settings(self.platform_home(), self.settings())
+
+    def explainer(self) -> Explainer:
+        """Explanations by the registered version that made a prediction (its file verified, loaded once);
+        None for a version that cannot explain (registered before the sparse graph) or is gone."""
+        settings = self.settings()
+        registry, rules = self.registry(), ScoringRules.from_settings(settings)
+        top_k = int(settings.section("serving")["explain_top_k"])
+        models: dict[str, ScoringModel | None] = {}
+
+        def explain(version: str, texts: Sequence[str]) -> Sequence[Sequence[Contribution]] | None:
+            if version not in models:
+                try:
+                    model = load_model(registry.verify(version), registry.get(version).sha256, rules)
+                    models[version] = model if model.explains else None
+                except UserError:
+                    models[version] = None
+            model = models[version]
+            return None if model is None else model.predict(list(texts), explain_top_k=top_k).explanations
+
+        return explain
 
 
 class EndpointError(UserError, RuntimeError):

@@ -62,7 +62,7 @@ def test_a_two_class_contract_trains_gates_and_registers_a_two_class_model(home:
         ).success
 
     assets = [
-        *build_feature_assets(settings),
+        *build_feature_assets(settings, resources["platform"].contract()),
         *build_training_assets(settings, TrainingConfig.from_toml(TRAINING_SEARCH)),
         *build_monitoring_assets(settings),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -203,6 +204,10 @@ def test_held_back_reviews_do_not_drift_labels_that_disagree_degrade_and_a_seede
     csv = pl.read_csv(bundle["product_quality_report.csv"], schema_overrides={"product_id": pl.String})
     assert SEEDED in csv["product_id"].to_list() and FEW not in csv["product_id"].to_list()
     assert SEEDED in bundle["product_quality_report.md"].decode()
+    # why: the n-grams of the complaint that the serving model's own weights push towards negative
+    pushing = csv.filter(pl.col("product_id") == SEEDED)["pushing_ngrams"].item()
+    words = set(re.findall(r"[a-z]+", negative.lower()))
+    assert pushing and all(set(item.split(" (")[0].split()) <= words for item in pushing.split(", "))
 
 
 def test_bias_drift_holds_for_held_back_reviews_and_fires_when_one_department_is_treated_differently(home):

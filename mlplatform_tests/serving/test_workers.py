@@ -57,6 +57,7 @@ class ThreadRecordingModel:
 
     def __init__(self, model: Any) -> None:
         self._model = model
+        self.classes = model.classes
         self.threads: list[int] = []
 
     def predict(self, texts: list[str], explain_top_k: int = 0) -> Any:

@@ -10,17 +10,31 @@ wide interval and are not flagged; a steady stream of complaints is. Each produc
 frequent value of each of the contract's string facet and extra columns in the reviews table. Written as
 CSV with cells safe against spreadsheet formula injection, and as Markdown. A contract without a product
 column has no products: the report is skipped, and says so.
+
+Why a product draws them: each flagged product's watched-class predictions are explained by the model
+version that made them (the exact n-gram contributions of the sparse ONNX graph, core/scoring/model.py),
+and the report's `pushing_ngrams` column lists the n-grams that most often appear among a prediction's
+strongest pushes towards the watched class ("fabric (12), too small (9)"). The explainer is injected
+(`Explainer`: version and texts in, each text's contributions out; None when that version cannot explain,
+e.g. a model registered before the sparse graph), so this module reads no model files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
 from mlplatform.core.data.contract import ColumnRole, ColumnType, DatasetContract, LabelRule
 from mlplatform.core.monitoring.rules import MonitoringError, MonitoringRules, require_columns
+from mlplatform.core.scoring.model import Contribution
+
+Explainer = Callable[[str, Sequence[str]], Sequence[Sequence[Contribution]] | None]
+"""(model version, texts) -> each text's strongest contributions to its predicted class; None: that version
+cannot explain."""
+PUSHING_NGRAMS = "pushing_ngrams"
 
 # A spreadsheet treats a cell starting with one of these as a formula (or, for tab / CR, may shift it).
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -52,6 +66,7 @@ def report_columns(watched: str, taxonomy: Sequence[str]) -> tuple[str, ...]:
         f"{watched}_share",
         "wilson_lower",
         f"overall_{watched}_rate",
+        PUSHING_NGRAMS,
     )
 
 
@@ -92,6 +107,7 @@ def product_quality_report(
     watched: str,
     product_column: str,
     taxonomy: Sequence[str] = (),
+    explain: Explainer | None = None,
 ) -> pl.DataFrame:
     """Flagged products (`report_columns`), the most clearly unusual first (by Wilson lower bound).
 
@@ -124,9 +140,42 @@ def product_quality_report(
         else pl.DataFrame(schema={"product_id": pl.String, **dict.fromkeys(taxonomy, pl.String)})
     )
     report = flagged.join(taxonomy_frame, on="product_id", how="left")
+    report = report.with_columns(
+        pl.lit(None, dtype=pl.String).alias(PUSHING_NGRAMS)
+        if explain is None
+        else pushing_ngrams(with_product, report["product_id"], watched, explain, rules.report_ngrams)
+    )
     return report.select(report_columns(watched, taxonomy)).sort(
         ["wilson_lower", "product_id"], descending=[True, False]
     )
+
+
+def pushing_ngrams(
+    log: pl.DataFrame, products: pl.Series, watched: str, explain: Explainer, top: int
+) -> pl.Series:
+    """Per product (in `products`' order): the `top` n-grams most often among the strongest pushes of its
+    watched-class predictions towards that class, "ngram (count), ..."; null when none could be explained."""
+    rows = log.filter(pl.col("product_id").is_in(products.implode()) & (pl.col("label") == watched))
+    counts: dict[str, Counter[str]] = {product: Counter() for product in products.to_list()}
+    for (version,), group in rows.group_by(["model_version"], maintain_order=True):
+        explanations = explain(str(version), group["text"].to_list())
+        if explanations is None:
+            continue
+        for product, explanation in zip(group["product_id"].to_list(), explanations, strict=True):
+            counts[product].update({item.ngram for item in explanation if item.weight > 0})
+    return pl.Series(
+        PUSHING_NGRAMS,
+        [
+            ", ".join(f"{ngram} ({count})" for ngram, count in _most_common(counts[product], top)) or None
+            for product in products.to_list()
+        ],
+        dtype=pl.String,
+    )
+
+
+def _most_common(counter: Counter[str], top: int) -> list[tuple[str, int]]:
+    """The `top` most frequent, ties broken by the n-gram, so the report is deterministic."""
+    return sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:top]
 
 
 def _neutralise(value: str) -> str:
@@ -214,7 +263,11 @@ NO_PRODUCT_COLUMN = (
 
 
 def product_report(
-    log: pl.DataFrame, reviews: pl.DataFrame, rules: MonitoringRules, contract: DatasetContract
+    log: pl.DataFrame,
+    reviews: pl.DataFrame,
+    rules: MonitoringRules,
+    contract: DatasetContract,
+    explain: Explainer | None = None,
 ) -> ProductReport:
     """The report on the log's predictions that name a product (an empty report when none does, a
     skipped one when the contract has no product column)."""
@@ -229,7 +282,9 @@ def product_report(
     if with_product.height == 0:
         report, note = empty, "no captured prediction names a product: nothing to report on"
     else:
-        report = product_quality_report(log, reviews, rules, watched, contract.product_column, taxonomy)
+        report = product_quality_report(
+            log, reviews, rules, watched, contract.product_column, taxonomy, explain
+        )
         note = f"{report.height} product(s) flagged of {with_product['product_id'].n_unique()}"
     markdown = to_markdown(report, rules.report_top_n)
     return ProductReport(report, markdown, with_product.height, note, rules.report_top_n, watched)

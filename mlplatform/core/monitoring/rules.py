@@ -73,6 +73,7 @@ class MonitoringRules:
     min_product_predictions: int
     wilson_z: float
     report_top_n: int
+    report_ngrams: int
     drift_warn: Mapping[str, float]
     drift_error: Mapping[str, float]
 
@@ -110,6 +111,7 @@ class MonitoringRules:
                 min_product_predictions=int(section["min_product_predictions"]),
                 wilson_z=float(section["wilson_z"]),
                 report_top_n=int(section["report_top_n"]),
+                report_ngrams=int(section["report_ngrams"]),
                 drift_warn={key: float(value) for key, value in section["drift_warn"].items()},
                 drift_error={key: float(value) for key, value in section["drift_error"].items()},
             )

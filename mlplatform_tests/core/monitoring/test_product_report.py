@@ -181,3 +181,48 @@ def test_a_contract_without_a_product_column_skips_the_report_and_says_why(log, 
     assert metadata["skipped"].startswith("skipped: the dataset contract declares no product column")
     assert metadata["skipped"] == metadata["summary"]
     assert "no product column" in report.files()[REPORT_MARKDOWN].decode()
+
+
+def test_flagged_products_list_the_ngrams_that_push_them_to_the_watched_class(log, rules) -> None:
+    """Each watched-class prediction of a flagged product is explained by the version that made it; the
+    report counts the n-grams among its positive pushes."""
+    from mlplatform.core.scoring.model import Contribution
+
+    texts = {"v1": "too small and cheap fabric", "v2": "cheap fabric, ripped"}
+    pushes = {
+        "v1": (Contribution("too small", 0.9), Contribution("cheap", 0.5), Contribution("and", -0.1)),
+        "v2": (Contribution("cheap", 0.7), Contribution("ripped", 0.6)),
+    }
+    asked: list[tuple[str, int]] = []
+
+    def explain(version: str, batch: list[str]):
+        asked.append((version, len(batch)))
+        assert set(batch) == {texts.get(version, texts["v1"])}
+        return None if version == "legacy" else [pushes[version]] * len(batch)
+
+    versions = ["v1"] * 15 + ["v2"] * 10 + ["legacy"] * 5  # the seeded product's 30 negatives
+    seeded = log.filter(pl.col("product_id") == "1078")
+    negatives = seeded.filter(pl.col("label") == "negative").with_columns(
+        pl.Series("model_version", versions)
+    )
+    with_version = pl.concat(
+        [
+            log.filter(pl.col("product_id") != "1078").with_columns(pl.lit("v1").alias("model_version")),
+            negatives,
+            seeded.filter(pl.col("label") != "negative").with_columns(pl.lit("v1").alias("model_version")),
+        ]
+    ).with_columns(
+        pl.when(pl.col("model_version") == "v2")
+        .then(pl.lit(texts["v2"]))
+        .otherwise(pl.lit(texts["v1"]))
+        .alias("text")
+    )
+    report = product_quality_report(with_version, None, rules, "negative", "clothing_id", TAXONOMY, explain)
+    assert report["product_id"].to_list() == ["1078"]
+    # cheap: 15 + 10; too small: 15; ripped: 10; "and" pushed away from negative: not counted; the
+    # legacy version cannot explain, so its 5 rows add nothing
+    assert report["pushing_ngrams"].to_list() == ["cheap (25), too small (15), ripped (10)"]
+    assert sorted(asked) == [("legacy", 5), ("v1", 15), ("v2", 10)]
+    assert product_quality_report(with_version, None, rules, "negative", "clothing_id", TAXONOMY)[
+        "pushing_ngrams"
+    ].to_list() == [None]
