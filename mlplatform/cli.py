@@ -477,6 +477,144 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
+# ---- rollout -------------------------------------------------------------------------------------
+
+
+def _percent_list(text: str) -> list[int]:
+    """`--steps 5,25,50,100` as [5, 25, 50, 100] (argparse turns a ValueError into a usage error)."""
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _start_rollout(args: argparse.Namespace, home: PlatformHome, strategy: str, **options) -> int:
+    from mlplatform.core.release.deploy import DeploymentRules, deployment_lock
+    from mlplatform.core.release.rollout import RolloutStrategy, start_rollout
+
+    rules = DeploymentRules.from_settings(Settings.load(home.settings_file))
+    # Never in the middle of a deployment: its smoke test must be answered by the version it deployed.
+    with deployment_lock(home, rules.lock_timeout_s):
+        rollout = start_rollout(
+            _registry(home), RolloutStrategy(strategy), args.version, by=_who(args), **options
+        )
+    print(f"started: {rollout.describe()} (rollout {rollout.id})")
+    return EXIT_OK
+
+
+def cmd_rollout_shadow(args: argparse.Namespace, home: PlatformHome) -> int:
+    return _start_rollout(args, home, "shadow")
+
+
+def cmd_rollout_canary(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.release.rollout import RolloutRules
+
+    steps = args.steps or list(RolloutRules.from_settings(Settings.load(home.settings_file)).canary_steps)
+    return _start_rollout(args, home, "canary", percent=args.percent, steps=steps)
+
+
+def _rollout_status(home: PlatformHome) -> dict:
+    from mlplatform.core.platform.artifacts import ArtifactStore
+    from mlplatform.core.release.rollout import current_rollout, latest_round, rollout_events
+
+    registry = _registry(home)
+    rollout = current_rollout(registry)
+    events = rollout_events(registry.events())
+    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    if rollout is None:
+        return {"rollout": None, "last_event": events[-1] if events else None}
+    return {
+        "rollout": rollout.to_dict(),
+        "candidate_status": registry.get(rollout.candidate).status,
+        "judgement": latest_round(store, rollout.id),
+        "events": [event for event in events if event.get("rollout") == rollout.id],
+    }
+
+
+def cmd_rollout_status(args: argparse.Namespace, home: PlatformHome) -> int:
+    status = _rollout_status(home)
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    rollout = status["rollout"]
+    if rollout is None:
+        last = status["last_event"]
+        print("no rollout is running")
+        if last is not None:
+            print(
+                f"last: {last['event']} of {last.get('version')} at {last.get('time')} by {last.get('by')}"
+                + (f": {last['reason']}" if last.get("reason") else "")
+            )
+        return EXIT_OK
+    canary = rollout["strategy"] == "canary"
+    traffic = (
+        f"{rollout['percent']}% to {rollout['candidate']} (step {rollout['step'] + 1} of {len(rollout['steps'])}: "
+        f"{' -> '.join(map(str, rollout['steps']))} -> promote)"
+        if canary
+        else f"0% to {rollout['candidate']}: production answers every request, the candidate scores a copy"
+    )
+    rows = [
+        ["strategy", rollout["strategy"]],
+        ["candidate", f"{rollout['candidate']} ({status['candidate_status']})"],
+        ["production", rollout["production"]],
+        ["traffic", traffic],
+        [
+            "since",
+            f"{rollout['step_started_at']} (this step); started {rollout['started_at']} by {rollout['started_by']}",
+        ],
+    ]
+    judgement = status["judgement"]
+    if judgement is None:
+        rows.append(["judgement", "none yet (mlplatform run, or the daemon's rollout_sensor)"])
+    else:
+        rows.append(
+            [
+                "judgement",
+                f"{judgement['judged_at']}: {judgement['after']['action']}: {judgement['after']['reason']}",
+            ]
+        )
+    _table(rows, ["ROLLOUT", rollout["id"]])
+    if judgement is not None:
+        print()
+        _table(
+            [
+                [
+                    outcome["name"],
+                    "pass" if outcome["passed"] else outcome["severity"],
+                    outcome["description"],
+                ]
+                for outcome in judgement["outcomes"]
+            ],
+            ["CHECK", "VERDICT", "DETAIL"],
+        )
+        numbers = judgement["numbers"]
+        print()
+        _table([[name, _number_text(value)] for name, value in numbers.items()], ["NUMBER", "VALUE"])
+    return EXIT_OK
+
+
+def _number_text(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def cmd_rollout_stop(args: argparse.Namespace, home: PlatformHome) -> int:
+    from mlplatform.core.release.deploy import DeploymentRules, deployment_lock
+    from mlplatform.core.release.rollout import abort_rollout, promote_rollout
+
+    registry = _registry(home)
+    if args.promote:
+        rules = DeploymentRules.from_settings(Settings.load(home.settings_file))
+        with deployment_lock(home, rules.lock_timeout_s):
+            ended = promote_rollout(registry, None, by=_who(args), reason=args.reason)
+        print(f"promoted {ended.candidate}: production {ended.production} -> {ended.candidate}")
+        return EXIT_OK
+    ended = abort_rollout(registry, None, by=_who(args), reason=args.reason, automatic=False)
+    if ended is None:
+        raise CommandError("no rollout is running")
+    print(
+        f"stopped the {ended.strategy.value} of {ended.candidate}: every request answered by production "
+        f"{ended.production}; {ended.candidate} stays registered"
+    )
+    return EXIT_OK
+
+
 # ---- dataset --------------------------------------------------------------------------------------
 
 
@@ -749,6 +887,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.set_defaults(handler=cmd_score, needs_contract=True)
 
+    rollout = sub.add_parser(
+        "rollout", help="try a version on live traffic first: shadow, canary, status, stop"
+    )
+    rollout_sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    shadow = rollout_sub.add_parser(
+        "shadow", help="score every request with VERSION too, beside production's answer (never returned)"
+    )
+    shadow.add_argument("version", help="any registered version that is not Rejected")
+    shadow.add_argument("--by", help="who starts it (default: $USER)")
+    shadow.set_defaults(handler=cmd_rollout_shadow)
+    canary = rollout_sub.add_parser(
+        "canary", help="answer a share of requests with VERSION, step by step up to promotion"
+    )
+    canary.add_argument("version", help="an Approved version")
+    canary.add_argument(
+        "--percent", type=int, help="share of requests to start with, 1-99 (default: the first of the steps)"
+    )
+    canary.add_argument(
+        "--steps",
+        type=_percent_list,
+        metavar="P,P,...",
+        help="percents to advance through, 100 = promote (default: [deployment] canary_steps)",
+    )
+    canary.add_argument("--by", help="who starts it (default: $USER)")
+    canary.set_defaults(handler=cmd_rollout_canary)
+    rollout_status = rollout_sub.add_parser(
+        "status",
+        help="the running rollout: versions, share, since when, the latest judgement with its numbers",
+    )
+    rollout_status.add_argument("--json", action="store_true")
+    rollout_status.set_defaults(handler=cmd_rollout_status)
+    stop = rollout_sub.add_parser("stop", help="end the running rollout: traffic back to production")
+    stop.add_argument(
+        "--promote", action="store_true", help="promote the candidate instead (it must be Approved)"
+    )
+    stop.add_argument("--reason", default="stopped by hand", help="recorded in the registry's event")
+    stop.add_argument("--by", help="who stops it (default: $USER)")
+    stop.set_defaults(handler=cmd_rollout_stop)
+
     lineage = sub.add_parser("lineage", help="trace a prediction or an asset version back to drops and code")
     target = lineage.add_mutually_exclusive_group(required=True)
     target.add_argument("asset", nargs="?", help="an asset key, e.g. reviews, best_model, raw_reviews")
@@ -810,6 +987,23 @@ COMMAND_HELP: dict[str, tuple[str | None, str]] = {
     "models rebuild": (
         "exit codes: 0 rebuilt byte-identical; 1 different, or refused; 2 usage error; 130 interrupted",
         "mlplatform models rebuild v2",
+    ),
+    "rollout": (None, "mlplatform rollout status"),
+    "rollout shadow": (
+        "exit codes: 0 started; 1 refused (unknown, Rejected or production version, other classes than "
+        "production, a rollout running; one line, nothing changed); 2 usage error; 130 interrupted",
+        "mlplatform rollout shadow v5",
+    ),
+    "rollout canary": (
+        "exit codes: 0 started; 1 refused (a version that is not Approved, --percent outside 1-99, a rollout "
+        "running, ...; one line, nothing changed); 2 usage error; 130 interrupted",
+        "mlplatform rollout canary v5 --percent 5 --steps 5,25,50,100",
+    ),
+    "rollout status": (None, "mlplatform rollout status --json"),
+    "rollout stop": (
+        "exit codes: 0 stopped (or promoted); 1 no rollout running, or --promote refused (the candidate is "
+        "not Approved, production moved); 2 usage error; 130 interrupted",
+        "mlplatform rollout stop --promote --reason 'a week of agreement'",
     ),
     "serve": (None, "mlplatform serve --host 0.0.0.0 --port 8080"),
     "score": (None, "mlplatform score reviews.csv scored.parquet --explain --overwrite"),

@@ -19,6 +19,7 @@ from mlplatform.defs.ingest import DROPS, build_ingest_assets
 from mlplatform.defs.io_manager import VersionedIOManager
 from mlplatform.defs.monitoring import MONITORING_GROUP, build_monitoring_assets, monitoring_fingerprint
 from mlplatform.defs.resources import PlatformResource, endpoint_resource
+from mlplatform.defs.rollout import ROLLOUT, ROLLOUT_JOB, build_rollout_assets, build_rollout_sensor
 from mlplatform.defs.training import build_training_assets
 from mlplatform.errors import silence_dagster_stability_warnings
 from mlplatform.instance import check_dagster_home
@@ -40,6 +41,7 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         *build_training_assets(settings, training_config),
         *build_deployment_assets(settings, contract),
         *build_monitoring_assets(settings),
+        *build_rollout_assets(settings),
     ]
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
@@ -47,10 +49,10 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         partitions_def=DROPS,
         description="Validate one drop; accept it into lake/raw or quarantine it.",
     )
-    # Ingest, batch and monitoring have their own jobs and triggers; the pipeline job is the rest.
-    driven_elsewhere = dg.AssetSelection.assets("raw_reviews", BATCH_PREDICTIONS) | dg.AssetSelection.groups(
-        MONITORING_GROUP
-    )
+    # Ingest, batch, monitoring and rollout rounds have their own jobs and triggers; the pipeline job is the rest.
+    driven_elsewhere = dg.AssetSelection.assets(
+        "raw_reviews", BATCH_PREDICTIONS, ROLLOUT
+    ) | dg.AssetSelection.groups(MONITORING_GROUP)
     pipeline_job = dg.define_asset_job(
         PIPELINE_JOB,
         selection=dg.AssetSelection.all() - driven_elsewhere,
@@ -71,6 +73,12 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         selection=dg.AssetSelection.groups(MONITORING_GROUP, include_sources=True),
         description="Read the capture and refresh drift, live quality, the product report and system health.",
     )
+    rollout_job = dg.define_asset_job(
+        ROLLOUT_JOB,
+        selection=dg.AssetSelection.assets(ROLLOUT),
+        description="One round of the running rollout: judge its step on live traffic, then advance, "
+        "promote, abort or wait.",
+    )
     monitoring_schedule = dg.ScheduleDefinition(
         name=MONITORING_SCHEDULE,
         job=monitoring_job,
@@ -86,13 +94,14 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         # The other jobs' runs execute in one process: a subprocess per step costs 1.5-2 s each, more
         # than most of their steps take.
         executor=dg.in_process_executor,
-        jobs=[ingest_job, pipeline_job, batch_job, monitoring_job],
+        jobs=[ingest_job, pipeline_job, batch_job, monitoring_job, rollout_job],
         schedules=[monitoring_schedule],
         sensors=[
             build_landing_sensor(INGEST_JOB, int(automation["landing_sensor_interval_s"])),
             build_automation_sensor(
                 dg.AssetSelection.all() - driven_elsewhere, int(automation["automation_interval_s"])
             ),
+            build_rollout_sensor(int(settings.section("rollout")["judge_interval_s"])),
             *build_alert_sensors(home),
         ],
         resources={

@@ -5,8 +5,9 @@ asset that is missing or stale (Dagster's own data- and code-version staleness) 
 one run, in dependency order, honouring blocking checks; last, every new file of lake/batch becomes a
 partition of `batch_predictions` and is scored, one run each. Then, when the endpoint captured
 something new or labels landed since the last prediction_log (or a monitoring asset is missing or stale), the monitoring
-group runs once. Runs are recorded in the home's instance; last, their failed checks, failed runs and
-any model rollback become alerts (defs/alerting.py).
+group runs once. When a rollout runs, one round judges it (the `rollout` asset: advance, promote, abort or
+wait). Runs are recorded in the home's instance; last, their failed checks, failed runs, any model
+rollback and any aborted rollout become alerts (defs/alerting.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from mlplatform.core.monitoring.prediction_log import INPUT_FINGERPRINT
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.signals import sigterm_kept
+from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.release.rollout import current_rollout
 from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
 from mlplatform.defs.alerting import record_run_alerts
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, batch_files
@@ -33,6 +36,7 @@ from mlplatform.defs.monitoring import (
     monitoring_fingerprint,
 )
 from mlplatform.defs.progress import StepProgress, watch_steps
+from mlplatform.defs.rollout import ROLLOUT, ROLLOUT_JOB
 from mlplatform.instance import open_instance
 
 RAW_REVIEWS = dg.AssetKey("raw_reviews")
@@ -175,6 +179,8 @@ def run_pending(
             session.run_batches()
         if groups is None or MONITORING_GROUP in groups:
             session.run_monitoring()
+        if groups is None or DEPLOYMENT_GROUP in groups:
+            session.judge_rollout()
         record_run_alerts(home, instance, session.report.run_ids)
         return session.report
 
@@ -302,6 +308,19 @@ class RunSession:
             return
         self.say("monitoring the captured predictions")
         self._execute(monitoring_job)
+
+    def judge_rollout(self) -> None:
+        """One round of the running rollout (nothing when none runs); says what the round did."""
+        rollout = current_rollout(ModelRegistry.for_home(self.home.ensure()))
+        if rollout is None:
+            return
+        self.say(f"judging the {rollout.describe()}")
+        self._execute(self.defs.resolve_job_def(ROLLOUT_JOB))
+        event = self.instance.get_latest_materialization_event(dg.AssetKey(ROLLOUT))
+        if event is not None and event.asset_materialization is not None:
+            metadata = event.asset_materialization.metadata
+            if "action" in metadata:
+                self.say(f"  rollout: {metadata['action'].value}: {metadata['reason'].value}")
 
     def _run_partition(self, job: dg.JobDefinition, key: str, tag: str) -> dg.ExecuteInProcessResult:
         """One run of `job` for one partition, recorded in the instance and in the report."""

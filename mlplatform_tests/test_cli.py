@@ -141,6 +141,10 @@ NEEDS_A_HOME = {
     ("alerts",): ["alerts"],
     ("dataset", "check"): ["dataset", "check", "in.csv"],
     ("dataset", "show"): ["dataset", "show"],
+    ("rollout", "shadow"): ["rollout", "shadow", "v2"],
+    ("rollout", "canary"): ["rollout", "canary", "v2", "--percent", "5"],
+    ("rollout", "status"): ["rollout", "status"],
+    ("rollout", "stop"): ["rollout", "stop"],
 }
 READS_NO_HOME = {("dataset", "draft")}
 

@@ -18,7 +18,9 @@ and `AlertStore` keeps one firing alert per key:
   failed before any step ran (it could not start) raises `run:<job>`, resolved by the job's next
   successful run;
 - a rollback: key `rollback:<time>:<version>`, one per `rolled_back` registry event (manual or automatic),
-  raised once and never resolved (it is an event, not a condition).
+  raised once and never resolved (it is an event, not a condition);
+- an aborted rollout: key `rollout:<rollout id>:aborted`, one per `rollout_aborted` event that a
+  judgement or an endpoint made (`automatic`; a person's `rollout stop` is no incident), saying why.
 
 With `MLPLATFORM_ALERT_WEBHOOK` set, each raise and resolve is also posted (Slack-compatible body).
 """
@@ -30,9 +32,16 @@ from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
-from mlplatform.core.monitoring.alerts import Alert, AlertStore, alert_store_from_env
+from mlplatform.core.monitoring.alerts import (
+    Alert,
+    AlertStore,
+    alert_store_from_env,
+    raise_rollout_abort,
+    rollout_abort_key,
+)
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.release.rollout import RolloutEvent
 
 CHECK_KIND = "check"
 RUN_FAILURE_KIND = "run_failure"
@@ -178,16 +187,34 @@ def record_rollback_alerts(registry: ModelRegistry, store: AlertStore) -> list[A
     return raised
 
 
+def record_rollout_alerts(registry: ModelRegistry, store: AlertStore) -> list[Alert]:
+    """One alert per automatic `rollout_aborted` registry event (already alerted events are skipped)."""
+    known = {alert.key for alert in store.list()}
+    raised = []
+    for event in registry.events():
+        if event["event"] != RolloutEvent.ABORTED.value or not event.get("automatic"):
+            continue
+        if rollout_abort_key(str(event.get("rollout"))) in known:
+            continue
+        alert = raise_rollout_abort(store, event)
+        if alert is not None:
+            raised.append(alert)
+    return raised
+
+
 def record_run_alerts(
     home: PlatformHome, instance: dg.DagsterInstance, run_ids: Iterable[str], store: AlertStore | None = None
 ) -> list[Alert]:
-    """Checks and status of each run, then the registry's rollbacks: every alert newly raised."""
+    """Checks and status of each run, then the registry's rollbacks and aborted rollouts: every alert
+    newly raised."""
     store = alert_store(home) if store is None else store
     raised: list[Alert] = []
     for run_id in run_ids:
         raised.extend(record_check_alerts(instance, run_id, store))
         raised.extend(record_run_status_alert(instance, run_id, store))
-    raised.extend(record_rollback_alerts(ModelRegistry.for_home(home.ensure()), store))
+    registry = ModelRegistry.for_home(home.ensure())
+    raised.extend(record_rollback_alerts(registry, store))
+    raised.extend(record_rollout_alerts(registry, store))
     return raised
 
 

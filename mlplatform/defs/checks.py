@@ -12,6 +12,8 @@ from typing import Any
 
 import dagster as dg
 
+from mlplatform.core.monitoring.rules import WARN, MonitorOutcome
+
 
 def flat_metadata(metadata: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"gaps": {"age": {"max_recall_gap": 0.1}}}` as `{"gaps/age/max_recall_gap": 0.1}`; None dropped."""
@@ -41,4 +43,16 @@ def check_result(
         severity=dg.AssetCheckSeverity.WARN if warn_only else dg.AssetCheckSeverity.ERROR,
         description=description,
         metadata=flat_metadata(metadata or {}),
+    )
+
+
+def monitor_check(outcome: MonitorOutcome, asset: str) -> dg.AssetCheckResult:
+    """A core monitor's outcome as a check result: a WARN outcome warns, anything else fails as an ERROR."""
+    return check_result(
+        outcome.name,
+        outcome.passed,
+        outcome.description,
+        outcome.metadata,
+        warn_only=outcome.severity == WARN,
+        asset_key=dg.AssetKey(asset),
     )

@@ -8,6 +8,10 @@ of best_model's own output (never "the newest in storage"):
   exactly as they were (automatic rollback, a registry event with the reason).
 - Approved, no endpoint: smoke-test the version's ONNX file in-process first and promote only when it
   passes; a failing model is rejected in the registry with the reason, so it is never promoted.
+- Approved, with `[deployment] strategy` "shadow" or "canary" and a version in production already:
+  smoke-test the version in-process and start its rollout instead of promoting it (the `rollout` asset,
+  defs/rollout.py, judges it on live traffic and promotes or aborts it); a failing version is rejected.
+  A newer version supersedes a rollout still running; a direct deployment ends one too.
 - Pending manual approval, or rejected: nothing moves, the non-blocking `approval` check fails with the
   reason and the asset is not materialized, so every `mlplatform run` retries until a person decides.
 
@@ -31,7 +35,7 @@ from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.platform.artifacts import Bundle
 from mlplatform.core.platform.fsio import sha256_file
 from mlplatform.core.platform.settings import Settings
-from mlplatform.core.release import deploy
+from mlplatform.core.release import deploy, rollout
 from mlplatform.core.release.deploy import DeployAction, DeploymentRules, SmokeResult
 from mlplatform.core.release.registry import ModelVersion
 from mlplatform.core.scoring import files as scoring_files
@@ -40,7 +44,12 @@ from mlplatform.core.scoring.model import ScoringError, ScoringRules
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.execution import DEPLOYMENT_POOL, ExecutionRules, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output
-from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
+from mlplatform.defs.resources import (
+    EndpointError,
+    EndpointResource,
+    OfflineEndpointResource,
+    PlatformResource,
+)
 from mlplatform.defs.versions import code_version
 
 BATCHES = dg.DynamicPartitionsDefinition(name="batches")
@@ -87,7 +96,7 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
                 group_name="deployment",
                 kinds={"onnx"},
                 is_required=False,
-                code_version=code_version([deploy], settings.section("deployment")),
+                code_version=code_version([deploy, rollout], settings.section("deployment")),
                 description="The production alias and what serves it: the approved best model, deployed "
                 "and smoke-tested.",
             )
@@ -135,13 +144,17 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
             context.log.warning(f"not deploying: {decision.reason}")
             return
 
-        rules = DeploymentRules.from_settings(platform.settings())
-        deployment = deploy.deploy_version(
-            platform.platform_home(),
+        home, settings_now = platform.platform_home(), platform.settings()
+        rules = DeploymentRules.from_settings(settings_now)
+        in_process = OfflineEndpointResource(home=str(home.root))
+        deployment = rollout.deploy_by_strategy(
+            home,
             registry,
             target,
-            lambda version: _smoke(endpoint, version, rules),
-            rules,
+            live_smoke_test=lambda version: _smoke(endpoint, version, rules),
+            offline_smoke_test=lambda version: _smoke(in_process, version, rules),
+            rules=rules,
+            rollout_rules=rollout.RolloutRules.from_settings(settings_now),
             live=endpoint.live,
             endpoint_url=endpoint.location(),
             by=DEPLOYED_BY,

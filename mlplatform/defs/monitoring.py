@@ -22,6 +22,11 @@
   predictions of the watched class (product_report.watched_class), taxonomy from `reviews`, written as a
   Bundle of a formula-safe CSV and a Markdown table. A contract without a product column gets no
   report: the materialization says why (metadata `skipped`).
+- `bias_drift`: predicted-class rates per facet value of the dataset contract on the production
+  version's live traffic, by day, against its model card's test rates (core/monitoring/bias_drift.py):
+  the check fails WARN / ERROR when a value's gap to all traffic moved past `[monitoring.bias_drift]`
+  bounds. Facet values come with the request, or from the product's rows in `reviews` when the facet is
+  a property of the product.
 - `system_health`: the endpoint's `/metrics`: request and error rate, p50/p99 latency of the inference
   routes over the endpoint's recent window (`[serving].health_window_s`, metadata `window_s`), CPU share
   since the process started, memory now; with no endpoint configured its checks fail as a WARN "no
@@ -41,6 +46,7 @@ import polars as pl
 from dagster import AssetExecutionContext
 
 from mlplatform.core.monitoring import (
+    bias_drift,
     capture,
     drift,
     health,
@@ -53,12 +59,12 @@ from mlplatform.core.monitoring.drift import judge_drift
 from mlplatform.core.monitoring.health import ERROR_RATE_CHECK, LATENCY_CHECK, judge_system_health
 from mlplatform.core.monitoring.inputs import MonitoringInputs, read_prediction_log
 from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, judge_live_quality
-from mlplatform.core.monitoring.rules import DRIFT_METRICS, WARN, MonitoringRules, MonitorOutcome
+from mlplatform.core.monitoring.rules import DRIFT_METRICS, MonitoringRules
 from mlplatform.core.platform.artifacts import ArtifactStore, Bundle
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import location_from_settings
-from mlplatform.defs.checks import check_result
+from mlplatform.defs.checks import monitor_check
 from mlplatform.defs.deployment import SENTIMENT_ENDPOINT
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
@@ -70,12 +76,14 @@ PREDICTION_LOG = "prediction_log"
 DRIFT_REPORT = "drift_report"
 LIVE_MODEL_QUALITY = "live_model_quality"
 PRODUCT_QUALITY_REPORT = "product_quality_report"
+BIAS_DRIFT = "bias_drift"
 SYSTEM_HEALTH = "system_health"
 MONITORING_ASSETS: tuple[str, ...] = (
     PREDICTION_LOG,
     DRIFT_REPORT,
     LIVE_MODEL_QUALITY,
     PRODUCT_QUALITY_REPORT,
+    BIAS_DRIFT,
     SYSTEM_HEALTH,
 )
 
@@ -89,18 +97,6 @@ def monitoring_fingerprint(home: PlatformHome) -> str | None:
     """What the monitors read from outside the graph, hashed (None: nothing captured yet): the runner's
     and the schedule's cue that monitoring is behind."""
     return monitoring_inputs(home, Settings.load(home.settings_file)).fingerprint()
-
-
-def _check(outcome: MonitorOutcome, asset: str) -> dg.AssetCheckResult:
-    """A core outcome as a non-blocking check result (a passed check is reported with ERROR severity)."""
-    return check_result(
-        outcome.name,
-        outcome.passed,
-        outcome.description,
-        outcome.metadata,
-        warn_only=outcome.severity == WARN,
-        asset_key=dg.AssetKey(asset),
-    )
 
 
 # ---- capture ----------------------------------------------------------------------------------------
@@ -183,7 +179,7 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
         )
         yield versioned_output(judgement.to_dict(), metadata=judgement.metadata())
         for outcome in judgement.outcomes:
-            yield _check(outcome, DRIFT_REPORT)
+            yield monitor_check(outcome, DRIFT_REPORT)
 
     return drift_report
 
@@ -219,7 +215,7 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
             MonitoringRules.from_settings(settings_now),
         )
         yield versioned_output(judgement.quality.to_dict(), metadata=judgement.metadata())
-        yield _check(judgement.outcome, LIVE_MODEL_QUALITY)
+        yield monitor_check(judgement.outcome, LIVE_MODEL_QUALITY)
 
     return live_model_quality
 
@@ -261,6 +257,42 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
     return product_quality_report
 
 
+# ---- bias_drift -------------------------------------------------------------------------------------
+
+
+def _bias_drift_asset(settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=BIAS_DRIFT,
+        group_name=MONITORING_GROUP,
+        ins={PREDICTION_LOG: dg.AssetIn(), "reviews": dg.AssetIn()},
+        kinds={"polars"},
+        code_version=code_version([bias_drift], settings.section("monitoring")["bias_drift"]),
+        check_specs=[
+            dg.AssetCheckSpec(
+                bias_drift.BIAS_DRIFT_CHECK,
+                asset=BIAS_DRIFT,
+                description="No facet value's predicted-class gap to all traffic moved past "
+                "[monitoring.bias_drift] bounds from the production version's test split (WARN / ERROR); "
+                "too few live predictions per value is a WARN.",
+            )
+        ],
+        description="Predicted-class rates per facet value of the dataset contract on live traffic, by day, "
+        "against the production version's model card (its test split).",
+    )
+    def bias_drift_asset(prediction_log: pl.DataFrame, reviews: pl.DataFrame, platform: PlatformResource):
+        report = bias_drift.judge_bias_drift(
+            prediction_log,
+            reviews,
+            platform.registry(),
+            platform.contract(),
+            bias_drift.BiasDriftRules.from_settings(platform.settings()),
+        )
+        yield versioned_output(report.to_dict(), metadata=report.metadata())
+        yield monitor_check(report.outcome, BIAS_DRIFT)
+
+    return bias_drift_asset
+
+
 # ---- system_health ----------------------------------------------------------------------------------
 
 
@@ -298,7 +330,7 @@ def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
         context.log.info(f"system health: {judgement.record}")
         yield versioned_output(judgement.record, metadata=judgement.metadata())
         for outcome in judgement.outcomes:
-            yield _check(outcome, SYSTEM_HEALTH)
+            yield monitor_check(outcome, SYSTEM_HEALTH)
 
     return system_health
 
@@ -310,5 +342,6 @@ def build_monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         _drift_report_asset(settings),
         _live_model_quality_asset(settings),
         _product_quality_report_asset(settings),
+        _bias_drift_asset(settings),
         _system_health_asset(settings),
     ]

@@ -22,7 +22,9 @@ The inference routes skip FastAPI's per-request validation and serialisation: th
 type, read the body with a byte limit and a deadline, take a concurrency slot (serving/admission.py),
 parse it with orjson, validate by hand (the wire format: serving/protocol.py), score, build the
 response with orjson, make the capture record durable, then answer. A request picks its model once
-(`InferenceRoute._scored`: `holder.served`) and that one version scores, renders and is captured.
+(`InferenceRoute._scored`: `holder.served`) and that one version scores, renders and is captured; during
+a rollout (serving/rollout.py) a canary candidate may answer its share, and a shadow candidate scores a
+copy once the answer is captured.
 
 Explanations (`"explain": true`, OIP parameter `explain`): the top `[serving] explain_top_k` n-grams of
 each review for its predicted class, from the model's own graph; a model registered before the graph
@@ -58,19 +60,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlplatform.core.monitoring.alerts import AlertStore
-from mlplatform.core.monitoring.capture import CaptureError, encode_capture_rows
+from mlplatform.core.monitoring.alerts import AlertStore, raise_rollout_abort
+from mlplatform.core.monitoring.capture import CaptureError, CaptureRole, encode_capture_rows
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.release.rollout import (
+    Rollout,
+    RolloutRules,
+    RolloutStrategy,
+    abort_rollout,
+    rollout_events,
+)
 from mlplatform.core.scoring.model import Contribution, ExplanationUnavailable, ScoringRules, load_model
 from mlplatform.serving.admission import ConcurrencySlots, admit_content, read_whole_body
 from mlplatform.serving.capture import CaptureConfig, CaptureState, CaptureStatus, CaptureWriter
-from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes
+from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes, endpoint_health
 from mlplatform.serving.health import PUBLIC_REASONS, Health, HealthSources, StandingAlert
 from mlplatform.serving.metrics import METRICS_CONTENT_TYPE, ServingMetrics
 from mlplatform.serving.model_holder import (
+    Candidate,
     ModelHolder,
     ModelLoader,
     ProductionRegistry,
@@ -95,6 +105,7 @@ from mlplatform.serving.protocol import (
     render_predict_response,
     send_json,
 )
+from mlplatform.serving.rollout import ShadowJob, ShadowScorer, answer, request_key
 from mlplatform.serving.workers import WorkerThreads
 
 log = logging.getLogger(__name__)
@@ -180,6 +191,7 @@ class ServingState:
     slots: ConcurrencySlots
     health: HealthSources
     workers: WorkerThreads
+    shadow: ShadowScorer
 
 
 Parser = Callable[[bytes, int | None, int], InferenceRequest]  # (body, binary header length, max_batch)
@@ -195,6 +207,7 @@ class Answer:
     capture_rows: bytes | None
     reviews: int
     capture_id: str | None
+    shadow: ShadowJob | None = None  # to score with the shadow candidate once the answer is captured
 
 
 class InferenceRoute:
@@ -243,12 +256,13 @@ class InferenceRoute:
         state = self._state
         config = state.config
         served = state.holder.served  # read once: this request's one model version
+        candidate = state.holder.candidate  # and the rollout's candidate, if one runs
         if served is None:
             raise RequestRefused(503, f"model not servable: {state.holder.status().reason}")
         sampled = config.capture_sample_rate >= 1.0 or state.sampler.random() < config.capture_sample_rate
         capture_id = uuid.uuid4().hex if sampled else None  # the capture's key (capture.py: Keys)
         work = functools.partial(
-            self._work, raw, header_length, served, request_id, received_at, started, capture_id
+            self._work, raw, header_length, served, candidate, request_id, received_at, started, capture_id
         )
         inline = len(raw) <= config.inline_max_body_bytes  # by size, not review count: serving/workers.py
         answer = work() if inline else await state.workers.run(work)
@@ -257,13 +271,16 @@ class InferenceRoute:
             state.metrics.count_sampled_out()
         else:
             await self._make_durable(answer.capture_rows, inline=inline)
+            if answer.shadow is not None:  # only now: a shadow row never stands beside an unanswered request
+                state.shadow.offer(answer.shadow)
         return answer
 
     def _work(
         self,
         raw: bytes,
         header_length: int | None,
-        served: ServedModel,
+        production: ServedModel,
+        candidate: Candidate | None,
         request_id: str,
         received_at: float,
         started: float,
@@ -273,11 +290,18 @@ class InferenceRoute:
         config = self._state.config
         request = self._parse(raw, header_length, config.max_batch)
         reviews = request.reviews
-        if request.explain and not served.model.explains:
-            raise RequestRefused(409, _cannot_explain(served.version))
+        if request.explain and not production.model.explains:
+            raise RequestRefused(409, _cannot_explain(production.version))
         texts = model_inputs(reviews.texts)
         top_k = config.explain_top_k if request.explain else 0
-        labels, probabilities, explanations = self._score(served, texts, top_k)
+        routed = answer(
+            production,
+            candidate,
+            request_key(reviews.product_ids, request_id),
+            texts,
+            functools.partial(self._score, top_k=top_k),
+        )
+        served, labels, probabilities = routed.served, routed.labels, routed.probabilities
         scored = Scored(
             model_name=config.model_name,
             version=served.version,
@@ -285,28 +309,48 @@ class InferenceRoute:
             classes=served.model.classes,
             labels=labels,
             probabilities=probabilities,
-            explanations=explanations,
+            explanations=routed.explanations,
         )
         response = self._render(request, scored)
-        rows = None
-        if capture_id is not None:
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            rows = encode_capture_rows(
-                request_id=request_id,
-                capture_id=capture_id,
-                received_at=received_at,
-                route=self._route,
-                model_version=served.version,
-                texts=texts,
-                product_ids=reviews.product_ids,
-                review_ids=reviews.review_ids,
-                labels=labels,
-                probabilities=probabilities,
+        if routed.failed is not None:
+            self._state.metrics.count_canary_fallback()
+        if capture_id is None:
+            return Answer(response, None, len(labels), None)
+        shared = {
+            "request_id": request_id,
+            "capture_id": capture_id,
+            "received_at": received_at,
+            "route": self._route,
+            "texts": texts,
+            "product_ids": reviews.product_ids,
+            "review_ids": reviews.review_ids,
+            "classes": scored.classes,
+        }
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        rows = encode_capture_rows(
+            **shared,
+            model_version=served.version,
+            labels=labels,
+            probabilities=probabilities,
+            latency_ms=latency_ms,
+            explanations=routed.explanations,
+        )
+        if routed.failed is not None:  # the canary candidate's failure, captured beside production's answer
+            version, error = routed.failed
+            rows += encode_capture_rows(
+                **shared,
+                model_version=version,
+                labels=None,
+                probabilities=None,
                 latency_ms=latency_ms,
-                classes=scored.classes,
-                explanations=explanations,
+                role=CaptureRole.SHADOW,
+                error=error,
             )
-        return Answer(response, rows, len(labels), capture_id)
+        shadow = None
+        if candidate is not None and candidate.strategy is RolloutStrategy.SHADOW:
+            job = {key: value for key, value in shared.items() if key != "classes"}
+            shadow = ShadowJob(**job, version=candidate.served.version, sha256=candidate.served.sha256)
+        return Answer(response, rows, len(labels), capture_id, shadow)
 
     @staticmethod
     def _score(
@@ -628,6 +672,18 @@ class _GatedFastAPI(FastAPI):
         return self._gate(super().build_middleware_stack())
 
 
+def _abort_refused_rollout(
+    registry: ProductionRegistry, alerts: AlertStore, by: str, rollout: Rollout, reason: str
+) -> None:
+    """A candidate this endpoint refused (its file failed its check): abort its rollout and say why."""
+    if not isinstance(registry, ModelRegistry):  # a test's stand-in registry holds no rollouts to end
+        return
+    abort_rollout(registry, rollout.id, by=by, reason=reason, automatic=True)
+    for event in rollout_events(registry.events(), rollout.id):
+        if event["event"] == "rollout_aborted":
+            raise_rollout_abort(alerts, event)
+
+
 def create_app(
     home: PlatformHome,
     settings: Settings,
@@ -646,18 +702,23 @@ def create_app(
     `alert_store_from_env`).
     """
     config = ServingConfig.from_settings(settings)
+    registry = registry if registry is not None else ModelRegistry.for_home(home)
+    alert_store = alerts if alerts is not None else AlertStore.for_home(home)
+    host = socket.gethostname()
     holder = ModelHolder(
-        registry if registry is not None else ModelRegistry.for_home(home),
+        registry,
         loader
         if loader is not None
         else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
         poll_interval_s=config.swap_poll_interval_s,
         refused_retry_s=config.refused_model_retry_s,
+        on_candidate_refused=functools.partial(
+            _abort_refused_rollout, registry, alert_store, f"endpoint {host}"
+        ),
     )
     capture_config = CaptureConfig.from_settings(settings.section("serving"))
-    host = socket.gethostname()
     capture_alert = StandingAlert(
-        alerts if alerts is not None else AlertStore.for_home(home),
+        alert_store,
         kind=CAPTURE_ALERT_KIND,
         source="endpoint",
         key=f"endpoint:capture:{host}",
@@ -685,7 +746,17 @@ def create_app(
     )
     health = HealthSources(holder.status, lambda: holder.alive, capture.status, slots)
     workers = WorkerThreads(config.worker_threads)
-    state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers)
+    rollout_rules = RolloutRules.from_settings(settings)
+    shadow = ShadowScorer(
+        home,
+        settings,
+        capture,
+        metrics,
+        queue_max=rollout_rules.shadow_queue_max,
+        batch_s=rollout_rules.shadow_batch_ms / 1000.0,
+        nice=rollout_rules.shadow_nice,
+    )
+    state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers, shadow)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -696,6 +767,7 @@ def create_app(
             yield
         finally:
             holder.begin_shutdown()
+            shadow.stop()  # the shadow worker's last rows are written before the capture closes
             capture.close()
             holder.stop()
             capture_alert.stop()
@@ -716,7 +788,14 @@ def create_app(
     for path, handler in inference_routes.items():  # listed in the app's routes too (RequestGate serves them)
         app.router.routes.append(Route(path, handler))
     _add_info_routes(app, state, reveal_reasons=not api_keys)
-    add_dashboard_routes(app, home, settings, holder.status)
+    monitoring = settings.section("monitoring")
+    add_dashboard_routes(
+        app,
+        home,
+        settings,
+        holder.status,
+        own_health=lambda: endpoint_health(metrics.render().decode(), monitoring, time.time()),
+    )
     _add_error_handlers(app)
     _document_inference_routes(app, config)
     return app

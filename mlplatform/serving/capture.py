@@ -6,7 +6,8 @@ monitoring reads what this writes without importing the endpoint); this module w
 Durability: `CaptureWriter.append` hands the request's lines to one writer thread and waits until they
 are written and fsync'ed. The thread writes whatever is pending in one `write` + one `fsync` (group
 commit), so under load many requests share an fsync, and a request waits at most for the fsync in
-progress plus its own (plus `fsync_max_delay_s` if configured to gather bigger groups).
+progress plus its own (plus `fsync_max_delay_s` if configured to gather bigger groups). `submit`
+queues lines nobody waits on (a rollout's shadow rows, serving/rollout.py): they join the next group.
 
 Segments: `<utc stamp>-<pid>-<seq>.jsonl.open` while written, sealed by an atomic rename to
 `<...>.jsonl` when the segment reaches its size or age limit and when the writer closes. A crash
@@ -158,7 +159,7 @@ class _SyncHealth:
 
 _STOP = object()
 _TOP_UP = object()  # a lone request used up the preallocated room: zero-fill more off its path
-_PendingItem = tuple[bytes, asyncio.AbstractEventLoop, asyncio.Future]
+_PendingItem = tuple[bytes, asyncio.AbstractEventLoop | None, asyncio.Future | None]
 
 
 def _settle(futures: list[asyncio.Future], error_message: str | None) -> None:
@@ -176,7 +177,8 @@ def _wake(items: list[_PendingItem], error_message: str | None) -> None:
     """Settle the items' futures, one callback per event loop (one wake-up of each loop per group)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
     for _, loop, future in items:
-        by_loop.setdefault(loop, []).append(future)
+        if loop is not None and future is not None:  # a submitted record has nobody waiting on it
+            by_loop.setdefault(loop, []).append(future)
     for loop, futures in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
             loop.call_soon_threadsafe(_settle, futures, error_message)
@@ -406,6 +408,15 @@ class CaptureWriter:
         future = loop.create_future()
         self._queue.put((payload, loop, future))
         await future
+
+    def submit(self, payload: bytes) -> bool:
+        """Queue complete JSON lines that nobody waits on (a rollout's shadow rows: no answer depends on
+        them); they are written and synced with the next group. False when appends are refused now
+        (closed, or the disk failing): the caller counts what it lost."""
+        if self._closed or self._thread is None or self._failure is not None:
+            return False
+        self._queue.put((payload, None, None))
+        return True
 
     def close(self) -> None:
         """Write everything pending, seal the open segment, stop the thread (and publish what is sealed)."""

@@ -1,14 +1,17 @@
 """The operations dashboard: `GET /dashboard` (one offline HTML page) and `GET /dashboard/data` (its JSON).
 
-`dashboard_data` only reads the home: the registry, the artifact store (latest materializations and the
-monitoring assets), and the alert log. Dagster is never imported here: it would cost the server seconds.
+`dashboard_data` only reads the home: the registry (with the running rollout), the artifact store (latest
+materializations, the monitoring assets and the rollout's judgement rounds), and the alert log. Dagster
+is never imported here: it would cost the server seconds. The one thing it is handed rather than reads
+is the serving endpoint's own health (`own_health`): the endpoint that serves the page knows its recent
+traffic without `[deployment] endpoint_url`, so its system-health panel is live; a dashboard without one
+shows the latest `system_health` materialization.
 Each section reports its own state -- "ok", "empty" (nothing written yet) or "error" (present but
 unreadable, with the reason) -- so one broken source never blanks the page nor hides behind "no data".
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -25,12 +28,20 @@ from fastapi import FastAPI
 from starlette.responses import Response
 
 from mlplatform.core.monitoring.alerts import FIRING, AlertError, AlertStore
+from mlplatform.core.monitoring.health import health_outcomes, system_health_numbers
 from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, Bundle, StoredArtifact
 from mlplatform.core.platform.errors import PlatformError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import RecordsError
 from mlplatform.core.platform.settings import Settings, SettingsError
 from mlplatform.core.release.registry import PREVIOUS, PRODUCTION, ModelRegistry, RegistryError
+from mlplatform.core.release.rollout import (
+    RolloutError,
+    RolloutStrategy,
+    current_rollout,
+    latest_round,
+    rollout_events,
+)
 from mlplatform.serving.model_holder import HolderStatus
 
 log = logging.getLogger(__name__)
@@ -42,6 +53,7 @@ DRIFT_ASSET = "drift_report"
 LIVE_QUALITY_ASSET = "live_model_quality"
 PRODUCT_REPORT_ASSET = "product_quality_report"
 SYSTEM_HEALTH_ASSET = "system_health"
+BIAS_DRIFT_ASSET = "bias_drift"
 REPORT_WRAPPER_KEYS = ("by_version", "reports")
 # The page is self-contained: nothing may load from anywhere but this endpoint.
 CONTENT_SECURITY_POLICY = (
@@ -54,6 +66,7 @@ READ_ERRORS = (
     RegistryError,
     AlertError,
     RecordsError,  # PostgreSQL records unreachable: the section shows the error, the page still loads
+    RolloutError,
     SettingsError,
     OSError,
     ValueError,
@@ -419,6 +432,156 @@ def _system_health(store: ArtifactStore) -> dict[str, Any]:
     return {**_origin(record), "values": values, "checks": checks}
 
 
+def _live_health(own_health: Mapping[str, Any]) -> dict[str, Any]:
+    """This endpoint's own health, as the `system_health` asset would judge it, now."""
+    checks = [_verdict(outcome.to_dict()) for outcome in own_health["checks"]]
+    values = {str(key): _scalar(value) for key, value in own_health["numbers"].items()}
+    return {
+        "source": "this endpoint, live",
+        "created_at": own_health["at"],
+        "values": values,
+        "checks": checks,
+    }
+
+
+def endpoint_health(metrics_text: str, monitoring_section: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The endpoint's health from its own `/metrics` text (what `own_health` returns to the dashboard)."""
+    numbers = system_health_numbers(metrics_text, now)
+    return {
+        "numbers": numbers,
+        "checks": health_outcomes(numbers, monitoring_section),
+        "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+    }
+
+
+# --- rollout ------------------------------------------------------------------------------------------
+
+
+_COMPARED = (
+    ("predictions in this step", "candidate_rows", "production_rows"),
+    ("p50 latency (ms)", "candidate_p50_latency_ms", "production_p50_latency_ms"),
+    ("p99 latency (ms)", "candidate_p99_latency_ms", "production_p99_latency_ms"),
+    ("live macro-F1", "candidate_macro_f1", "production_macro_f1"),
+)
+
+
+def _comparison(numbers: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The two versions side by side: what both have a number for in the judgement."""
+    rows = [
+        {
+            "metric": metric,
+            "candidate": _number(numbers.get(mine)),
+            "production": _number(numbers.get(theirs)),
+        }
+        for metric, mine, theirs in _COMPARED
+        if mine in numbers or theirs in numbers
+    ]
+    for key in sorted(numbers):
+        if key.startswith("candidate_share/"):
+            label = key.split("/", 1)[1]
+            rows.append(
+                {
+                    "metric": f"predicted share: {label}",
+                    "candidate": _number(numbers[key]),
+                    "production": _number(numbers.get(f"production_share/{label}")),
+                }
+            )
+    return rows
+
+
+def _rollout(registry: ModelRegistry, store: ArtifactStore, max_rows: int) -> dict[str, Any]:
+    events = rollout_events(registry.events())
+    rollout = current_rollout(registry)
+    if rollout is None and not events:
+        raise NoData("no rollout yet")
+    recent = [
+        {key: _scalar(event.get(key)) for key in ("time", "event", "version", "by", "reason")}
+        for event in reversed(events[-max_rows:])
+    ]
+    if rollout is None:
+        return {"running": None, "events": recent}
+    shadow = rollout.strategy is RolloutStrategy.SHADOW
+    shares = [
+        {"version": rollout.production, "role": "production", "share": 100 - rollout.percent},
+        {
+            "version": rollout.candidate,
+            "role": "shadow (scores a copy of every request)" if shadow else "canary",
+            "share": rollout.percent,
+        },
+    ]
+    judged = latest_round(store, rollout.id)
+    judgement = None
+    if judged is not None:
+        numbers = judged.get("numbers") if isinstance(judged.get("numbers"), Mapping) else {}
+        after = judged.get("after") if isinstance(judged.get("after"), Mapping) else {}
+        judgement = {
+            "judged_at": _scalar(judged.get("judged_at")),
+            "action": _scalar(after.get("action", judged.get("action"))),
+            "reason": _scalar(after.get("reason", judged.get("reason"))),
+            "checks": [
+                _verdict(outcome) for outcome in judged.get("outcomes") or [] if isinstance(outcome, Mapping)
+            ],
+            "numbers": {str(key): _scalar(value) for key, value in numbers.items()},
+            "comparison": _comparison(numbers),
+        }
+    running = {
+        **{key: _scalar(value) for key, value in rollout.to_dict().items() if key != "steps"},
+        "steps": list(rollout.steps),
+        "candidate_status": registry.get(rollout.candidate).status,
+        "shares": shares,
+        "judgement": judgement,
+    }
+    return {"running": running, "events": recent}
+
+
+def _bias_drift(store: ArtifactStore) -> dict[str, Any]:
+    record = _latest_per_partition(store, BIAS_DRIFT_ASSET)[0]
+    report = store.load(record)
+    if not isinstance(report, Mapping) or not isinstance(report.get("facets"), list):
+        raise UnrecognisedShape(f"{BIAS_DRIFT_ASSET} {record.version[:12]} holds no bias drift report")
+    outcome = report.get("outcome") if isinstance(report.get("outcome"), Mapping) else {}
+    by_day = [row for row in report.get("by_day") or [] if isinstance(row, Mapping)]
+    facets = []
+    for facet in report["facets"]:
+        if not isinstance(facet, Mapping):
+            continue
+        values = [value for value in facet.get("values") or [] if isinstance(value, Mapping)]
+        judged = [value for value in values if _number(value.get("shift")) is not None]
+        worst = max(judged, key=lambda value: value["shift"], default=None)
+        label = worst.get("worst_class") if worst is not None else None
+        name = facet.get("facet")
+        points = [
+            {"day": str(row.get("day")), "value": _scalar(row.get("value")), "rate": _number(row.get("rate"))}
+            for row in by_day
+            if row.get("facet") == name and row.get("label") == label
+        ]
+        facets.append(
+            {
+                "facet": _scalar(name),
+                "source": _scalar(facet.get("source")),
+                "reason": _scalar(facet.get("reason")),
+                "charted_class": _scalar(label),
+                "points": points,
+                "values": [
+                    {
+                        "value": _scalar(value.get("value")),
+                        "rows": _number(value.get("rows")),
+                        "shift": _number(value.get("shift")),
+                        "severity": _scalar(value.get("severity")),
+                        "note": _scalar(value.get("note")),
+                    }
+                    for value in values
+                ],
+            }
+        )
+    return {
+        **_origin(record),
+        "judged_version": _scalar(report.get("judged_version")),
+        "check": _verdict(outcome) if outcome else None,
+        "facets": facets,
+    }
+
+
 # --- alerts -----------------------------------------------------------------------------------------
 
 
@@ -440,11 +603,16 @@ def _alerts(store: AlertStore, max_rows: int) -> dict[str, Any]:
 
 
 def dashboard_data(
-    home: PlatformHome, config: DashboardConfig, served: Mapping[str, Any] | None = None
+    home: PlatformHome,
+    config: DashboardConfig,
+    served: Mapping[str, Any] | None = None,
+    own_health: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the dashboard shows, read from `home` now; `served` is this endpoint's own model status."""
+    """Everything the dashboard shows, read from `home` now; `served` is this endpoint's own model status,
+    `own_health` its own health (`endpoint_health`; None: the latest `system_health` materialization)."""
     registry = ModelRegistry.for_home(home)
     store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    health = (lambda: _live_health(own_health)) if own_health is not None else (lambda: _system_health(store))
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "refresh_s": config.refresh_s,
@@ -455,15 +623,22 @@ def dashboard_data(
         "drift": _section(lambda: _drift(store, config.max_versions)),
         "live_quality": _section(lambda: _live_quality(store, config.max_versions)),
         "flagged_products": _section(lambda: _flagged_products(store, config.max_rows)),
-        "system_health": _section(lambda: _system_health(store)),
+        "system_health": _section(health),
+        "rollout": _section(lambda: _rollout(registry, store, config.max_rows)),
+        "bias_drift": _section(lambda: _bias_drift(store)),
         "alerts": _section(lambda: _alerts(AlertStore.for_home(home), config.max_rows)),
     }
 
 
 def add_dashboard_routes(
-    app: FastAPI, home: PlatformHome, settings: Settings, served: Callable[[], HolderStatus]
+    app: FastAPI,
+    home: PlatformHome,
+    settings: Settings,
+    served: Callable[[], HolderStatus],
+    own_health: Callable[[], Mapping[str, Any]] | None = None,
 ) -> None:
-    """Mount `GET /dashboard` (the page) and `GET /dashboard/data` (its JSON); `served()` is the holder status.
+    """Mount `GET /dashboard` (the page) and `GET /dashboard/data` (its JSON); `served()` is the holder
+    status, `own_health()` the endpoint's own health (`endpoint_health`), read on the event loop.
 
     API keys, when configured, gate both like every non-health route (the app's RequestGate does it).
     """
@@ -477,8 +652,10 @@ def add_dashboard_routes(
 
     @app.get(DASHBOARD_DATA_PATH, summary="The dashboard's data (JSON)")
     async def dashboard_json() -> Response:
-        # File reads and a few small artifact loads: off the event loop, so inference is never held up.
-        data = await anyio.to_thread.run_sync(dashboard_data, home, config, dataclasses.asdict(served()))
+        # The endpoint's own figures on the loop (where its metrics are kept), then file reads and a few
+        # small artifact loads off it, so inference is never held up.
+        health = own_health() if own_health is not None else None
+        data = await anyio.to_thread.run_sync(dashboard_data, home, config, served().to_dict(), health)
         return Response(
             json.dumps(data, allow_nan=False).encode(),
             media_type="application/json",

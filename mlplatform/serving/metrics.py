@@ -37,6 +37,7 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CAPTURE_SYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+SHADOW_OUTCOMES = ("scored", "failed", "dropped")
 _NS_PER_S = 1_000_000_000
 _REQUESTS, _ERRORS, _LATENCY = 1, 2, 3  # positions in a RecentRequests slot (0: the second it counts)
 _CLEARED_SLOT = (0,) * (2 + len(LATENCY_BUCKETS_S) + 1)  # requests, 5xx, each latency bucket and +Inf
@@ -162,6 +163,20 @@ class _HolderCollector:
             "Production models refused (integrity or load failure)",
             value=status.refusals,
         )
+        rollout = GaugeMetricFamily(
+            "mlplatform_serving_rollout_percent",
+            "Share of requests the running rollout's candidate answers (a shadow answers none, scores all)",
+            labels=["version", "strategy"],
+        )
+        candidate = status.candidate
+        if candidate is not None:
+            rollout.add_metric([candidate.served.version, candidate.strategy.value], float(candidate.percent))
+        yield rollout
+        yield CounterMetricFamily(
+            "mlplatform_serving_candidate_refusals",
+            "Rollout candidates refused (integrity or load failure): each one's rollout is aborted",
+            value=status.candidate_refusals,
+        )
 
 
 class _RecentCollector:
@@ -264,6 +279,19 @@ class ServingMetrics:
             True: capture_sync.labels("request"),
             False: capture_sync.labels("writer"),
         }
+        shadow = Counter(
+            "mlplatform_serving_shadow_predictions",
+            "Answered requests the shadow candidate scored, by outcome: scored, failed (its error is captured) "
+            "or dropped (its queue full, or capture refusing: captured as failed when it can be)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._shadow_children = {outcome: shadow.labels(outcome) for outcome in SHADOW_OUTCOMES}
+        self._canary_fallbacks = Counter(
+            "mlplatform_serving_canary_fallbacks",
+            "Requests routed to the canary candidate that it failed, answered by production instead",
+            registry=self.registry,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._inference_routes: set[str] = set()
@@ -294,6 +322,13 @@ class ServingMetrics:
 
     def count_capture_failure(self) -> None:
         self._capture_failures.inc()
+
+    def count_shadow(self, outcome: str) -> None:
+        """One answered request's shadow: `outcome` one of SHADOW_OUTCOMES (from any thread)."""
+        self._shadow_children[outcome].inc()
+
+    def count_canary_fallback(self) -> None:
+        self._canary_fallbacks.inc()
 
     def observe_capture_sync(self, seconds: float, inline: bool) -> None:
         """One sync of capture records: by the request itself (`inline`) or by the writer thread."""

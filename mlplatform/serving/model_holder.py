@@ -9,6 +9,13 @@ keeps serving, or nothing is served (state `REFUSED`, readiness false). A refusa
 poller checks the refused file again at the first poll after it changes on disk (repaired, re-fetched)
 and, whatever the reason was, every `[serving] refused_model_retry_s`, so a repaired model is served
 without a restart.
+
+The running rollout's candidate (core/release/rollout.py, the registry's `rollout` pointer, read when
+the pointers' stamp moved) is held beside production as one immutable `Candidate` (its strategy, percent
+and loaded model): a request reads `holder.candidate` once, with `holder.served`. A candidate that fails
+the same check is never served: the holder drops it and calls `on_candidate_refused` (the app aborts the
+rollout and raises an alert), once per rollout. A registry that cannot be read is no refusal: the next
+poll tries again.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mlplatform.core.scoring.model import Prediction
+from mlplatform.core.release.registry import IntegrityError
+from mlplatform.core.release.rollout import ROLLOUT_POINTER, Rollout, RolloutStrategy, rollout_of
+from mlplatform.core.scoring.model import Prediction, ScoringError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,10 @@ class ProductionRegistry(Protocol):
     def production(self) -> Any: ...
 
     def verify(self, version: str) -> Path: ...
+
+    def get(self, version: str) -> Any: ...
+
+    def pointer(self, name: str) -> Any: ...
 
 
 ModelLoader = Callable[[Path, str], Predictor]
@@ -103,6 +116,19 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """The running rollout's candidate, loaded: how it takes part, and the model. Never mutated."""
+
+    rollout_id: str
+    strategy: RolloutStrategy
+    percent: int  # share of requests it answers (a canary's); a shadow answers none
+    served: ServedModel
+
+
+CandidateRefused = Callable[[Rollout, str], None]
+
+
+@dataclass(frozen=True)
 class HolderStatus:
     """A snapshot for metadata, readiness and metrics."""
 
@@ -112,6 +138,28 @@ class HolderStatus:
     swaps: int
     refusals: int
     state: HolderState = HolderState.SERVING
+    candidate: Candidate | None = None
+    candidate_refusals: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (what the dashboard shows as what this endpoint serves): the candidate by name."""
+        candidate = self.candidate
+        return {
+            "version": self.version,
+            "ready": self.ready,
+            "reason": self.reason,
+            "swaps": self.swaps,
+            "refusals": self.refusals,
+            "state": self.state.value,
+            "candidate": None
+            if candidate is None
+            else {
+                "version": candidate.served.version,
+                "strategy": candidate.strategy.value,
+                "percent": candidate.percent,
+            },
+            "candidate_refusals": self.candidate_refusals,
+        }
 
 
 class ModelHolder:
@@ -125,8 +173,13 @@ class ModelHolder:
         poll_interval_s: float,
         refused_retry_s: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
+        on_candidate_refused: CandidateRefused | None = None,
     ) -> None:
         self._registry = registry
+        self._on_candidate_refused = on_candidate_refused
+        self._candidate: Candidate | None = None
+        self._refused_rollout: str | None = None
+        self._candidate_refusals = 0
         self._loader = loader
         self._poll_interval_s = poll_interval_s
         self._refused_retry_s = refused_retry_s
@@ -151,6 +204,12 @@ class ModelHolder:
         """
         return self._served
 
+    @property
+    def candidate(self) -> Candidate | None:
+        """The running rollout's candidate (None: no rollout, or its candidate was refused). Read it once
+        per request, with `served`."""
+        return self._candidate
+
     def status(self) -> HolderStatus:
         served, reason, refusal = self._served, self._reason, self._refusal
         if self._shutting_down:
@@ -166,6 +225,8 @@ class ModelHolder:
             swaps=self._swaps,
             refusals=self._refusals,
             state=state,
+            candidate=self._candidate,
+            candidate_refusals=self._candidate_refusals,
         )
 
     @property
@@ -201,6 +262,7 @@ class ModelHolder:
                 log.warning(NO_PRODUCTION_MODEL)
             else:
                 self._load_production()
+            self._load_candidate()
             # Only now: a registry read error above leaves the pointer unseen, so the next poll retries.
             self._seen_pointer = pointer
 
@@ -242,6 +304,35 @@ class ModelHolder:
         self._served, self._reason, self._refusal = candidate, None, None
         self._swaps += 1
         log.info("serving model %s (was %s)", candidate.version, previous.version if previous else "nothing")
+
+    def _load_candidate(self) -> None:
+        """Hold the running rollout's candidate (loaded once per rollout; a step only changes its percent)."""
+        rollout = rollout_of(self._registry.pointer(ROLLOUT_POINTER))
+        if rollout is None or rollout.id == self._refused_rollout:
+            self._candidate = None
+            return
+        held = self._candidate
+        if held is not None and held.rollout_id == rollout.id:
+            if held.percent != rollout.percent:
+                self._candidate = Candidate(rollout.id, rollout.strategy, rollout.percent, held.served)
+            return
+        try:
+            served = self._checked_model(rollout.candidate, self._registry.get(rollout.candidate).sha256)
+        except (IntegrityError, ScoringError, ValueError) as exc:  # its file or model is bad: never serve it
+            self._refuse_candidate(rollout, f"candidate {rollout.candidate} refused: {exc}")
+            return
+        self._candidate = Candidate(rollout.id, rollout.strategy, rollout.percent, served)
+        log.info("holding candidate %s for the %s", rollout.candidate, rollout.describe())
+
+    def _refuse_candidate(self, rollout: Rollout, reason: str) -> None:
+        self._candidate, self._refused_rollout = None, rollout.id
+        self._candidate_refusals += 1
+        log.error("%s: the %s is aborted", reason, rollout.describe())
+        if self._on_candidate_refused is not None:
+            try:
+                self._on_candidate_refused(rollout, reason)
+            except Exception:  # the abort is retried by the next judgement round; never stop polling
+                log.exception("aborting the rollout of refused candidate %s failed", rollout.candidate)
 
     def _checked_model(self, version: str, sha256: str) -> ServedModel:
         path = self._registry.verify(version)

@@ -22,6 +22,7 @@ from mlplatform.core.platform.fsio import sha256_file
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.release.deploy import SMOKE_CASES
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.release.rollout import current_rollout
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
 from mlplatform_tests.integration.processes import endpoint_process
@@ -147,20 +148,49 @@ def wrong_endpoint(home_copy: PlatformHome) -> Iterator[str]:
         server.server_close()
 
 
-def test_a_failed_smoke_test_restores_the_aliases_exactly(home_copy, wrong_endpoint):
-    registry = ModelRegistry(home_copy.registry)
-    # Another real model (a losing candidate) is production, v1 previous: the state to come back to.
-    store = ArtifactStore(home_copy.artifacts)
+def _losing_candidate_in_production(home: PlatformHome) -> ModelRegistry:
+    """Another real model (a losing candidate) registered as v2 and promoted: best_model's v1 is then a
+    version to deploy again (once sentiment_endpoint's code version changes)."""
+    registry = ModelRegistry(home.registry)
+    store = ArtifactStore(home.artifacts)
     chosen = registry.get("v1").sha256
     other = next(
         files["model.onnx"]
-        for name in sorted(p.name for p in (home_copy.artifacts / "candidate_models").iterdir())
+        for name in sorted(p.name for p in (home.artifacts / "candidate_models").iterdir())
         if (files := store.load(store.latest(f"candidate_models/{name}")).files)
         and hashlib.sha256(files["model.onnx"]).hexdigest() != chosen
     )
     v2 = registry.register(other, {"note": "losing candidate"}, {"macro_f1": 0.5})
     registry.approve(v2.version, by="test")
     registry.promote(v2.version, by="test")
+    return registry
+
+
+def test_with_a_shadow_strategy_the_new_version_is_shadowed_not_promoted(home_copy):
+    registry = _losing_candidate_in_production(home_copy)
+    home_copy.settings_file.write_text(QUIET + '[deployment]\nstrategy = "shadow"\n')
+    lines: list[str] = []
+
+    report = run_pending(home_copy, say=lines.append)
+
+    assert report.exit_code == 0, report.blocked
+    assert registry.aliases() == {"production": "v2", "previous": "v1"}
+    rollout = current_rollout(registry)
+    assert (rollout.strategy, rollout.candidate, rollout.production) == ("shadow", "v1", "v2")
+    assert rollout.started_by == "sentiment_endpoint"
+    record = _record(home_copy)
+    assert record["state"] == "rollout_started" and record["rollout"]["id"] == rollout.id
+    assert (
+        record["smoke_test"]["passed"] is True
+        and _check(home_copy, "sentiment_endpoint", "smoke_test").passed
+    )
+    # The same run judged the new rollout once: nothing captured yet, it waits.
+    assert "rollout" in report.materialized
+    assert "  rollout: wait: 0 of 200 candidate predictions in this step" in lines
+
+
+def test_a_failed_smoke_test_restores_the_aliases_exactly(home_copy, wrong_endpoint):
+    registry = _losing_candidate_in_production(home_copy)  # v1 previous: the state to come back to
     before = registry.aliases()
     assert before == {"production": "v2", "previous": "v1"}
 

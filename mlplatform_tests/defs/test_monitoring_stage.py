@@ -47,6 +47,8 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 LABELS = load_contract().classes
 SETTINGS = """[lake]
 settle_seconds = 0.0
+[features]
+min_facet_rows = 40
 [monitoring]
 min_rows = 150
 min_labelled_rows = 60
@@ -208,8 +210,35 @@ def test_held_back_reviews_do_not_drift_labels_that_disagree_degrade_and_a_seede
     assert pushing and all(set(item.split(" (")[0].split()) <= words for item in pushing.split(", "))
 
 
+def test_bias_drift_holds_for_held_back_reviews_and_fires_when_one_department_is_treated_differently(home):
+    held_back = _held_back(600)
+    _send(home, held_back.select("text", "product_id", "review_id").to_dicts())
+    _monitor(home)
+    evaluation = _check(home, "bias_drift", "bias_drift")
+    assert evaluation.passed, evaluation.description
+    report = _latest(home, "bias_drift")
+    sources = {facet["facet"]: facet["source"] for facet in report["facets"]}
+    assert sources == {"age_band": None, "division_name": None, "department_name": "catalogue"}
+    judged = [value for facet in report["facets"] for value in facet["values"] if value["shift"] is not None]
+    assert {value["value"] for value in judged} >= {"Dresses", "Tops"}
+    assert report["by_day"] and set(report["by_day"][0]) == {"day", "facet", "value", "label", "rows", "rate"}
+
+    # Dresses draw a stream of complaints: their negative rate leaves everyone else's behind.
+    reviews = _latest(home, "reviews")
+    dresses = reviews.filter(pl.col("department_name") == "Dresses")["clothing_id"].unique().sort().head(20)
+    negative = "Sadly returning. Way too expensive for what you get. I wanted to love it but I returned it."
+    _send(home, [{"text": negative, "product_id": str(dresses[i % dresses.len()])} for i in range(300)])
+    _monitor(home)
+    evaluation = _check(home, "bias_drift", "bias_drift")
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert "department_name=Dresses" in evaluation.description
+    alert = AlertStore(home.alerts).firing("bias_drift:bias_drift")
+    assert alert is not None and "Dresses" in alert.message
+
+
 def test_generic_sentences_drift_and_alert_once_per_condition_with_webhook(home, monkeypatch, receiver):
     monkeypatch.setenv(WEBHOOK_ENV, receiver.url)
+    trained_with = {alert.key for alert in AlertStore(home.alerts).list()}  # raised before the webhook
     generic = [{"text": GENERIC[i % len(GENERIC)]} for i in range(200)]
     _send(home, generic)
     _monitor(home)
@@ -231,7 +260,7 @@ def test_generic_sentences_drift_and_alert_once_per_condition_with_webhook(home,
     assert len(keys) == len(set(keys)) and set(keys) == first
     bodies = [body["text"] for body in receiver.bodies]
     assert any("drift_report" in text and "length_psi" in text for text in bodies)
-    assert len(bodies) == len(first)  # one post per alert, none for the standing conditions
+    assert len(bodies) == len(first - trained_with)  # one post per alert, none for the standing conditions
 
     (home.labels).mkdir(parents=True)
     (home.labels / "broken.csv").write_text("review_id,stars\nx,5\n")

@@ -31,9 +31,10 @@ from mlplatform.core.monitoring.product_report import to_safe_csv
 from mlplatform.core.platform.artifacts import ArtifactStore, Bundle, encode
 from mlplatform.core.platform.home import API_KEYS_ENV, PlatformHome
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.release.rollout import RolloutStrategy, start_rollout
 from mlplatform_tests.integration.processes import endpoint_process
 from mlplatform_tests.serving.conftest import tiny_model_bytes
-from mlplatform_tests.serving.test_dashboard import CARD, DRIFT_REPORT
+from mlplatform_tests.serving.test_dashboard import CARD, DRIFT_REPORT, _round
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +96,74 @@ def seed_monitoring(home: PlatformHome) -> None:
     AlertStore(home.alerts).raise_alert(
         "drift", "ERROR", "drift_report", "<script>alert(1)</script>", key="k"
     )
+    long = "bias_drift:bias_drift failed: " + "; ".join(
+        f"department_name=Department{i} shift 0.{i}23 (negative: gap to all traffic +0.2 live vs +0.0 at "
+        "training)_and_a_very_long_unbroken_token_that_would_push_a_table_wide"
+        for i in range(6)
+    )
+    AlertStore(home.alerts).raise_alert("check", "WARN", "bias_drift", long, key="bias_drift:bias_drift")
+    by_day = [
+        {
+            "day": f"2026-11-0{day}",
+            "facet": "department_name",
+            "value": value,
+            "label": "negative",
+            "rows": 60,
+            "rate": 0.1 * day + (0.2 if value == "Dresses" else 0.0),
+        }
+        for day in range(1, 4)
+        for value in ("Dresses", "Tops")
+    ]
+    bias = {
+        "judged_version": "v2",
+        "classes": ["negative", "neutral", "positive"],
+        "facets": [
+            {
+                "facet": "department_name",
+                "source": "catalogue",
+                "reason": None,
+                "values": [
+                    {
+                        "facet": "department_name",
+                        "value": "Dresses",
+                        "rows": 180,
+                        "shift": 0.24,
+                        "worst_class": "negative",
+                        "severity": "ERROR",
+                        "note": "negative: gap +0.2 live vs +0.0 at training",
+                        "live_rate": {},
+                        "baseline_rate": {},
+                    },
+                    {
+                        "facet": "department_name",
+                        "value": "Tops",
+                        "rows": 180,
+                        "shift": 0.05,
+                        "worst_class": "negative",
+                        "severity": None,
+                        "note": "fine",
+                        "live_rate": {},
+                        "baseline_rate": {},
+                    },
+                ],
+            },
+            {
+                "facet": "age_band",
+                "source": None,
+                "reason": "age_band is not a property of the product",
+                "values": [],
+            },
+        ],
+        "by_day": by_day,
+        "outcome": {
+            "name": "bias_drift",
+            "passed": False,
+            "severity": "ERROR",
+            "description": "Dresses moved",
+            "metadata": {},
+        },
+    }
+    store.put("bias_drift", None, encode(bias))
 
 
 @contextlib.contextmanager
@@ -122,7 +191,8 @@ def test_dashboard_of_a_fresh_home_renders_without_errors(home: PlatformHome, tm
         dom = render(browser, url, tmp_path / "profile")
 
     assert "nothing yet" in dom
-    assert dom.count("No data yet") >= 8
+    assert dom.count("No data yet") >= 9
+    assert re.search(r'id="health-source">this endpoint, live', dom)  # its own health needs no configuration
 
 
 def test_dashboard_renders_in_headless_chromium(home: PlatformHome, tmp_path: Path) -> None:
@@ -132,7 +202,13 @@ def test_dashboard_renders_in_headless_chromium(home: PlatformHome, tmp_path: Pa
         version = registry.register(tiny_model_bytes(variant), card=CARD, metrics={"macro_f1": 0.6}).version
         registry.approve(version, by="test")
         registry.promote(version, by="test")
+    candidate = registry.register(tiny_model_bytes(2), card=CARD, metrics={"macro_f1": 0.6}).version
+    registry.approve(candidate, by="test")
+    rollout = start_rollout(
+        registry, RolloutStrategy.CANARY, candidate, by="test", percent=25, steps=[25, 50]
+    )
     seed_monitoring(home)
+    ArtifactStore(home.artifacts).put("rollout", None, encode(_round(rollout)))
     screenshot = tmp_path / "dashboard.png"
     with serving(home, tmp_path) as url:
         dom = render(browser, url, tmp_path / "profile")
@@ -141,7 +217,16 @@ def test_dashboard_renders_in_headless_chromium(home: PlatformHome, tmp_path: Pa
         )
 
     assert re.search(r'id="production-version">v2<', dom)
-    assert dom.count("<svg") >= 3  # model metrics, live quality, drift
+    assert dom.count("<svg") >= 4  # model metrics, live quality, drift, bias drift
+    # the rollout: who answers what, its judgement and both versions side by side
+    assert re.search(r'id="rollout-shares".*?v2 75%.*?v3 25%', dom, re.S)
+    assert re.search(r'id="rollout-judgement"><b>judged [^<]*: wait</b>', dom)
+    assert "p99 latency (ms)" in dom and "v3 (candidate)" in dom
+    # bias drift: the chart of the class that moved, and the facet that cannot be observed
+    assert re.search(r'id="bias_drift".*?class="chart line-chart".*?<path d="M', dom, re.S)
+    assert "age_band: not observable on live traffic" in dom
+    # the endpoint's own health, with no endpoint_url configured
+    assert re.search(r'id="health-source">this endpoint, live', dom)
     assert re.search(r'class="chart line-chart".*?<path d="M', dom, re.S)
     assert re.search(r'class="chart drift-chart".*?<rect ', dom, re.S)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # data shown as text, never as markup
@@ -233,6 +318,37 @@ def devtools_page(browser: str, profile: Path) -> Iterator[DevToolsPage]:
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_alert_table_fits_a_laptop_screen(home: PlatformHome, tmp_path: Path) -> None:
+    browser = chromium()
+    registry = ModelRegistry(home.registry)
+    version = registry.register(tiny_model_bytes(0), card=CARD, metrics={"macro_f1": 0.6}).version
+    registry.approve(version, by="test")
+    registry.promote(version, by="test")
+    seed_monitoring(home)
+    with serving(home, tmp_path) as url, devtools_page(browser, tmp_path / "profile") as page:
+        for width in (1280, 1366):
+            page.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=width,
+                height=800,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
+            page.call("Page.navigate", url=url)
+            page.wait_for_status("ok")
+            sizes = page.evaluate(
+                "(() => { const box = document.querySelector('#alerts-table .scroll');"
+                " const table = box.querySelector('table');"
+                " return [table.scrollWidth, box.clientWidth, document.documentElement.scrollWidth, innerWidth]; })()"
+            )
+            table_width, box_width, page_width, window_width = sizes
+            assert table_width <= box_width, (
+                f"at {width} px the alert table is {table_width} px in {box_width}"
+            )
+            assert page_width <= window_width, f"at {width} px the page scrolls sideways"
+        assert page.console_faults() == []
 
 
 def test_with_api_keys_the_dashboard_asks_for_a_key_once_and_keeps_it_out_of_urls_and_logs(

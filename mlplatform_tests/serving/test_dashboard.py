@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
 from mlplatform.core.monitoring.alerts import AlertStore
+from mlplatform.core.monitoring.bias_drift import BiasDriftRules, bias_drift
 from mlplatform.core.monitoring.product_report import to_safe_csv
+from mlplatform.core.monitoring.rollout_judgement import RolloutJudgement, RolloutRound
+from mlplatform.core.monitoring.rules import MonitorOutcome
 from mlplatform.core.platform.artifacts import ArtifactStore, Bundle, encode
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import RECORDS_MARKER
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
+from mlplatform.core.release.rollout import (
+    Rollout,
+    RolloutAction,
+    RolloutOutcome,
+    RolloutStrategy,
+    abort_rollout,
+    start_rollout,
+)
 from mlplatform.serving.app import create_app
 from mlplatform.serving.dashboard import DashboardConfig, dashboard_data
-from mlplatform_tests.serving.conftest import deploy
+from mlplatform_tests.serving.conftest import deploy, register
 
 SECTIONS = (
     "production",
@@ -28,6 +41,8 @@ SECTIONS = (
     "live_quality",
     "flagged_products",
     "system_health",
+    "rollout",
+    "bias_drift",
     "alerts",
 )
 CARD = {
@@ -260,3 +275,136 @@ def test_records_that_cannot_be_read_are_an_error_of_their_section(
     assert data["alerts"]["state"] == "error"
     assert "live in PostgreSQL" in data["alerts"]["error"]
     assert data["drift"]["state"] != "error"  # the rest of the page still loads
+
+
+def _round(rollout: Rollout) -> dict:
+    """A judgement round as the `rollout` asset stores it."""
+    numbers = {
+        "candidate_rows": 120,
+        "production_rows": 360,
+        "candidate_p99_latency_ms": 4.5,
+        "production_p99_latency_ms": 4.0,
+        "candidate_share/negative": 0.3,
+        "production_share/negative": 0.25,
+        "agreement": 0.95,
+    }
+    outcomes = (
+        MonitorOutcome("agreement", True, None, "1 - TVD 0.95 >= 0.8", {"evaluated": 1}),
+        MonitorOutcome("error_rate", False, "ERROR", "3 of 120 failed", {"evaluated": 1}),
+    )
+    judgement = RolloutJudgement(
+        rollout, "2026-11-02T10:00:00+00:00", numbers, outcomes, RolloutAction.WAIT, "120 of 200"
+    )
+    return RolloutRound(judgement, RolloutOutcome(RolloutAction.WAIT, "120 of 200", rollout)).record()
+
+
+def test_a_running_canary_shows_who_answers_what_its_judgement_and_both_versions_side_by_side(
+    home: PlatformHome, settings: Settings, tiny_models: dict[int, bytes]
+) -> None:
+    registry = ModelRegistry(home.registry)
+    deploy(registry, tiny_models[0])
+    candidate = register(registry, tiny_models[1])
+    rollout = start_rollout(
+        registry, RolloutStrategy.CANARY, candidate, by="alice", percent=25, steps=[25, 50]
+    )
+    store = ArtifactStore(home.artifacts)
+    store.put("rollout", None, encode(_round(rollout)))
+    store.put("rollout", None, encode({"rollout": None, "action": None, "reason": "no rollout is running"}))
+
+    section = dashboard_data(home, config(settings))["rollout"]
+
+    running = section["running"]
+    assert (running["strategy"], running["candidate"], running["production"]) == ("canary", candidate, "v1")
+    assert [(share["version"], share["share"]) for share in running["shares"]] == [
+        ("v1", 75),
+        (candidate, 25),
+    ]
+    judgement = running["judgement"]
+    assert (judgement["action"], judgement["reason"]) == ("wait", "120 of 200")  # the round of this rollout
+    assert [(check["name"], check["passed"]) for check in judgement["checks"]] == [
+        ("agreement", True),
+        ("error_rate", False),
+    ]
+    compared = {row["metric"]: (row["candidate"], row["production"]) for row in judgement["comparison"]}
+    assert compared["predictions in this step"] == (120, 360)
+    assert compared["p99 latency (ms)"] == (4.5, 4.0)
+    assert compared["predicted share: negative"] == (0.3, 0.25)
+    assert section["events"][0]["event"] == "rollout_started" and section["events"][0]["by"] == "alice"
+
+
+def test_after_a_rollout_the_section_says_none_runs_and_keeps_its_events(
+    home: PlatformHome, settings: Settings, tiny_models: dict[int, bytes]
+) -> None:
+    registry = ModelRegistry(home.registry)
+    deploy(registry, tiny_models[0])
+    start_rollout(registry, RolloutStrategy.SHADOW, register(registry, tiny_models[1]), by="alice")
+    abort_rollout(registry, None, by="bob", reason="enough", automatic=False)
+
+    section = dashboard_data(home, config(settings))["rollout"]
+
+    assert section["running"] is None
+    assert [event["event"] for event in section["events"]] == ["rollout_aborted", "rollout_started"]
+
+
+def test_bias_drift_shows_each_facet_its_source_and_the_rates_of_the_class_that_moved_most(
+    home: PlatformHome, settings: Settings
+) -> None:
+    log = pl.DataFrame(
+        {
+            "model_version": "v1",
+            "time": [datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)] * 60,
+            "label": ["negative", "positive"] * 60,
+            "product_id": "7",
+            "department_name": ["Dresses", "Tops"] * 60,
+        }
+    )
+    rates = {"negative": 0.5, "neutral": 0.0, "positive": 0.5}
+    card = {
+        "department_name": {
+            "values": {v: {"rows": 200, "predicted_rate": rates} for v in ("Dresses", "Tops")}
+        }
+    }
+    rules = dataclasses.replace(BiasDriftRules.from_settings(settings), min_rows=30)
+    report = bias_drift(
+        log,
+        None,
+        version="v1",
+        card_facets=card,
+        facets=("department_name", "age_band"),
+        product_column=None,
+        classes=("negative", "neutral", "positive"),
+        rules=rules,
+    )
+    ArtifactStore(home.artifacts).put("bias_drift", None, encode(report.to_dict()))
+
+    section = dashboard_data(home, config(settings))["bias_drift"]
+
+    department, age = section["facets"]
+    assert (department["source"], department["charted_class"]) == ("request", "negative")
+    assert {(p["day"], p["value"], p["rate"]) for p in department["points"]} == {
+        ("2026-11-01", "Dresses", 1.0),
+        ("2026-11-02", "Tops", 0.0),
+    }
+    assert {value["value"]: value["severity"] for value in department["values"]} == {
+        "Dresses": "ERROR",
+        "Tops": "ERROR",
+    }
+    assert age["source"] is None and age["reason"] == "no catalogue to join the product with"
+    assert section["check"]["passed"] is False and section["judged_version"] == "v1"
+
+
+def test_the_endpoint_shows_its_own_health_without_configuration(
+    home: PlatformHome, fast_settings: Settings, tiny_models: dict[int, bytes]
+) -> None:
+    deploy(ModelRegistry(home.registry), tiny_models[0])
+    with TestClient(create_app(home, fast_settings)) as client:
+        for _ in range(3):
+            assert client.post("/predict", json={"reviews": [{"text": "lovely dress"}]}).status_code == 200
+        health = client.get("/dashboard/data").json()["system_health"]
+
+    assert health["state"] == "ok" and health["source"] == "this endpoint, live"
+    assert health["values"]["requests"] >= 3 and health["values"]["error_rate"] == 0.0
+    assert {check["name"]: check["passed"] for check in health["checks"]} == {
+        "error_rate": True,
+        "latency": True,
+    }

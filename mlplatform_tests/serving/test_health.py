@@ -61,6 +61,12 @@ class StoppingRegistry:
     def verify(self, version: str) -> Any:
         return self._registry.verify(version)
 
+    def get(self, version: str) -> Any:
+        return self._registry.get(version)
+
+    def pointer(self, name: str) -> Any:
+        return self._registry.pointer(name)
+
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_liveness_fails_when_the_model_poller_is_gone(

@@ -328,3 +328,23 @@ class AlertStore:
         delivery = replace(self.notifier.post(alert, action), time=_iso(self._clock()))
         self._records.append({"event": "delivery", "id": alert.id, **delivery.to_dict()})
         return replace(alert, deliveries=(*alert.deliveries, delivery))
+
+
+ROLLOUT_ABORT_KIND = "rollout_aborted"
+
+
+def rollout_abort_key(rollout_id: str) -> str:
+    """The key of the one alert an aborted rollout raises (an event: never resolved)."""
+    return f"rollout:{rollout_id}:aborted"
+
+
+def raise_rollout_abort(store: AlertStore, event: Mapping[str, Any]) -> Alert | None:
+    """The alert of a `rollout_aborted` registry event (core/release/rollout.py), raised once whoever
+    notices it first (the judging run, the endpoint that refused the candidate, a later run)."""
+    message = (
+        f"{event.get('strategy')} of {event.get('version')} aborted by {event.get('by')}: "
+        f"{event.get('reason') or 'no reason given'}; all traffic back to production {event.get('production')}"
+    )
+    return store.raise_alert(
+        ROLLOUT_ABORT_KIND, "ERROR", "rollout", message, rollout_abort_key(str(event.get("rollout")))
+    )

@@ -13,6 +13,16 @@ n-grams that pushed the predicted class most, strongest first) when the request 
 null; segments written before it existed read it as null. `encode_capture_rows` writes a request's
 lines.
 
+Roles (`role`, `CaptureRole`): `answered` rows are what the client was answered, by the version named
+in `model_version`. During a shadow rollout each answered row has a `shadow` row beside it (same
+`capture_id` and `row`): the rollout's candidate's prediction of the same text, made off the answer's
+path and never returned, under the candidate's own `model_version`, with its own scoring time as
+`latency_ms`. A candidate that failed to predict (an error, a full shadow queue, or a canary candidate
+whose failure production answered for) leaves a `shadow` row with `error` set and no label or
+probabilities, so every answered row has its shadow row and failures are counted, not lost; a shadow the
+endpoint had no room to hand over is `error` "dropped: ..." (`SHADOW_DROPPED`). Segments
+written before roles existed read `role` and `error` as null: answered rows (`answered_only`).
+
 Keys: `request_id` is the client's `X-Request-ID` as given (or one the endpoint made), so clients find
 their requests under their own ids; but clients reuse ids (a retry after a timeout, a fixed id in a
 script), so it is not a key. `capture_id` is: the endpoint makes one per captured request (a random
@@ -36,10 +46,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +82,25 @@ _WRITTEN_SCHEMA: dict[str, pl.DataType] = {
     # The explanation of the prediction when the request asked for one, else null (and in segments
     # written before explanations existed).
     "explanation": pl.List(pl.Struct({"ngram": pl.String(), "weight": pl.Float64()})),
+    "role": pl.String(),
+    "error": pl.String(),
 }
 CAPTURE_COLUMNS: tuple[str, ...] = tuple(_WRITTEN_SCHEMA)
 """The columns every record has (besides its model's `p_<class>` columns)."""
 # A record's keys follow "{" or ","; inside a JSON string a quote is always escaped, so this finds keys only.
 _PROBABILITY_KEY = re.compile(rb'[{,]"(p_[^"\\]*)":')
+
+
+SHADOW_DROPPED = "dropped: "
+"""How the `error` of a shadow row the endpoint could not hand to its shadow worker begins (capacity,
+not the candidate's failure: a rollout's judgement leaves these out of the candidate's error rate)."""
+
+
+class CaptureRole(StrEnum):
+    """Whether a captured prediction was returned to the client (see the module docstring)."""
+
+    ANSWERED = "answered"
+    SHADOW = "shadow"
 
 
 class CaptureError(UserError, RuntimeError):
@@ -96,28 +122,32 @@ def encode_capture_rows(
     texts: Sequence[str],
     product_ids: Sequence[str | None],
     review_ids: Sequence[str | None],
-    labels: Sequence[str],
-    probabilities: np.ndarray,
+    labels: Sequence[str] | None,
+    probabilities: np.ndarray | None,
     latency_ms: float,
     classes: Sequence[str],
     explanations: Sequence[Sequence[Contribution]] | None = None,
+    role: CaptureRole = CaptureRole.ANSWERED,
+    error: str | None = None,
 ) -> bytes:
     """The capture lines of one request: one JSON object per review row, each ending in a newline;
     `probabilities` has one column per class of `classes` (the answering model's).
 
     `explanations`: each row's top n-grams when the request asked to explain (written as a list of
-    `{"ngram", "weight"}`), else the column is left out of the lines (read as null)."""
+    `{"ngram", "weight"}`), else the column is left out of the lines (read as null).
+
+    With `error` (a candidate that could not predict: a `shadow` row) the rows carry the error and no
+    label or probabilities; `labels` and `probabilities` are then None.
+    """
     columns = probability_columns(tuple(classes))
-    shared = {
-        "request_id": request_id,
-        "capture_id": capture_id,
-        "time": utc_iso(received_at),
-        "route": route,
-        "model_version": model_version,
-    }
+    shared = _shared_fields(request_id, capture_id, received_at, route, model_version)
+    failed = error is not None
+    outputs = (
+        itertools.repeat((None, None), len(texts)) if failed else zip(labels, probabilities, strict=True)
+    )
     lines = []
-    for row, (text, product_id, review_id, label, scores) in enumerate(
-        zip(texts, product_ids, review_ids, labels, probabilities, strict=True)
+    for row, (text, product_id, review_id, (label, scores)) in enumerate(
+        zip(texts, product_ids, review_ids, outputs, strict=True)
     ):
         record = {
             **shared,
@@ -126,13 +156,39 @@ def encode_capture_rows(
             "product_id": product_id,
             "review_id": review_id,
             "label": label,
-            **dict(zip(columns, scores, strict=True)),
+            **({} if failed else dict(zip(columns, scores, strict=True))),
             "latency_ms": latency_ms,
+            "role": role.value,
+            **({"error": error} if failed else {}),
         }
         if explanations is not None:
             record["explanation"] = explanations[row]
         lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
     return b"".join(lines)
+
+
+def _shared_fields(
+    request_id: str, capture_id: str, received_at: float, route: str, model_version: str
+) -> dict[str, str]:
+    return {
+        "request_id": request_id,
+        "capture_id": capture_id,
+        "time": utc_iso(received_at),
+        "route": route,
+        "model_version": model_version,
+    }
+
+
+def role_of_rows() -> pl.Expr:
+    """Each row's role; rows written before roles existed were answered."""
+    return pl.col("role").fill_null(CaptureRole.ANSWERED.value)
+
+
+def answered_only(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows that were returned to clients (all of a frame without a `role` column)."""
+    if "role" not in frame.columns:
+        return frame
+    return frame.filter(role_of_rows() == CaptureRole.ANSWERED.value)
 
 
 # --- reading ------------------------------------------------------------------------------------------

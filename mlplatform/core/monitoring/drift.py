@@ -457,6 +457,8 @@ def training_baseline(
         _, splits = recorded_splits(store, card)
     except ArtifactNotFound as exc:
         raise MissingBaseline(f"its recorded split version is gone ({exc})") from exc
+    except (KeyError, TypeError):  # a version registered by hand: its card has no lineage
+        raise MissingBaseline("its card records no split version") from None
     return TrainingBaseline.from_splits(splits, card["metrics"]["test"]["confusion_matrix"], vocabulary)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from mlplatform.core.data.lake import Lake, LakeError
-from mlplatform.core.monitoring.capture import CAPTURE_COLUMNS, probabilities_of
+from mlplatform.core.monitoring.capture import CAPTURE_COLUMNS, answered_only, probabilities_of
 from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, StoredArtifact
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
@@ -175,7 +175,7 @@ def _request_rows(capture: pl.DataFrame, request_id: str) -> pl.DataFrame:
     if "capture_id" not in capture.columns:  # captured before capture ids: one request per time
         capture = capture.with_columns(pl.lit(None, pl.String).alias("capture_id"))
     named = (pl.col("request_id") == request_id) | (pl.col("capture_id") == request_id).fill_null(False)
-    rows = capture.filter(named).sort("time", "row")
+    rows = answered_only(capture.filter(named)).sort("time", "row")
     if rows.is_empty():
         raise LineageError(f"request {request_id!r} is not in the capture log")
     requests = rows.select("capture_id", "time").unique(maintain_order=True)

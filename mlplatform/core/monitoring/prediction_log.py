@@ -1,5 +1,9 @@
 """The prediction log: the capture as one table, one row per (request_id, row), with its model version.
 
+By default it holds what clients were answered (`answered` rows): what the monitors judge. A rollout's
+judgement also asks for the `shadow` rows (core/monitoring/capture.py: Roles), which share their
+answered row's key: the log is then one row per (capture_id, row, role), with a `role` column.
+
 The capture only grows (append-only segments), so the log is always the whole history, deduplicated (a
 row re-read from a replayed capture counts once, the first capture kept). A `PredictionLog` carries the
 fingerprint of what it was read from (inputs.py), so a later run can tell whether the capture or the
@@ -13,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from mlplatform.core.monitoring.capture import CaptureRole, role_of_rows
 from mlplatform.core.monitoring.rules import MonitoringError, require_columns
 
 LOG_KEY: tuple[str, ...] = ("capture_id", "row")
@@ -53,24 +58,32 @@ class PredictionLogStats:
         }
 
 
-def prediction_log(capture: pl.DataFrame) -> tuple[pl.DataFrame, PredictionLogStats]:
-    """The captured predictions as one table: one row per (capture_id, row), the first capture kept.
+def prediction_log(
+    capture: pl.DataFrame, roles: tuple[CaptureRole, ...] = (CaptureRole.ANSWERED,)
+) -> tuple[pl.DataFrame, PredictionLogStats]:
+    """The captured predictions of `roles` as one table: one row per (capture_id, row, role), the first
+    capture kept, with a `role` column (old rows: answered).
 
     Two requests a client sent with one request id are two requests here. Sorted by time (then request
-    key and row, so equal times stay in a stable order), with a `day` column (UTC date) to partition by.
-    A row repeated across segments (a replayed or re-read capture) counts in `duplicates_removed`.
+    key, row and role, so equal times stay in a stable order), with a `day` column (UTC date) to
+    partition by. A row repeated across segments (a replayed or re-read capture) counts in
+    `duplicates_removed`; rows of other roles are not counted at all.
     """
     require_columns(capture, _LOG_REQUIRED_COLUMNS, "capture frame")
     if not isinstance(capture.schema["time"], pl.Datetime):
         raise MonitoringError(f"capture column 'time' must be a Datetime, got {capture.schema['time']}")
+    role = role_of_rows() if "role" in capture.columns else pl.lit(CaptureRole.ANSWERED.value)
+    capture = capture.with_columns(role.alias("role")).filter(
+        pl.col("role").is_in([CaptureRole(name).value for name in roles])
+    )
     unknown_versions = capture.filter(pl.col("model_version").is_null()).height
     if unknown_versions:
         raise MonitoringError(f"{unknown_versions} capture rows have no model_version")
     capture_id = pl.col("capture_id") if "capture_id" in capture.columns else pl.lit(None, pl.String)
     keyed = capture.with_columns(pl.coalesce(capture_id, pl.col("request_id")).alias(_REQUEST_KEY))
     log = (
-        keyed.unique(subset=[_REQUEST_KEY, "row"], keep="first", maintain_order=True)
-        .sort(["time", _REQUEST_KEY, "row"])
+        keyed.unique(subset=[_REQUEST_KEY, "row", "role"], keep="first", maintain_order=True)
+        .sort(["time", _REQUEST_KEY, "row", "role"])
         .with_columns(pl.col("time").dt.date().alias("day"))
     )
     requests = log[_REQUEST_KEY].n_unique()

@@ -4,7 +4,7 @@ The model registry (status events + aliases) and the lake's audit ledger keep th
 through one interface with two implementations:
 
 - `FileRecords` (the default, no server): a JSON-lines journal appended under an flock and fsynced,
-  and a pointers file replaced by atomic rename. A torn last line from a crash is skipped when read.
+  and a pointers file (one JSON object: names to JSON values) replaced by atomic rename. A torn last line from a crash is skipped when read.
 - `PostgresRecords` (when the home has a `pg_url`): table `mlplatform_journal` (one row per entry,
   ordered by id) and table `mlplatform_pointers` (one JSON object of pointers per record set, with a
   revision that grows on every change). An exclusive section is one transaction holding
@@ -86,9 +86,9 @@ class RecordSection(Protocol):
 
     def append(self, entry: Mapping[str, Any]) -> None: ...
 
-    def pointers(self) -> dict[str, str]: ...
+    def pointers(self) -> dict[str, Any]: ...
 
-    def set_pointers(self, pointers: Mapping[str, str]) -> None: ...
+    def set_pointers(self, pointers: Mapping[str, Any]) -> None: ...
 
 
 class Records(Protocol):
@@ -98,7 +98,7 @@ class Records(Protocol):
 
     def append(self, entry: Mapping[str, Any]) -> None: ...
 
-    def pointer_state(self) -> tuple[dict[str, str], int]: ...
+    def pointer_state(self) -> tuple[dict[str, Any], int]: ...
 
     def exclusive(self) -> AbstractContextManager[RecordSection]: ...
 
@@ -187,7 +187,7 @@ class FileRecords:
         self._refuse_if_moved()
         append_line(self.journal_path, _entry_line(entry))
 
-    def pointers(self) -> dict[str, str]:
+    def pointers(self) -> dict[str, Any]:
         """Current pointers ({} before the first change)."""
         if self.pointers_path is None:
             return {}
@@ -200,7 +200,7 @@ class FileRecords:
         except (json.JSONDecodeError, TypeError, ValueError) as exc:
             raise RecordsError(f"cannot read {self.pointers_path}: {exc}") from exc
 
-    def pointer_state(self) -> tuple[dict[str, str], int]:
+    def pointer_state(self) -> tuple[dict[str, Any], int]:
         """(pointers, mtime_ns of the pointers file; 0 before the first change)."""
         self._refuse_if_moved()
         if self.pointers_path is None:
@@ -211,7 +211,7 @@ class FileRecords:
             return {}, 0
         return self.pointers(), stamp
 
-    def set_pointers(self, pointers: Mapping[str, str]) -> None:
+    def set_pointers(self, pointers: Mapping[str, Any]) -> None:
         if self.pointers_path is None:
             raise RecordsError(f"the records of {self.journal_path} have no pointers")
         write_json_atomic(self.pointers_path, dict(pointers))
@@ -234,10 +234,10 @@ class _FileSection:
     def append(self, entry: Mapping[str, Any]) -> None:
         append_line(self.records.journal_path, _entry_line(entry))
 
-    def pointers(self) -> dict[str, str]:
+    def pointers(self) -> dict[str, Any]:
         return self.records.pointers()
 
-    def set_pointers(self, pointers: Mapping[str, str]) -> None:
+    def set_pointers(self, pointers: Mapping[str, Any]) -> None:
         self.records.set_pointers(pointers)
 
 
@@ -445,7 +445,7 @@ class PostgresRecords:
         with postgres_transaction(self.pg_url, lock=self._lock_name) as cursor:
             _PostgresSection(cursor, self.name).append(entry)
 
-    def pointer_state(self) -> tuple[dict[str, str], int]:
+    def pointer_state(self) -> tuple[dict[str, Any], int]:
         """(pointers, revision: 0 before the first change, then +1 on every change)."""
         self._ensure_ready()
         with postgres_transaction(self.pg_url) as cursor:
@@ -476,17 +476,17 @@ class _PostgresSection:
             (self.name, _entry_line(entry)),
         )
 
-    def pointer_state(self) -> tuple[dict[str, str], int]:
+    def pointer_state(self) -> tuple[dict[str, Any], int]:
         self.cursor.execute(
             "SELECT pointers, revision FROM mlplatform_pointers WHERE name = %s", (self.name,)
         )
         row = self.cursor.fetchone()
         return ({}, 0) if row is None else (dict(row[0]), int(row[1]))
 
-    def pointers(self) -> dict[str, str]:
+    def pointers(self) -> dict[str, Any]:
         return self.pointer_state()[0]
 
-    def set_pointers(self, pointers: Mapping[str, str]) -> None:
+    def set_pointers(self, pointers: Mapping[str, Any]) -> None:
         self.cursor.execute(
             """INSERT INTO mlplatform_pointers (name, pointers, revision) VALUES (%s, %s::jsonb, 1)
                ON CONFLICT (name) DO UPDATE

@@ -296,6 +296,10 @@ class DeployState(StrEnum):
     DEPLOYED = "deployed"  # promoted and smoke-tested
     ROLLED_BACK = "rolled_back"  # promoted, smoke test failed, both aliases restored
     REFUSED = "refused"  # failed the in-process smoke test, never promoted
+    ROLLOUT_STARTED = (
+        "rollout_started"  # smoke-tested in-process, now shadowed or canaried (core/release/rollout.py)
+    )
+    IN_ROLLOUT = "in_rollout"  # its rollout already runs: nothing changed
 
 
 @dataclass(frozen=True)
@@ -335,16 +339,24 @@ def _restore(registry: ModelRegistry, before: Mapping[str, str], by: str, reason
     registry.restore_aliases(before.get(PRODUCTION), before.get(PREVIOUS), by=by, reason=reason)
 
 
+def smoke_or_reject(
+    registry: ModelRegistry, target: ModelVersion, smoke_test: SmokeTest, by: str
+) -> SmokeResult:
+    """Smoke-test the version in-process; one that fails is rejected (unless it serves production)."""
+    smoke = smoke_test(target)
+    if not smoke.passed and PRODUCTION not in target.aliases:
+        registry.reject(target.version, reason=f"smoke_test: {smoke.reason}", by=by)
+    return smoke
+
+
 def deploy_offline(
     registry: ModelRegistry, target: ModelVersion, smoke_test: SmokeTest, by: str
 ) -> DeployOutcome:
     """Smoke-test the version in-process, then promote; a failing version is rejected, never promoted."""
-    smoke = smoke_test(target)
+    smoke = smoke_or_reject(registry, target, smoke_test, by)
     if smoke.passed:
         registry.promote(target.version, by=by)
         return DeployOutcome(DeployState.DEPLOYED, smoke)
-    if PRODUCTION not in target.aliases:
-        registry.reject(target.version, reason=f"smoke_test: {smoke.reason}", by=by)
     return DeployOutcome(DeployState.REFUSED, smoke)
 
 
@@ -379,10 +391,13 @@ class Deployment:
     production: str | None
     previous: str | None
     endpoint_url: str | None
+    rollout: Mapping[str, Any] | None = None  # the rollout it started or is in (Rollout.to_dict())
 
     @property
     def smoke_description(self) -> str:
         smoke = self.outcome.smoke
+        if self.outcome.state is DeployState.IN_ROLLOUT:
+            return f"{self.target.version} is in its rollout already: smoke-tested when it started"
         return smoke.reason or f"{len(smoke.labels)} smoke reviews right, answered by {self.target.version}"
 
     def record(self) -> dict[str, Any]:
@@ -394,6 +409,7 @@ class Deployment:
             "previous": self.previous,
             "endpoint_url": self.endpoint_url,
             "smoke_test": self.outcome.smoke.to_dict(),
+            "rollout": None if self.rollout is None else dict(self.rollout),
         }
 
     def metadata(self) -> dict[str, float | str]:
@@ -407,6 +423,11 @@ class Deployment:
             "smoke_latency_ms": smoke.latency_ms,
             "lock_wait_s": round(self.outcome.lock_wait_s, 3),
             "reason": smoke.reason or "smoke test passed",
+            **(
+                {}
+                if self.rollout is None
+                else {"rollout": f"{self.rollout['strategy']} {self.rollout['id']}"}
+            ),
         }
 
 

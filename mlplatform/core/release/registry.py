@@ -11,9 +11,16 @@ registry directory, PlatformHome.registry)::
 The records stay in the home's registry directory (or in PostgreSQL, `PlatformHome.pg_url`; see
 mlplatform/core/platform/records.py)::
 
-    events.jsonl              append-only log: registered, approved, rejected, promoted, rolled_back
-    aliases.json              {"production": "v3", "previous": "v2"}, replaced by atomic rename
+    events.jsonl              append-only log: registered, approved, rejected, promoted, rolled_back,
+                              and a rollout's rollout_started, rollout_stepped, rollout_promoted,
+                              rollout_aborted (core/release/rollout.py)
+    aliases.json              the pointers, replaced by atomic rename: the aliases {"production": "v3",
+                              "previous": "v2"} and, while one runs, the rollout ({"rollout": {...}})
     .lock                     fcntl lock serialising every change
+
+`aliases()` is the aliases alone; other pointers (the rollout) are read with `pointer(name)` and changed
+inside `exclusive()`, the one section that also moves aliases and appends events, so a rollout's
+promotion (production moves, the rollout ends, both recorded) commits as one change or not at all.
 
 Every object of a version is written once and never changed. On a local directory a version is built
 in a staging directory and renamed into place (it appears whole or not at all). On object storage
@@ -39,7 +46,8 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -70,6 +78,8 @@ APPROVED = "Approved"
 REJECTED = "Rejected"
 PRODUCTION = "production"
 PREVIOUS = "previous"
+ALIASES = (PRODUCTION, PREVIOUS)
+"""The pointers that name a version; any other pointer (the rollout) holds a record of its own."""
 APPROVAL_POLICIES = ("auto", "manual")
 
 RECORDS_NAME = "registry"
@@ -167,6 +177,10 @@ class ModelVersion:
             "created_at": self.created_at,
             "status_history": [dict(entry) for entry in self.status_history],
         }
+
+
+def _aliases_of(pointers: Mapping[str, Any]) -> dict[str, str]:
+    return {name: target for name, target in pointers.items() if name in ALIASES}
 
 
 def _has_event(events: list[dict[str, Any]], kind: str, version: str) -> bool:
@@ -519,7 +533,15 @@ class ModelRegistry:
 
     def aliases(self) -> dict[str, str]:
         """Current aliases, e.g. {"production": "v3", "previous": "v2"}."""
-        return self._records.pointer_state()[0]
+        return _aliases_of(self._records.pointer_state()[0])
+
+    def pointer(self, name: str) -> Any:
+        """A pointer other than an alias (e.g. the rollout's record), None when unset."""
+        return self._records.pointer_state()[0].get(name)
+
+    def pointer_state(self) -> tuple[dict[str, Any], int]:
+        """(every pointer, change stamp) in one read: what a server polls (see `production_pointer`)."""
+        return self._records.pointer_state()
 
     def production(self) -> ModelVersion | None:
         """The version the production alias points to, or None when nothing is in production."""
@@ -532,8 +554,8 @@ class ModelRegistry:
         The stamp is aliases.json's mtime_ns on files, the aliases' revision in PostgreSQL; 0 before
         the first alias is set.
         """
-        aliases, stamp = self._records.pointer_state()
-        return aliases.get(PRODUCTION), stamp
+        pointers, stamp = self._records.pointer_state()
+        return pointers.get(PRODUCTION), stamp
 
     def verify(self, version: str) -> Path:
         """Recompute the SHA-256 of the version's model; return its local path or raise IntegrityError.
@@ -583,7 +605,14 @@ class ModelRegistry:
 
     def _current(self, section: RecordSection, version: str) -> ModelVersion:
         """The version as the exclusive section sees it (reads inside the section, never around it)."""
-        return self._build(version, section.entries(), section.pointers())
+        return self._build(version, section.entries(), _aliases_of(section.pointers()))
+
+    @contextmanager
+    def exclusive(self) -> Iterator[RegistrySection]:
+        """One exclusive section of the records: what it reads is current, what it changes commits
+        together (PostgreSQL: one transaction; files: under the lock, each write durable at once)."""
+        with self._records.exclusive() as section:
+            yield RegistrySection(self, section)
 
     def approve(self, version: str, by: str, note: str | None = None) -> ModelVersion:
         """PendingManualApproval -> Approved."""
@@ -628,31 +657,8 @@ class ModelRegistry:
         Returns (old production or None, new production). Promoting the version already in production
         changes nothing and returns (version, version).
         """
-        with self._records.exclusive() as section:
-            target = self._current(section, version)
-            if target.status != APPROVED:
-                raise RegistryError(
-                    f"cannot promote {version}: it is {target.status}, only {APPROVED} can be promoted"
-                )
-            aliases = section.pointers()
-            old = aliases.get(PRODUCTION)
-            if old == version:
-                return version, version
-            aliases[PRODUCTION] = version
-            if old is not None:
-                aliases[PREVIOUS] = old
-            section.set_pointers(aliases)
-            section.append(
-                {
-                    "event": "promoted",
-                    "version": version,
-                    "from": old,
-                    "to": version,
-                    "by": by,
-                    "time": _utc_now(),
-                }
-            )
-        return old, version
+        with self.exclusive() as section:
+            return section.promote(version, by)
 
     def rollback(self, by: str, reason: str) -> tuple[str, str]:
         """Move production back to previous (Approved, file verified); previous becomes the one before it.
@@ -724,3 +730,67 @@ class ModelRegistry:
                     "time": _utc_now(),
                 }
             )
+
+
+class RegistrySection:
+    """What one exclusive section of the registry may read and change (`ModelRegistry.exclusive()`).
+
+    Everything read here is as of now and nobody else changes the records until the section ends.
+    """
+
+    def __init__(self, registry: ModelRegistry, section: RecordSection) -> None:
+        self._registry = registry
+        self._section = section
+
+    def version(self, version: str) -> ModelVersion:
+        """The version with its status and aliases as of now (RegistryError when not registered)."""
+        return self._registry._current(self._section, version)
+
+    def aliases(self) -> dict[str, str]:
+        return _aliases_of(self._section.pointers())
+
+    def pointer(self, name: str) -> Any:
+        return self._section.pointers().get(name)
+
+    def set_pointer(self, name: str, value: Any) -> None:
+        """Set (or with None remove) a pointer that is not an alias; the aliases move by `promote`."""
+        if name in ALIASES:
+            raise RegistryError(f"{name} is an alias: it moves by promotion or rollback")
+        pointers = self._section.pointers()
+        if value is None:
+            pointers.pop(name, None)
+        else:
+            pointers[name] = value
+        self._section.set_pointers(pointers)
+
+    def append(self, event: Mapping[str, Any]) -> None:
+        """Record an event (stamped with the time now unless it has one)."""
+        self._section.append({"time": _utc_now(), **event})
+
+    def promote(self, version: str, by: str, **details: Any) -> tuple[str | None, str]:
+        """`ModelRegistry.promote` inside this section; `details` are recorded on the event."""
+        target = self.version(version)
+        if target.status != APPROVED:
+            raise RegistryError(
+                f"cannot promote {version}: it is {target.status}, only {APPROVED} can be promoted"
+            )
+        pointers = self._section.pointers()
+        old = pointers.get(PRODUCTION)
+        if old == version:
+            return version, version
+        pointers[PRODUCTION] = version
+        if old is not None:
+            pointers[PREVIOUS] = old
+        self._section.set_pointers(pointers)
+        self._section.append(
+            {
+                "event": "promoted",
+                "version": version,
+                "from": old,
+                "to": version,
+                "by": by,
+                "time": _utc_now(),
+                **details,
+            }
+        )
+        return old, version

@@ -316,6 +316,16 @@ def _classes(model: onnx.ModelProto, metadata: dict[str, str], source: str) -> t
     raise ScoringError(f"model {source} does not name its classes")
 
 
+def model_classes(path: Path) -> tuple[str, ...]:
+    """The classes a model file answers, in its probability columns' order, read from the graph alone
+    (no session is built): what a rollout compares between candidate and production."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises its own decode errors
+        raise ScoringError(f"cannot read model file {path}: {_first_line(exc)}") from exc
+    return _classes(model, {prop.key: prop.value for prop in model.metadata_props}, str(path))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -11,6 +11,8 @@ import pytest
 from mlplatform.core.monitoring.capture import (
     CAPTURE_COLUMNS,
     CaptureError,
+    CaptureRole,
+    answered_only,
     encode_capture_rows,
     probabilities_of,
     read_capture,
@@ -23,6 +25,7 @@ def rows(
     count: int = 1,
     version: str = "v1",
     classes: tuple[str, ...] = ("negative", "neutral", "positive"),
+    role: CaptureRole = CaptureRole.ANSWERED,
 ) -> bytes:
     shares = np.array([0.1, 0.2, 0.7]) if len(classes) == 3 else np.linspace(1.0, 2.0, len(classes))
     return encode_capture_rows(
@@ -38,6 +41,7 @@ def rows(
         probabilities=np.tile((shares / shares.sum()).astype(np.float32), (count, 1)),
         latency_ms=1.5,
         classes=classes,
+        role=role,
     )
 
 
@@ -71,6 +75,47 @@ def test_empty_capture_reads_as_an_empty_typed_frame(tmp_path: Path) -> None:
     frame = read_capture(tmp_path)
     assert frame.height == 0
     assert frame.columns == list(CAPTURE_COLUMNS)
+
+
+def test_shadow_rows_and_failed_ones_read_back_beside_the_answers(tmp_path: Path) -> None:
+    failed = encode_capture_rows(
+        request_id="b",
+        capture_id="capture-of-b",
+        received_at=1_700_000_001.0,
+        route="/predict",
+        model_version="v2",
+        texts=["one", "two"],
+        product_ids=["7", None],
+        review_ids=[None, "r2"],
+        labels=None,
+        probabilities=None,
+        latency_ms=0.0,
+        classes=("negative", "neutral", "positive"),
+        role=CaptureRole.SHADOW,
+        error="shadow queue full: dropped",
+    )
+    segment = rows("a") + rows("a", version="v2", role=CaptureRole.SHADOW) + failed
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl").write_bytes(segment)
+
+    frame = read_capture(tmp_path)
+    assert frame.select("request_id", "model_version", "role").rows() == [
+        ("a", "v1", "answered"),
+        ("a", "v2", "shadow"),
+        ("b", "v2", "shadow"),
+        ("b", "v2", "shadow"),
+    ]
+    dropped = "shadow queue full: dropped"
+    assert frame["error"].to_list() == [None, None, dropped, dropped]
+    assert frame["label"].to_list()[2:] == [None, None] and frame["p_positive"].to_list()[2:] == [None, None]
+    assert answered_only(frame)["model_version"].to_list() == ["v1"]
+
+
+def test_segments_written_before_roles_read_as_answered(tmp_path: Path) -> None:
+    old = b"".join(line.replace(b',"role":"answered"', b"") + b"\n" for line in rows("old").splitlines())
+    (tmp_path / "20240101T000000000000Z-999999999-000001.jsonl").write_bytes(old)
+    frame = read_capture(tmp_path)
+    assert frame["role"].to_list() == [None] and frame["error"].to_list() == [None]
+    assert answered_only(frame).height == 1
 
 
 def test_each_record_holds_the_probabilities_of_its_models_classes(tmp_path: Path) -> None:

@@ -87,6 +87,14 @@ def test_prediction_lineage_reaches_the_exact_landed_drops(traced, capture):
     assert training["candidate_code_version"] == model.card["lineage"]["candidate_code_version"]
 
 
+def test_a_shadowed_request_is_traced_to_the_version_that_answered_it(traced, capture):
+    answered = capture.filter(pl.col("request_id") == REQUEST_ID)
+    shadow = answered.with_columns(pl.lit("v99").alias("model_version"), pl.lit("shadow").alias("role"))
+    chain = prediction_lineage(traced.home, REQUEST_ID, pl.concat([capture, shadow]))
+    assert chain["model_version"]["version"] == answered["model_version"][0]
+    assert chain["request"]["rows"] == answered.height
+
+
 def test_prediction_lineage_text_shows_the_chain(traced, capture):
     text = render_lineage_text(prediction_lineage(traced.home, REQUEST_ID, capture))
     assert text.startswith(f"request {REQUEST_ID}")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from mlplatform.core.monitoring.capture import CAPTURE_COLUMNS
+from mlplatform.core.monitoring.capture import CAPTURE_COLUMNS, CaptureRole
 from mlplatform.core.monitoring.prediction_log import prediction_log
 from mlplatform.core.monitoring.rules import MonitoringError
 
@@ -31,11 +31,15 @@ def capture_rows(records: list[tuple[str, int, str, str]]) -> pl.DataFrame:
             "p_positive": 0.8,
             "latency_ms": 2.0,
             "explanation": None,
+            "role": None,  # written before roles: answered
+            "error": None,
         },
         schema_overrides={
             "time": pl.Datetime("us", "UTC"),
             "review_id": pl.String,
             "explanation": pl.List(pl.Struct({"ngram": pl.String, "weight": pl.Float64})),
+            "role": pl.String,
+            "error": pl.String,
         },
     )
     return frame.select(CAPTURE_COLUMNS)
@@ -96,3 +100,24 @@ def test_prediction_log_refuses_rows_without_a_model_version_or_missing_columns(
         prediction_log(capture.with_columns(pl.lit(None, dtype=pl.String).alias("model_version")))
     with pytest.raises(MonitoringError, match="lacks columns"):
         prediction_log(capture.drop("row"))
+
+
+def test_shadow_rows_stay_out_of_the_log_unless_asked_for_and_never_count_as_duplicates() -> None:
+    answered = capture_rows([("a", 0, "2024-05-01T10:00:00", "v1"), ("b", 0, "2024-05-01T10:00:01", "v1")])
+    shadow = capture_rows([("a", 0, "2024-05-01T10:00:00", "v2"), ("b", 0, "2024-05-01T10:00:01", "v2")])
+    shadow = shadow.with_columns(pl.lit("shadow").alias("role"))
+    capture = pl.concat([answered, shadow, shadow.head(1)])  # one shadow row read twice
+
+    log, stats = prediction_log(capture)
+    assert log["model_version"].to_list() == ["v1", "v1"] and log["role"].to_list() == ["answered"] * 2
+    assert (stats.rows_in, stats.duplicates_removed) == (2, 0)
+
+    both, stats = prediction_log(capture, roles=(CaptureRole.ANSWERED, CaptureRole.SHADOW))
+    assert both.select("request_id", "role").rows() == [
+        ("a", "answered"),
+        ("a", "shadow"),
+        ("b", "answered"),
+        ("b", "shadow"),
+    ]
+    assert (stats.rows_in, stats.rows, stats.duplicates_removed) == (5, 4, 1)
+    assert stats.rows_by_version == {"v1": 2, "v2": 2}

@@ -17,6 +17,7 @@ from mlplatform.core.scoring.model import (
     ScoringError,
     ScoringModel,
     load_model,
+    model_classes,
 )
 from mlplatform.core.training.export import sklearn_answers, to_onnx
 from mlplatform_tests.core.scoring.models import (
@@ -146,6 +147,18 @@ def test_load_model_refuses_a_file_that_does_not_match_its_hash(tmp_path) -> Non
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(ModelIntegrityError, match="sha256"):
         load_model(path, sha256, RULES)
+
+
+def test_model_classes_reads_a_file_without_a_session_for_both_graph_kinds(tmp_path) -> None:
+    (tmp_path / "sparse").mkdir()
+    (tmp_path / "legacy").mkdir()
+    sparse, _ = write_model(sparse_model_bytes(), tmp_path / "sparse")
+    legacy, _ = write_model(legacy_model_bytes(fitted_pipeline(platform=False)), tmp_path / "legacy")
+    assert model_classes(sparse) == model_classes(legacy) == LABELS
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    with pytest.raises(ScoringError, match="cannot read model file"):
+        model_classes(broken)
 
 
 def test_bytes_that_are_not_a_model_are_refused() -> None:
