@@ -17,6 +17,7 @@ from mlplatform.cli import HomeUse, build_parser, main
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform_tests.integration.processes import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -201,7 +202,7 @@ def test_serve_lays_out_a_home_only_in_an_existing_empty_directory(capsys, tmp_p
 def test_unexpected_errors_are_one_line_with_the_traceback_logged(capsys, home, monkeypatch):
     import mlplatform.cli as cli
 
-    def explode(args, home):
+    def explode(args, home, settings):
         raise RuntimeError("disk on fire\nsecond line")
 
     monkeypatch.setattr(cli, "cmd_lake_audit", explode)
@@ -221,7 +222,7 @@ def test_user_errors_are_one_line_and_bugs_leave_their_traceback_by_type(capsys,
     class Broken(PlatformError):
         pass
 
-    def refuse(args, home):
+    def refuse(args, home, settings):
         raise Refused("version v9 is not registered")
 
     monkeypatch.setattr(cli, "cmd_lake_audit", refuse)
@@ -229,7 +230,7 @@ def test_user_errors_are_one_line_and_bugs_leave_their_traceback_by_type(capsys,
     assert (code, err) == (1, "error: version v9 is not registered\n")
     assert not (home.root / "logs" / "cli-errors.log").exists()
 
-    def break_down(args, home):
+    def break_down(args, home, settings):
         raise Broken("frames of different lengths")
 
     monkeypatch.setattr(cli, "cmd_lake_audit", break_down)
@@ -244,7 +245,7 @@ def test_models_rollback_moves_production_back_and_waits_for_a_deployment(capsys
     from mlplatform.core.release.deploy import deployment_lock
     from mlplatform.core.release.registry import ModelRegistry
 
-    registry = ModelRegistry.for_home(home.ensure())
+    registry = ModelRegistry.for_home(home.ensure(), Settings.load(home.settings_file).storage)
     for tag in ("one", "two"):
         version = registry.register(f"model {tag}".encode(), {"name": tag}, {"macro_f1": 0.5}).version
         registry.approve(version, by="test")
@@ -287,7 +288,7 @@ def test_the_traceback_log_holds_no_credentials(capsys, home, monkeypatch):
     monkeypatch.setenv("MLPLATFORM_PG_URL", url)
     home.settings_file.write_text('[storage]\nartifacts = "ftp://ann:st0re-s3cret@files.example/a"\n')
 
-    def explode(args, home):
+    def explode(args, home, settings):
         try:  # a driver quoting both secrets, deep in the chain
             raise ValueError(f'driver: token "db-s3cret" for {url}; then "st0re-s3cret" refused')
         except ValueError as exc:

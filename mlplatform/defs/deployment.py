@@ -30,15 +30,15 @@ from dagster import AssetExecutionContext
 from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.platform.artifacts import Bundle
 from mlplatform.core.platform.fsio import sha256_file
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import DeploymentRules, Settings
 from mlplatform.core.release import deploy
-from mlplatform.core.release.deploy import DeployAction, DeploymentRules, SmokeResult
+from mlplatform.core.release.deploy import DeployAction, SmokeResult
 from mlplatform.core.release.registry import ModelVersion
 from mlplatform.core.scoring import files as scoring_files
 from mlplatform.core.scoring import model as scoring_model
-from mlplatform.core.scoring.model import ScoringError, ScoringRules
+from mlplatform.core.scoring.model import ScoringError
 from mlplatform.defs.checks import check_result
-from mlplatform.defs.execution import DEPLOYMENT_POOL, ExecutionRules, step_retry_policy
+from mlplatform.defs.execution import DEPLOYMENT_POOL, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import EndpointError, EndpointResource, PlatformResource
 from mlplatform.defs.versions import code_version
@@ -87,7 +87,7 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
                 group_name="deployment",
                 kinds={"onnx"},
                 is_required=False,
-                code_version=code_version([deploy], settings.section("deployment")),
+                code_version=code_version([deploy], settings.deployment),
                 description="The production alias and what serves it: the approved best model, deployed "
                 "and smoke-tested.",
             )
@@ -135,7 +135,7 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
             context.log.warning(f"not deploying: {decision.reason}")
             return
 
-        rules = DeploymentRules.from_settings(platform.settings())
+        rules = platform.settings().deployment
         deployment = deploy.deploy_version(
             platform.platform_home(),
             registry,
@@ -179,7 +179,7 @@ def _batch_predictions_asset(settings: Settings, contract: DatasetContract) -> d
         deps=[SENTIMENT_ENDPOINT],
         output_required=False,
         kinds={"onnx", "polars"},
-        code_version=code_version([scoring_files, scoring_model], settings.section("scoring"), contract),
+        code_version=code_version([scoring_files, scoring_model], settings.scoring, contract),
         check_specs=[
             dg.AssetCheckSpec(
                 "row_count",
@@ -190,7 +190,7 @@ def _batch_predictions_asset(settings: Settings, contract: DatasetContract) -> d
         ],
         description="One file of lake/batch scored by the production model (row_id, label, p_*, model_version).",
         # Scoring one file again is harmless: only transient trouble (I/O) makes a retry worth it.
-        retry_policy=step_retry_policy(ExecutionRules.from_settings(settings)),
+        retry_policy=step_retry_policy(settings.execution),
     )
     def batch_predictions(context: AssetExecutionContext, platform: PlatformResource):
         home = platform.platform_home()
@@ -205,7 +205,7 @@ def _batch_predictions_asset(settings: Settings, contract: DatasetContract) -> d
             raise deploy.DeployError(
                 "no production model: deploy one (sentiment_endpoint) before batch scoring"
             )
-        rules = ScoringRules.from_settings(platform.settings())
+        rules = platform.settings().scoring
         model = scoring_model.load_model(production.onnx_path, production.sha256, rules)
         with tempfile.TemporaryDirectory(dir=home.root) as scratch:
             try:

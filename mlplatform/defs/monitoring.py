@@ -53,7 +53,7 @@ from mlplatform.core.monitoring.drift import judge_drift
 from mlplatform.core.monitoring.health import ERROR_RATE_CHECK, LATENCY_CHECK, judge_system_health
 from mlplatform.core.monitoring.inputs import MonitoringInputs, read_prediction_log
 from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, judge_live_quality
-from mlplatform.core.monitoring.rules import DRIFT_METRICS, WARN, MonitoringRules, MonitorOutcome
+from mlplatform.core.monitoring.rules import DRIFT_METRICS, WARN, MonitorOutcome
 from mlplatform.core.platform.artifacts import ArtifactStore, Bundle
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
@@ -82,13 +82,15 @@ MONITORING_ASSETS: tuple[str, ...] = (
 
 def monitoring_inputs(home: PlatformHome, settings: Settings) -> MonitoringInputs:
     """The home's capture (local directory and `[storage] capture` location) and labels landing."""
-    return MonitoringInputs(home.capture, location_from_settings(home, settings, "capture"), home.labels)
+    return MonitoringInputs(
+        home.capture, location_from_settings(home, settings.storage, "capture"), home.labels
+    )
 
 
-def monitoring_fingerprint(home: PlatformHome) -> str | None:
+def monitoring_fingerprint(home: PlatformHome, settings: Settings) -> str | None:
     """What the monitors read from outside the graph, hashed (None: nothing captured yet): the runner's
     and the schedule's cue that monitoring is behind."""
-    return monitoring_inputs(home, Settings.load(home.settings_file)).fingerprint()
+    return monitoring_inputs(home, settings).fingerprint()
 
 
 def _check(outcome: MonitorOutcome, asset: str) -> dg.AssetCheckResult:
@@ -161,7 +163,7 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn()},
         kinds={"polars"},
-        code_version=code_version([drift, prediction_log], settings.section("monitoring")),
+        code_version=code_version([drift, prediction_log], settings.monitoring),
         check_specs=[
             dg.AssetCheckSpec(
                 metric,
@@ -177,9 +179,9 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
         settings_now = platform.settings()
         judgement = judge_drift(
             prediction_log,
-            ArtifactStore.from_settings(platform.platform_home(), settings_now),
+            ArtifactStore.from_settings(platform.platform_home(), settings_now.storage),
             platform.registry(),
-            MonitoringRules.from_settings(settings_now),
+            settings_now.monitoring,
         )
         yield versioned_output(judgement.to_dict(), metadata=judgement.metadata())
         for outcome in judgement.outcomes:
@@ -197,7 +199,7 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn()},
         kinds={"polars"},
-        code_version=code_version([live_quality, inputs], settings.section("monitoring")),
+        code_version=code_version([live_quality, inputs], settings.monitoring),
         check_specs=[
             dg.AssetCheckSpec(
                 LIVE_QUALITY_CHECK,
@@ -216,7 +218,7 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
             prediction_log,
             monitoring_inputs(home, settings_now).labels(platform.contract()),
             platform.registry(),
-            MonitoringRules.from_settings(settings_now),
+            settings_now.monitoring,
         )
         yield versioned_output(judgement.quality.to_dict(), metadata=judgement.metadata())
         yield _check(judgement.outcome, LIVE_MODEL_QUALITY)
@@ -233,7 +235,7 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn(), "reviews": dg.AssetIn()},
         kinds={"csv", "markdown"},
-        code_version=code_version([product_report], settings.section("monitoring")),
+        code_version=code_version([product_report], settings.monitoring),
         description="Products with an unusual share of predictions of the watched class (Wilson lower "
         "bound above the overall rate), as a formula-safe CSV and Markdown; skipped, with the reason in its "
         "metadata, when the dataset contract has no product column.",
@@ -247,7 +249,7 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
         report = product_report.product_report(
             prediction_log,
             reviews,
-            MonitoringRules.from_settings(platform.settings()),
+            platform.settings().monitoring,
             platform.contract(),
             platform.explainer(),
         )
@@ -269,7 +271,7 @@ def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
         name=SYSTEM_HEALTH,
         group_name=MONITORING_GROUP,
         kinds={"prometheus"},
-        code_version=code_version([health], settings.section("monitoring")),
+        code_version=code_version([health], settings.monitoring),
         check_specs=[
             dg.AssetCheckSpec(
                 ERROR_RATE_CHECK,
@@ -293,7 +295,7 @@ def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
         except EndpointError as exc:
             text, unreachable = None, str(exc)
         judgement = judge_system_health(
-            endpoint.location(), text, unreachable, platform.settings().section("monitoring"), time.time()
+            endpoint.location(), text, unreachable, platform.settings().monitoring, time.time()
         )
         context.log.info(f"system health: {judgement.record}")
         yield versioned_output(judgement.record, metadata=judgement.metadata())

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, Bun
 from mlplatform.core.platform.errors import PlatformError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import RecordsError
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import PREVIOUS, PRODUCTION, ModelRegistry, RegistryError
 from mlplatform.serving.model_holder import HolderStatus
 
@@ -54,7 +53,6 @@ READ_ERRORS = (
     RegistryError,
     AlertError,
     RecordsError,  # PostgreSQL records unreachable: the section shows the error, the page still loads
-    SettingsError,
     OSError,
     ValueError,
     KeyError,
@@ -69,30 +67,6 @@ class NoData(PlatformError, LookupError):
 
 class UnrecognisedShape(PlatformError, ValueError):
     """A stored value exists but has none of the shapes the dashboard knows how to show."""
-
-
-@dataclass(frozen=True)
-class DashboardConfig:
-    """The `[serving]` dashboard settings."""
-
-    refresh_s: float
-    max_versions: int
-    max_rows: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DashboardConfig:
-        section = settings.section("serving")
-        try:
-            config = cls(
-                refresh_s=float(section["dashboard_refresh_s"]),
-                max_versions=int(section["dashboard_max_versions"]),
-                max_rows=int(section["dashboard_max_rows"]),
-            )
-        except KeyError as exc:
-            raise SettingsError(f"settings section [serving] lacks key {exc.args[0]!r}") from None
-        if config.refresh_s <= 0 or config.max_versions < 1 or config.max_rows < 1:
-            raise SettingsError(f"[serving] dashboard values must be positive, got {config}")
-        return config
 
 
 # --- small helpers ----------------------------------------------------------------------------------
@@ -440,23 +414,24 @@ def _alerts(store: AlertStore, max_rows: int) -> dict[str, Any]:
 
 
 def dashboard_data(
-    home: PlatformHome, config: DashboardConfig, served: Mapping[str, Any] | None = None
+    home: PlatformHome, settings: Settings, served: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything the dashboard shows, read from `home` now; `served` is this endpoint's own model status."""
-    registry = ModelRegistry.for_home(home)
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    config = settings.serving
+    registry = ModelRegistry.for_home(home, settings.storage)
+    store = ArtifactStore.from_settings(home, settings.storage)
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "refresh_s": config.refresh_s,
+        "refresh_s": config.dashboard_refresh_s,
         "production": _section(lambda: _production(registry, served)),
-        "models": _section(lambda: _models(registry, config.max_versions)),
-        "registry_events": _section(lambda: _registry_events(registry, config.max_rows)),
+        "models": _section(lambda: _models(registry, config.dashboard_max_versions)),
+        "registry_events": _section(lambda: _registry_events(registry, config.dashboard_max_rows)),
         "materializations": _section(lambda: _materializations(store)),
-        "drift": _section(lambda: _drift(store, config.max_versions)),
-        "live_quality": _section(lambda: _live_quality(store, config.max_versions)),
-        "flagged_products": _section(lambda: _flagged_products(store, config.max_rows)),
+        "drift": _section(lambda: _drift(store, config.dashboard_max_versions)),
+        "live_quality": _section(lambda: _live_quality(store, config.dashboard_max_versions)),
+        "flagged_products": _section(lambda: _flagged_products(store, config.dashboard_max_rows)),
         "system_health": _section(lambda: _system_health(store)),
-        "alerts": _section(lambda: _alerts(AlertStore.for_home(home), config.max_rows)),
+        "alerts": _section(lambda: _alerts(AlertStore.for_home(home), config.dashboard_max_rows)),
     }
 
 
@@ -467,7 +442,6 @@ def add_dashboard_routes(
 
     API keys, when configured, gate both like every non-health route (the app's RequestGate does it).
     """
-    config = DashboardConfig.from_settings(settings)
     page = PAGE_FILE.read_bytes()  # read once at start-up: a missing page fails the app, not a request
     headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-store"}
 
@@ -478,7 +452,7 @@ def add_dashboard_routes(
     @app.get(DASHBOARD_DATA_PATH, summary="The dashboard's data (JSON)")
     async def dashboard_json() -> Response:
         # File reads and a few small artifact loads: off the event loop, so inference is never held up.
-        data = await anyio.to_thread.run_sync(dashboard_data, home, config, dataclasses.asdict(served()))
+        data = await anyio.to_thread.run_sync(dashboard_data, home, settings, dataclasses.asdict(served()))
         return Response(
             json.dumps(data, allow_nan=False).encode(),
             media_type="application/json",

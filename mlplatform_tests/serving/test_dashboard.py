@@ -16,7 +16,7 @@ from mlplatform.core.platform.records import RECORDS_MARKER
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.serving.app import create_app
-from mlplatform.serving.dashboard import DashboardConfig, dashboard_data
+from mlplatform.serving.dashboard import dashboard_data
 from mlplatform_tests.serving.conftest import deploy
 
 SECTIONS = (
@@ -70,15 +70,11 @@ def client(home: PlatformHome, fast_settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def config(settings: Settings) -> DashboardConfig:
-    return DashboardConfig.from_settings(settings)
-
-
 def test_fresh_home_shows_every_section_as_empty(home: PlatformHome, settings: Settings) -> None:
-    data = dashboard_data(home, config(settings))
+    data = dashboard_data(home, settings)
 
     assert {name: data[name]["state"] for name in SECTIONS} == dict.fromkeys(SECTIONS, "empty")
-    assert data["refresh_s"] == settings.section("serving")["dashboard_refresh_s"]
+    assert data["refresh_s"] == settings.serving.dashboard_refresh_s
 
 
 def test_page_and_data_routes_on_a_fresh_home(client: TestClient) -> None:
@@ -104,7 +100,7 @@ def test_promoted_model_shows_version_since_metrics_and_gates(
     registry.approve(second, by="test")
     registry.promote(second, by="test")
 
-    data = dashboard_data(home, config(settings), served={"version": second, "ready": True})
+    data = dashboard_data(home, settings, served={"version": second, "ready": True})
 
     production = data["production"]
     assert (production["state"], production["version"], production["previous"]) == ("ok", second, first)
@@ -134,7 +130,7 @@ def test_versions_of_other_classes_chart_their_own_classes(
         }
     }
     registry.register(tiny_models[1], card=two, metrics={"macro_f1": 0.9})
-    versions = dashboard_data(home, config(settings))["models"]["versions"]
+    versions = dashboard_data(home, settings)["models"]["versions"]
     assert [model["per_class_recall"] for model in versions] == [
         {"negative": 0.6, "neutral": 0.5, "positive": 0.9},
         {"bad": 0.8, "good": 0.95},
@@ -196,7 +192,7 @@ def test_monitoring_artifacts_and_alerts_are_shown(home: PlatformHome, settings:
     )
     AlertStore(home.alerts).raise_alert("drift", "ERROR", "drift_report", "length drifted", key="k1")
 
-    data = dashboard_data(home, config(settings))
+    data = dashboard_data(home, settings)
 
     drift = data["drift"]["reports"][0]
     assert (drift["model_version"], drift["run_id"]) == ("v1", "run-drift")
@@ -233,7 +229,7 @@ def test_monitoring_artifacts_and_alerts_are_shown(home: PlatformHome, settings:
 def test_an_artifact_of_unknown_shape_is_an_error_not_no_data(home: PlatformHome, settings: Settings) -> None:
     ArtifactStore(home.artifacts).put("drift_report", None, encode(b"not a report"))
 
-    drift = dashboard_data(home, config(settings))["drift"]
+    drift = dashboard_data(home, settings)["drift"]
 
     assert drift["state"] == "error"
     assert "bytes" in drift["error"]
@@ -255,7 +251,7 @@ def test_records_that_cannot_be_read_are_an_error_of_their_section(
     home.alerts.mkdir(parents=True, exist_ok=True)
     (home.alerts / RECORDS_MARKER).write_text('{"backend": "postgresql", "name": "alerts"}')
 
-    data = dashboard_data(home, config(settings))
+    data = dashboard_data(home, settings)
 
     assert data["alerts"]["state"] == "error"
     assert "live in PostgreSQL" in data["alerts"]["error"]
