@@ -18,6 +18,7 @@ from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
+from mlplatform_tests.core.platform.test_settings import BAD_VALUES
 from mlplatform_tests.integration.processes import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -320,6 +321,38 @@ def test_the_server_module_with_the_database_down_is_one_line_and_exit_1(home):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "the endpoint cannot start: PostgreSQL records unavailable" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
+
+
+# ---- settings: validated when they load, before any command runs ---------------------------------
+
+
+@pytest.mark.parametrize(("text", "line"), BAD_VALUES)
+@pytest.mark.parametrize("command", [["status"], ["models", "list"], ["lake", "land", "DROP"], ["serve"]])
+def test_a_bad_setting_stops_every_command_in_one_line(capsys, home, text, line, command):
+    home.settings_file.write_text(text)
+    drop = home.root.parent / "drop.csv"
+    drop.write_text("a,b\n1,2\n")
+    code, out, err = run_cli(capsys, home, *[str(drop) if arg == "DROP" else arg for arg in command])
+    assert (code, out, err) == (1, "", f"error: {line} (in {home.settings_file})\n")
+    assert not Lake(home).drops()  # nothing ran: nothing landed
+    assert not (home.dagster / "dagster.yaml").exists()
+
+
+def test_a_command_that_reads_no_home_ignores_its_settings(capsys, home, tmp_path):
+    home.settings_file.write_text(BAD_VALUES[0][0])
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,stars\n" + "".join(f"review {n},{n % 5 + 1}\n" for n in range(50)))
+    code, out, _ = run_cli(capsys, home, "dataset", "draft", str(data))
+    assert code == 0 and "from_rating" in out
+
+
+@pytest.mark.parametrize(("text", "line"), BAD_VALUES)
+def test_the_server_module_refuses_a_bad_setting_in_one_line(home, text, line):
+    home.settings_file.write_text(text)
+    env = {**os.environ, "MLPLATFORM_HOME": str(home.root)}
+    command = [sys.executable, "-m", "mlplatform.serving.server", "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (1, f"error: {line} (in {home.settings_file})\n")
 
 
 # ---- dataset draft | check | show -----------------------------------------------------------------
