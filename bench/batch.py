@@ -44,9 +44,9 @@ from _common import machine, peak_rss_bytes
 
 from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens, prepare_texts
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import ScoringRules, Settings
 from mlplatform.core.scoring.files import score_file
-from mlplatform.core.scoring.model import ScoringModel, ScoringRules, load_model
+from mlplatform.core.scoring.model import ScoringModel, load_model
 from mlplatform.core.training.export import sklearn_answers, to_onnx
 
 CONTRACT = load_contract()
@@ -240,7 +240,7 @@ def peak_rss(
 
 def score_child(input_path: str, output_path: str, model_path: str, sha256: str) -> None:
     """The subprocess side of peak_rss: score one file, print a JSON line with its peak RSS."""
-    rules = ScoringRules.from_settings(Settings.load())
+    rules = Settings.load().scoring
     model = load_model(Path(model_path), sha256, rules)
     rss_after_load = peak_rss_bytes()
     summary = score_file(
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(directory)
         print(f"fitting the reference model on {reviews.height} reviews ...", flush=True)
         pipeline, model_path, sha256 = fit_and_export(reviews, workdir)
-        rules = ScoringRules.from_settings(Settings.load())
+        rules = Settings.load().scoring
         model = load_model(model_path, sha256, rules)
         one_thread = load_model(model_path, sha256, dataclasses.replace(rules, threads=1))
         source = replicated_csv(reviews, args.rows, workdir / "reviews.csv")

@@ -40,9 +40,9 @@ from _common import machine
 from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.features import build_reviews
 from mlplatform.core.data.schema import read_drop
-from mlplatform.core.data.splits import SplitRules, assign_splits
+from mlplatform.core.data.splits import assign_splits
 from mlplatform.core.platform.settings import Settings
-from mlplatform.core.scoring.model import ScoringModel, ScoringRules
+from mlplatform.core.scoring.model import ScoringModel
 from mlplatform.core.training.evaluation import classification_metrics, label_codes
 from mlplatform.core.training.export import to_onnx
 from mlplatform.core.training.fit import (
@@ -79,7 +79,7 @@ def prepare_frame(data_path: Path, settings: Settings) -> tuple[pl.DataFrame, tu
     data = data_path.read_bytes()
     contract = load_contract()
     reviews = build_reviews({hashlib.sha256(data).hexdigest(): read_drop(data, "csv", contract)}, contract)
-    return assign_splits(reviews.frame, SplitRules.from_settings(settings)), contract.classes
+    return assign_splits(reviews.frame, settings.splits), contract.classes
 
 
 def prepare_uci_frame(directory: Path, settings: Settings) -> tuple[pl.DataFrame, tuple[str, ...]]:
@@ -92,11 +92,11 @@ def prepare_uci_frame(directory: Path, settings: Settings) -> tuple[pl.DataFrame
         data = path.read_bytes()
         drops[hashlib.sha256(data).hexdigest()] = read_drop(data, "txt", contract)
     reviews = build_reviews(drops, contract)
-    return assign_splits(reviews.frame, SplitRules.from_settings(settings)), contract.classes
+    return assign_splits(reviews.frame, settings.splits), contract.classes
 
 
 def onnx_test_metrics(onnx_bytes: bytes, test: pl.DataFrame, classes: tuple[str, ...]) -> dict[str, Any]:
-    scoring = ScoringRules.from_settings(Settings.load())
+    scoring = Settings.load().scoring
     labels = ScoringModel.from_bytes(onnx_bytes, scoring).predict(test["text"].to_list()).labels
     return classification_metrics(test["label"].to_list(), labels, classes)
 
@@ -232,7 +232,7 @@ def run(frame: pl.DataFrame, classes: tuple[str, ...], config: TrainingConfig) -
     test = frame.filter(pl.col("split") == "test")
 
     started = time.perf_counter()
-    scoring = ScoringRules.from_settings(settings)
+    scoring = settings.scoring
     candidates = train_candidates(
         frame,
         config,

@@ -157,7 +157,7 @@ def _read_table(path: Path) -> Any:
 def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.lake import Lake
-    from mlplatform.core.data.quality import IngestRules, validate_drop
+    from mlplatform.core.data.quality import validate_drop
     from mlplatform.core.platform.home import PlatformHome
     from mlplatform.core.platform.settings import Settings
 
@@ -168,9 +168,7 @@ def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     drop = lake.drop(landed.hash)
     lake.record_read("raw_reviews", drop.hash, consumer="bench-scale:raw_reviews", purpose="validate drop")
     contract = load_contract(home.dataset_file)
-    validation = validate_drop(
-        lake.open_drop(drop.hash), drop.format, contract, IngestRules.from_settings(settings)
-    )
+    validation = validate_drop(lake.open_drop(drop.hash), drop.format, contract, settings.ingest)
     if not validation.passed:
         failure = validation.first_failure
         raise SystemExit(f"the replicated drop failed ingest: {failure.name}: {failure.description}")
@@ -183,10 +181,10 @@ def stage_ingest(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 def stage_features(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     from mlplatform.core.data.bias import check_bias, pretraining_bias
     from mlplatform.core.data.contract import load_contract
-    from mlplatform.core.data.features import FeatureRules, build_reviews, check_label_distribution
+    from mlplatform.core.data.features import build_reviews, check_label_distribution
     from mlplatform.core.platform.settings import Settings
 
-    rules, contract = FeatureRules.from_settings(Settings.load()), load_contract()
+    rules, contract = Settings.load().features, load_contract()
     drop_hash = (directory / DROP_HASH_FILE).read_text()
     table = build_reviews({drop_hash: _read_table(directory / RAW_PARQUET)}, contract)
     check_label_distribution(table.frame, None, rules, contract.classes)
@@ -209,7 +207,6 @@ def stage_features(directory: Path, rows: int, data: Path) -> dict[str, Any]:
 def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     from mlplatform.core.data.contract import load_contract
     from mlplatform.core.data.splits import (
-        SplitRules,
         assign_splits,
         check_class_coverage,
         check_no_leakage,
@@ -218,7 +215,7 @@ def stage_splits(directory: Path, rows: int, data: Path) -> dict[str, Any]:
     )
     from mlplatform.core.platform.settings import Settings
 
-    rules, classes = SplitRules.from_settings(Settings.load()), load_contract().classes
+    rules, classes = Settings.load().splits, load_contract().classes
     frame = assign_splits(_read_table(directory / REVIEWS_PARQUET), rules)
     metadata = split_metadata(frame, classes)
     outcomes = [
@@ -271,13 +268,12 @@ def stage_training(directory: Path, rows: int, data: Path, candidate: str | None
     spec = training_spec(candidate)
     parts = split_frames(_read_table(directory / SPLITS_PARQUET))
     from mlplatform.core.platform.settings import Settings
-    from mlplatform.core.scoring.model import ScoringRules
 
     trained = train_candidate(
         spec,
         parts,
         load_training_config(),
-        ScoringRules.from_settings(Settings.load()),
+        Settings.load().scoring,
         load_contract().classes,
     )
     if not trained.parity.passed:

@@ -29,9 +29,9 @@ from _common import machine
 from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.features import build_reviews
 from mlplatform.core.data.schema import read_drop
-from mlplatform.core.data.splits import SplitRules, assign_splits
+from mlplatform.core.data.splits import assign_splits
 from mlplatform.core.platform.settings import Settings
-from mlplatform.core.scoring.model import ScoringModel, ScoringRules
+from mlplatform.core.scoring.model import ScoringModel
 from mlplatform.core.training.evaluation import classification_metrics
 from mlplatform.core.training.fit import CandidateSpec, load_training_config, split_frames, train_candidate
 
@@ -57,7 +57,7 @@ def prepare_frame(data_path: Path, settings: Settings) -> pl.DataFrame:
     data = data_path.read_bytes()
     contract = load_contract()
     reviews = build_reviews({hashlib.sha256(data).hexdigest(): read_drop(data, "csv", contract)}, contract)
-    return assign_splits(reviews.frame, SplitRules.from_settings(settings))
+    return assign_splits(reviews.frame, settings.splits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"real data not found at {args.data} (see ../shared/data/README.md)", file=sys.stderr)
         return 2
     settings = Settings.load()
-    scoring = ScoringRules.from_settings(settings)
+    scoring = settings.scoring
     config = load_training_config()
     frame = prepare_frame(args.data, settings)
     parts, test = split_frames(frame), frame.filter(pl.col("split") == "test")

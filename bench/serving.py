@@ -139,9 +139,11 @@ def train(texts: list[str], labels: list[str]) -> Any:
 
 def deploy_to_home(home_root: Path, onnx_bytes: bytes) -> str:
     from mlplatform.core.platform.home import PlatformHome
+    from mlplatform.core.platform.settings import Settings
     from mlplatform.core.release.registry import ModelRegistry
 
-    registry = ModelRegistry.for_home(PlatformHome.at(home_root).ensure())
+    home = PlatformHome.at(home_root).ensure()
+    registry = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
     version = registry.register(onnx_bytes, card={"model": "bench"}, metrics={"macro_f1": 0.0}).version
     registry.approve(version, by="bench")
     registry.promote(version, by="bench")

@@ -97,10 +97,10 @@ def child(mode: str, drop: Path, chunk_rows: int | None) -> None:
     """The subprocess side of `measure`: validate one drop, print a JSON line."""
     import dataclasses
 
-    from mlplatform.core.data.quality import IngestRules, validate_drop
+    from mlplatform.core.data.quality import validate_drop
     from mlplatform.core.platform.settings import Settings
 
-    rules = IngestRules.from_settings(Settings.load())
+    rules = Settings.load().ingest
     after_import = peak_rss_bytes()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()

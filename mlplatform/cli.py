@@ -4,6 +4,9 @@ Only the commands that bring data or processes to a home create it (`HomeUse`): 
 `run` and `ui` wherever it is missing, `serve` in an existing empty directory. Every other command on a
 path that holds no home says so in one line and exits 1, creating nothing (a mistyped `--home` must not
 answer from a new, empty home).
+
+Settings are loaded once, in `main`, before the command runs (`Settings.load`: the home's platform.toml
+over the packaged one, every key validated), and handed to the command: a bad setting is one line, exit 1.
 """
 
 from __future__ import annotations
@@ -77,10 +80,10 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
 
 
-def _lake(home: PlatformHome):
+def _lake(home: PlatformHome, settings: Settings):
     from mlplatform.core.data.lake import Lake
 
-    return Lake.from_settings(home, Settings.load(home.settings_file))
+    return Lake.from_settings(home, settings)
 
 
 def _contract(home: PlatformHome):
@@ -93,12 +96,12 @@ def _contract(home: PlatformHome):
 # ---- run / demo / status / ui --------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_run(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.runner import run_pending
 
     progress = step_progress(sys.stderr)
     try:
-        report = run_pending(home, say=progress.say, on_step=progress.step)
+        report = run_pending(home, say=progress.say, on_step=progress.step, settings=settings)
     finally:
         progress.close()
     for blocked in report.blocked:
@@ -110,25 +113,25 @@ def cmd_run(args: argparse.Namespace, home: PlatformHome) -> int:
     return report.exit_code
 
 
-def cmd_demo(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_demo(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.data.synthetic import write_demo_drops
 
-    lake = _lake(home)
+    lake = _lake(home, settings)
     with tempfile.TemporaryDirectory() as scratch:
         files = write_demo_drops(Path(scratch), n_drops=args.drops, rows_per_drop=args.rows, seed=args.seed)
         for result in lake.land(files):
             _progress(f"landed {result.name}  {result.hash[:12]}  {result.status}")
-    return cmd_run(args, home)
+    return cmd_run(args, home, settings)
 
 
-def _latest_versions_and_checks(home: PlatformHome) -> dict:
+def _latest_versions_and_checks(home: PlatformHome, settings: Settings) -> dict:
     import dagster as dg
 
     from mlplatform.definitions import build_definitions
     from mlplatform.instance import open_instance
 
     instance = open_instance(home)
-    graph = build_definitions(home).resolve_asset_graph()
+    graph = build_definitions(home, settings).resolve_asset_graph()
     check_keys = list(graph.asset_check_keys)
     latest_checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
     assets = {}
@@ -164,9 +167,9 @@ def _latest_versions_and_checks(home: PlatformHome) -> dict:
     return assets
 
 
-def cmd_status(args: argparse.Namespace, home: PlatformHome) -> int:
-    drops = [drop.to_dict() for drop in _lake(home).drops()]
-    assets = _latest_versions_and_checks(home)
+def cmd_status(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    drops = [drop.to_dict() for drop in _lake(home, settings).drops()]
+    assets = _latest_versions_and_checks(home, settings)
     if args.json:
         _print_json({"home": str(home.root), "drops": drops, "assets": assets})
         return EXIT_OK
@@ -189,7 +192,7 @@ def cmd_status(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
-def cmd_ui(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_ui(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     """`dagster dev` on the home: its instance, and the platform's code location under its one name.
 
     Dagster runs in the home's directory: Dagster reads `.env` from where it runs, and a project's
@@ -299,21 +302,21 @@ def step_progress(stream: TextIO) -> StepLines:
 # ---- lake ----------------------------------------------------------------------------------------
 
 
-def cmd_lake_land(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_lake_land(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     files = [Path(name) for name in args.files]
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
         raise CommandError(f"not a file: {', '.join(missing)}")
-    for result in _lake(home).land(files):
+    for result in _lake(home, settings).land(files):
         note = f" (same bytes already {result.existing_state})" if result.status == "duplicate" else ""
         print(f"{result.hash}  {result.name}  {result.status}{note}")
     return EXIT_OK
 
 
-def cmd_lake_checkout(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_lake_checkout(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.platform.artifacts import ArtifactStore
 
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    store = ArtifactStore.from_settings(home, settings.storage)
 
     def resolve(dataset: str, version: str | None):
         artifact = store.latest(dataset) if version is None else store.get(dataset, version)
@@ -324,7 +327,7 @@ def cmd_lake_checkout(args: argparse.Namespace, home: PlatformHome) -> int:
         cache.mkdir(parents=True, exist_ok=True)
         return artifact.version, store.restore(dataset, artifact.version, cache)
 
-    checkout = _lake(home).checkout(
+    checkout = _lake(home, settings).checkout(
         args.dataset,
         reader=args.reader,
         purpose=args.purpose,
@@ -337,8 +340,8 @@ def cmd_lake_checkout(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
-def cmd_lake_audit(args: argparse.Namespace, home: PlatformHome) -> int:
-    entries = [entry.to_dict() for entry in _lake(home).audit()]
+def cmd_lake_audit(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    entries = [entry.to_dict() for entry in _lake(home, settings).audit()]
     if args.json:
         _print_json(entries)
         return EXIT_OK
@@ -362,14 +365,14 @@ def cmd_lake_audit(args: argparse.Namespace, home: PlatformHome) -> int:
 # ---- models / serve / score ----------------------------------------------------------------------
 
 
-def _registry(home: PlatformHome):
+def _registry(home: PlatformHome, settings: Settings):
     from mlplatform.core.release.registry import ModelRegistry
 
-    return ModelRegistry.for_home(home.ensure())
+    return ModelRegistry.for_home(home.ensure(), settings.storage)
 
 
-def cmd_models_list(args: argparse.Namespace, home: PlatformHome) -> int:
-    versions = _registry(home).list()
+def cmd_models_list(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    versions = _registry(home, settings).list()
     if args.json:
         _print_json([version.to_dict() for version in versions])
         return EXIT_OK
@@ -394,43 +397,39 @@ def _who(args: argparse.Namespace) -> str:
     return args.by or os.environ.get("USER") or "unknown"
 
 
-def cmd_models_approve(args: argparse.Namespace, home: PlatformHome) -> int:
-    version = _registry(home).approve(args.version, by=_who(args), note=args.note)
+def cmd_models_approve(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    version = _registry(home, settings).approve(args.version, by=_who(args), note=args.note)
     print(f"{version.version} {version.status}")
     return EXIT_OK
 
 
-def cmd_models_reject(args: argparse.Namespace, home: PlatformHome) -> int:
-    version = _registry(home).reject(args.version, reason=args.reason, by=_who(args))
+def cmd_models_reject(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    version = _registry(home, settings).reject(args.version, reason=args.reason, by=_who(args))
     print(f"{version.version} {version.status}")
     return EXIT_OK
 
 
-def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.release.deploy import DeploymentRules, deployment_lock
+def cmd_models_rollback(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    from mlplatform.core.release.deploy import deployment_lock
 
-    rules = DeploymentRules.from_settings(Settings.load(home.settings_file))
+    rules = settings.deployment
     # Never in the middle of a deployment: its smoke test would judge (and undo) this move as its own.
     with deployment_lock(home, rules.lock_timeout_s):
-        moved_from, moved_to = _registry(home).rollback(by=_who(args), reason=args.reason)
+        moved_from, moved_to = _registry(home, settings).rollback(by=_who(args), reason=args.reason)
     print(f"production {moved_from} -> {moved_to}")
     return EXIT_OK
 
 
-def cmd_models_rebuild(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_models_rebuild(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.platform.artifacts import ArtifactStore
-    from mlplatform.core.scoring.model import ScoringRules
     from mlplatform.core.training.fit import load_training_config
     from mlplatform.core.training.rebuild import rebuild_model
 
     config = load_training_config(home.training_file if home.training_file.exists() else None)
-    model = _registry(home).get(args.version)
-    settings = Settings.load(home.settings_file)
-    store = ArtifactStore.from_settings(home, settings)
+    model = _registry(home, settings).get(args.version)
+    store = ArtifactStore.from_settings(home, settings.storage)
     _progress(f"refitting {args.version} from its recorded split version ...")
-    result = rebuild_model(
-        store, model.version, model.card, model.sha256, config, ScoringRules.from_settings(settings)
-    )
+    result = rebuild_model(store, model.version, model.card, model.sha256, config, settings.scoring)
     verdict = "identical" if result.identical else "DIFFERENT"
     print(
         f"{result.version}: rebuilt {result.candidate} from review_splits {result.split_version[:12]}: "
@@ -439,23 +438,22 @@ def cmd_models_rebuild(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK if result.identical else EXIT_BLOCKED
 
 
-def cmd_serve(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_serve(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.serving.server import run_server
 
-    run_server(home, host=args.host, port=args.port)
+    run_server(home, settings, host=args.host, port=args.port)
     return EXIT_OK
 
 
-def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_score(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.scoring.files import score_file
-    from mlplatform.core.scoring.model import ScoringRules, load_model
+    from mlplatform.core.scoring.model import load_model
 
-    settings = Settings.load(home.settings_file)
     contract = _contract(home)
-    production = _registry(home).production()
+    production = _registry(home, settings).production()
     if production is None:
         raise CommandError("no model in production: run the pipeline (mlplatform run) first")
-    rules = ScoringRules.from_settings(settings)
+    rules = settings.scoring
     model = load_model(production.onnx_path, production.sha256, rules)
     summary = score_file(
         Path(args.input),
@@ -464,7 +462,7 @@ def cmd_score(args: argparse.Namespace, home: PlatformHome) -> int:
         production.version,
         rules.chunk_rows,
         contract=contract,
-        explain_top_k=int(settings.section("serving")["explain_top_k"]) if args.explain else 0,
+        explain_top_k=settings.serving.explain_top_k if args.explain else 0,
         overwrite=args.overwrite,
         on_progress=lambda rows: _progress(f"scored {rows:,} rows"),
     )
@@ -485,39 +483,39 @@ def _percent_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def _start_rollout(args: argparse.Namespace, home: PlatformHome, strategy: str, **options) -> int:
-    from mlplatform.core.release.deploy import DeploymentRules, deployment_lock
+def _start_rollout(
+    args: argparse.Namespace, home: PlatformHome, settings: Settings, strategy: str, **options
+) -> int:
+    from mlplatform.core.release.deploy import deployment_lock
     from mlplatform.core.release.rollout import RolloutStrategy, start_rollout
 
-    rules = DeploymentRules.from_settings(Settings.load(home.settings_file))
+    rules = settings.deployment
     # Never in the middle of a deployment: its smoke test must be answered by the version it deployed.
     with deployment_lock(home, rules.lock_timeout_s):
         rollout = start_rollout(
-            _registry(home), RolloutStrategy(strategy), args.version, by=_who(args), **options
+            _registry(home, settings), RolloutStrategy(strategy), args.version, by=_who(args), **options
         )
     print(f"started: {rollout.describe()} (rollout {rollout.id})")
     return EXIT_OK
 
 
-def cmd_rollout_shadow(args: argparse.Namespace, home: PlatformHome) -> int:
-    return _start_rollout(args, home, "shadow")
+def cmd_rollout_shadow(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    return _start_rollout(args, home, settings, "shadow")
 
 
-def cmd_rollout_canary(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.release.rollout import RolloutRules
-
-    steps = args.steps or list(RolloutRules.from_settings(Settings.load(home.settings_file)).canary_steps)
-    return _start_rollout(args, home, "canary", percent=args.percent, steps=steps)
+def cmd_rollout_canary(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    steps = args.steps or list(settings.deployment.canary_steps)
+    return _start_rollout(args, home, settings, "canary", percent=args.percent, steps=steps)
 
 
-def _rollout_status(home: PlatformHome) -> dict:
+def _rollout_status(home: PlatformHome, settings: Settings) -> dict:
     from mlplatform.core.platform.artifacts import ArtifactStore
     from mlplatform.core.release.rollout import current_rollout, latest_round, rollout_events
 
-    registry = _registry(home)
+    registry = _registry(home, settings)
     rollout = current_rollout(registry)
     events = rollout_events(registry.events())
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    store = ArtifactStore.from_settings(home, settings.storage)
     if rollout is None:
         return {"rollout": None, "last_event": events[-1] if events else None}
     return {
@@ -528,8 +526,8 @@ def _rollout_status(home: PlatformHome) -> dict:
     }
 
 
-def cmd_rollout_status(args: argparse.Namespace, home: PlatformHome) -> int:
-    status = _rollout_status(home)
+def cmd_rollout_status(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    status = _rollout_status(home, settings)
     if args.json:
         _print_json(status)
         return EXIT_OK
@@ -594,14 +592,13 @@ def _number_text(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def cmd_rollout_stop(args: argparse.Namespace, home: PlatformHome) -> int:
-    from mlplatform.core.release.deploy import DeploymentRules, deployment_lock
+def cmd_rollout_stop(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
+    from mlplatform.core.release.deploy import deployment_lock
     from mlplatform.core.release.rollout import abort_rollout, promote_rollout
 
-    registry = _registry(home)
+    registry = _registry(home, settings)
     if args.promote:
-        rules = DeploymentRules.from_settings(Settings.load(home.settings_file))
-        with deployment_lock(home, rules.lock_timeout_s):
+        with deployment_lock(home, settings.deployment.lock_timeout_s):
             ended = promote_rollout(registry, None, by=_who(args), reason=args.reason)
         print(f"promoted {ended.candidate}: production {ended.production} -> {ended.candidate}")
         return EXIT_OK
@@ -618,7 +615,7 @@ def cmd_rollout_stop(args: argparse.Namespace, home: PlatformHome) -> int:
 # ---- dataset --------------------------------------------------------------------------------------
 
 
-def cmd_dataset_draft(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_dataset_draft(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.data.draft import draft_contract
 
     draft = draft_contract(Path(args.file), sample_rows=args.sample_rows)
@@ -626,15 +623,15 @@ def cmd_dataset_draft(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
-def cmd_dataset_check(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_dataset_check(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.data.lake import drop_format
-    from mlplatform.core.data.quality import IngestRules, validate_drop
+    from mlplatform.core.data.quality import validate_drop
 
     path = Path(args.file)
     if not path.is_file():
         raise CommandError(f"not a file: {path}")
     contract = _contract(home)
-    rules = IngestRules.from_settings(Settings.load(home.settings_file))
+    rules = settings.ingest
     validation = validate_drop(
         path, drop_format(path.name), contract, rules, keep_frame=False, max_listed=args.max_problems
     )
@@ -652,7 +649,7 @@ def cmd_dataset_check(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK if validation.passed else EXIT_BLOCKED
 
 
-def cmd_dataset_show(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_dataset_show(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.data.schema import column_rules, normalised_columns
 
     contract = _contract(home)
@@ -691,7 +688,7 @@ def cmd_dataset_show(args: argparse.Namespace, home: PlatformHome) -> int:
 # ---- lineage / artifacts -------------------------------------------------------------------------
 
 
-def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_lineage(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.monitoring.capture import CaptureError, read_capture
     from mlplatform.core.monitoring.lineage import (
         LineageError,
@@ -706,10 +703,11 @@ def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
         return EXIT_USAGE
     try:
         if args.prediction is not None:
-            location = location_from_settings(home, Settings.load(home.settings_file), "capture")
-            chain = prediction_lineage(home, args.prediction, read_capture(home.capture, location))
+            location = location_from_settings(home, settings.storage, "capture")
+            capture = read_capture(home.capture, location)
+            chain = prediction_lineage(home, settings.storage, args.prediction, capture)
         else:
-            chain = asset_lineage(home, args.asset, args.version)
+            chain = asset_lineage(home, settings.storage, args.asset, args.version)
     except (LineageError, CaptureError) as exc:
         raise CommandError(str(exc)) from exc
     if args.json:
@@ -719,12 +717,12 @@ def cmd_lineage(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
-def cmd_artifacts_list(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_artifacts_list(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.monitoring.lineage import list_artifact_versions
-    from mlplatform.core.platform.artifacts import ArtifactError
+    from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore
 
     try:
-        versions = list_artifact_versions(home, args.asset)
+        versions = list_artifact_versions(ArtifactStore.from_settings(home, settings.storage), args.asset)
     except ArtifactError as exc:
         raise CommandError(str(exc)) from exc
     if args.json:
@@ -747,14 +745,14 @@ def cmd_artifacts_list(args: argparse.Namespace, home: PlatformHome) -> int:
     return EXIT_OK
 
 
-def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore
 
     dest = Path(args.dest)
     if args.dest.endswith(("/", os.sep)):  # a directory by intent: the file keeps its stored name
         dest.mkdir(parents=True, exist_ok=True)
     try:
-        store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+        store = ArtifactStore.from_settings(home, settings.storage)
         target = store.restore(args.asset, args.version, dest)
     except (ArtifactError, FileExistsError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
@@ -765,7 +763,7 @@ def cmd_artifacts_restore(args: argparse.Namespace, home: PlatformHome) -> int:
 # ---- alerts --------------------------------------------------------------------------------------
 
 
-def cmd_alerts(args: argparse.Namespace, home: PlatformHome) -> int:
+def cmd_alerts(args: argparse.Namespace, home: PlatformHome, settings: Settings) -> int:
     from mlplatform.core.monitoring.alerts import FIRING, AlertStore
 
     alerts = AlertStore.for_home(home).list()
@@ -1053,19 +1051,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed the usage line
         return EXIT_USAGE if exc.code else EXIT_OK
     home = PlatformHome.at(Path(args.home).resolve()) if args.home else PlatformHome.from_env()
+    use = getattr(args, "home_use", HomeUse.NEEDS)
+    settings: Settings | None = None
     try:
-        _check_home(home, getattr(args, "home_use", HomeUse.NEEDS))
+        _check_home(home, use)
+        # Loaded and validated once, here: a bad setting is refused in one line before anything runs.
+        # A command that reads no home runs by the packaged settings.
+        settings = Settings.packaged() if use is HomeUse.NONE else Settings.load(home.settings_file)
         if getattr(args, "needs_contract", False):
             _contract(home)  # a malformed contract is refused in one line, before anything runs
-        return args.handler(args, home)
+        return args.handler(args, home, settings)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except CommandError as exc:
-        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home))}", file=sys.stderr)
-        return EXIT_BLOCKED
     except Exception as exc:
-        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home))}", file=sys.stderr)
+        storage = settings.storage if settings is not None else None
+        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home, storage))}", file=sys.stderr)
         return EXIT_BLOCKED
 
 

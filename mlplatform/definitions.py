@@ -13,7 +13,7 @@ from mlplatform.core.training.fit import load_training_config
 from mlplatform.defs.alerting import build_alert_sensors
 from mlplatform.defs.automation import build_automation_sensor, build_landing_sensor, with_platform_policy
 from mlplatform.defs.deployment import BATCH_PREDICTIONS, BATCHES, build_deployment_assets
-from mlplatform.defs.execution import ExecutionRules, executor_definition
+from mlplatform.defs.execution import executor_definition
 from mlplatform.defs.features import build_feature_assets
 from mlplatform.defs.ingest import DROPS, build_ingest_assets
 from mlplatform.defs.io_manager import VersionedIOManager
@@ -31,8 +31,9 @@ MONITORING_JOB = "monitoring_job"
 MONITORING_SCHEDULE = "monitoring_schedule"
 
 
-def build_definitions(home: PlatformHome) -> dg.Definitions:
-    settings = Settings.load(home.settings_file)
+def build_definitions(home: PlatformHome, settings: Settings | None = None) -> dg.Definitions:
+    """The definitions of `home`, by `settings` (loaded from the home when the caller has none)."""
+    settings = Settings.load(home.settings_file) if settings is None else settings
     contract = load_contract(home.dataset_file)  # a malformed contract stops here, before anything runs
     training_config = load_training_config(home.training_file if home.training_file.exists() else None)
     assets = [
@@ -58,7 +59,7 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         selection=dg.AssetSelection.all() - driven_elsewhere,
         description="Everything downstream of the accepted drops, in dependency order (monitoring apart).",
         # The one job with independent heavy steps (the candidates): [execution].executor decides.
-        executor_def=executor_definition(ExecutionRules.from_settings(settings)),
+        executor_def=executor_definition(settings.execution),
     )
     batch_job = dg.define_asset_job(
         BATCH_JOB,
@@ -82,13 +83,12 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
     monitoring_schedule = dg.ScheduleDefinition(
         name=MONITORING_SCHEDULE,
         job=monitoring_job,
-        cron_schedule=str(settings.section("monitoring")["schedule_cron"]),
+        cron_schedule=settings.monitoring.schedule_cron,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         # Before the endpoint captured anything there is nothing to monitor (and maybe no model yet).
-        should_execute=lambda _context: monitoring_fingerprint(home) is not None,
+        should_execute=lambda _context: monitoring_fingerprint(home, settings) is not None,
         description="The monitoring assets, every [monitoring].schedule_cron, once something was captured.",
     )
-    automation = settings.section("automation")
     definitions = dg.Definitions(
         assets=assets,
         # The other jobs' runs execute in one process: a subprocess per step costs 1.5-2 s each, more
@@ -97,12 +97,12 @@ def build_definitions(home: PlatformHome) -> dg.Definitions:
         jobs=[ingest_job, pipeline_job, batch_job, monitoring_job, rollout_job],
         schedules=[monitoring_schedule],
         sensors=[
-            build_landing_sensor(INGEST_JOB, int(automation["landing_sensor_interval_s"])),
+            build_landing_sensor(INGEST_JOB, settings.automation.landing_sensor_interval_s),
             build_automation_sensor(
-                dg.AssetSelection.all() - driven_elsewhere, int(automation["automation_interval_s"])
+                dg.AssetSelection.all() - driven_elsewhere, settings.automation.automation_interval_s
             ),
-            build_rollout_sensor(int(settings.section("rollout")["judge_interval_s"])),
-            *build_alert_sensors(home),
+            build_rollout_sensor(settings.rollout.judge_interval_s),
+            *build_alert_sensors(home, settings),
         ],
         resources={
             "io_manager": VersionedIOManager(home=str(home.root)),

@@ -131,9 +131,9 @@ def _migration_lock(home: PlatformHome) -> AbstractContextManager[None]:
 def _execution_config(home: PlatformHome) -> dict[str, Any]:
     """Run retries, run monitoring and the deployment pool's limit, from the home's [execution] settings."""
     from mlplatform.core.platform.settings import Settings
-    from mlplatform.defs.execution import ExecutionRules, instance_config
+    from mlplatform.defs.execution import instance_config
 
-    return instance_config(ExecutionRules.from_settings(Settings.load(home.settings_file)))
+    return instance_config(Settings.load(home.settings_file).execution)
 
 
 def prepare_instance(home: PlatformHome) -> Path:

@@ -166,13 +166,18 @@ def run_pending(
     say: Callable[[str], None] = print,
     groups: Sequence[str] | None = None,
     on_step: Callable[[StepProgress], None] | None = None,
+    settings: Settings | None = None,
 ) -> RunReport:
     """Ingest pending drops, then bring every downstream asset (of `groups`, default all) up to date.
 
     `say` gets a line per stage; `on_step`, when given, each step of each run (defs/progress.py).
+    `settings` are the home's, loaded here when the caller (the command line) has not.
     """
+    settings = Settings.load(home.settings_file) if settings is None else settings
     with open_instance(home) as instance:
-        session = RunSession(home, instance, build_definitions(home), say, on_step=on_step)
+        session = RunSession(
+            home, settings, instance, build_definitions(home, settings), say, on_step=on_step
+        )
         session.ingest_drops()
         session.run_downstream(groups)
         if groups is None or DEPLOYMENT_GROUP in groups:
@@ -181,7 +186,7 @@ def run_pending(
             session.run_monitoring()
         if groups is None or DEPLOYMENT_GROUP in groups:
             session.judge_rollout()
-        record_run_alerts(home, instance, session.report.run_ids)
+        record_run_alerts(home, settings, instance, session.report.run_ids)
         return session.report
 
 
@@ -199,6 +204,7 @@ class RunSession:
     report every stage adds its runs, materializations and blocks to."""
 
     home: PlatformHome
+    settings: Settings
     instance: dg.DagsterInstance
     defs: dg.Definitions
     say: Callable[[str], None]
@@ -207,7 +213,7 @@ class RunSession:
 
     def ingest_drops(self) -> None:
         """Register pending drops as partitions of raw_reviews and validate each unvalidated one, one run each."""
-        lake = Lake.from_settings(self.home, Settings.load(self.home.settings_file))
+        lake = Lake.from_settings(self.home, self.settings)
         _register_partitions(self.instance, DROPS.name, (drop.hash for drop in lake.pending()))
         materialized = self.instance.get_materialized_partitions(RAW_REVIEWS)
         todo = [key for key in self.instance.get_dynamic_partitions(DROPS.name) if key not in materialized]
@@ -268,8 +274,7 @@ class RunSession:
 
         A file that fails stays in place and unscored, so it is retried (and reported) on every run.
         """
-        settle_seconds = float(Settings.load(self.home.settings_file).section("lake")["settle_seconds"])
-        settled_before = time.time() - settle_seconds
+        settled_before = time.time() - self.settings.lake.settle_seconds
         files = {
             sha: path
             for sha, path in batch_files(self.home.batch).items()
@@ -295,7 +300,7 @@ class RunSession:
 
         Nothing captured yet: nothing to monitor (the schedule still reports system health).
         """
-        fingerprint = monitoring_fingerprint(self.home)
+        fingerprint = monitoring_fingerprint(self.home, self.settings)
         if fingerprint is None:
             self.say("nothing captured yet: monitoring skipped")
             return
@@ -311,7 +316,7 @@ class RunSession:
 
     def judge_rollout(self) -> None:
         """One round of the running rollout (nothing when none runs); says what the round did."""
-        rollout = current_rollout(ModelRegistry.for_home(self.home.ensure()))
+        rollout = current_rollout(ModelRegistry.for_home(self.home.ensure(), self.settings.storage))
         if rollout is None:
             return
         self.say(f"judging the {rollout.describe()}")

@@ -17,7 +17,9 @@ from mlplatform.cli import HomeUse, build_parser, main
 from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import generate_reviews, to_published_csv, write_demo_drops
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform_tests.core.data.contract_fixtures import SENTENCES_TOML
+from mlplatform_tests.core.platform.test_settings import BAD_VALUES
 from mlplatform_tests.integration.processes import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -206,7 +208,7 @@ def test_serve_lays_out_a_home_only_in_an_existing_empty_directory(capsys, tmp_p
 def test_unexpected_errors_are_one_line_with_the_traceback_logged(capsys, home, monkeypatch):
     import mlplatform.cli as cli
 
-    def explode(args, home):
+    def explode(args, home, settings):
         raise RuntimeError("disk on fire\nsecond line")
 
     monkeypatch.setattr(cli, "cmd_lake_audit", explode)
@@ -226,7 +228,7 @@ def test_user_errors_are_one_line_and_bugs_leave_their_traceback_by_type(capsys,
     class Broken(PlatformError):
         pass
 
-    def refuse(args, home):
+    def refuse(args, home, settings):
         raise Refused("version v9 is not registered")
 
     monkeypatch.setattr(cli, "cmd_lake_audit", refuse)
@@ -234,7 +236,7 @@ def test_user_errors_are_one_line_and_bugs_leave_their_traceback_by_type(capsys,
     assert (code, err) == (1, "error: version v9 is not registered\n")
     assert not (home.root / "logs" / "cli-errors.log").exists()
 
-    def break_down(args, home):
+    def break_down(args, home, settings):
         raise Broken("frames of different lengths")
 
     monkeypatch.setattr(cli, "cmd_lake_audit", break_down)
@@ -249,7 +251,7 @@ def test_models_rollback_moves_production_back_and_waits_for_a_deployment(capsys
     from mlplatform.core.release.deploy import deployment_lock
     from mlplatform.core.release.registry import ModelRegistry
 
-    registry = ModelRegistry.for_home(home.ensure())
+    registry = ModelRegistry.for_home(home.ensure(), Settings.load(home.settings_file).storage)
     for tag in ("one", "two"):
         version = registry.register(f"model {tag}".encode(), {"name": tag}, {"macro_f1": 0.5}).version
         registry.approve(version, by="test")
@@ -292,7 +294,7 @@ def test_the_traceback_log_holds_no_credentials(capsys, home, monkeypatch):
     monkeypatch.setenv("MLPLATFORM_PG_URL", url)
     home.settings_file.write_text('[storage]\nartifacts = "ftp://ann:st0re-s3cret@files.example/a"\n')
 
-    def explode(args, home):
+    def explode(args, home, settings):
         try:  # a driver quoting both secrets, deep in the chain
             raise ValueError(f'driver: token "db-s3cret" for {url}; then "st0re-s3cret" refused')
         except ValueError as exc:
@@ -324,6 +326,38 @@ def test_the_server_module_with_the_database_down_is_one_line_and_exit_1(home):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "the endpoint cannot start: PostgreSQL records unavailable" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
+
+
+# ---- settings: validated when they load, before any command runs ---------------------------------
+
+
+@pytest.mark.parametrize(("text", "line"), BAD_VALUES)
+@pytest.mark.parametrize("command", [["status"], ["models", "list"], ["lake", "land", "DROP"], ["serve"]])
+def test_a_bad_setting_stops_every_command_in_one_line(capsys, home, text, line, command):
+    home.settings_file.write_text(text)
+    drop = home.root.parent / "drop.csv"
+    drop.write_text("a,b\n1,2\n")
+    code, out, err = run_cli(capsys, home, *[str(drop) if arg == "DROP" else arg for arg in command])
+    assert (code, out, err) == (1, "", f"error: {line} (in {home.settings_file})\n")
+    assert not Lake(home).drops()  # nothing ran: nothing landed
+    assert not (home.dagster / "dagster.yaml").exists()
+
+
+def test_a_command_that_reads_no_home_ignores_its_settings(capsys, home, tmp_path):
+    home.settings_file.write_text(BAD_VALUES[0][0])
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,stars\n" + "".join(f"review {n},{n % 5 + 1}\n" for n in range(50)))
+    code, out, _ = run_cli(capsys, home, "dataset", "draft", str(data))
+    assert code == 0 and "from_rating" in out
+
+
+@pytest.mark.parametrize(("text", "line"), BAD_VALUES)
+def test_the_server_module_refuses_a_bad_setting_in_one_line(home, text, line):
+    home.settings_file.write_text(text)
+    env = {**os.environ, "MLPLATFORM_HOME": str(home.root)}
+    command = [sys.executable, "-m", "mlplatform.serving.server", "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (1, f"error: {line} (in {home.settings_file})\n")
 
 
 # ---- dataset draft | check | show -----------------------------------------------------------------

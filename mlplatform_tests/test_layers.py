@@ -160,7 +160,52 @@ def test_no_import_cycles(graph: dict[str, list[Import]]) -> None:
     assert [c for c in cycles(graph) if frozenset(c) not in KNOWN_CYCLES] == []
 
 
+SETTINGS_EDGES = frozenset(
+    {
+        "mlplatform.cli",
+        "mlplatform.runner",
+        "mlplatform.definitions",
+        "mlplatform.instance",
+        "mlplatform.defs.resources",
+        "mlplatform.defs.io_manager",
+        "mlplatform.serving.server",
+    }
+)
+"""The only modules that load settings (`Settings.load`, `Settings.packaged`): the command line, the
+runner, the server, and what Dagster opens by itself (the definitions, the instance, the resources and
+the IO manager). Every other module, core above all, receives them as typed sections."""
+
+
+def settings_loads(source: str) -> list[int]:
+    """The lines of `source` that load settings: calls of `Settings.load` or `Settings.packaged`."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("load", "packaged")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "Settings"
+    ]
+
+
+def test_settings_are_loaded_only_at_the_edges() -> None:
+    loading = {
+        module_name(path, PACKAGE)
+        for path in PACKAGE.rglob("*.py")
+        if settings_loads(path.read_text(encoding="utf-8"))
+    }
+    assert loading - SETTINGS_EDGES == set()
+    assert {"mlplatform.cli", "mlplatform.serving.server", "mlplatform.definitions"} <= loading
+
+
 # -- the checker itself catches what it is meant to catch ------------------------------------------
+
+
+def test_the_settings_checker_sees_loads_in_functions() -> None:
+    source = "def f(home):\n    x = Settings.load(home.settings_file).gates\n    return settings.load()\n"
+    assert settings_loads(source) == [2]
+
 
 FAKE = {
     "mlplatform.core.data.lake": (

@@ -18,6 +18,7 @@ from mlplatform.core.data.lake import Lake
 from mlplatform.core.data.synthetic import write_demo_drops
 from mlplatform.core.platform.home import PG_URL_ENV, PlatformHome
 from mlplatform.core.platform.records import RecordsUnavailable
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import APPROVED, PRODUCTION, ModelRegistry
 from mlplatform.instance import open_instance
 from mlplatform.runner import run_pending
@@ -40,7 +41,7 @@ def pg_home(tmp_path: Path, postgres_url: str, monkeypatch) -> PlatformHome:
 def test_outages_fail_runs_cleanly_promote_nothing_and_retries_succeed(
     pg_home: PlatformHome, postgres_server: PostgresServer, postgres_url: str
 ) -> None:
-    registry = ModelRegistry.for_home(pg_home)
+    registry = ModelRegistry.for_home(pg_home, Settings.load(pg_home.settings_file).storage)
     assert registry.events() == []  # creates the records tables
     postgres_server.cut_connection_on_event(postgres_url, "promoted")
 

@@ -1,6 +1,6 @@
 """Alerts from the platform's runs: failed checks, failed runs and model rollbacks, into `alerts/`.
 
-One function does the work, `record_run_alerts(home, instance, run_ids)`, and two callers drive it:
+One function does the work, `record_run_alerts(home, settings, instance, run_ids)`, and two callers drive it:
 
 - `mlplatform run` (runner.py) calls it after its runs, for the runs it just made;
 - the sensors `alerts_on_run_success` / `alerts_on_run_failure` (default running) call it for each run the
@@ -40,6 +40,7 @@ from mlplatform.core.monitoring.alerts import (
     rollout_abort_key,
 )
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.release.rollout import RolloutEvent
 
@@ -48,9 +49,11 @@ RUN_FAILURE_KIND = "run_failure"
 ROLLBACK_KIND = "rollback"
 
 
-def alert_store(home: PlatformHome, environ: Mapping[str, str] | None = None) -> AlertStore:
+def alert_store(
+    home: PlatformHome, settings: Settings, environ: Mapping[str, str] | None = None
+) -> AlertStore:
     """The home's alert store, posting to the webhook named by MLPLATFORM_ALERT_WEBHOOK when set."""
-    return alert_store_from_env(home.ensure(), os.environ if environ is None else environ)
+    return alert_store_from_env(home.ensure(), os.environ if environ is None else environ, settings.alerts)
 
 
 def record_check_alerts(instance: dg.DagsterInstance, run_id: str, store: AlertStore) -> list[Alert]:
@@ -203,22 +206,26 @@ def record_rollout_alerts(registry: ModelRegistry, store: AlertStore) -> list[Al
 
 
 def record_run_alerts(
-    home: PlatformHome, instance: dg.DagsterInstance, run_ids: Iterable[str], store: AlertStore | None = None
+    home: PlatformHome,
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    run_ids: Iterable[str],
+    store: AlertStore | None = None,
 ) -> list[Alert]:
     """Checks and status of each run, then the registry's rollbacks and aborted rollouts: every alert
     newly raised."""
-    store = alert_store(home) if store is None else store
+    store = alert_store(home, settings) if store is None else store
     raised: list[Alert] = []
     for run_id in run_ids:
         raised.extend(record_check_alerts(instance, run_id, store))
         raised.extend(record_run_status_alert(instance, run_id, store))
-    registry = ModelRegistry.for_home(home.ensure())
+    registry = ModelRegistry.for_home(home.ensure(), settings.storage)
     raised.extend(record_rollback_alerts(registry, store))
     raised.extend(record_rollout_alerts(registry, store))
     return raised
 
 
-def build_alert_sensors(home: PlatformHome) -> list[dg.SensorDefinition]:
+def build_alert_sensors(home: PlatformHome, settings: Settings) -> list[dg.SensorDefinition]:
     """Sensors that turn every finished run (success or failure) into alerts, on by default."""
 
     @dg.run_status_sensor(
@@ -228,7 +235,7 @@ def build_alert_sensors(home: PlatformHome) -> list[dg.SensorDefinition]:
         description="Alerts for the failed (non-blocking) checks of a successful run; resolves cleared ones.",
     )
     def alerts_on_run_success(context: dg.RunStatusSensorContext):
-        record_run_alerts(home, context.instance, [context.dagster_run.run_id])
+        record_run_alerts(home, settings, context.instance, [context.dagster_run.run_id])
 
     @dg.run_failure_sensor(
         name="alerts_on_run_failure",
@@ -236,6 +243,6 @@ def build_alert_sensors(home: PlatformHome) -> list[dg.SensorDefinition]:
         description="An alert for every failed run, plus its failed checks.",
     )
     def alerts_on_run_failure(context: dg.RunFailureSensorContext):
-        record_run_alerts(home, context.instance, [context.dagster_run.run_id])
+        record_run_alerts(home, settings, context.instance, [context.dagster_run.run_id])
 
     return [alerts_on_run_success, alerts_on_run_failure]

@@ -34,15 +34,15 @@ from dagster import AssetExecutionContext
 from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.platform.artifacts import Bundle
 from mlplatform.core.platform.fsio import sha256_file
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import DeploymentRules, Settings
 from mlplatform.core.release import deploy, rollout
-from mlplatform.core.release.deploy import DeployAction, DeploymentRules, SmokeResult
+from mlplatform.core.release.deploy import DeployAction, SmokeResult
 from mlplatform.core.release.registry import ModelVersion
 from mlplatform.core.scoring import files as scoring_files
 from mlplatform.core.scoring import model as scoring_model
-from mlplatform.core.scoring.model import ScoringError, ScoringRules
+from mlplatform.core.scoring.model import ScoringError
 from mlplatform.defs.checks import check_result
-from mlplatform.defs.execution import DEPLOYMENT_POOL, ExecutionRules, step_retry_policy
+from mlplatform.defs.execution import DEPLOYMENT_POOL, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import (
     EndpointError,
@@ -96,7 +96,7 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
                 group_name="deployment",
                 kinds={"onnx"},
                 is_required=False,
-                code_version=code_version([deploy, rollout], settings.section("deployment")),
+                code_version=code_version([deploy, rollout], settings.deployment),
                 description="The production alias and what serves it: the approved best model, deployed "
                 "and smoke-tested.",
             )
@@ -144,8 +144,8 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
             context.log.warning(f"not deploying: {decision.reason}")
             return
 
-        home, settings_now = platform.platform_home(), platform.settings()
-        rules = DeploymentRules.from_settings(settings_now)
+        home = platform.platform_home()
+        rules = platform.settings().deployment
         in_process = OfflineEndpointResource(home=str(home.root))
         deployment = rollout.deploy_by_strategy(
             home,
@@ -154,7 +154,6 @@ def _sentiment_endpoint_asset(settings: Settings) -> dg.AssetsDefinition:
             live_smoke_test=lambda version: _smoke(endpoint, version, rules),
             offline_smoke_test=lambda version: _smoke(in_process, version, rules),
             rules=rules,
-            rollout_rules=rollout.RolloutRules.from_settings(settings_now),
             live=endpoint.live,
             endpoint_url=endpoint.location(),
             by=DEPLOYED_BY,
@@ -192,7 +191,7 @@ def _batch_predictions_asset(settings: Settings, contract: DatasetContract) -> d
         deps=[SENTIMENT_ENDPOINT],
         output_required=False,
         kinds={"onnx", "polars"},
-        code_version=code_version([scoring_files, scoring_model], settings.section("scoring"), contract),
+        code_version=code_version([scoring_files, scoring_model], settings.scoring, contract),
         check_specs=[
             dg.AssetCheckSpec(
                 "row_count",
@@ -203,7 +202,7 @@ def _batch_predictions_asset(settings: Settings, contract: DatasetContract) -> d
         ],
         description="One file of lake/batch scored by the production model (row_id, label, p_*, model_version).",
         # Scoring one file again is harmless: only transient trouble (I/O) makes a retry worth it.
-        retry_policy=step_retry_policy(ExecutionRules.from_settings(settings)),
+        retry_policy=step_retry_policy(settings.execution),
     )
     def batch_predictions(context: AssetExecutionContext, platform: PlatformResource):
         home = platform.platform_home()
@@ -218,7 +217,7 @@ def _batch_predictions_asset(settings: Settings, contract: DatasetContract) -> d
             raise deploy.DeployError(
                 "no production model: deploy one (sentiment_endpoint) before batch scoring"
             )
-        rules = ScoringRules.from_settings(platform.settings())
+        rules = platform.settings().scoring
         model = scoring_model.load_model(production.onnx_path, production.sha256, rules)
         with tempfile.TemporaryDirectory(dir=home.root) as scratch:
             try:

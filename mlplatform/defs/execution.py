@@ -1,6 +1,6 @@
 """How the platform's runs execute: the pipeline job's executor, step retry policies, the deployment pool.
 
-Everything comes from the `[execution]` settings:
+Everything comes from the `[execution]` settings (`ExecutionRules`, validated when they load):
 
 - `executor` picks how pipeline_job's steps run: "in_process" (one process, one step after another),
   "multiprocess" (a process per step, up to `max_concurrent` at once, of which at most
@@ -23,15 +23,13 @@ compute-log tails that then survive `terminate()`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import ExecutionRules, Executor, SettingsError
 from mlplatform.core.platform.signals import sigterm_kept
 
-EXECUTORS = ("in_process", "multiprocess", "dask")
 DEPLOYMENT_POOL = "deployment"
 # Op tag on every candidate_models step; the multiprocess executor limits how many carry it at once.
 STEP_KIND_TAG = "mlplatform/step"
@@ -46,65 +44,11 @@ class ExecutionSettingsError(SettingsError):
     """An `[execution]` setting has a value the platform cannot run with."""
 
 
-@dataclass(frozen=True)
-class ExecutionRules:
-    """The `[execution]` settings, validated."""
-
-    executor: str
-    max_concurrent: int
-    max_concurrent_training: int
-    dask_scheduler_address: str
-    max_step_retries: int
-    retry_delay_s: float
-    max_run_retries: int
-    deployment_pool_limit: int
-    max_concurrent_runs: int
-    run_monitoring_interval_s: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ExecutionRules:
-        section = settings.section("execution")
-        rules = cls(
-            executor=str(section["executor"]),
-            max_concurrent=int(section["max_concurrent"]),
-            max_concurrent_training=int(section["max_concurrent_training"]),
-            dask_scheduler_address=str(section["dask_scheduler_address"]).strip(),
-            max_step_retries=int(section["max_step_retries"]),
-            retry_delay_s=float(section["retry_delay_s"]),
-            max_run_retries=int(section["max_run_retries"]),
-            deployment_pool_limit=int(section["deployment_pool_limit"]),
-            max_concurrent_runs=int(section["max_concurrent_runs"]),
-            run_monitoring_interval_s=int(section["run_monitoring_interval_s"]),
-        )
-        rules.validate()
-        return rules
-
-    def validate(self) -> None:
-        """Raise ExecutionSettingsError naming the first setting that cannot work."""
-        if self.executor not in EXECUTORS:
-            raise ExecutionSettingsError(
-                f"[execution] executor = {self.executor!r} is not one of {', '.join(EXECUTORS)}"
-            )
-        at_least = {
-            "max_concurrent": (self.max_concurrent, 0),
-            "max_concurrent_training": (self.max_concurrent_training, 1),
-            "max_step_retries": (self.max_step_retries, 0),
-            "retry_delay_s": (self.retry_delay_s, 0),
-            "max_run_retries": (self.max_run_retries, 0),
-            "deployment_pool_limit": (self.deployment_pool_limit, 1),
-            "max_concurrent_runs": (self.max_concurrent_runs, 1),
-            "run_monitoring_interval_s": (self.run_monitoring_interval_s, 1),
-        }
-        for key, (value, floor) in at_least.items():
-            if value < floor:
-                raise ExecutionSettingsError(f"[execution] {key} = {value} must be at least {floor}")
-
-
 def executor_definition(rules: ExecutionRules) -> dg.ExecutorDefinition:
     """The executor pipeline_job runs with, configured from the rules."""
-    if rules.executor == "in_process":
+    if rules.executor is Executor.IN_PROCESS:
         return dg.in_process_executor
-    if rules.executor == "multiprocess":
+    if rules.executor is Executor.MULTIPROCESS:
         config: dict[str, Any] = {
             # Steps fork from a server that imported the platform once: a spawned process would pay the
             # imports (scikit-learn, skl2onnx, dagster: ~3 s idle, ~7 s on a busy machine) per step.

@@ -7,9 +7,8 @@ from dagster import AssetExecutionContext
 from mlplatform.core.data import bias, features, schema, splits
 from mlplatform.core.data.bias import check_bias, pretraining_bias
 from mlplatform.core.data.contract import DatasetContract
-from mlplatform.core.data.features import FeatureRules, build_reviews, check_label_distribution
+from mlplatform.core.data.features import build_reviews, check_label_distribution
 from mlplatform.core.data.splits import (
-    SplitRules,
     assign_splits,
     check_class_coverage,
     check_no_leakage,
@@ -40,7 +39,7 @@ def _previous_label_shares(context: AssetExecutionContext) -> dict[str, float] |
 
 
 def build_feature_assets(settings: Settings, contract: DatasetContract) -> list[dg.AssetsDefinition]:
-    features_version = code_version([features, bias, schema], settings.section("features"), contract)
+    features_version = code_version([features, bias, schema], settings.features, contract)
 
     @dg.asset(
         name="reviews",
@@ -67,7 +66,7 @@ def build_feature_assets(settings: Settings, contract: DatasetContract) -> list[
     def reviews(
         context: AssetExecutionContext, raw_reviews: dict[str, pl.DataFrame], platform: PlatformResource
     ):
-        rules, contract = FeatureRules.from_settings(platform.settings()), platform.contract()
+        rules, contract = platform.settings().features, platform.contract()
         # Never mix layouts: every drop must hold the current contract's normalised columns.
         accepted_under = {drop.hash: drop.contract for drop in platform.lake().drops()}
         schema.check_layouts(raw_reviews, accepted_under, contract)
@@ -79,7 +78,7 @@ def build_feature_assets(settings: Settings, contract: DatasetContract) -> list[
             check_label_distribution(table.frame, previous, rules, contract.classes),
             check_bias(
                 pretraining_bias(table.frame, facets, contract.labels, min_rows=rules.min_facet_rows),
-                rules.bias_warn,
+                rules.bias_warn.as_dict(),
                 facets,
                 contract.labels,
             ),
@@ -92,7 +91,7 @@ def build_feature_assets(settings: Settings, contract: DatasetContract) -> list[
         name="review_splits",
         group_name="features",
         kinds={"polars"},
-        code_version=code_version([splits], settings.section("splits")),
+        code_version=code_version([splits], settings.splits),
         check_specs=[
             dg.AssetCheckSpec("no_leakage", asset="review_splits", blocking=True),
             dg.AssetCheckSpec("proportions", asset="review_splits", blocking=True),
@@ -101,7 +100,7 @@ def build_feature_assets(settings: Settings, contract: DatasetContract) -> list[
         description="Train / validation / test, a pure function of each review's stable id.",
     )
     def review_splits(reviews: pl.DataFrame, platform: PlatformResource):
-        rules, classes = SplitRules.from_settings(platform.settings()), platform.contract().classes
+        rules, classes = platform.settings().splits, platform.contract().classes
         frame = assign_splits(reviews, rules)
         yield versioned_output(frame, metadata=split_metadata(frame, classes))
         for outcome in (

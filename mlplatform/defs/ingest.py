@@ -14,7 +14,7 @@ from dagster import AssetExecutionContext
 
 from mlplatform.core.data import quality, schema
 from mlplatform.core.data.contract import DatasetContract
-from mlplatform.core.data.quality import IngestRules, validate_drop
+from mlplatform.core.data.quality import validate_drop
 from mlplatform.core.platform.settings import Settings
 from mlplatform.defs.checks import check_result
 from mlplatform.defs.io_manager import versioned_output
@@ -34,7 +34,7 @@ _NOT_DECIDING = frozenset({"chunk_rows"})
 
 
 def build_ingest_assets(settings: Settings, contract: DatasetContract) -> list[dg.AssetsDefinition]:
-    deciding = {key: value for key, value in settings.section("ingest").items() if key not in _NOT_DECIDING}
+    deciding = settings.ingest.model_dump(mode="json", exclude=_NOT_DECIDING)
 
     @dg.asset(
         name="raw_reviews",
@@ -57,7 +57,7 @@ def build_ingest_assets(settings: Settings, contract: DatasetContract) -> list[d
             "raw_reviews", drop.hash, consumer=f"{context.run_id}:raw_reviews", purpose="validate drop"
         )
         validation = validate_drop(
-            lake.open_drop(drop.hash), drop.format, contract, IngestRules.from_settings(platform.settings())
+            lake.open_drop(drop.hash), drop.format, contract, platform.settings().ingest
         )
         if validation.passed:
             accepted = lake.accept(drop.hash, contract=contract.fingerprint)

@@ -96,7 +96,7 @@ class VersionedIOManager(dg.ConfigurableIOManager):
 
     def _store(self) -> ArtifactStore:
         home = PlatformHome(Path(self.home))
-        return ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+        return ArtifactStore.from_settings(home, Settings.load(home.settings_file).storage)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         versioned = _as_versioned(obj, context)

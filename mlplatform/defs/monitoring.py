@@ -59,7 +59,7 @@ from mlplatform.core.monitoring.drift import judge_drift
 from mlplatform.core.monitoring.health import ERROR_RATE_CHECK, LATENCY_CHECK, judge_system_health
 from mlplatform.core.monitoring.inputs import MonitoringInputs, read_prediction_log
 from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, judge_live_quality
-from mlplatform.core.monitoring.rules import DRIFT_METRICS, MonitoringRules
+from mlplatform.core.monitoring.rules import DRIFT_METRICS
 from mlplatform.core.platform.artifacts import ArtifactStore, Bundle
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
@@ -90,13 +90,15 @@ MONITORING_ASSETS: tuple[str, ...] = (
 
 def monitoring_inputs(home: PlatformHome, settings: Settings) -> MonitoringInputs:
     """The home's capture (local directory and `[storage] capture` location) and labels landing."""
-    return MonitoringInputs(home.capture, location_from_settings(home, settings, "capture"), home.labels)
+    return MonitoringInputs(
+        home.capture, location_from_settings(home, settings.storage, "capture"), home.labels
+    )
 
 
-def monitoring_fingerprint(home: PlatformHome) -> str | None:
+def monitoring_fingerprint(home: PlatformHome, settings: Settings) -> str | None:
     """What the monitors read from outside the graph, hashed (None: nothing captured yet): the runner's
     and the schedule's cue that monitoring is behind."""
-    return monitoring_inputs(home, Settings.load(home.settings_file)).fingerprint()
+    return monitoring_inputs(home, settings).fingerprint()
 
 
 # ---- capture ----------------------------------------------------------------------------------------
@@ -157,7 +159,7 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn()},
         kinds={"polars"},
-        code_version=code_version([drift, prediction_log], settings.section("monitoring")),
+        code_version=code_version([drift, prediction_log], settings.monitoring),
         check_specs=[
             dg.AssetCheckSpec(
                 metric,
@@ -173,9 +175,9 @@ def _drift_report_asset(settings: Settings) -> dg.AssetsDefinition:
         settings_now = platform.settings()
         judgement = judge_drift(
             prediction_log,
-            ArtifactStore.from_settings(platform.platform_home(), settings_now),
+            ArtifactStore.from_settings(platform.platform_home(), settings_now.storage),
             platform.registry(),
-            MonitoringRules.from_settings(settings_now),
+            settings_now.monitoring,
         )
         yield versioned_output(judgement.to_dict(), metadata=judgement.metadata())
         for outcome in judgement.outcomes:
@@ -193,7 +195,7 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn()},
         kinds={"polars"},
-        code_version=code_version([live_quality, inputs], settings.section("monitoring")),
+        code_version=code_version([live_quality, inputs], settings.monitoring),
         check_specs=[
             dg.AssetCheckSpec(
                 LIVE_QUALITY_CHECK,
@@ -212,7 +214,7 @@ def _live_model_quality_asset(settings: Settings) -> dg.AssetsDefinition:
             prediction_log,
             monitoring_inputs(home, settings_now).labels(platform.contract()),
             platform.registry(),
-            MonitoringRules.from_settings(settings_now),
+            settings_now.monitoring,
         )
         yield versioned_output(judgement.quality.to_dict(), metadata=judgement.metadata())
         yield monitor_check(judgement.outcome, LIVE_MODEL_QUALITY)
@@ -229,7 +231,7 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn(), "reviews": dg.AssetIn()},
         kinds={"csv", "markdown"},
-        code_version=code_version([product_report], settings.section("monitoring")),
+        code_version=code_version([product_report], settings.monitoring),
         description="Products with an unusual share of predictions of the watched class (Wilson lower "
         "bound above the overall rate), as a formula-safe CSV and Markdown; skipped, with the reason in its "
         "metadata, when the dataset contract has no product column.",
@@ -243,7 +245,7 @@ def _product_quality_report_asset(settings: Settings) -> dg.AssetsDefinition:
         report = product_report.product_report(
             prediction_log,
             reviews,
-            MonitoringRules.from_settings(platform.settings()),
+            platform.settings().monitoring,
             platform.contract(),
             platform.explainer(),
         )
@@ -266,7 +268,7 @@ def _bias_drift_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=MONITORING_GROUP,
         ins={PREDICTION_LOG: dg.AssetIn(), "reviews": dg.AssetIn()},
         kinds={"polars"},
-        code_version=code_version([bias_drift], settings.section("monitoring")["bias_drift"]),
+        code_version=code_version([bias_drift], settings.monitoring.bias_drift),
         check_specs=[
             dg.AssetCheckSpec(
                 bias_drift.BIAS_DRIFT_CHECK,
@@ -285,7 +287,7 @@ def _bias_drift_asset(settings: Settings) -> dg.AssetsDefinition:
             reviews,
             platform.registry(),
             platform.contract(),
-            bias_drift.BiasDriftRules.from_settings(platform.settings()),
+            platform.settings().monitoring.bias_drift,
         )
         yield versioned_output(report.to_dict(), metadata=report.metadata())
         yield monitor_check(report.outcome, BIAS_DRIFT)
@@ -301,7 +303,7 @@ def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
         name=SYSTEM_HEALTH,
         group_name=MONITORING_GROUP,
         kinds={"prometheus"},
-        code_version=code_version([health], settings.section("monitoring")),
+        code_version=code_version([health], settings.monitoring),
         check_specs=[
             dg.AssetCheckSpec(
                 ERROR_RATE_CHECK,
@@ -325,7 +327,7 @@ def _system_health_asset(settings: Settings) -> dg.AssetsDefinition:
         except EndpointError as exc:
             text, unreachable = None, str(exc)
         judgement = judge_system_health(
-            endpoint.location(), text, unreachable, platform.settings().section("monitoring"), time.time()
+            endpoint.location(), text, unreachable, platform.settings().monitoring, time.time()
         )
         context.log.info(f"system health: {judgement.record}")
         yield versioned_output(judgement.record, metadata=judgement.metadata())

@@ -19,9 +19,8 @@ from mlplatform.core.monitoring.product_report import Explainer
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome, api_keys_from_env
 from mlplatform.core.platform.settings import Settings
-from mlplatform.core.release.deploy import DeploymentRules
 from mlplatform.core.release.registry import PRODUCTION, ModelRegistry, ModelVersion
-from mlplatform.core.scoring.model import Contribution, ScoringModel, ScoringRules, load_model
+from mlplatform.core.scoring.model import Contribution, ScoringModel, load_model
 
 
 class PlatformResource(dg.ConfigurableResource):
@@ -39,7 +38,7 @@ class PlatformResource(dg.ConfigurableResource):
         return load_contract(self.platform_home().dataset_file)
 
     def registry(self) -> ModelRegistry:
-        return ModelRegistry.for_home(self.platform_home().ensure())
+        return ModelRegistry.for_home(self.platform_home().ensure(), self.settings().storage)
 
     def lake(self) -> Lake:
         return Lake.from_settings(self.platform_home(), self.settings())
@@ -48,8 +47,8 @@ class PlatformResource(dg.ConfigurableResource):
         """Explanations by the registered version that made a prediction (its file verified, loaded once);
         None for a version that cannot explain (registered before the sparse graph) or is gone."""
         settings = self.settings()
-        registry, rules = self.registry(), ScoringRules.from_settings(settings)
-        top_k = int(settings.section("serving")["explain_top_k"])
+        registry, rules = self.registry(), settings.scoring
+        top_k = settings.serving.explain_top_k
         models: dict[str, ScoringModel | None] = {}
 
         def explain(version: str, texts: Sequence[str]) -> Sequence[Sequence[Contribution]] | None:
@@ -204,12 +203,15 @@ class OfflineEndpointResource(EndpointResource):
     def location(self) -> str | None:
         return None
 
+    def _settings(self) -> Settings:
+        return Settings.load(PlatformHome.at(Path(self.home)).settings_file)
+
     def reported_version(self) -> str | None:
-        return ModelRegistry.for_home(PlatformHome.at(Path(self.home))).aliases().get(PRODUCTION)
+        home = PlatformHome.at(Path(self.home))
+        return ModelRegistry.for_home(home, self._settings().storage).aliases().get(PRODUCTION)
 
     def predict(self, request: dict[str, Any], model: ModelVersion) -> EndpointAnswer:
-        settings = Settings.load(PlatformHome(Path(self.home)).settings_file)
-        scoring_model = load_model(model.onnx_path, model.sha256, ScoringRules.from_settings(settings))
+        scoring_model = load_model(model.onnx_path, model.sha256, self._settings().scoring)
         texts = [review["text"] for review in request["reviews"]]
         started = time.perf_counter()
         prediction = scoring_model.predict(texts)
@@ -226,11 +228,11 @@ class OfflineEndpointResource(EndpointResource):
 
 def endpoint_resource(home: PlatformHome, settings: Settings) -> EndpointResource:
     """The HTTP endpoint when `[deployment] endpoint_url` is set, else the in-process one."""
-    rules = DeploymentRules.from_settings(settings)
+    rules = settings.deployment
     if rules.endpoint_url is None:
         return OfflineEndpointResource(home=str(home.root))
     return HttpEndpointResource(
         url=rules.endpoint_url,
-        model_name=str(settings.section("serving")["model_name"]),
+        model_name=settings.serving.model_name,
         request_timeout_s=rules.request_timeout_s,
     )

@@ -19,12 +19,10 @@ import dagster as dg
 
 from mlplatform.core.monitoring import rollout_judgement
 from mlplatform.core.monitoring.rollout_judgement import ROLLOUT_CHECKS, judge_running_rollout
-from mlplatform.core.monitoring.rules import MonitoringRules
 from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release import rollout as rollout_state
-from mlplatform.core.release.deploy import DeploymentRules
-from mlplatform.core.release.rollout import RolloutRules, current_rollout
+from mlplatform.core.release.rollout import current_rollout
 from mlplatform.defs.checks import monitor_check
 from mlplatform.defs.deployment import SENTIMENT_ENDPOINT
 from mlplatform.defs.execution import DEPLOYMENT_POOL
@@ -59,7 +57,7 @@ def _rollout_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name="deployment",
         deps=[SENTIMENT_ENDPOINT, CAPTURE],
         kinds={"polars"},
-        code_version=code_version([rollout_judgement, rollout_state], settings.section("rollout")),
+        code_version=code_version([rollout_judgement, rollout_state], settings.rollout),
         # A round may promote: it queues behind (and never interleaves with) a deployment.
         pool=DEPLOYMENT_POOL,
         check_specs=[
@@ -73,12 +71,12 @@ def _rollout_asset(settings: Settings) -> dg.AssetsDefinition:
         round_ = judge_running_rollout(
             home,
             platform.registry(),
-            ArtifactStore.from_settings(home, settings_now),
+            ArtifactStore.from_settings(home, settings_now.storage),
             monitoring_inputs(home.ensure(), settings_now),
             platform.contract(),
-            rules=RolloutRules.from_settings(settings_now),
-            monitoring=MonitoringRules.from_settings(settings_now),
-            lock_timeout_s=DeploymentRules.from_settings(settings_now).lock_timeout_s,
+            rules=settings_now.rollout,
+            monitoring=settings_now.monitoring,
+            lock_timeout_s=settings_now.deployment.lock_timeout_s,
             now=datetime.now(UTC),
             by=JUDGED_BY,
         )

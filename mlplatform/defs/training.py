@@ -12,16 +12,15 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from mlplatform.core.data.features import FeatureRules
 from mlplatform.core.monitoring.drift import baseline_card_section
 from mlplatform.core.platform.artifacts import Bundle
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import (
+    ScoringRules,
+    Settings,
+)
 from mlplatform.core.release import registration
 from mlplatform.core.release.registration import Provenance, RegistrationRules, register_best
-from mlplatform.core.release.registry import RegistryRules
-from mlplatform.core.scoring.model import ScoringRules
 from mlplatform.core.training import evaluation, export, fit, selection
-from mlplatform.core.training.evaluation import GateRules
 from mlplatform.core.training.fit import (
     CandidateSpec,
     TrainingConfig,
@@ -31,7 +30,7 @@ from mlplatform.core.training.fit import (
 )
 from mlplatform.core.training.selection import CANDIDATES_GROUP_PREFIX, CandidateRecord, candidate_files
 from mlplatform.defs.checks import check_result
-from mlplatform.defs.execution import TRAINING_OP_TAGS, ExecutionRules, step_retry_policy
+from mlplatform.defs.execution import TRAINING_OP_TAGS, step_retry_policy
 from mlplatform.defs.io_manager import versioned_output
 from mlplatform.defs.resources import PlatformResource
 from mlplatform.defs.versions import code_version
@@ -115,9 +114,9 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
     specs = fit.candidate_specs(config)
     candidate_version = code_version([fit, export], {"training": config_fingerprint(config)})
     # Training and registering are idempotent (content-addressed), so a step that raised may run again.
-    retry_policy = step_retry_policy(ExecutionRules.from_settings(settings))
+    retry_policy = step_retry_policy(settings.execution)
     keys = {name: candidate_key(asset_name) for name, asset_name in asset_names(specs).items()}
-    scoring = ScoringRules.from_settings(settings)
+    scoring = settings.scoring
     candidates = [
         _candidate_asset(spec, keys[spec.name], config, scoring, candidate_version, retry_policy)
         for spec in specs
@@ -131,7 +130,7 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
         ins={"review_splits": dg.AssetIn(), **inputs},
         code_version=code_version(
             [selection, evaluation, registration],
-            {name: settings.section(name) for name in ("gates", "registry", "features")},
+            {"gates": settings.gates, "registry": settings.registry, "features": settings.features},
         ),
         check_specs=[
             *(
@@ -156,10 +155,10 @@ def build_training_assets(settings: Settings, config: TrainingConfig) -> list[dg
             [CandidateRecord.from_files(bundle.files) for bundle in candidates.values()],
             review_splits,
             RegistrationRules(
-                GateRules.from_settings(settings_now),
-                FeatureRules.from_settings(settings_now),
-                RegistryRules.from_settings(settings_now),
-                ScoringRules.from_settings(settings_now),
+                settings_now.gates,
+                settings_now.features,
+                settings_now.registry,
+                settings_now.scoring,
                 contract.facet_columns,
             ),
             Provenance(

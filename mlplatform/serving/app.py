@@ -63,17 +63,16 @@ from starlette.routing import Route
 from mlplatform.core.monitoring.alerts import AlertStore, raise_rollout_abort
 from mlplatform.core.monitoring.capture import CaptureError, CaptureRole, encode_capture_rows
 from mlplatform.core.platform.home import PlatformHome
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import ServingRules, Settings
 from mlplatform.core.platform.storage import location_from_settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.release.rollout import (
     Rollout,
-    RolloutRules,
     RolloutStrategy,
     abort_rollout,
     rollout_events,
 )
-from mlplatform.core.scoring.model import Contribution, ExplanationUnavailable, ScoringRules, load_model
+from mlplatform.core.scoring.model import Contribution, ExplanationUnavailable, load_model
 from mlplatform.serving.admission import ConcurrencySlots, admit_content, read_whole_body
 from mlplatform.serving.capture import CaptureConfig, CaptureState, CaptureStatus, CaptureWriter
 from mlplatform.serving.dashboard import DASHBOARD_PATH, add_dashboard_routes, endpoint_health
@@ -120,58 +119,6 @@ _CLOSE_CONNECTION = ((b"connection", b"close"),)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 
 
-@dataclass(frozen=True)
-class ServingConfig:
-    """The `[serving]` settings the request path uses."""
-
-    model_name: str
-    max_batch: int
-    explain_top_k: int
-    max_body_bytes: int
-    max_concurrency: int
-    inline_max_body_bytes: int
-    worker_threads: int
-    max_request_id_chars: int
-    header_timeout_s: float
-    body_timeout_s: float
-    swap_poll_interval_s: float
-    refused_model_retry_s: float
-    graceful_shutdown_s: float
-    capture_sample_rate: float
-    capture_durable_timeout_s: float
-    health_window_s: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ServingConfig:
-        section = settings.section("serving")
-        return cls(
-            model_name=str(section["model_name"]),
-            max_batch=int(section["max_batch"]),
-            explain_top_k=int(section["explain_top_k"]),
-            max_body_bytes=int(section["max_body_bytes"]),
-            max_concurrency=int(section["max_concurrency"]),
-            inline_max_body_bytes=int(section["inline_max_body_bytes"]),
-            worker_threads=int(section["worker_threads"]),
-            max_request_id_chars=int(section["max_request_id_chars"]),
-            header_timeout_s=float(section["header_timeout_s"]),
-            body_timeout_s=float(section["body_timeout_s"]),
-            swap_poll_interval_s=float(section["swap_poll_interval_s"]),
-            refused_model_retry_s=float(section["refused_model_retry_s"]),
-            graceful_shutdown_s=float(section["graceful_shutdown_s"]),
-            capture_sample_rate=float(section["capture_sample_rate"]),
-            capture_durable_timeout_s=float(section["capture_durable_timeout_s"]),
-            health_window_s=int(section["health_window_s"]),
-        )
-
-    @property
-    def model_path(self) -> str:
-        return f"/v2/models/{self.model_name}"
-
-    @property
-    def infer_path(self) -> str:
-        return f"{self.model_path}/infer"
-
-
 def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
@@ -183,7 +130,7 @@ def json_response(content: Any, status: int = 200) -> Response:
 class ServingState:
     """Everything one app instance owns; no module-level state."""
 
-    config: ServingConfig
+    config: ServingRules
     holder: ModelHolder
     capture: CaptureWriter
     metrics: ServingMetrics
@@ -598,7 +545,7 @@ def _json_body(example: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _inference_route_docs(config: ServingConfig) -> dict[str, Any]:
+def _inference_route_docs(config: ServingRules) -> dict[str, Any]:
     """OpenAPI entries of the raw inference routes (FastAPI only documents its own route type)."""
     responses = {
         "200": {"description": "Predictions, with the model version and the request id"},
@@ -630,7 +577,7 @@ def _inference_route_docs(config: ServingConfig) -> dict[str, Any]:
     }
 
 
-def _document_inference_routes(app: FastAPI, config: ServingConfig) -> None:
+def _document_inference_routes(app: FastAPI, config: ServingRules) -> None:
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -701,22 +648,20 @@ def create_app(
     alerts (default: the home's alert store, without a webhook; `mlplatform serve` passes the one of
     `alert_store_from_env`).
     """
-    config = ServingConfig.from_settings(settings)
-    registry = registry if registry is not None else ModelRegistry.for_home(home)
+    config = settings.serving
+    registry = registry if registry is not None else ModelRegistry.for_home(home, settings.storage)
     alert_store = alerts if alerts is not None else AlertStore.for_home(home)
     host = socket.gethostname()
     holder = ModelHolder(
         registry,
-        loader
-        if loader is not None
-        else functools.partial(load_model, rules=ScoringRules.from_settings(settings)),
+        loader if loader is not None else functools.partial(load_model, rules=settings.scoring),
         poll_interval_s=config.swap_poll_interval_s,
         refused_retry_s=config.refused_model_retry_s,
         on_candidate_refused=functools.partial(
             _abort_refused_rollout, registry, alert_store, f"endpoint {host}"
         ),
     )
-    capture_config = CaptureConfig.from_settings(settings.section("serving"))
+    capture_config = CaptureConfig.from_settings(settings.serving)
     capture_alert = StandingAlert(
         alert_store,
         kind=CAPTURE_ALERT_KIND,
@@ -740,13 +685,13 @@ def create_app(
         home.capture,
         capture_config,
         sync_file=sync_file,
-        publish_to=location_from_settings(home, settings, "capture"),
+        publish_to=location_from_settings(home, settings.storage, "capture"),
         on_sync=metrics.observe_capture_sync,
         on_state=on_capture_state,
     )
     health = HealthSources(holder.status, lambda: holder.alive, capture.status, slots)
     workers = WorkerThreads(config.worker_threads)
-    rollout_rules = RolloutRules.from_settings(settings)
+    rollout_rules = settings.rollout
     shadow = ShadowScorer(
         home,
         settings,
@@ -788,7 +733,7 @@ def create_app(
     for path, handler in inference_routes.items():  # listed in the app's routes too (RequestGate serves them)
         app.router.routes.append(Route(path, handler))
     _add_info_routes(app, state, reveal_reasons=not api_keys)
-    monitoring = settings.section("monitoring")
+    monitoring = settings.monitoring
     add_dashboard_routes(
         app,
         home,

@@ -50,7 +50,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -66,6 +66,7 @@ from mlplatform.core.monitoring.capture import (
     sealed_name,
 )
 from mlplatform.core.platform.fsio import fsync_directory
+from mlplatform.core.platform.settings import ServingRules
 from mlplatform.core.platform.storage import StorageError, StorageLocation
 
 log = logging.getLogger(__name__)
@@ -104,18 +105,19 @@ class CaptureConfig:
     retry_s: float = 1.0
 
     @classmethod
-    def from_settings(cls, serving: Mapping[str, Any]) -> CaptureConfig:
+    def from_settings(cls, serving: ServingRules) -> CaptureConfig:
+        """The writer's own names and units (seconds) for the `capture_*` keys of `[serving]`."""
         return cls(
-            fsync_max_delay_s=float(serving["capture_fsync_max_delay_ms"]) / 1000.0,
-            batch_max_records=int(serving["capture_batch_max_records"]),
-            segment_max_bytes=int(serving["capture_segment_max_bytes"]),
-            segment_max_age_s=float(serving["capture_segment_max_age_s"]),
-            preallocate_bytes=int(serving["capture_segment_preallocate_bytes"]),
-            inline_sync_max_s=float(serving["capture_inline_sync_max_ms"]) / 1000.0,
-            inline_warmup_syncs=int(serving["capture_inline_warmup_syncs"]),
-            inline_stall_s=float(serving["capture_inline_stall_ms"]) / 1000.0,
-            inline_cooldown_s=float(serving["capture_inline_cooldown_s"]),
-            retry_s=float(serving["capture_retry_s"]),
+            fsync_max_delay_s=serving.capture_fsync_max_delay_ms / 1000.0,
+            batch_max_records=serving.capture_batch_max_records,
+            segment_max_bytes=serving.capture_segment_max_bytes,
+            segment_max_age_s=serving.capture_segment_max_age_s,
+            preallocate_bytes=serving.capture_segment_preallocate_bytes,
+            inline_sync_max_s=serving.capture_inline_sync_max_ms / 1000.0,
+            inline_warmup_syncs=serving.capture_inline_warmup_syncs,
+            inline_stall_s=serving.capture_inline_stall_ms / 1000.0,
+            inline_cooldown_s=serving.capture_inline_cooldown_s,
+            retry_s=serving.capture_retry_s,
         )
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, Bun
 from mlplatform.core.platform.errors import PlatformError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import RecordsError
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import MonitoringRules, Settings
 from mlplatform.core.release.registry import PREVIOUS, PRODUCTION, ModelRegistry, RegistryError
 from mlplatform.core.release.rollout import (
     RolloutError,
@@ -67,7 +66,6 @@ READ_ERRORS = (
     AlertError,
     RecordsError,  # PostgreSQL records unreachable: the section shows the error, the page still loads
     RolloutError,
-    SettingsError,
     OSError,
     ValueError,
     KeyError,
@@ -82,30 +80,6 @@ class NoData(PlatformError, LookupError):
 
 class UnrecognisedShape(PlatformError, ValueError):
     """A stored value exists but has none of the shapes the dashboard knows how to show."""
-
-
-@dataclass(frozen=True)
-class DashboardConfig:
-    """The `[serving]` dashboard settings."""
-
-    refresh_s: float
-    max_versions: int
-    max_rows: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DashboardConfig:
-        section = settings.section("serving")
-        try:
-            config = cls(
-                refresh_s=float(section["dashboard_refresh_s"]),
-                max_versions=int(section["dashboard_max_versions"]),
-                max_rows=int(section["dashboard_max_rows"]),
-            )
-        except KeyError as exc:
-            raise SettingsError(f"settings section [serving] lacks key {exc.args[0]!r}") from None
-        if config.refresh_s <= 0 or config.max_versions < 1 or config.max_rows < 1:
-            raise SettingsError(f"[serving] dashboard values must be positive, got {config}")
-        return config
 
 
 # --- small helpers ----------------------------------------------------------------------------------
@@ -444,12 +418,12 @@ def _live_health(own_health: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def endpoint_health(metrics_text: str, monitoring_section: Mapping[str, Any], now: float) -> dict[str, Any]:
+def endpoint_health(metrics_text: str, rules: MonitoringRules, now: float) -> dict[str, Any]:
     """The endpoint's health from its own `/metrics` text (what `own_health` returns to the dashboard)."""
     numbers = system_health_numbers(metrics_text, now)
     return {
         "numbers": numbers,
-        "checks": health_outcomes(numbers, monitoring_section),
+        "checks": health_outcomes(numbers, rules),
         "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
     }
 
@@ -604,29 +578,30 @@ def _alerts(store: AlertStore, max_rows: int) -> dict[str, Any]:
 
 def dashboard_data(
     home: PlatformHome,
-    config: DashboardConfig,
+    settings: Settings,
     served: Mapping[str, Any] | None = None,
     own_health: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the dashboard shows, read from `home` now; `served` is this endpoint's own model status,
     `own_health` its own health (`endpoint_health`; None: the latest `system_health` materialization)."""
-    registry = ModelRegistry.for_home(home)
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    config = settings.serving
+    registry = ModelRegistry.for_home(home, settings.storage)
+    store = ArtifactStore.from_settings(home, settings.storage)
     health = (lambda: _live_health(own_health)) if own_health is not None else (lambda: _system_health(store))
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "refresh_s": config.refresh_s,
+        "refresh_s": config.dashboard_refresh_s,
         "production": _section(lambda: _production(registry, served)),
-        "models": _section(lambda: _models(registry, config.max_versions)),
-        "registry_events": _section(lambda: _registry_events(registry, config.max_rows)),
+        "models": _section(lambda: _models(registry, config.dashboard_max_versions)),
+        "registry_events": _section(lambda: _registry_events(registry, config.dashboard_max_rows)),
         "materializations": _section(lambda: _materializations(store)),
-        "drift": _section(lambda: _drift(store, config.max_versions)),
-        "live_quality": _section(lambda: _live_quality(store, config.max_versions)),
-        "flagged_products": _section(lambda: _flagged_products(store, config.max_rows)),
+        "drift": _section(lambda: _drift(store, config.dashboard_max_versions)),
+        "live_quality": _section(lambda: _live_quality(store, config.dashboard_max_versions)),
+        "flagged_products": _section(lambda: _flagged_products(store, config.dashboard_max_rows)),
         "system_health": _section(health),
-        "rollout": _section(lambda: _rollout(registry, store, config.max_rows)),
+        "rollout": _section(lambda: _rollout(registry, store, config.dashboard_max_rows)),
         "bias_drift": _section(lambda: _bias_drift(store)),
-        "alerts": _section(lambda: _alerts(AlertStore.for_home(home), config.max_rows)),
+        "alerts": _section(lambda: _alerts(AlertStore.for_home(home), config.dashboard_max_rows)),
     }
 
 
@@ -642,7 +617,6 @@ def add_dashboard_routes(
 
     API keys, when configured, gate both like every non-health route (the app's RequestGate does it).
     """
-    config = DashboardConfig.from_settings(settings)
     page = PAGE_FILE.read_bytes()  # read once at start-up: a missing page fails the app, not a request
     headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-store"}
 
@@ -655,7 +629,7 @@ def add_dashboard_routes(
         # The endpoint's own figures on the loop (where its metrics are kept), then file reads and a few
         # small artifact loads off it, so inference is never held up.
         health = own_health() if own_health is not None else None
-        data = await anyio.to_thread.run_sync(dashboard_data, home, config, served().to_dict(), health)
+        data = await anyio.to_thread.run_sync(dashboard_data, home, settings, served().to_dict(), health)
         return Response(
             json.dumps(data, allow_nan=False).encode(),
             media_type="application/json",

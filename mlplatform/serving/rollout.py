@@ -245,7 +245,7 @@ class ShadowScorer:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of the endpoint's state
         self._process = context.Process(
             target=run_shadow_worker,
-            args=(worker, str(self._home.root), dict(self._settings.values), self._batch_s, self._nice),
+            args=(worker, str(self._home.root), self._settings, self._batch_s, self._nice),
             name="mlplatform-shadow",
             daemon=True,
         )
@@ -296,7 +296,7 @@ class ShadowScorer:
 
 
 def run_shadow_worker(
-    connection: socket.socket, home_root: str, settings_values: dict[str, Any], batch_s: float, nice: int
+    connection: socket.socket, home_root: str, settings: Settings, batch_s: float, nice: int
 ) -> None:
     """The shadow worker process: score what the endpoint hands over until STOP or the endpoint is gone."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s shadow: %(message)s")
@@ -304,7 +304,7 @@ def run_shadow_worker(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(nice)
-    asyncio.run(_serve(connection, PlatformHome.at(Path(home_root)), Settings(settings_values), batch_s))
+    asyncio.run(_serve(connection, PlatformHome.at(Path(home_root)), settings, batch_s))
 
 
 async def _serve(connection: socket.socket, home: PlatformHome, settings: Settings, batch_s: float) -> None:
@@ -312,11 +312,11 @@ async def _serve(connection: socket.socket, home: PlatformHome, settings: Settin
     loop = asyncio.get_running_loop()
     capture = CaptureWriter(
         home.capture,
-        CaptureConfig.from_settings(settings.section("serving")),
-        publish_to=location_from_settings(home, settings, "capture"),
+        CaptureConfig.from_settings(settings.serving),
+        publish_to=location_from_settings(home, settings.storage, "capture"),
     )
     capture.start()
-    models = _Candidates(ModelRegistry.for_home(home), ScoringRules.from_settings(settings))
+    models = _Candidates(ModelRegistry.for_home(home, settings.storage), settings.scoring)
     buffer = bytearray(SOCKET_BUFFER_BYTES)
 
     async def receive(timeout_s: float | None) -> bytes | None:

@@ -5,7 +5,8 @@ unreachable) the server would only fail inside the app's startup, with a traceba
 reads the production alias once first and refuses to start with one line (`ServeError`), and both
 entry points exit 1: a supervisor (systemd, Kubernetes) restarts it as it would any failed start, and
 nobody is shown a server that can never become ready. Once running, a database outage does not stop
-the endpoint: the model it serves stays, and the holder's poll retries the registry.
+the endpoint: the model it serves stays, and the holder's poll retries the registry. The settings are
+loaded once, first (`mlplatform serve` or `main`): a bad one is refused the same way, in one line.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mlplatform.core.platform.records import RecordsError
 from mlplatform.core.platform.reporting import one_line, secrets_of
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.serving.app import ServingConfig, create_app
+from mlplatform.serving.app import create_app
 from mlplatform.serving.connection import with_header_deadline
 from mlplatform.serving.model_holder import ModelHolder
 
@@ -52,22 +53,20 @@ class _ReadinessFirstServer(uvicorn.Server):
 
 
 def run_server(
-    home: PlatformHome, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: Settings | None = None
+    home: PlatformHome, settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 ) -> None:
-    """Serve the production model of `home` until SIGINT/SIGTERM; API keys come from MLPLATFORM_API_KEYS
-    (ApiKeysError, before anything starts, when it is set but names no key)."""
+    """Serve the production model of `home` by `settings` until SIGINT/SIGTERM; API keys come from
+    MLPLATFORM_API_KEYS (ApiKeysError, before anything starts, when it is set but names no key)."""
     api_keys = api_keys_from_env(os.environ)
-    settings = settings if settings is not None else Settings.load(home.settings_file)
     home.ensure()
-    registry = ModelRegistry.for_home(home)
+    registry = ModelRegistry.for_home(home, settings.storage)
     try:
         registry.production_pointer()  # the registry answers, or the endpoint does not start
     except RecordsError as exc:
         raise ServeError(f"the endpoint cannot start: {exc}") from None
-    app = create_app(
-        home, settings, api_keys=api_keys, registry=registry, alerts=alert_store_from_env(home, os.environ)
-    )
-    serving = ServingConfig.from_settings(settings)
+    alerts = alert_store_from_env(home, os.environ, settings.alerts)
+    app = create_app(home, settings, api_keys=api_keys, registry=registry, alerts=alerts)
+    serving = settings.serving
     config = uvicorn.Config(
         app,
         host=host,
@@ -91,10 +90,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = PlatformHome.from_env()
+    settings: Settings | None = None
     try:
-        run_server(home, args.host, args.port)
+        settings = Settings.load(home.settings_file)  # a bad setting: one line, before anything starts
+        run_server(home, settings, args.host, args.port)
     except Exception as exc:  # as the CLI reports it: one line on stderr, exit 1
-        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home))}", file=sys.stderr)
+        storage = settings.storage if settings is not None else None
+        print(f"error: {one_line(exc, home.root / 'logs', secrets_of(home, storage))}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -7,6 +7,7 @@ import dagster as dg
 import pytest
 
 from mlplatform.core.monitoring.alerts import FIRING, RESOLVED, AlertStore
+from mlplatform.core.platform.settings import Settings
 from mlplatform.defs.alerting import record_run_alerts, step_outcomes
 from mlplatform.instance import open_instance
 
@@ -48,18 +49,18 @@ def test_a_manual_success_of_another_asset_leaves_the_training_failure_alert_sta
     BROKEN["training"] = True
     with open_instance(home) as instance:
         failed = _run(instance, trained)  # the automation run: training fails
-        (alert,) = record_run_alerts(home, instance, [failed], store)
+        (alert,) = record_run_alerts(home, Settings.packaged(), instance, [failed], store)
         assert (alert.key, alert.source) == ("step:trained", "trained")
         assert "out of memory while fitting" in alert.message and failed in alert.message
 
         manual = _run(instance, reviews)  # someone materialises reviews in the UI: same job, success
         assert instance.get_run_by_id(manual).job_name == instance.get_run_by_id(failed).job_name
-        assert record_run_alerts(home, instance, [manual], store) == []
+        assert record_run_alerts(home, Settings.packaged(), instance, [manual], store) == []
         assert _states(store) == {"step:trained": FIRING}
 
         BROKEN["training"] = False
         fixed = _run(instance, trained)  # training succeeds again: its alert clears
-        record_run_alerts(home, instance, [fixed], store)
+        record_run_alerts(home, Settings.packaged(), instance, [fixed], store)
         assert _states(store) == {"step:trained": RESOLVED}
 
 

@@ -66,7 +66,11 @@ class SlowFollowingEndpoint(EndpointResource):
         return "fake://slow-endpoint"
 
     def reported_version(self) -> str | None:
-        return ModelRegistry.for_home(PlatformHome.at(Path(self.home))).aliases().get(PRODUCTION)
+        return (
+            ModelRegistry.for_home(PlatformHome.at(Path(self.home)), Settings.packaged().storage)
+            .aliases()
+            .get(PRODUCTION)
+        )
 
     def _log(self, event: str, version: str) -> None:
         with open(self.log_path, "a") as log:  # one short O_APPEND write per line: lines never interleave
@@ -127,7 +131,7 @@ def _deploy_repeatedly(home_root: str, version: str, log_path: str, barrier) -> 
 
 def _home_with_two_approved_versions(home: PlatformHome, lock_timeout_s: float) -> ModelRegistry:
     home.settings_file.write_text(SETTINGS.format(lock_timeout_s=lock_timeout_s))
-    registry = ModelRegistry.for_home(home)
+    registry = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
     for name, onnx in MODELS.items():
         assert registry.register(onnx, {}, {"macro_f1": 0.7}).version == name
         registry.approve(name, by="test")

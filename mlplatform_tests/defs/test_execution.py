@@ -7,14 +7,12 @@ import signal
 import dagster as dg
 import pytest
 
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import Executor, SettingsError
 from mlplatform.core.training.fit import load_training_config
 from mlplatform.definitions import BATCH_JOB, INGEST_JOB, MONITORING_JOB, PIPELINE_JOB, build_definitions
 from mlplatform.defs.execution import (
     DEPLOYMENT_POOL,
-    EXECUTORS,
     TRAINING_OP_TAGS,
-    ExecutionSettingsError,
     execute,
 )
 from mlplatform.defs.training import build_training_assets
@@ -33,7 +31,7 @@ from mlplatform_tests.defs.execution_support import (
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("executor", list(Executor))
 def test_the_pipeline_job_runs_with_the_configured_executor_and_the_other_jobs_in_process(home, executor):
     write_execution_settings(home, executor=executor)
     defs = build_definitions(home)
@@ -45,7 +43,8 @@ def test_the_pipeline_job_runs_with_the_configured_executor_and_the_other_jobs_i
 def test_an_unknown_executor_is_refused_naming_the_choices(home):
     write_execution_settings(home, executor="spark")
     with pytest.raises(
-        ExecutionSettingsError, match=r"executor = 'spark' is not one of in_process, multiprocess, dask"
+        SettingsError,
+        match=r"^\[execution\] executor: must be one of 'in_process', 'multiprocess' or 'dask', got 'spark'",
     ):
         build_definitions(home)
 
@@ -61,7 +60,9 @@ def test_an_unknown_executor_is_refused_naming_the_choices(home):
 )
 def test_a_limit_below_its_floor_is_refused(home, key, value):
     write_execution_settings(home, **{key: value})
-    with pytest.raises(ExecutionSettingsError, match=rf"\[execution\] {key} = {value} must be at least"):
+    with pytest.raises(
+        SettingsError, match=rf"^\[execution\] {key}: must (be positive|not be negative), got {value}"
+    ):
         build_definitions(home)
 
 
@@ -80,9 +81,7 @@ def test_deployment_claims_the_pool_and_only_idempotent_steps_retry(home):
 
 
 def test_no_retry_policy_when_step_retries_are_off(settings):
-    no_retries = Settings(
-        {**settings.values, "execution": {**settings.section("execution"), "max_step_retries": 0}}
-    )
+    no_retries = settings.with_overrides({"execution": {"max_step_retries": 0}})
     assets = build_training_assets(no_retries, load_training_config(None))
     assert all(asset.op.retry_policy is None for asset in assets)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -10,8 +9,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from mlplatform.core.platform.settings import ExecutionRules
 from mlplatform.definitions import PIPELINE_JOB, build_definitions
-from mlplatform.defs.execution import ExecutionRules, execute, executor_definition
+from mlplatform.defs.execution import execute, executor_definition
 from mlplatform.instance import open_instance
 from mlplatform.runner import QUIET_CONSOLE
 from mlplatform_tests.defs.execution_support import (
@@ -34,11 +34,11 @@ def _resolved_config(rules: ExecutionRules) -> dict:
 
 
 def test_an_empty_scheduler_address_starts_a_local_cluster_of_processes(settings):
-    rules = dataclasses.replace(ExecutionRules.from_settings(settings), executor="dask", max_concurrent=3)
+    rules = settings.execution.replace(executor="dask", max_concurrent=3)
     local = _resolved_config(rules)["cluster"]["local"]
     assert local["processes"] is True and local["n_workers"] == 3 and local["threads_per_worker"] == 1
 
-    remote = dataclasses.replace(rules, dask_scheduler_address="tcp://10.0.0.5:8786")
+    remote = rules.replace(dask_scheduler_address="tcp://10.0.0.5:8786")
     assert _resolved_config(remote)["cluster"] == {"existing": {"address": "tcp://10.0.0.5:8786"}}
 
 

@@ -30,7 +30,7 @@ from mlplatform.core.monitoring.drift import (
     version_drift,
 )
 from mlplatform.core.monitoring.health import NO_ENDPOINT, health_outcomes, system_health_numbers
-from mlplatform.core.monitoring.rules import DRIFT_METRICS, MonitoringRules
+from mlplatform.core.monitoring.rules import DRIFT_METRICS
 from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
@@ -286,12 +286,12 @@ def _baseline_of(splits: pl.DataFrame, card: dict, vocabulary: ModelVocabulary) 
 
 
 def test_a_version_is_judged_against_its_own_training_texts_after_the_splits_moved_on(home, tmp_path):
-    registry = ModelRegistry.for_home(home)
+    registry = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
     production = registry.production()
     version, card = production.version, production.card
     vocabulary = ModelVocabulary.from_onnx(onnx.load(str(registry.verify(version))))
     _, trained_on = recorded_splits(
-        ArtifactStore.from_settings(home, Settings.load(home.settings_file)), card
+        ArtifactStore.from_settings(home, Settings.load(home.settings_file).storage), card
     )
     assert TrainingBaseline.from_dict(card[BASELINE_CARD_KEY]) == _baseline_of(trained_on, card, vocabulary)
 
@@ -317,7 +317,7 @@ def test_a_version_is_judged_against_its_own_training_texts_after_the_splits_mov
 
 
 def test_a_version_without_a_recorded_baseline_uses_its_split_version_or_says_it_has_none(home, settings):
-    registry = ModelRegistry.for_home(home)
+    registry = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
     version = registry.production().version
     recorded = TrainingBaseline.from_dict(registry.get(version).card[BASELINE_CARD_KEY])
     card_file = home.registry / "versions" / version / "card.json"
@@ -328,7 +328,7 @@ def test_a_version_without_a_recorded_baseline_uses_its_split_version_or_says_it
     rows = pl.DataFrame(
         {"model_version": [version] * 200, "text": ["fits well"] * 200, "label": ["positive"] * 200}
     )
-    rules = MonitoringRules.from_settings(Settings.load(home.settings_file))
+    rules = Settings.load(home.settings_file).monitoring
     store = ArtifactStore(home.artifacts)
 
     assert drift_baseline(store, registry, version).training == recorded  # from its recorded split version
@@ -350,13 +350,10 @@ def test_system_health_reads_the_endpoint_metrics(home):
     numbers = system_health_numbers(text, now=1e12)
     assert numbers["requests"] >= 1 and numbers["error_rate"] == 0.0
     assert 0 < numbers["p50_latency_ms"] <= numbers["p99_latency_ms"]
-    outcomes = {
-        o.name: o for o in health_outcomes(numbers, Settings.load(home.settings_file).section("monitoring"))
-    }
+    rules = Settings.load(home.settings_file).monitoring
+    outcomes = {o.name: o for o in health_outcomes(numbers, rules)}
     assert outcomes["error_rate"].passed
-    slow = health_outcomes(
-        {**numbers, "p99_latency_ms": 10_000.0}, {"max_error_rate": 0.01, "max_p99_latency_ms": 500}
-    )
+    slow = health_outcomes({**numbers, "p99_latency_ms": 10_000.0}, rules.replace(max_p99_latency_ms=500.0))
     assert not slow[1].passed and slow[1].severity == "ERROR"
 
 
@@ -390,7 +387,7 @@ def test_the_run_failure_sensor_alerts_on_a_failed_run(tmp_path):
         dagster_instance=instance,
         dagster_run=instance.get_run_by_id(result.run_id),
     ).for_run_failure()
-    sensors = {sensor.name: sensor for sensor in build_alert_sensors(home)}
+    sensors = {sensor.name: sensor for sensor in build_alert_sensors(home, Settings.load(home.settings_file))}
     assert sensors["alerts_on_run_failure"].default_status == dg.DefaultSensorStatus.RUNNING
     sensors["alerts_on_run_failure"](context)
     (alert,) = AlertStore(home.alerts).list()

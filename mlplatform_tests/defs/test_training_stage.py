@@ -79,10 +79,7 @@ def test_first_model_is_judged_by_value_thresholds_registered_and_approved(home,
     assert _check(instance, "best_model", "quality_bar").passed
     # Checks that judge numbers carry them and their bounds, nested values as flat keys.
     fairness = _check(instance, "best_model", "fairness_gap").metadata
-    assert (
-        fairness["max_recall_gap"].value
-        == Settings.load(home.settings_file).section("gates")["max_recall_gap"]
-    )
+    assert fairness["max_recall_gap"].value == Settings.load(home.settings_file).gates.max_recall_gap
     assert any(key.startswith("gaps/") and key.endswith("/max_recall_gap") for key in fairness)
     quality = _check(instance, "best_model", "quality_bar").metadata
     assert {"recall/negative", "min_class_recall/negative", "macro_f1", "min_macro_f1"} <= quality.keys()

@@ -24,6 +24,7 @@ from mlplatform.core.monitoring.alerts import AlertStore
 from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.monitoring.lineage import prediction_lineage
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.instance import prepare_instance, workspace_file
 from mlplatform_tests.integration.processes import free_port, start, stop, wait_until
@@ -123,7 +124,9 @@ def test_land_train_deploy_quarantine_redeploy_and_trace(running_platform, real_
     answer = _predict(port, "e2e-trace-1", "The zipper broke the first time I wore it. Returning it.")
     assert answer["model_version"] == new_version
     chain = wait_until(
-        lambda: prediction_lineage(home, "e2e-trace-1", read_capture(home.capture)),
+        lambda: prediction_lineage(
+            home, Settings.load(home.settings_file).storage, "e2e-trace-1", read_capture(home.capture)
+        ),
         30,
         "the captured request",
     )

@@ -83,7 +83,7 @@ def test_data_stage_with_lake_and_artifacts_on_s3(s3_endpoint: str, tmp_path: Pa
         assert fs.exists(f"{BUCKET}/lake/raw/{digest}.json")
 
     # every version is in the bucket, loads back, and its bytes have its hash
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file).storage)
     assert store.assets() == ["raw_reviews", "review_splits", "reviews"]
     assert sorted(store.partitions("raw_reviews")) == hashes
     for asset in ("raw_reviews", "reviews", "review_splits"):

@@ -18,7 +18,7 @@ from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.deploy import SMOKE_CASES
 from mlplatform.core.release.registry import APPROVED, IntegrityError, ModelRegistry
-from mlplatform.core.scoring.model import ScoringRules, load_model
+from mlplatform.core.scoring.model import load_model
 from mlplatform.runner import run_pending
 from mlplatform_tests.integration.test_object_store import BUCKET, s3_endpoint  # noqa: F401 (a fixture)
 
@@ -45,7 +45,7 @@ def test_registry_lifecycle_on_s3(tmp_path: Path) -> None:
     fs = s3fs.S3FileSystem()
     fs.mkdir(BUCKET)
     home = _home_on_s3(tmp_path)
-    registry = ModelRegistry.for_home(home)
+    registry = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
 
     for tag in ("a", "b"):
         version = registry.register(f"model-{tag}".encode() * 100, {"name": tag}, METRICS, card_markdown=tag)
@@ -85,7 +85,7 @@ def test_the_pipeline_trains_registers_and_deploys_with_everything_on_s3(
 
     assert report.exit_code == 0, report.blocked
     assert {"best_model", "sentiment_endpoint"} <= set(report.materialized)
-    registry = ModelRegistry.for_home(home)
+    registry = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
     production = registry.production()
     assert production is not None and production.version == "v1"
     assert fs.exists(f"{BUCKET}/registry/versions/v1/meta.json")
@@ -95,7 +95,7 @@ def test_the_pipeline_trains_registers_and_deploys_with_everything_on_s3(
     assert _local_files(home.artifacts) == []
 
     # the production model loads from the local cache and scores
-    model = load_model(production.onnx_path, production.sha256, ScoringRules.from_settings(Settings.load()))
+    model = load_model(production.onnx_path, production.sha256, Settings.load().scoring)
     assert production.onnx_path.parent == registry.cache_dir
     prediction = model.predict([case.text for case in SMOKE_CASES])
     labels, probabilities = prediction.labels, prediction.probabilities
@@ -103,7 +103,7 @@ def test_the_pipeline_trains_registers_and_deploys_with_everything_on_s3(
     assert probabilities.shape == (len(SMOKE_CASES), 3)
 
     # the deployment record and the best model are artifacts in the bucket
-    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file))
+    store = ArtifactStore.from_settings(home, Settings.load(home.settings_file).storage)
     assert store.load(store.latest("sentiment_endpoint"))["production"] == "v1"
     assert store.latest("best_model").path.startswith(f"s3://{BUCKET}/artifacts/best_model/")
 

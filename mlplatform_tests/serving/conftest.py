@@ -94,9 +94,7 @@ def damage_model_file(registry: ModelRegistry, version: str, how: str) -> None:
 
 def with_serving(settings: Settings, **overrides: object) -> Settings:
     """The settings with some `[serving]` keys replaced."""
-    values = dict(settings.values)
-    values["serving"] = {**settings.section("serving"), **overrides}
-    return Settings(values)
+    return settings.with_overrides({"serving": overrides})
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -11,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlplatform.core.monitoring.alerts import AlertStore
-from mlplatform.core.monitoring.bias_drift import BiasDriftRules, bias_drift
+from mlplatform.core.monitoring.bias_drift import bias_drift
 from mlplatform.core.monitoring.product_report import to_safe_csv
 from mlplatform.core.monitoring.rollout_judgement import RolloutJudgement, RolloutRound
 from mlplatform.core.monitoring.rules import MonitorOutcome
@@ -29,7 +28,7 @@ from mlplatform.core.release.rollout import (
     start_rollout,
 )
 from mlplatform.serving.app import create_app
-from mlplatform.serving.dashboard import DashboardConfig, dashboard_data
+from mlplatform.serving.dashboard import dashboard_data
 from mlplatform_tests.serving.conftest import deploy, register
 
 SECTIONS = (
@@ -85,15 +84,11 @@ def client(home: PlatformHome, fast_settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def config(settings: Settings) -> DashboardConfig:
-    return DashboardConfig.from_settings(settings)
-
-
 def test_fresh_home_shows_every_section_as_empty(home: PlatformHome, settings: Settings) -> None:
-    data = dashboard_data(home, config(settings))
+    data = dashboard_data(home, settings)
 
     assert {name: data[name]["state"] for name in SECTIONS} == dict.fromkeys(SECTIONS, "empty")
-    assert data["refresh_s"] == settings.section("serving")["dashboard_refresh_s"]
+    assert data["refresh_s"] == settings.serving.dashboard_refresh_s
 
 
 def test_page_and_data_routes_on_a_fresh_home(client: TestClient) -> None:
@@ -119,7 +114,7 @@ def test_promoted_model_shows_version_since_metrics_and_gates(
     registry.approve(second, by="test")
     registry.promote(second, by="test")
 
-    data = dashboard_data(home, config(settings), served={"version": second, "ready": True})
+    data = dashboard_data(home, settings, served={"version": second, "ready": True})
 
     production = data["production"]
     assert (production["state"], production["version"], production["previous"]) == ("ok", second, first)
@@ -149,7 +144,7 @@ def test_versions_of_other_classes_chart_their_own_classes(
         }
     }
     registry.register(tiny_models[1], card=two, metrics={"macro_f1": 0.9})
-    versions = dashboard_data(home, config(settings))["models"]["versions"]
+    versions = dashboard_data(home, settings)["models"]["versions"]
     assert [model["per_class_recall"] for model in versions] == [
         {"negative": 0.6, "neutral": 0.5, "positive": 0.9},
         {"bad": 0.8, "good": 0.95},
@@ -211,7 +206,7 @@ def test_monitoring_artifacts_and_alerts_are_shown(home: PlatformHome, settings:
     )
     AlertStore(home.alerts).raise_alert("drift", "ERROR", "drift_report", "length drifted", key="k1")
 
-    data = dashboard_data(home, config(settings))
+    data = dashboard_data(home, settings)
 
     drift = data["drift"]["reports"][0]
     assert (drift["model_version"], drift["run_id"]) == ("v1", "run-drift")
@@ -248,7 +243,7 @@ def test_monitoring_artifacts_and_alerts_are_shown(home: PlatformHome, settings:
 def test_an_artifact_of_unknown_shape_is_an_error_not_no_data(home: PlatformHome, settings: Settings) -> None:
     ArtifactStore(home.artifacts).put("drift_report", None, encode(b"not a report"))
 
-    drift = dashboard_data(home, config(settings))["drift"]
+    drift = dashboard_data(home, settings)["drift"]
 
     assert drift["state"] == "error"
     assert "bytes" in drift["error"]
@@ -270,7 +265,7 @@ def test_records_that_cannot_be_read_are_an_error_of_their_section(
     home.alerts.mkdir(parents=True, exist_ok=True)
     (home.alerts / RECORDS_MARKER).write_text('{"backend": "postgresql", "name": "alerts"}')
 
-    data = dashboard_data(home, config(settings))
+    data = dashboard_data(home, settings)
 
     assert data["alerts"]["state"] == "error"
     assert "live in PostgreSQL" in data["alerts"]["error"]
@@ -311,7 +306,7 @@ def test_a_running_canary_shows_who_answers_what_its_judgement_and_both_versions
     store.put("rollout", None, encode(_round(rollout)))
     store.put("rollout", None, encode({"rollout": None, "action": None, "reason": "no rollout is running"}))
 
-    section = dashboard_data(home, config(settings))["rollout"]
+    section = dashboard_data(home, settings)["rollout"]
 
     running = section["running"]
     assert (running["strategy"], running["candidate"], running["production"]) == ("canary", candidate, "v1")
@@ -340,7 +335,7 @@ def test_after_a_rollout_the_section_says_none_runs_and_keeps_its_events(
     start_rollout(registry, RolloutStrategy.SHADOW, register(registry, tiny_models[1]), by="alice")
     abort_rollout(registry, None, by="bob", reason="enough", automatic=False)
 
-    section = dashboard_data(home, config(settings))["rollout"]
+    section = dashboard_data(home, settings)["rollout"]
 
     assert section["running"] is None
     assert [event["event"] for event in section["events"]] == ["rollout_aborted", "rollout_started"]
@@ -364,7 +359,7 @@ def test_bias_drift_shows_each_facet_its_source_and_the_rates_of_the_class_that_
             "values": {v: {"rows": 200, "predicted_rate": rates} for v in ("Dresses", "Tops")}
         }
     }
-    rules = dataclasses.replace(BiasDriftRules.from_settings(settings), min_rows=30)
+    rules = settings.monitoring.bias_drift.replace(min_rows=30)
     report = bias_drift(
         log,
         None,
@@ -377,7 +372,7 @@ def test_bias_drift_shows_each_facet_its_source_and_the_rates_of_the_class_that_
     )
     ArtifactStore(home.artifacts).put("bias_drift", None, encode(report.to_dict()))
 
-    section = dashboard_data(home, config(settings))["bias_drift"]
+    section = dashboard_data(home, settings)["bias_drift"]
 
     department, age = section["facets"]
     assert (department["source"], department["charted_class"]) == ("request", "negative")

@@ -159,9 +159,7 @@ def test_a_stuck_shadow_delays_no_answer_and_what_it_cannot_hold_is_recorded_as_
     home, registry, serving, fast_settings
 ):
     start(registry, "shadow")
-    settings = Settings(
-        {**fast_settings.values, "rollout": {**fast_settings.section("rollout"), "shadow_queue_max": 2}}
-    )
+    settings = fast_settings.with_overrides({"rollout": {"shadow_queue_max": 2}})
     client = serving(settings=settings)
     wait_until(lambda: holder(client).candidate is not None)
     assert predict(client, "lovely dress").status_code == 200

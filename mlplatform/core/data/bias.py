@@ -38,9 +38,10 @@ from mlplatform.core.data.contract import LabelRule
 from mlplatform.core.data.features import js_divergence
 from mlplatform.core.data.quality import CheckOutcome
 from mlplatform.core.platform.errors import UserError
+from mlplatform.core.platform.settings import BiasBounds
 
-METRICS: tuple[str, ...] = ("class_imbalance", "dpl", "kl", "js", "tvd", "ks")
-"""Metric names; they are also the keys of `[features.bias_warn]`."""
+METRICS: tuple[str, ...] = tuple(BiasBounds.model_fields)
+"""Metric names: the keys of `[features.bias_warn]` (`BiasBounds`)."""
 
 KL_EPSILON = 1e-6
 BIAS_CHECK = "pretraining_bias"

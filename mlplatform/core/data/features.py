@@ -43,7 +43,7 @@ from mlplatform.core.data.quality import CheckOutcome, MetadataValue
 from mlplatform.core.data.schema import normalised_dtypes
 from mlplatform.core.data.text import prepare_texts
 from mlplatform.core.platform.errors import UserError
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import FeatureRules
 
 UNKNOWN_BAND = "unknown"
 LABEL_DISTRIBUTION_CHECK = "label_distribution"
@@ -53,29 +53,6 @@ DERIVED_COLUMNS: tuple[str, ...] = ("review_id", "drop_hash", SOURCE_ROW, "text"
 
 class FeaturesError(UserError, ValueError):
     """The drops cannot be turned into the reviews table (bad input or bad rules)."""
-
-
-@dataclass(frozen=True)
-class FeatureRules:
-    """The `[features]` settings: the thresholds that judge the data (the contract describes it)."""
-
-    min_facet_rows: int
-    label_shift_warn_js: float
-    bias_warn: Mapping[str, float]
-
-    def __post_init__(self) -> None:
-        if self.min_facet_rows < 1:
-            raise FeaturesError(f"[features].min_facet_rows must be at least 1, got {self.min_facet_rows}")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FeatureRules:
-        """Read the `[features]` section (and its `bias_warn` table)."""
-        section = settings.section("features")
-        return cls(
-            min_facet_rows=int(section["min_facet_rows"]),
-            label_shift_warn_js=float(section["label_shift_warn_js"]),
-            bias_warn={name: float(bound) for name, bound in section["bias_warn"].items()},
-        )
 
 
 @dataclass(frozen=True)

@@ -417,8 +417,8 @@ class Lake:
         """The lake with the deployment's `[lake]` settings and `[storage] lake` location."""
         return cls(
             home.ensure(),
-            settle_seconds=float(settings.section("lake")["settle_seconds"]),
-            location=location_from_settings(home, settings, "lake"),
+            settle_seconds=settings.lake.settle_seconds,
+            location=location_from_settings(home, settings.storage, "lake"),
         )
 
     # ------------------------------------------------------------------------------------- layout

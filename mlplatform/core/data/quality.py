@@ -24,7 +24,7 @@ and every verdict and reason is the same for any chunk size.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,7 @@ from mlplatform.core.data.schema import (
     iter_drop,
     repeated_masks,
 )
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import IngestRules
 
 COMPLETENESS_CHECK = "completeness"
 DUPLICATES_CHECK = "duplicates"
@@ -56,44 +56,6 @@ _MAX_DUPLICATE_EXAMPLES = 3
 _HASH_SEEDS = (0x6D6C70, 0x6C6174)  # two independent 64-bit row hashes: collisions out of reach
 
 MetadataValue = float | int | str
-
-
-@dataclass(frozen=True)
-class IngestRules:
-    """The thresholds of the blocking checks and the validation chunk size, from settings section [ingest]."""
-
-    max_missing_text_share: float
-    max_duplicate_row_share: float
-    min_rows: int
-    chunk_rows: int = 50_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_missing_text_share", "max_duplicate_row_share"):
-            share = getattr(self, name)
-            if not 0.0 <= share <= 1.0:
-                raise SettingsError(f"[ingest].{name} must be a share between 0 and 1, got {share}")
-        if self.min_rows < 0:
-            raise SettingsError(f"[ingest].min_rows must not be negative, got {self.min_rows}")
-        if self.chunk_rows < 1:
-            raise SettingsError(f"[ingest].chunk_rows must be at least 1, got {self.chunk_rows}")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> IngestRules:
-        """Read the rules from section [ingest] of the platform settings."""
-        return cls.from_mapping(settings.section("ingest"))
-
-    @classmethod
-    def from_mapping(cls, section: Mapping[str, Any]) -> IngestRules:
-        """Build the rules from the keys of an [ingest] section."""
-        try:
-            return cls(
-                max_missing_text_share=float(section["max_missing_text_share"]),
-                max_duplicate_row_share=float(section["max_duplicate_row_share"]),
-                min_rows=int(section["min_rows"]),
-                chunk_rows=int(section["chunk_rows"]),
-            )
-        except KeyError as exc:
-            raise SettingsError(f"settings section [ingest] lacks key {exc.args[0]!r}") from None
 
 
 @dataclass(frozen=True)

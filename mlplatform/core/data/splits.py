@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import polars as pl
 
 from mlplatform.core.data.quality import CheckOutcome, MetadataValue
 from mlplatform.core.platform.errors import UserError
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import SplitRules
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 _POSITION_BYTES = 8
@@ -27,46 +26,6 @@ CLASS_COVERAGE_CHECK = "class_coverage"
 
 class SplitError(UserError, ValueError):
     """Splits cannot be assigned or checked for this input."""
-
-
-@dataclass(frozen=True)
-class SplitRules:
-    """The `[splits]` settings."""
-
-    validation_share: float
-    test_share: float
-    proportion_tolerance: float
-    salt: str
-    proportion_sigmas: float = 4.0
-
-    def __post_init__(self) -> None:
-        shares = (self.validation_share, self.test_share)
-        if any(not 0 < share < 1 for share in shares) or sum(shares) >= 1:
-            raise SplitError(
-                f"[splits] validation_share {self.validation_share} and test_share {self.test_share} "
-                "must each be in (0, 1) and leave a share for train"
-            )
-        if not 0 <= self.proportion_tolerance < 1:
-            raise SplitError(
-                f"[splits].proportion_tolerance must be in [0, 1), got {self.proportion_tolerance}"
-            )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SplitRules:
-        """Read the `[splits]` section."""
-        section = settings.section("splits")
-        return cls(
-            validation_share=float(section["validation_share"]),
-            test_share=float(section["test_share"]),
-            proportion_tolerance=float(section["proportion_tolerance"]),
-            salt=str(section["salt"]),
-            proportion_sigmas=float(section["proportion_sigmas"]),
-        )
-
-    def target_shares(self) -> dict[str, float]:
-        """The intended share of each split."""
-        train = 1.0 - self.validation_share - self.test_share
-        return {"train": train, "validation": self.validation_share, "test": self.test_share}
 
 
 def split_position(review_id: str, salt: str) -> float:

@@ -37,7 +37,7 @@ from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import FileRecords, Records, open_records
 from mlplatform.core.platform.redaction import redact_url
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import AlertRules
 
 WEBHOOK_ENV = "MLPLATFORM_ALERT_WEBHOOK"
 ALERT_LOG = "alerts.jsonl"
@@ -50,25 +50,6 @@ _SLACK_COLOURS = {"ERROR": "#d93f0b", "WARN": "#fbca04", RESOLVED: "#2eb886"}
 
 class AlertError(UserError, ValueError):
     """An alert is malformed (severity, kind, source or key) or its webhook URL is not http(s)."""
-
-
-@dataclass(frozen=True)
-class AlertRules:
-    """The `[alerts]` settings."""
-
-    webhook_timeout_s: float
-    max_message_chars: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AlertRules:
-        section = settings.section("alerts")
-        try:
-            rules = cls(float(section["webhook_timeout_s"]), int(section["max_message_chars"]))
-        except KeyError as exc:
-            raise SettingsError(f"settings section [alerts] lacks key {exc.args[0]!r}") from None
-        if rules.webhook_timeout_s <= 0 or rules.max_message_chars < 1:
-            raise SettingsError(f"[alerts] values must be positive, got {rules}")
-        return rules
 
 
 @dataclass(frozen=True)
@@ -238,12 +219,12 @@ def _firing(alerts: Iterable[Alert], key: str) -> Alert | None:
     return next((alert for alert in alerts if alert.key == key and alert.state == FIRING), None)
 
 
-def alert_store_from_env(home: PlatformHome, environ: Mapping[str, str]) -> AlertStore:
-    """The home's alert store, posting to the webhook named by MLPLATFORM_ALERT_WEBHOOK when set."""
+def alert_store_from_env(home: PlatformHome, environ: Mapping[str, str], rules: AlertRules) -> AlertStore:
+    """The home's alert store, posting to the webhook named by MLPLATFORM_ALERT_WEBHOOK when set (with the
+    `[alerts]` timeout and message length)."""
     url = environ.get(WEBHOOK_ENV, "").strip()
     notifier = None
     if url:
-        rules = AlertRules.from_settings(Settings.load(home.settings_file))
         notifier = WebhookNotifier(url, rules.webhook_timeout_s, rules.max_message_chars)
     return AlertStore.for_home(home, notifier)
 

@@ -37,7 +37,7 @@ from mlplatform.core.monitoring.rules import (
     not_enough_data,
     require_columns,
 )
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import BiasDriftRules
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.model import model_classes
 
@@ -58,40 +58,6 @@ class FacetSource(StrEnum):
 
     REQUEST = "request"
     CATALOGUE = "catalogue"
-
-
-@dataclass(frozen=True)
-class BiasDriftRules:
-    """`[monitoring.bias_drift]`."""
-
-    min_rows: int
-    warn: float
-    error: float
-    catalogue_min_purity: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BiasDriftRules:
-        try:
-            section = settings.section("monitoring")["bias_drift"]
-            rules = cls(
-                int(section["min_rows"]),
-                float(section["warn"]),
-                float(section["error"]),
-                float(section["catalogue_min_purity"]),
-            )
-        except KeyError as exc:
-            raise SettingsError(
-                f"settings section [monitoring.bias_drift] lacks key {exc.args[0]!r}"
-            ) from None
-        if (
-            rules.min_rows < 1
-            or not 0 <= rules.warn <= rules.error
-            or not 0 < rules.catalogue_min_purity <= 1
-        ):
-            raise SettingsError(
-                f"[monitoring.bias_drift] needs min_rows >= 1, 0 <= warn <= error and purity in (0, 1], got {rules}"
-            )
-        return rules
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,12 @@ from mlplatform.core.monitoring.rules import (
     ERROR,
     WARN,
     MonitoringError,
-    MonitoringRules,
     MonitorOutcome,
     not_enough_data,
     require_columns,
 )
 from mlplatform.core.platform.artifacts import ArtifactNotFound, ArtifactStore
+from mlplatform.core.platform.settings import MonitoringRules
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.scoring.model import GRAPH_KIND
 from mlplatform.core.training.rebuild import recorded_splits
@@ -392,7 +392,7 @@ def drift_metrics(
 
 
 def _judge(metric: str, value: float, rules: MonitoringRules, rows: int) -> MonitorOutcome:
-    warn, error = rules.drift_warn[metric], rules.drift_error[metric]
+    warn, error = rules.drift_warn.bound(metric), rules.drift_error.bound(metric)
     metadata: dict[str, float | int | str] = {
         "value": value,
         "warn_bound": warn,

@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform.core.monitoring.rules import ERROR, WARN, MonitoringError, MonitorOutcome
+from mlplatform.core.platform.settings import MonitoringRules
 
 ERROR_RATE_CHECK = "error_rate"
 LATENCY_CHECK = "latency"
@@ -65,16 +66,13 @@ def system_health_numbers(metrics_text: str, now: float) -> dict[str, float]:
     return numbers
 
 
-def health_outcomes(
-    numbers: Mapping[str, float], monitoring_section: Mapping[str, Any]
-) -> list[MonitorOutcome]:
+def health_outcomes(numbers: Mapping[str, float], rules: MonitoringRules) -> list[MonitorOutcome]:
     """Recent error rate and p99 latency against `[monitoring].max_error_rate` / `max_p99_latency_ms` (ERROR).
 
     A window without inference requests is not judged: both checks pass as "not enough data" with
     `evaluated = 0` (an idle endpoint is not a fault, so no WARN).
     """
-    max_error_rate = float(monitoring_section["max_error_rate"])
-    max_p99 = float(monitoring_section["max_p99_latency_ms"])
+    max_error_rate, max_p99 = rules.max_error_rate, rules.max_p99_latency_ms
     requests, window_s = int(numbers["requests"]), numbers["window_s"]
     if not requests:
         return [_no_recent_requests(name, window_s) for name in (ERROR_RATE_CHECK, LATENCY_CHECK)]
@@ -136,7 +134,7 @@ def judge_system_health(
     endpoint_url: str | None,
     metrics_text: str | None,
     unreachable: str | None,
-    monitoring_section: Mapping[str, Any],
+    rules: MonitoringRules,
     now: float,
 ) -> HealthJudgement:
     """Judge the endpoint at `endpoint_url` from its `/metrics` text (None: no endpoint configured, or
@@ -150,7 +148,7 @@ def judge_system_health(
         return HealthJudgement(record, _unobserved(NO_ENDPOINT, WARN))
     numbers = system_health_numbers(metrics_text, now)
     record.update(numbers)
-    return HealthJudgement(record, tuple(health_outcomes(numbers, monitoring_section)))
+    return HealthJudgement(record, tuple(health_outcomes(numbers, rules)))
 
 
 def _unobserved(reason: str, severity: str) -> tuple[MonitorOutcome, ...]:

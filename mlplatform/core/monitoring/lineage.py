@@ -24,7 +24,7 @@ from mlplatform.core.monitoring.capture import CAPTURE_COLUMNS, answered_only, p
 from mlplatform.core.platform.artifacts import ArtifactError, ArtifactStore, StoredArtifact
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import StorageRules
 from mlplatform.core.release.registry import ModelRegistry, ModelVersion, RegistryError
 from mlplatform.core.training.evaluation import LINEAGE_KEYS
 from mlplatform.core.training.selection import (
@@ -67,14 +67,9 @@ def artifact_record(artifact: StoredArtifact) -> dict[str, Any]:
     }
 
 
-def artifact_store(home: PlatformHome) -> ArtifactStore:
-    """The home's artifact store (`[storage] artifacts`)."""
-    return ArtifactStore.from_settings(home, Settings.load(home.settings_file))
-
-
-def list_artifact_versions(home: PlatformHome, asset: str) -> list[dict[str, Any]]:
+def list_artifact_versions(store: ArtifactStore, asset: str) -> list[dict[str, Any]]:
     """Every stored version of `asset` (all partitions), oldest first; ArtifactError when it has none."""
-    return [artifact_record(artifact) for artifact in artifact_store(home).versions(asset, "*")]
+    return [artifact_record(artifact) for artifact in store.versions(asset, "*")]
 
 
 def _drop_link(lake: Lake, digest: str, where: str) -> dict[str, Any]:
@@ -110,7 +105,9 @@ def _split_link(store: ArtifactStore, asset: str, version: str, where: str) -> d
 # --- model card lineage ---------------------------------------------------------------------------
 
 
-def _card_lineage(home: PlatformHome, card: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _card_lineage(
+    home: PlatformHome, store: ArtifactStore, card: Mapping[str, Any], where: str
+) -> dict[str, Any]:
     """The training side of a model: its run, split versions, drops, code versions and hyperparameters."""
     lineage = card.get("lineage")
     if not isinstance(lineage, Mapping):
@@ -118,7 +115,6 @@ def _card_lineage(home: PlatformHome, card: Mapping[str, Any], where: str) -> di
     missing = [key for key in LINEAGE_KEYS if key not in lineage]
     if missing:
         raise LineageError(f"{where}: the model card lineage lacks {', '.join(missing)}")
-    store = artifact_store(home)
     model = card.get("model") or {}
     return {
         "model_name": model.get("name"),
@@ -149,18 +145,18 @@ def _model_version_record(model: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _registry_version(home: PlatformHome, version: str, where: str) -> ModelVersion:
+def _registry_version(registry: ModelRegistry, version: str, where: str) -> ModelVersion:
     try:
-        return ModelRegistry.for_home(home).get(version)
+        return registry.get(version)
     except RegistryError as exc:
         raise LineageError(f"{where}: model version {version} is not in the registry ({exc})") from exc
 
 
-def _registered_with_sha256(home: PlatformHome, sha256: str | None) -> ModelVersion | None:
+def _registered_with_sha256(registry: ModelRegistry, sha256: str | None) -> ModelVersion | None:
     """The registry version holding exactly these ONNX bytes, if any."""
-    if sha256 is None or not home.registry.is_dir():
+    if sha256 is None or not registry.root.is_dir():
         return None
-    return next((model for model in ModelRegistry.for_home(home).list() if model.sha256 == sha256), None)
+    return next((model for model in registry.list() if model.sha256 == sha256), None)
 
 
 # --- predictions ----------------------------------------------------------------------------------
@@ -222,21 +218,23 @@ def _request_record(rows: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def prediction_lineage(home: PlatformHome, request_id: str, capture: pl.DataFrame) -> dict[str, Any]:
+def prediction_lineage(
+    home: PlatformHome, storage: StorageRules, request_id: str, capture: pl.DataFrame
+) -> dict[str, Any]:
     """The chain of one captured request: request -> model version -> run, splits, drops, code.
 
-    `capture` is the endpoint's capture log as read by `mlplatform.core.monitoring.capture.read_capture`
-    (passed in: core does not import the serving layer). Raises LineageError for an unknown (or
-    reused) request id and for any missing link.
+    `capture` is the endpoint's capture log as read by `mlplatform.core.monitoring.capture.read_capture`;
+    `storage` says where the home keeps its registry and artifacts. Raises LineageError for an unknown
+    (or reused) request id and for any missing link.
     """
     rows = _request_rows(capture, request_id)
     versions = rows["model_version"].unique().to_list()
     if len(versions) != 1:
         raise LineageError(f"request {request_id!r}: capture names {len(versions)} model versions {versions}")
     where = f"request {request_id!r}"
-    model = _registry_version(home, versions[0], where)
+    model = _registry_version(ModelRegistry.for_home(home, storage), versions[0], where)
     where = f"model version {model.version}"
-    training = _card_lineage(home, model.card, where)
+    training = _card_lineage(home, ArtifactStore.from_settings(home, storage), model.card, where)
     if training["onnx_sha256"] != model.sha256:
         raise LineageError(
             f"{where}: its card describes ONNX {training['onnx_sha256']}, the registry holds {model.sha256}"
@@ -293,11 +291,11 @@ def _best_model_card(store: ArtifactStore, artifact: StoredArtifact, where: str)
 
 
 def _best_model_upstream(
-    home: PlatformHome, store: ArtifactStore, artifact: StoredArtifact, where: str
+    home: PlatformHome, storage: StorageRules, store: ArtifactStore, artifact: StoredArtifact, where: str
 ) -> dict[str, Any]:
     card = _best_model_card(store, artifact, where)
-    training = _card_lineage(home, card, where)
-    registered = _registered_with_sha256(home, training["onnx_sha256"])
+    training = _card_lineage(home, store, card, where)
+    registered = _registered_with_sha256(ModelRegistry.for_home(home, storage), training["onnx_sha256"])
     return {
         "training": training,
         "registered_as": _model_version_record(registered) if registered else None,
@@ -336,7 +334,7 @@ def _candidate_upstream(
         return upstream
     best = same_run[-1]
     card = _best_model_card(store, best, f"{where} (best_model {best.version[:12]} of the same run)")
-    upstream["training"] = _card_lineage(home, card, where)
+    upstream["training"] = _card_lineage(home, store, card, where)
     upstream["best_model_version"] = best.version
     upstream["selected"] = _load(store, best).files.get(MODEL_FILE) == candidate.onnx_bytes
     return upstream
@@ -349,7 +347,9 @@ def _versions_or_none(store: ArtifactStore, asset: str) -> list[StoredArtifact]:
         return []
 
 
-def asset_lineage(home: PlatformHome, asset: str, version: str | None = None) -> dict[str, Any]:
+def asset_lineage(
+    home: PlatformHome, storage: StorageRules, asset: str, version: str | None = None
+) -> dict[str, Any]:
     """The chain of one stored asset version (default: the latest stored): its record and upstream.
 
     `version` is a sha256 or a unique prefix of at least 8 hex characters. Upstream is what the stored
@@ -357,7 +357,7 @@ def asset_lineage(home: PlatformHome, asset: str, version: str | None = None) ->
     column; best_model -> its model card lineage; candidate_models/* -> the lineage of its run's
     best_model. Other assets record no upstream (said in "note"). Raises LineageError.
     """
-    store = artifact_store(home)
+    store = ArtifactStore.from_settings(home, storage)
     artifact = _stored_version(store, asset, version)
     where = f"{asset} {artifact.version[:12]}"
     if asset == RAW_REVIEWS:
@@ -365,7 +365,7 @@ def asset_lineage(home: PlatformHome, asset: str, version: str | None = None) ->
     elif asset in FRAME_ASSETS_WITH_DROPS:
         upstream = _frame_upstream(home, store, artifact, where)
     elif asset == BEST_MODEL:
-        upstream = _best_model_upstream(home, store, artifact, where)
+        upstream = _best_model_upstream(home, storage, store, artifact, where)
     elif asset.startswith(CANDIDATES_PREFIX):
         upstream = _candidate_upstream(home, store, artifact, where)
     else:

@@ -27,11 +27,11 @@ from mlplatform.core.monitoring.prediction_log import model_versions
 from mlplatform.core.monitoring.rules import (
     ERROR,
     MonitoringError,
-    MonitoringRules,
     MonitorOutcome,
     not_enough_data,
     require_columns,
 )
+from mlplatform.core.platform.settings import MonitoringRules
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.training.evaluation import card_classes, classification_metrics
 

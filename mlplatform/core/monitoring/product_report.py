@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from mlplatform.core.data.contract import ColumnRole, ColumnType, DatasetContract, LabelRule
-from mlplatform.core.monitoring.rules import MonitoringError, MonitoringRules, require_columns
+from mlplatform.core.monitoring.rules import MonitoringError, require_columns
+from mlplatform.core.platform.settings import MonitoringRules
 from mlplatform.core.scoring.model import Contribution
 
 Explainer = Callable[[str, Sequence[str]], Sequence[Sequence[Contribution]] | None]

@@ -44,15 +44,15 @@ from mlplatform.core.monitoring.capture import SHADOW_DROPPED, CaptureRole
 from mlplatform.core.monitoring.drift import DriftBaseline, MissingBaseline, drift_baseline, drift_report
 from mlplatform.core.monitoring.inputs import MonitoringInputs
 from mlplatform.core.monitoring.prediction_log import prediction_log
-from mlplatform.core.monitoring.rules import ERROR, MonitoringRules, MonitorOutcome, require_columns
+from mlplatform.core.monitoring.rules import ERROR, MonitorOutcome, require_columns
 from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import MonitoringRules, RolloutRules
 from mlplatform.core.release.registry import APPROVED, PRODUCTION, REJECTED, IntegrityError, ModelRegistry
 from mlplatform.core.release.rollout import (
     Rollout,
     RolloutAction,
     RolloutOutcome,
-    RolloutRules,
     RolloutStrategy,
     conclude,
     current_rollout,

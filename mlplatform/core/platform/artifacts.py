@@ -32,7 +32,7 @@ import polars as pl
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import sha256_bytes, sha256_file, write_bytes_atomic
 from mlplatform.core.platform.home import PlatformHome
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import StorageRules
 from mlplatform.core.platform.storage import (
     ImmutableConflict,
     LocalLocation,
@@ -322,9 +322,9 @@ class ArtifactStore:
         )
 
     @classmethod
-    def from_settings(cls, home: PlatformHome, settings: Settings) -> ArtifactStore:
+    def from_settings(cls, home: PlatformHome, storage: StorageRules) -> ArtifactStore:
         """The deployment's store: `[storage] artifacts`, or `home.artifacts` when that is empty."""
-        return cls(location_from_settings(home, settings, "artifacts"))
+        return cls(location_from_settings(home, storage, "artifacts"))
 
     # keys
 

@@ -10,7 +10,6 @@ exception chain may quote a URL or a piece of one.
 
 from __future__ import annotations
 
-import contextlib
 import traceback
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -19,16 +18,14 @@ from pathlib import Path
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.redaction import redact, url_secrets
+from mlplatform.core.platform.settings import StorageRules
 
 
-def secrets_of(home: PlatformHome) -> tuple[str, ...]:
-    """The credentials configured for `home` that no message may show (see core/platform/redaction.py)."""
-    from mlplatform.core.platform.settings import Settings
-
-    urls = [home.pg_url]
-    # Unreadable settings: the command reports that itself, and URLs in any message are masked anyway.
-    with contextlib.suppress(Exception):
-        urls += list(Settings.load(home.settings_file).section("storage").values())
+def secrets_of(home: PlatformHome, storage: StorageRules | None) -> tuple[str, ...]:
+    """The credentials configured for `home` that no message may show (see core/platform/redaction.py):
+    its pg_url's and those of the `[storage]` URLs (`storage` None: the settings did not load, and the
+    error that says so shows none of them; URLs in any message are masked anyway)."""
+    urls = [home.pg_url, *(storage.urls() if storage is not None else ())]
     return tuple(secret for url in urls if isinstance(url, str) for secret in url_secrets(url))
 
 

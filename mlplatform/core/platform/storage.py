@@ -41,10 +41,9 @@ from mlplatform.core.platform.fsio import (
 )
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.redaction import redact, redact_url, url_secrets
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import StorageRules
 
-STORAGE_SECTION = "storage"
-STORAGE_KINDS = ("lake", "artifacts", "registry", "capture")
+STORAGE_KINDS: tuple[str, ...] = tuple(StorageRules.model_fields)
 _LOCAL_SCHEMES = frozenset({"file", "local"})
 
 
@@ -378,16 +377,12 @@ def _fsspec_location(url: str, scheme: str) -> FsspecLocation:
     return FsspecLocation(url, fs, str(root))
 
 
-def location_from_settings(home: PlatformHome, settings: Settings, kind: str) -> StorageLocation:
+def location_from_settings(home: PlatformHome, storage: StorageRules, kind: str) -> StorageLocation:
     """The location of `kind` (lake, artifacts, registry, capture): `[storage] <kind>`, or the home's
     own directory when that is empty. Raises StorageConfigError (one line) for a bad setting."""
     if kind not in STORAGE_KINDS:
         raise StorageConfigError(f"unknown storage kind {kind!r} (known: {', '.join(STORAGE_KINDS)})")
-    spec = settings.section(STORAGE_SECTION).get(kind, "")
-    if not isinstance(spec, str):
-        raise StorageConfigError(
-            f"[storage] {kind} must be a string (a URL, or empty for the home), got {spec!r}"
-        )
+    spec: str = getattr(storage, kind)
     if not spec.strip():
         return LocalLocation(getattr(home, kind))
     try:

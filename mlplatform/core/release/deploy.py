@@ -29,7 +29,7 @@ from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import LockTimeout, file_lock
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import RecordsLockTimeout, postgres_location, postgres_transaction
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import DeploymentRules
 from mlplatform.core.release.registry import (
     APPROVED,
     PENDING,
@@ -83,41 +83,6 @@ SMOKE_CASES: tuple[SmokeCase, ...] = (
         "positive",
     ),
 )
-
-
-@dataclass(frozen=True)
-class DeploymentRules:
-    """Deployment settings from `[deployment]`."""
-
-    endpoint_url: str | None
-    wait_timeout_s: float
-    poll_interval_s: float
-    request_timeout_s: float
-    smoke_max_latency_ms: float
-    lock_timeout_s: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DeploymentRules:
-        section = settings.section("deployment")
-        url = str(section["endpoint_url"]).strip().rstrip("/")
-        rules = cls(
-            endpoint_url=url or None,
-            wait_timeout_s=float(section["wait_timeout_s"]),
-            poll_interval_s=float(section["poll_interval_s"]),
-            request_timeout_s=float(section["request_timeout_s"]),
-            smoke_max_latency_ms=float(section["smoke_max_latency_ms"]),
-            lock_timeout_s=float(section["lock_timeout_s"]),
-        )
-        if url and not url.startswith(("http://", "https://")):
-            raise SettingsError(f"[deployment] endpoint_url must start with http:// or https://, got {url!r}")
-        if (
-            min(rules.wait_timeout_s, rules.poll_interval_s, rules.request_timeout_s, rules.lock_timeout_s)
-            <= 0
-        ):
-            raise SettingsError(
-                "[deployment] wait_timeout_s, poll_interval_s, request_timeout_s and lock_timeout_s must be > 0"
-            )
-        return rules
 
 
 class DeployAction(StrEnum):

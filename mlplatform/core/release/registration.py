@@ -25,11 +25,10 @@ from typing import Any
 
 import polars as pl
 
-from mlplatform.core.data.features import FeatureRules
 from mlplatform.core.platform.artifacts import encode
-from mlplatform.core.release.registry import PENDING, ModelRegistry, ModelVersion, RegistryRules
-from mlplatform.core.scoring.model import ScoringRules
-from mlplatform.core.training.evaluation import GateOutcome, GateRules, model_card, render_model_card_markdown
+from mlplatform.core.platform.settings import FeatureRules, GateRules, RegistryRules, ScoringRules
+from mlplatform.core.release.registry import PENDING, ModelRegistry, ModelVersion
+from mlplatform.core.training.evaluation import GateOutcome, model_card, render_model_card_markdown
 from mlplatform.core.training.selection import (
     MODEL_CARD_FILE,
     MODEL_CARD_MARKDOWN_FILE,

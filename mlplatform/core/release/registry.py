@@ -64,7 +64,7 @@ from mlplatform.core.platform.fsio import (
 )
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.records import FileRecords, Records, RecordSection, open_records
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import StorageRules
 from mlplatform.core.platform.storage import (
     ImmutableConflict,
     LocalLocation,
@@ -80,7 +80,6 @@ PRODUCTION = "production"
 PREVIOUS = "previous"
 ALIASES = (PRODUCTION, PREVIOUS)
 """The pointers that name a version; any other pointer (the rollout) holds a record of its own."""
-APPROVAL_POLICIES = ("auto", "manual")
 
 RECORDS_NAME = "registry"
 VERSIONS = "versions"
@@ -116,24 +115,6 @@ def verify_file(path: Path, expected_sha256: str, label: str) -> Path:
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-@dataclass(frozen=True)
-class RegistryRules:
-    """Registry policy from settings `[registry]`: who approves a model that passed every blocking gate."""
-
-    approval: str
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RegistryRules:
-        approval = settings.section("registry")["approval"]
-        if approval not in APPROVAL_POLICIES:
-            raise SettingsError(f"[registry] approval must be one of {APPROVAL_POLICIES}, got {approval!r}")
-        return cls(approval=approval)
-
-    @property
-    def auto_approve(self) -> bool:
-        return self.approval == "auto"
 
 
 @dataclass(frozen=True)
@@ -233,11 +214,11 @@ class ModelRegistry:
         self._records = records if records is not None else self.file_records(self.root)
 
     @classmethod
-    def for_home(cls, home: PlatformHome) -> ModelRegistry:
-        """The home's registry: version files at `[storage] registry`, events and aliases in PostgreSQL
+    def for_home(cls, home: PlatformHome, storage: StorageRules) -> ModelRegistry:
+        """The home's registry: version files at `storage.registry`, events and aliases in PostgreSQL
         when the home has a pg_url (else files in the home's registry directory)."""
         root = home.registry
-        location = location_from_settings(home, Settings.load(home.settings_file), "registry")
+        location = location_from_settings(home, storage, "registry")
         return cls(root, open_records(cls.file_records(root), RECORDS_NAME, home.pg_url), location=location)
 
     @staticmethod

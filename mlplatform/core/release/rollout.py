@@ -46,10 +46,13 @@ from typing import Any
 from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.home import PlatformHome
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import (
+    MAX_PERCENT,
+    DeploymentRules,
+    DeploymentStrategy,
+)
 from mlplatform.core.release.deploy import (
     Deployment,
-    DeploymentRules,
     DeployOutcome,
     DeployState,
     SmokeResult,
@@ -77,7 +80,6 @@ ROLLOUT_ASSET = "rollout"
 core/monitoring/rollout_judgement.py's `RolloutRound.record()`)."""
 ROUNDS_SEARCHED = 50
 """How many of the newest stored rounds `latest_round` looks through for one rollout's."""
-MAX_PERCENT = 100
 CANARY_BUCKETS = 10_000
 """Request keys hash to this many buckets: a canary's share is exact to 0.01 percent of keys."""
 
@@ -87,14 +89,6 @@ class RolloutError(UserError, RuntimeError):
 
 
 class RolloutStrategy(StrEnum):
-    SHADOW = "shadow"
-    CANARY = "canary"
-
-
-class DeploymentStrategy(StrEnum):
-    """`[deployment] strategy`: what sentiment_endpoint does with a new version once production exists."""
-
-    DIRECT = "direct"
     SHADOW = "shadow"
     CANARY = "canary"
 
@@ -143,70 +137,6 @@ def canary_schedule(percent: int | None, steps: Sequence[int]) -> tuple[int, ...
     if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start < MAX_PERCENT:
         raise RolloutError(f"--percent must be a whole percent from 1 to 99, got {start!r}")
     return (start, *(step for step in schedule if start < step < MAX_PERCENT))
-
-
-@dataclass(frozen=True)
-class RolloutRules:
-    """`[rollout]` and the rollout keys of `[deployment]` (strategy, canary_steps)."""
-
-    strategy: DeploymentStrategy
-    canary_steps: tuple[int, ...]
-    min_rows: int
-    min_step_s: float
-    min_agreement: float
-    max_class_share_gap: float
-    max_error_rate: float
-    max_p99_latency_ms: float
-    max_macro_f1_drop: float
-    judge_interval_s: int
-    shadow_queue_max: int
-    shadow_batch_ms: float
-    shadow_nice: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RolloutRules:
-        deployment, section = settings.section("deployment"), settings.section("rollout")
-        try:
-            strategy = DeploymentStrategy(deployment["strategy"])
-        except ValueError:
-            choices = [member.value for member in DeploymentStrategy]
-            raise SettingsError(
-                f"[deployment] strategy must be one of {choices}, got {deployment['strategy']!r}"
-            ) from None
-        try:
-            steps = _percents(list(deployment["canary_steps"]), "[deployment] canary_steps")
-        except (RolloutError, TypeError) as exc:
-            raise SettingsError(str(exc)) from None
-        try:
-            rules = cls(
-                strategy=strategy,
-                canary_steps=steps,
-                min_rows=int(section["min_rows"]),
-                min_step_s=float(section["min_step_s"]),
-                min_agreement=float(section["min_agreement"]),
-                max_class_share_gap=float(section["max_class_share_gap"]),
-                max_error_rate=float(section["max_error_rate"]),
-                max_p99_latency_ms=float(section["max_p99_latency_ms"]),
-                max_macro_f1_drop=float(section["max_macro_f1_drop"]),
-                judge_interval_s=int(section["judge_interval_s"]),
-                shadow_queue_max=int(section["shadow_queue_max"]),
-                shadow_batch_ms=float(section["shadow_batch_ms"]),
-                shadow_nice=int(section["shadow_nice"]),
-            )
-        except KeyError as exc:
-            raise SettingsError(f"settings section [rollout] lacks key {exc.args[0]!r}") from None
-        if rules.min_rows < 1 or rules.judge_interval_s < 1 or rules.shadow_queue_max < 1:
-            raise SettingsError(
-                "[rollout] min_rows, judge_interval_s and shadow_queue_max must be at least 1"
-            )
-        if rules.min_step_s < 0 or rules.max_p99_latency_ms <= 0 or rules.shadow_batch_ms < 0:
-            raise SettingsError(
-                "[rollout] min_step_s and shadow_batch_ms must be >= 0, max_p99_latency_ms > 0"
-            )
-        for name in ("min_agreement", "max_class_share_gap", "max_error_rate", "max_macro_f1_drop"):
-            if not 0.0 <= getattr(rules, name) <= 1.0:
-                raise SettingsError(f"[rollout] {name} must be in [0, 1], got {getattr(rules, name)}")
-        return rules
 
 
 @dataclass(frozen=True)
@@ -565,7 +495,6 @@ def deploy_by_strategy(
     live_smoke_test: SmokeTest,
     offline_smoke_test: SmokeTest,
     rules: DeploymentRules,
-    rollout_rules: RolloutRules,
     live: bool,
     endpoint_url: str | None,
     by: str,
@@ -580,7 +509,7 @@ def deploy_by_strategy(
     runs already changes nothing.
     """
     running = current_rollout(registry)
-    direct = rollout_rules.strategy is DeploymentStrategy.DIRECT or registry.aliases().get(PRODUCTION) is None
+    direct = rules.strategy is DeploymentStrategy.DIRECT or registry.aliases().get(PRODUCTION) is None
     if direct or PRODUCTION in target.aliases:
         if running is not None and running.candidate != target.version and PRODUCTION not in target.aliases:
             abort_rollout(
@@ -596,7 +525,7 @@ def deploy_by_strategy(
     if running is not None and running.candidate == target.version:
         unchanged = DeployOutcome(DeployState.IN_ROLLOUT, SmokeResult(True, "", None, 0.0, ()))
         return _deployment(registry, target, unchanged, endpoint_url, running)
-    strategy = RolloutStrategy(rollout_rules.strategy.value)
+    strategy = RolloutStrategy(rules.strategy.value)
     with deployment_lock(home, rules.lock_timeout_s) as waited_s:
         smoke = smoke_or_reject(registry, registry.get(target.version), offline_smoke_test, by)
         if not smoke.passed:
@@ -612,7 +541,7 @@ def deploy_by_strategy(
                 reason=f"superseded by a {strategy.value} of {target.version}",
                 automatic=False,
             )
-        steps = rollout_rules.canary_steps if strategy is RolloutStrategy.CANARY else ()
+        steps = rules.canary_steps if strategy is RolloutStrategy.CANARY else ()
         started = start_rollout(registry, strategy, target.version, by=by, steps=steps)
     state = DeployOutcome(DeployState.ROLLOUT_STARTED, smoke, waited_s)
     return _deployment(registry, target, state, endpoint_url, started)

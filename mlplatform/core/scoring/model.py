@@ -22,7 +22,6 @@ uses every core.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ import onnxruntime
 from mlplatform.core.data.text import TOKEN_PATTERN
 from mlplatform.core.platform.errors import UserError
 from mlplatform.core.platform.fsio import sha256_bytes
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import ScoringRules
 
 # The graph contract (written by core/training/export.py, read here).
 GRAPH_KIND = "mlplatform-sparse-text-1"
@@ -71,32 +70,6 @@ class ExplanationUnavailable(ScoringError):
 class GraphKind(StrEnum):
     SPARSE_TEXT = "sparse-text"
     LEGACY = "skl2onnx"  # registered before the sparse text graph
-
-
-@dataclass(frozen=True)
-class ScoringRules:
-    """How predictions are run (`[scoring]` settings)."""
-
-    chunk_rows: int
-    threads: int
-    run_max_rows: int
-    run_max_chars: int
-    legacy_run_rows: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ScoringRules:
-        section = settings.section("scoring")
-        return cls(
-            chunk_rows=int(section["chunk_rows"]),
-            threads=int(section["threads"]),
-            run_max_rows=int(section["run_max_rows"]),
-            run_max_chars=int(section["run_max_chars"]),
-            legacy_run_rows=int(section["legacy_run_rows"]),
-        )
-
-    @property
-    def parallel_runs(self) -> int:
-        return self.threads if self.threads > 0 else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from mlplatform.core.platform.errors import PlatformError
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import GateRules
 from mlplatform.core.scoring.model import ScoringModel, probability_columns
 
 PREDICTION_COLUMN = "predicted_label"
@@ -196,73 +196,6 @@ def single_review_latency(model: ScoringModel, texts: Sequence[str], n: int = 20
         "p99_ms": float(np.percentile(timings, 99)),
         "calls": n,
     }
-
-
-DEFAULT_FLOOR = "default"
-
-
-@dataclass(frozen=True)
-class ClassFloors:
-    """`[gates.min_class_recall]`: a `default` recall floor for every class, and floors for named classes."""
-
-    default: float
-    by_class: Mapping[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name, floor in {DEFAULT_FLOOR: self.default, **self.by_class}.items():
-            if not 0.0 <= floor <= 1.0:
-                raise SettingsError(f"[gates.min_class_recall] {name} must be in [0, 1], got {floor}")
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> ClassFloors:
-        if DEFAULT_FLOOR not in table:
-            raise SettingsError(
-                "[gates.min_class_recall] needs `default`, the floor of every class not named in it"
-            )
-        try:
-            floors = {str(name): float(value) for name, value in table.items()}
-        except (TypeError, ValueError) as exc:
-            raise SettingsError(f"[gates.min_class_recall] values must be numbers: {exc}") from None
-        default = floors.pop(DEFAULT_FLOOR)
-        return cls(default, floors)
-
-    def floor(self, label: str) -> float:
-        return self.by_class.get(label, self.default)
-
-    def for_classes(self, classes: Sequence[str]) -> dict[str, float]:
-        """The floor of each of `classes`."""
-        return {label: self.floor(label) for label in classes}
-
-    def unused(self, classes: Sequence[str]) -> list[str]:
-        """Named floors for classes not among `classes` (not applied; the gate lists them)."""
-        return sorted(set(self.by_class) - set(classes))
-
-
-@dataclass(frozen=True)
-class GateRules:
-    """Thresholds of the best_model gates, from the [gates] section of the settings."""
-
-    min_macro_f1: float
-    min_class_recall: ClassFloors
-    max_macro_f1_drop: float
-    max_p99_latency_ms: float
-    max_model_size_bytes: int
-    max_recall_gap: float
-    max_predicted_rate_gap: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> GateRules:
-        """Read the [gates] section."""
-        gates = settings.section("gates")
-        return cls(
-            min_macro_f1=float(gates["min_macro_f1"]),
-            min_class_recall=ClassFloors.from_table(gates["min_class_recall"]),
-            max_macro_f1_drop=float(gates["max_macro_f1_drop"]),
-            max_p99_latency_ms=float(gates["max_p99_latency_ms"]),
-            max_model_size_bytes=int(gates["max_model_size_bytes"]),
-            max_recall_gap=float(gates["max_recall_gap"]),
-            max_predicted_rate_gap=float(gates["max_predicted_rate_gap"]),
-        )
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from sklearn.pipeline import Pipeline
 
 from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.platform.errors import UserError
+from mlplatform.core.platform.settings import ScoringRules
 from mlplatform.core.scoring.model import (
     GRAPH_KIND,
     INPUT_NAME,
@@ -62,7 +63,6 @@ from mlplatform.core.scoring.model import (
     TERM_CONTRIBUTIONS_OUTPUT,
     TERM_ROWS_OUTPUT,
     ScoringModel,
-    ScoringRules,
 )
 
 PRODUCER_NAME = "mlplatform"

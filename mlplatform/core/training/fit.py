@@ -44,8 +44,8 @@ from sklearn.pipeline import Pipeline
 
 from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens
 from mlplatform.core.platform.errors import UserError
-from mlplatform.core.platform.settings import packaged_config_text
-from mlplatform.core.scoring.model import GRAPH_KIND, ScoringRules
+from mlplatform.core.platform.settings import ScoringRules, packaged_config_text
+from mlplatform.core.scoring.model import GRAPH_KIND
 from mlplatform.core.training.evaluation import classification_metrics, label_codes, macro_f1_from_codes
 from mlplatform.core.training.export import ParityReport, check_parity, to_onnx
 

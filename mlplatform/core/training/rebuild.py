@@ -21,7 +21,7 @@ import polars as pl
 
 from mlplatform.core.platform.artifacts import ArtifactStore
 from mlplatform.core.platform.errors import UserError
-from mlplatform.core.scoring.model import ScoringRules
+from mlplatform.core.platform.settings import ScoringRules
 from mlplatform.core.training.evaluation import card_classes
 from mlplatform.core.training.fit import (
     TrainingConfig,

@@ -17,11 +17,11 @@ from typing import Any
 import polars as pl
 
 from mlplatform.core.platform.errors import PlatformError
-from mlplatform.core.scoring.model import ScoringModel, ScoringRules, probability_columns
+from mlplatform.core.platform.settings import GateRules, ScoringRules
+from mlplatform.core.scoring.model import ScoringModel, probability_columns
 from mlplatform.core.training.evaluation import (
     PREDICTION_COLUMN,
     GateOutcome,
-    GateRules,
     classification_metrics,
     evaluate_gates,
     facet_metrics,

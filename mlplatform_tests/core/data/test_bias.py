@@ -18,7 +18,7 @@ from mlplatform.core.data.bias import (
     summary_metrics,
 )
 from mlplatform.core.data.contract import LabelRule
-from mlplatform.core.data.features import FeatureRules, build_reviews
+from mlplatform.core.data.features import build_reviews
 from mlplatform.core.platform.settings import Settings
 from mlplatform_tests.core.data.features_fixtures import CLOTHING, read_real_drop
 from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
@@ -214,12 +214,12 @@ def test_a_five_class_contract_judges_its_own_facets_and_favourable_class() -> N
 
 @pytest.mark.realdata
 def test_default_bounds_on_the_real_data_flag_only_the_tiny_trend_department(real_data_path) -> None:
-    rules = FeatureRules.from_settings(Settings.load())
+    rules = Settings.load().features
     reviews = build_reviews({"real": read_real_drop(real_data_path)}, CLOTHING).frame
     facets = CLOTHING.facet_columns
     results = pretraining_bias(reviews, facets, CLOTHING.labels, min_rows=rules.min_facet_rows)
-    warnings = bias_warnings(results, rules.bias_warn)
-    assert not check_bias(results, rules.bias_warn, facets, CLOTHING.labels).passed
+    warnings = bias_warnings(results, rules.bias_warn.as_dict())
+    assert not check_bias(results, rules.bias_warn.as_dict(), facets, CLOTHING.labels).passed
     assert len(warnings) == 1
     assert warnings[0].startswith("department_name=Trend (n=101): class_imbalance +0.98")
     skipped = {(result.facet, result.value) for result in results if result.skip_reason}

@@ -11,11 +11,14 @@ import pytest
 from mlplatform.core.data.contract import ColumnRole, ColumnType, FileFormat, load_contract
 from mlplatform.core.data.draft import DraftError, draft_contract
 from mlplatform.core.data.features import build_reviews
-from mlplatform.core.data.quality import IngestRules, validate_drop
+from mlplatform.core.data.quality import validate_drop
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import generate_reviews, to_published_csv
+from mlplatform.core.platform.settings import Settings
 
-RULES = IngestRules(max_missing_text_share=0.1, max_duplicate_row_share=0.01, min_rows=1)
+RULES = Settings.packaged().ingest.replace(
+    max_missing_text_share=0.1, max_duplicate_row_share=0.01, min_rows=1
+)
 
 
 def roles(contract) -> dict[str, str]:

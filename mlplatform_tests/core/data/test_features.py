@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import polars as pl
 import pytest
 
 from mlplatform.core.data.features import (
-    FeatureRules,
     FeaturesError,
     band,
     band_labels,
@@ -21,7 +19,7 @@ from mlplatform.core.data.features import (
     reviews_columns,
 )
 from mlplatform.core.data.text import prepare_text, prepare_texts
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import FeatureRules, Settings, SettingsError
 from mlplatform_tests.core.data.features_fixtures import CLOTHING, drop_frame, read_real_drop, review
 from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
 
@@ -30,7 +28,7 @@ CLASSES = CLOTHING.classes
 
 @pytest.fixture
 def rules(settings: Settings) -> FeatureRules:
-    return FeatureRules.from_settings(settings)
+    return settings.features
 
 
 # --- model text -------------------------------------------------------------------------------------
@@ -161,10 +159,10 @@ def test_bands_cover_edges_and_missing_values() -> None:
 def test_rules_come_from_settings_and_what_describes_the_data_moved_to_the_contract(
     rules: FeatureRules, tmp_path
 ) -> None:
-    assert set(rules.bias_warn) == {"class_imbalance", "dpl", "kl", "js", "tvd", "ks"}
+    assert set(rules.bias_warn.as_dict()) == {"class_imbalance", "dpl", "kl", "js", "tvd", "ks"}
     assert rules.min_facet_rows == 100
-    with pytest.raises(FeaturesError, match="at least 1"):
-        replace(rules, min_facet_rows=0)
+    with pytest.raises(SettingsError, match=r"^\[features\] min_facet_rows: must be positive, got 0$"):
+        rules.replace(min_facet_rows=0)
     old = tmp_path / "platform.toml"
     old.write_text('[features]\nfacets = ["age_band"]\n')
     with pytest.raises(SettingsError, match=r"features\.facets.*dataset\.toml"):

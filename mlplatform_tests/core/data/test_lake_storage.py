@@ -83,7 +83,7 @@ def test_the_home_lake_is_not_published_to_itself(home: PlatformHome, tmp_path: 
 def test_from_settings_uses_the_storage_location(home: PlatformHome, tmp_path: Path) -> None:
     base = Settings.load()
     url = f"file://{tmp_path}/elsewhere"
-    settings = Settings({**base.values, "storage": {**base.section("storage"), "lake": url}})
+    settings = base.with_overrides({"storage": {"lake": url}})
     lake = Lake.from_settings(home, settings)
     assert lake.publish_to == LocalLocation(tmp_path / "elsewhere")
     digest = _land(lake, tmp_path, "good.csv", CSV_GOOD)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
 from mlplatform.core.data.contract import load_contract
-from mlplatform.core.data.quality import BLOCKING_CHECKS, IngestRules, validate_drop
+from mlplatform.core.data.quality import BLOCKING_CHECKS, validate_drop
 from mlplatform.core.platform.settings import Settings, SettingsError
 
 HEADER = ",Clothing ID,Age,Title,Review Text,Rating,Recommended IND,Positive Feedback Count,Division Name,Department Name,Class Name\n"
-RULES = IngestRules(max_missing_text_share=0.25, max_duplicate_row_share=0.0, min_rows=1)
+RULES = Settings.packaged().ingest.replace(
+    max_missing_text_share=0.25, max_duplicate_row_share=0.0, min_rows=1
+)
 CLOTHING = load_contract()
 
 
@@ -28,31 +29,21 @@ def drop(*rows: str, header: str = HEADER) -> bytes:
 GOOD = drop(review(0), review(1, "Runs small"), review(2, "Too short"), review(3, "Great"))
 
 
-def test_rules_come_from_the_ingest_section(settings: Settings) -> None:
-    rules = IngestRules.from_settings(settings)
-    section = settings.section("ingest")
-    assert dataclasses.asdict(rules) == {field: section[field] for field in dataclasses.asdict(rules)}
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"max_missing_text_share": 1.5}, "max_missing_text_share must be a share"),
-        ({"max_duplicate_row_share": -0.1}, "max_duplicate_row_share must be a share"),
-        ({"min_rows": -1}, "min_rows must not be negative"),
-        ({"chunk_rows": 0}, "chunk_rows must be at least 1"),
+        (
+            {"max_missing_text_share": 1.5},
+            "[ingest] max_missing_text_share: must be between 0 and 1, got 1.5",
+        ),
+        ({"max_duplicate_row_share": -0.1}, "[ingest] max_duplicate_row_share: must be between 0 and 1"),
+        ({"min_rows": -1}, "[ingest] min_rows: must not be negative, got -1"),
+        ({"chunk_rows": 0}, "[ingest] chunk_rows: must be positive, got 0"),
     ],
 )
 def test_implausible_rules_are_refused(change: dict[str, float], message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
-        dataclasses.replace(RULES, **change)
-
-
-def test_rules_missing_a_key_are_refused() -> None:
-    section = dataclasses.asdict(RULES)
-    del section["min_rows"]
-    with pytest.raises(SettingsError, match="lacks key 'min_rows'"):
-        IngestRules.from_mapping(section)
+        RULES.replace(**change)
 
 
 def test_good_drop_passes_all_four_checks_in_order() -> None:
@@ -144,7 +135,7 @@ def test_completeness_counts_blank_text_and_reports_numeric_missing_shares() -> 
     assert outcome.metadata["missing_share_review_text"] == 0.25
     assert outcome.metadata["missing_share_title"] == 0.75
     assert outcome.metadata["missing_share_rating"] == 0.0
-    stricter = dataclasses.replace(RULES, max_missing_text_share=0.2)
+    stricter = RULES.replace(max_missing_text_share=0.2)
     strict_outcome = validate_drop(data, "csv", CLOTHING, stricter).checks[1]
     assert not strict_outcome.passed
     assert "exceeds the bound of 20.00%" in strict_outcome.description
@@ -157,12 +148,12 @@ def test_duplicates_ignore_the_index_and_respect_the_bound() -> None:
     assert outcome.metadata["duplicate_rows"] == 2
     assert outcome.metadata["duplicate_row_share"] == pytest.approx(0.4)
     assert "e.g. source_rows 0/5/9" in outcome.description
-    lenient = dataclasses.replace(RULES, max_duplicate_row_share=0.4)
+    lenient = RULES.replace(max_duplicate_row_share=0.4)
     assert validate_drop(data, "csv", CLOTHING, lenient).checks[2].passed
 
 
 def test_non_empty_needs_min_rows() -> None:
-    rules = dataclasses.replace(RULES, min_rows=5)
+    rules = RULES.replace(min_rows=5)
     outcome = validate_drop(GOOD, "csv", CLOTHING, rules).checks[3]
     assert not outcome.passed
     assert outcome.description == "only 4 rows, at least 5 required"
@@ -173,7 +164,7 @@ def test_non_empty_needs_min_rows() -> None:
 def test_real_file_passes_every_check_with_the_default_rules(
     real_data_path: Path, settings: Settings
 ) -> None:
-    validation = validate_drop(real_data_path, "csv", CLOTHING, IngestRules.from_settings(settings))
+    validation = validate_drop(real_data_path, "csv", CLOTHING, settings.ingest)
     assert validation.passed, validation.first_failure
     assert validation.frame is not None
     assert validation.frame.height == 19_986
@@ -226,8 +217,8 @@ def test_chunked_validation_gives_the_same_verdicts_and_reasons_as_one_chunk(
     case: str, chunk_rows: int
 ) -> None:
     data = CHUNKED_DROPS[case]
-    whole = validate_drop(data, "csv", CLOTHING, dataclasses.replace(RULES, chunk_rows=1_000_000))
-    chunked = validate_drop(data, "csv", CLOTHING, dataclasses.replace(RULES, chunk_rows=chunk_rows))
+    whole = validate_drop(data, "csv", CLOTHING, RULES.replace(chunk_rows=1_000_000))
+    chunked = validate_drop(data, "csv", CLOTHING, RULES.replace(chunk_rows=chunk_rows))
     assert _verdict(chunked) == _verdict(whole)
     if whole.frame is None:
         assert chunked.frame is None
@@ -236,9 +227,7 @@ def test_chunked_validation_gives_the_same_verdicts_and_reasons_as_one_chunk(
 
 
 def test_cross_chunk_checks_are_caught_in_chunks_of_one_row() -> None:
-    validation = validate_drop(
-        CHUNKED_DROPS["violations"], "csv", CLOTHING, dataclasses.replace(RULES, chunk_rows=1)
-    )
+    validation = validate_drop(CHUNKED_DROPS["violations"], "csv", CLOTHING, RULES.replace(chunk_rows=1))
     schema = validation.checks[0]
     assert not schema.passed
     assert schema.description.startswith("10 contract violation(s): ")
@@ -258,9 +247,7 @@ def test_a_file_is_validated_like_its_bytes_and_the_frame_can_be_let_go(tmp_path
     path = tmp_path / "drop.csv"
     path.write_bytes(CHUNKED_DROPS["violations"])
     from_bytes = validate_drop(path.read_bytes(), "csv", CLOTHING, RULES)
-    from_file = validate_drop(
-        path, "csv", CLOTHING, dataclasses.replace(RULES, chunk_rows=3), keep_frame=False
-    )
+    from_file = validate_drop(path, "csv", CLOTHING, RULES.replace(chunk_rows=3), keep_frame=False)
     assert _verdict(from_file) == _verdict(from_bytes)
     assert from_file.frame is None and from_bytes.frame is not None
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -9,7 +8,6 @@ import pytest
 from mlplatform.core.data.features import build_reviews
 from mlplatform.core.data.splits import (
     SplitError,
-    SplitRules,
     assign_splits,
     check_class_coverage,
     check_no_leakage,
@@ -18,7 +16,7 @@ from mlplatform.core.data.splits import (
     split_of,
     split_position,
 )
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import Settings, SettingsError, SplitRules
 from mlplatform_tests.core.data.features_fixtures import CLOTHING, read_real_drop
 from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
 
@@ -28,7 +26,7 @@ CLASSES = CLOTHING.classes
 
 @pytest.fixture
 def rules(settings: Settings) -> SplitRules:
-    return SplitRules.from_settings(settings)
+    return settings.splits
 
 
 def _reviews(count: int, start: int = 0) -> pl.DataFrame:
@@ -45,10 +43,12 @@ def _crafted(rows: list[tuple[str, str, str]]) -> pl.DataFrame:
 
 def test_rules_from_settings_and_their_validation(rules: SplitRules) -> None:
     assert rules.target_shares() == pytest.approx({"train": 0.70, "validation": 0.15, "test": 0.15})
-    with pytest.raises(SplitError, match="leave a share for train"):
-        replace(rules, validation_share=0.5, test_share=0.5)
-    with pytest.raises(SplitError, match="leave a share for train"):
-        replace(rules, test_share=0.0)
+    with pytest.raises(
+        SettingsError, match=r"^\[splits\] validation_share 0.5 and test_share 0.5 must leave"
+    ):
+        rules.replace(validation_share=0.5, test_share=0.5)
+    with pytest.raises(SettingsError, match=r"^\[splits\] test_share: must be above 0 and below 1, got 0.0$"):
+        rules.replace(test_share=0.0)
 
 
 def test_split_position_is_a_uniform_looking_pure_function_of_id_and_salt() -> None:
@@ -71,7 +71,7 @@ def test_growing_data_never_moves_an_existing_review(rules: SplitRules) -> None:
 
 def test_a_larger_validation_share_never_moves_a_test_review(rules: SplitRules) -> None:
     ids = _reviews(1000).get_column("review_id").to_list()
-    wider = replace(rules, validation_share=0.25)
+    wider = rules.replace(validation_share=0.25)
     for review_id in ids:
         if split_of(review_id, rules) == "test":
             assert split_of(review_id, wider) == "test"

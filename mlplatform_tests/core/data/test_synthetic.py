@@ -10,7 +10,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from mlplatform.core.data.quality import IngestRules, validate_drop
+from mlplatform.core.data.quality import validate_drop
 from mlplatform.core.data.schema import read_drop
 from mlplatform.core.data.synthetic import (
     CLOTHING,
@@ -83,7 +83,7 @@ def test_published_csv_round_trips_through_read_drop_and_passes(
     payload = to_published_csv(drop)
     assert payload.startswith((",".join(CLOTHING.source_names) + "\n").encode())
     assert read_drop(payload, "csv", CLOTHING).equals(drop)
-    validation = validate_drop(payload, "csv", CLOTHING, IngestRules.from_settings(settings))
+    validation = validate_drop(payload, "csv", CLOTHING, settings.ingest)
     assert validation.passed, validation.first_failure
 
 

@@ -24,7 +24,6 @@ from mlplatform.core.monitoring.alerts import (
     RESOLVED,
     Alert,
     AlertError,
-    AlertRules,
     AlertStore,
     Delivery,
     WebhookNotifier,
@@ -186,7 +185,7 @@ def test_concurrent_raises_from_several_processes_make_one_firing_alert(alert_ho
 def test_webhook_receives_a_slack_compatible_body_and_the_delivery_is_recorded(
     alert_home: PlatformHome, receiver: Receiver, settings: Settings
 ) -> None:
-    rules = AlertRules.from_settings(settings)
+    rules = settings.alerts
     store = AlertStore.for_home(alert_home, WebhookNotifier(receiver.url, rules.webhook_timeout_s))
     alert = raise_drift(store)
     assert alert is not None and alert.deliveries[-1].ok

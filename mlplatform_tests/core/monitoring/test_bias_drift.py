@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
 
-from mlplatform.core.monitoring.bias_drift import BiasDriftRules, FacetSource, bias_drift, product_facet
+from mlplatform.core.monitoring.bias_drift import FacetSource, bias_drift, product_facet
 from mlplatform.core.monitoring.rules import ERROR, WARN
 from mlplatform.core.platform.settings import Settings, SettingsError
 
 CLASSES = ("negative", "neutral", "positive")
-RULES = dataclasses.replace(BiasDriftRules.from_settings(Settings.load()), min_rows=30)
+RULES = Settings.packaged().monitoring.bias_drift.replace(min_rows=30)
 DAY = datetime(2026, 3, 1, 9, tzinfo=UTC)
 # Products 1-4 are dresses, 5-8 tops; reviewers of every age review both.
 CATALOGUE = pl.DataFrame(
@@ -168,10 +167,5 @@ def test_product_facet_maps_each_product_to_its_value():
 
 
 def test_rules_refuse_bounds_out_of_order():
-    base = Settings.load()
-    monitoring = {
-        **base.section("monitoring"),
-        "bias_drift": {**base.section("monitoring")["bias_drift"], "warn": 0.5},
-    }
-    with pytest.raises(SettingsError, match="warn <= error"):
-        BiasDriftRules.from_settings(Settings({**base.values, "monitoring": monitoring}))
+    with pytest.raises(SettingsError, match=r"\[monitoring.bias_drift\].*warn 0.5 must be at most error 0.2"):
+        Settings.packaged().with_overrides({"monitoring": {"bias_drift": {"warn": 0.5}}})

@@ -26,8 +26,8 @@ from mlplatform.core.monitoring.drift import (
     predicted_class_shares,
     unjudged_report,
 )
-from mlplatform.core.monitoring.rules import DRIFT_METRICS, ERROR, MonitoringError, MonitoringRules
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.monitoring.rules import DRIFT_METRICS, ERROR, MonitoringError
+from mlplatform.core.platform.settings import MonitoringRules, Settings
 from mlplatform.core.training.export import to_onnx
 from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
 from mlplatform_tests.core.scoring.models import LABELS, fitted_pipeline, legacy_model_bytes
@@ -88,7 +88,7 @@ class TrainedSlices:
 
 @pytest.fixture
 def rules(settings: Settings) -> MonitoringRules:
-    return MonitoringRules.from_settings(settings)
+    return settings.monitoring
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ from mlplatform.core.monitoring.health import (
     system_health_numbers,
 )
 from mlplatform.core.monitoring.rules import MonitoringError
+from mlplatform.core.platform.settings import Settings
 from mlplatform.serving.metrics import ServingMetrics
 from mlplatform.serving.model_holder import HolderStatus
 from mlplatform_tests.serving.test_metrics import FakeClock
 
-HEALTH_BOUNDS = {"max_error_rate": 0.01, "max_p99_latency_ms": 500.0}
+HEALTH_BOUNDS = Settings.packaged().monitoring.replace(max_error_rate=0.01, max_p99_latency_ms=500.0)
 
 
 def endpoint_metrics(clock: FakeClock) -> ServingMetrics:
@@ -55,7 +56,7 @@ def test_a_recent_error_burst_fails_the_check_the_lifetime_average_would_pass() 
         for sample in family.samples
         if sample.name == "mlplatform_serving_requests_total" and sample.labels["status"] == "503"
     )
-    assert lifetime_errors / 1010 < HEALTH_BOUNDS["max_error_rate"]  # since start: under 0.5%, hidden
+    assert lifetime_errors / 1010 < HEALTH_BOUNDS.max_error_rate  # since start: under 0.5%, hidden
     error_rate, latency = health_outcomes(system_health_numbers(text, now=time.time()), HEALTH_BOUNDS)
     assert (error_rate.name, error_rate.passed, error_rate.severity) == ("error_rate", False, "ERROR")
     assert "in the last 300 s" in error_rate.description and error_rate.metadata["window_s"] == 300
@@ -64,7 +65,7 @@ def test_a_recent_error_burst_fails_the_check_the_lifetime_average_would_pass() 
 
 def test_a_slow_recent_p99_fails_the_latency_check() -> None:
     numbers = system_health_numbers(week_then_burst(), now=time.time())
-    _, latency = health_outcomes(numbers, {**HEALTH_BOUNDS, "max_p99_latency_ms": 100.0})
+    _, latency = health_outcomes(numbers, HEALTH_BOUNDS.replace(max_p99_latency_ms=100.0))
     assert (latency.name, latency.passed, latency.severity) == ("latency", False, "ERROR")
 
 

@@ -21,6 +21,7 @@ from mlplatform.core.monitoring.lineage import (
 )
 from mlplatform.core.platform.artifacts import ArtifactStore, IntegrityError
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.training.evaluation import card_classes
 from mlplatform_tests.core.monitoring.lineage_fixtures import (
@@ -32,6 +33,7 @@ from mlplatform_tests.core.monitoring.lineage_fixtures import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+STORAGE = Settings.packaged().storage  # the traced home keeps everything in its own directories
 
 
 def model_classes(traced: TracedHome) -> tuple[str, ...]:
@@ -55,7 +57,7 @@ def _landed_drops(traced: TracedHome) -> dict[str, tuple[str, ...]]:
 
 
 def test_prediction_lineage_reaches_the_exact_landed_drops(traced, capture):
-    chain = prediction_lineage(traced.home, REQUEST_ID, capture)
+    chain = prediction_lineage(traced.home, STORAGE, REQUEST_ID, capture)
 
     request = chain["request"]
     assert request["request_id"] == REQUEST_ID and request["route"] == "/predict" and request["rows"] == 2
@@ -96,7 +98,7 @@ def test_a_shadowed_request_is_traced_to_the_version_that_answered_it(traced, ca
 
 
 def test_prediction_lineage_text_shows_the_chain(traced, capture):
-    text = render_lineage_text(prediction_lineage(traced.home, REQUEST_ID, capture))
+    text = render_lineage_text(prediction_lineage(traced.home, STORAGE, REQUEST_ID, capture))
     assert text.startswith(f"request {REQUEST_ID}")
     assert f"answered by model {traced.model_version}" in text
     for result in traced.landed:
@@ -105,16 +107,16 @@ def test_prediction_lineage_text_shows_the_chain(traced, capture):
 
 def test_unknown_and_reused_request_ids_are_refused(traced, capture):
     with pytest.raises(LineageError, match="'no-such-request' is not in the capture log"):
-        prediction_lineage(traced.home, "no-such-request", capture)
+        prediction_lineage(traced.home, STORAGE, "no-such-request", capture)
     with pytest.raises(LineageError, match=r"names 2 requests .*capture id") as refused:
-        prediction_lineage(traced.home, REUSED_REQUEST_ID, capture)
+        prediction_lineage(traced.home, STORAGE, REUSED_REQUEST_ID, capture)
     assert all(capture_id in str(refused.value) for capture_id in traced.reused_capture_ids)
 
 
 def test_each_request_sent_with_a_reused_id_is_traced_by_its_capture_id(traced, capture):
     texts = []
     for capture_id in traced.reused_capture_ids:
-        chain = prediction_lineage(traced.home, capture_id, capture)
+        chain = prediction_lineage(traced.home, STORAGE, capture_id, capture)
         assert (chain["request"]["request_id"], chain["request"]["capture_id"]) == (
             REUSED_REQUEST_ID,
             capture_id,
@@ -123,14 +125,14 @@ def test_each_request_sent_with_a_reused_id_is_traced_by_its_capture_id(traced, 
         texts.append(chain["request"]["inputs"][0]["text"])
     assert texts == [review["text"] for review in REVIEWS]
     assert f"capture id {traced.reused_capture_ids[0]}" in render_lineage_text(
-        prediction_lineage(traced.home, traced.reused_capture_ids[0], capture)
+        prediction_lineage(traced.home, STORAGE, traced.reused_capture_ids[0], capture)
     )
 
 
 def test_a_missing_link_is_named(traced, capture, tmp_path):
     unknown_model = capture.with_columns(pl.lit("v99").alias("model_version"))
     with pytest.raises(LineageError, match="model version v99 is not in the registry"):
-        prediction_lineage(traced.home, REQUEST_ID, unknown_model)
+        prediction_lineage(traced.home, STORAGE, REQUEST_ID, unknown_model)
 
     damaged = PlatformHome(tmp_path / "home")
     shutil.copytree(traced.home.root, damaged.root, ignore=shutil.ignore_patterns("dagster"))
@@ -138,26 +140,26 @@ def test_a_missing_link_is_named(traced, capture, tmp_path):
     with pytest.raises(
         LineageError, match=r"split version review_splits [0-9a-f]{64} is not in the artifact"
     ):
-        prediction_lineage(damaged, REQUEST_ID, capture)
+        prediction_lineage(damaged, STORAGE, REQUEST_ID, capture)
 
 
 def test_reviews_and_splits_list_the_drops_they_were_built_from(traced):
     store = ArtifactStore(traced.home.artifacts)
     for asset in ("reviews", "review_splits"):
         latest = store.latest(asset)
-        chain = asset_lineage(traced.home, asset)
+        chain = asset_lineage(traced.home, STORAGE, asset)
         assert chain["artifact"]["version"] == latest.version
         assert chain["artifact"]["run_id"] == latest.extra["run_id"]
         assert chain["artifact"]["code_version"] == latest.extra["code_version"]
         assert [drop["hash"] for drop in chain["upstream"]["drops"]] == [r.hash for r in traced.landed]
-        by_prefix = asset_lineage(traced.home, asset, latest.version[:10])
+        by_prefix = asset_lineage(traced.home, STORAGE, asset, latest.version[:10])
         assert by_prefix == chain
 
 
 def test_each_raw_reviews_partition_leads_to_its_drop(traced):
     for result in traced.landed:
         stored = ArtifactStore(traced.home.artifacts).latest("raw_reviews", result.hash)
-        chain = asset_lineage(traced.home, "raw_reviews", stored.version)
+        chain = asset_lineage(traced.home, STORAGE, "raw_reviews", stored.version)
         assert chain["artifact"]["partition"] == result.hash
         assert [(d["hash"], d["names"][0]) for d in chain["upstream"]["drops"]] == [
             (result.hash, result.name)
@@ -165,14 +167,14 @@ def test_each_raw_reviews_partition_leads_to_its_drop(traced):
 
 
 def test_best_model_and_candidates_lead_to_the_card_lineage(traced, capture):
-    served = prediction_lineage(traced.home, REQUEST_ID, capture)["training"]
-    best = asset_lineage(traced.home, "best_model")
+    served = prediction_lineage(traced.home, STORAGE, REQUEST_ID, capture)["training"]
+    best = asset_lineage(traced.home, STORAGE, "best_model")
     assert best["upstream"]["training"] == served
     assert best["upstream"]["registered_as"]["version"] == traced.model_version
 
     store = ArtifactStore(traced.home.artifacts)
     candidates = [asset for asset in store.assets() if asset.startswith("candidate_models/")]
-    chains = [asset_lineage(traced.home, asset) for asset in candidates]
+    chains = [asset_lineage(traced.home, STORAGE, asset) for asset in candidates]
     assert len(chains) == 2
     assert sorted(chain["upstream"]["selected"] for chain in chains) == [False, True]
     for chain in chains:
@@ -183,15 +185,15 @@ def test_best_model_and_candidates_lead_to_the_card_lineage(traced, capture):
 
 def test_unknown_versions_and_assets_are_refused(traced):
     with pytest.raises(LineageError, match="no stored version matching 'deadbeef00'"):
-        asset_lineage(traced.home, "reviews", "deadbeef00")
+        asset_lineage(traced.home, STORAGE, "reviews", "deadbeef00")
     with pytest.raises(LineageError, match="at least 8 hex characters"):
-        asset_lineage(traced.home, "reviews", "abc")
+        asset_lineage(traced.home, STORAGE, "reviews", "abc")
     with pytest.raises(LineageError, match="'nothing_here' has no stored versions"):
-        asset_lineage(traced.home, "nothing_here")
+        asset_lineage(traced.home, STORAGE, "nothing_here")
 
 
 def test_versions_are_listed_oldest_first_with_their_runs(traced):
-    listed = list_artifact_versions(traced.home, "raw_reviews")
+    listed = list_artifact_versions(ArtifactStore.from_settings(traced.home, STORAGE), "raw_reviews")
     assert [entry["partition"] for entry in listed] == [result.hash for result in traced.landed]
     assert [entry["created_at"] for entry in listed] == sorted(entry["created_at"] for entry in listed)
     for entry in listed:

@@ -11,8 +11,8 @@ import pytest
 from mlplatform.core.data.contract import load_contract
 from mlplatform.core.data.features import review_ids
 from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK, ground_truth, live_quality
-from mlplatform.core.monitoring.rules import ERROR, WARN, MonitoringError, MonitoringRules
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.monitoring.rules import ERROR, WARN, MonitoringError
+from mlplatform.core.platform.settings import MonitoringRules, Settings
 from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
 
 CLOTHING = load_contract()
@@ -30,7 +30,7 @@ START = datetime(2024, 5, 1, 8, tzinfo=UTC)
 
 @pytest.fixture
 def rules(settings: Settings) -> MonitoringRules:
-    return MonitoringRules.from_settings(settings)
+    return settings.monitoring
 
 
 def scored(truth: list[str], predicted: list[str], version: str = "v1", prefix: str = "r") -> pl.DataFrame:

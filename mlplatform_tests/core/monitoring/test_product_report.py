@@ -21,8 +21,8 @@ from mlplatform.core.monitoring.product_report import (
     to_safe_csv,
     watched_class,
 )
-from mlplatform.core.monitoring.rules import MonitoringError, MonitoringRules
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.monitoring.rules import MonitoringError
+from mlplatform.core.platform.settings import MonitoringRules, Settings
 from mlplatform_tests.core.data.generated import FIVE_CLASS, TWO_CLASS, generated_drop
 
 CLOTHING = load_contract()
@@ -32,7 +32,7 @@ REPORT_COLUMNS = report_columns("negative", TAXONOMY)
 
 @pytest.fixture
 def rules(settings: Settings) -> MonitoringRules:
-    return MonitoringRules.from_settings(settings)
+    return settings.monitoring
 
 
 def predictions(product_id: str | None, negative: int, positive: int) -> pl.DataFrame:

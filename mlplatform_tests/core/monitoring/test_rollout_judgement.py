@@ -11,15 +11,15 @@ import pytest
 from mlplatform.core.data.text import TOKEN_PATTERN
 from mlplatform.core.monitoring.drift import DriftBaseline, ModelVocabulary, TrainingBaseline
 from mlplatform.core.monitoring.rollout_judgement import ROLLOUT_CHECKS, judge_rollout
-from mlplatform.core.monitoring.rules import ERROR, MonitoringRules
+from mlplatform.core.monitoring.rules import ERROR
 from mlplatform.core.platform.settings import Settings
-from mlplatform.core.release.rollout import Rollout, RolloutAction, RolloutRules, RolloutStrategy
+from mlplatform.core.release.rollout import Rollout, RolloutAction, RolloutStrategy
 
 CLASSES = ("negative", "neutral", "positive")
 STEP_START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NOW = STEP_START + timedelta(hours=1)
-RULES = dataclasses.replace(RolloutRules.from_settings(Settings.load()), min_rows=100, min_step_s=600)
-MONITORING = MonitoringRules.from_settings(Settings.load())
+RULES = Settings.packaged().rollout.replace(min_rows=100, min_step_s=600)
+MONITORING = Settings.packaged().monitoring
 
 
 def rollout(strategy: str = "shadow", steps: tuple[int, ...] = (), step: int = 0) -> Rollout:

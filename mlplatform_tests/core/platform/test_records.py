@@ -23,6 +23,7 @@ from mlplatform.core.platform.records import (
     RecordsUnavailable,
     open_records,
 )
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import APPROVED, PRODUCTION, ModelRegistry, RegistryError
 from mlplatform_tests.postgres import PostgresServer, database_name
 
@@ -137,7 +138,9 @@ def approved(registry: ModelRegistry, tag: str) -> str:
 def test_a_promotion_cut_off_mid_transaction_moves_no_alias(
     tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
 ) -> None:
-    registry = ModelRegistry.for_home(PlatformHome(tmp_path / "home", pg_url=postgres_url))
+    registry = ModelRegistry.for_home(
+        PlatformHome(tmp_path / "home", pg_url=postgres_url), Settings.packaged().storage
+    )
     first, second = approved(registry, "a"), approved(registry, "b")
     registry.promote(first, by="tester")
     postgres_server.cut_connection_on_event(postgres_url, "promoted")
@@ -156,7 +159,9 @@ def test_a_promotion_cut_off_mid_transaction_moves_no_alias(
 def test_a_registration_whose_event_was_lost_gets_it_on_retry(
     tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
 ) -> None:
-    registry = ModelRegistry.for_home(PlatformHome(tmp_path / "home", pg_url=postgres_url))
+    registry = ModelRegistry.for_home(
+        PlatformHome(tmp_path / "home", pg_url=postgres_url), Settings.packaged().storage
+    )
     registry.events()  # creates the tables
     postgres_server.cut_connection_on_event(postgres_url, "registered")
 
@@ -176,7 +181,9 @@ def test_a_registration_whose_event_was_lost_gets_it_on_retry(
 @pytest.mark.postgres
 def test_an_unreachable_server_fails_fast_with_a_clear_message(tmp_path: Path, postgres_server) -> None:
     url = f"postgresql://someone:secret@127.0.0.1:{postgres_server.port + 1}/nowhere?connect_timeout=2"
-    registry = ModelRegistry.for_home(PlatformHome(tmp_path / "home", pg_url=url))
+    registry = ModelRegistry.for_home(
+        PlatformHome(tmp_path / "home", pg_url=url), Settings.packaged().storage
+    )
 
     with pytest.raises(RecordsUnavailable) as caught:
         registry.list()
@@ -189,7 +196,9 @@ def test_an_unreachable_server_fails_fast_with_a_clear_message(tmp_path: Path, p
 def test_a_stopped_server_fails_operations_and_a_restart_heals(
     tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
 ) -> None:
-    registry = ModelRegistry.for_home(PlatformHome(tmp_path / "home", pg_url=postgres_url))
+    registry = ModelRegistry.for_home(
+        PlatformHome(tmp_path / "home", pg_url=postgres_url), Settings.packaged().storage
+    )
     version = registry.register(b"model-a", {"name": "a"}, METRICS).version
     postgres_server.stop()
     try:
@@ -203,19 +212,22 @@ def test_a_stopped_server_fails_operations_and_a_restart_heals(
 @pytest.mark.postgres
 def test_file_records_are_imported_once_and_the_files_then_refuse(tmp_path: Path, postgres_url: str) -> None:
     root = tmp_path / "home"
-    on_files = ModelRegistry.for_home(PlatformHome(root))
+    on_files = ModelRegistry.for_home(PlatformHome(root), Settings.packaged().storage)
     first, second = approved(on_files, "a"), approved(on_files, "b")
     on_files.promote(first, by="tester")
     on_files.promote(second, by="tester")
     before = (on_files.events(), on_files.aliases())
 
-    on_postgres = ModelRegistry.for_home(PlatformHome(root, pg_url=postgres_url))
+    on_postgres = ModelRegistry.for_home(PlatformHome(root, pg_url=postgres_url), Settings.packaged().storage)
     assert (on_postgres.events(), on_postgres.aliases()) == before
     assert on_postgres.rollback(by="oncall", reason="bad") == (second, first)
-    assert ModelRegistry.for_home(PlatformHome(root, pg_url=postgres_url)).events() == on_postgres.events()
+    assert (
+        ModelRegistry.for_home(PlatformHome(root, pg_url=postgres_url), Settings.packaged().storage).events()
+        == on_postgres.events()
+    )
     assert (root / "registry" / RECORDS_MARKER).exists()
     with pytest.raises(RecordsError, match="live in PostgreSQL"):
-        ModelRegistry.for_home(PlatformHome(root)).aliases()
+        ModelRegistry.for_home(PlatformHome(root), Settings.packaged().storage).aliases()
 
 
 @pytest.mark.postgres
@@ -230,7 +242,7 @@ def test_records_in_both_places_are_not_merged(tmp_path: Path, postgres_url: str
 
 
 def _approve_and_promote(root: str, pg_url: str, tag: str, barrier) -> None:
-    registry = ModelRegistry.for_home(PlatformHome(Path(root), pg_url=pg_url))
+    registry = ModelRegistry.for_home(PlatformHome(Path(root), pg_url=pg_url), Settings.packaged().storage)
     barrier.wait()
     for round_ in range(3):
         version = approved(registry, f"{tag}-{round_}")
@@ -248,7 +260,7 @@ def test_concurrent_writers_on_postgres_lose_nothing_and_number_versions_in_orde
         _approve_and_promote, [(str(root), postgres_url, f"w{n}", barrier) for n in range(workers)]
     )
 
-    registry = ModelRegistry.for_home(PlatformHome(root, pg_url=postgres_url))
+    registry = ModelRegistry.for_home(PlatformHome(root, pg_url=postgres_url), Settings.packaged().storage)
     versions = registry.list()
     assert sorted(v.version for v in versions) == sorted(f"v{n}" for n in range(1, 3 * workers + 1))
     assert all(v.status == APPROVED for v in versions)

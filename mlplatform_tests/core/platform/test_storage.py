@@ -10,7 +10,7 @@ import pytest
 
 from mlplatform.core.platform.artifacts import ArtifactStore, IntegrityError, encode, sha256_bytes
 from mlplatform.core.platform.home import PlatformHome
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import Settings, SettingsError, StorageRules
 from mlplatform.core.platform.storage import (
     FsspecLocation,
     ImmutableConflict,
@@ -32,9 +32,8 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> StorageLocation:
     return open_location(f"memory://mlp-{uuid.uuid4().hex}/prefix")
 
 
-def _settings(**storage: str) -> Settings:
-    base = Settings.load()
-    return Settings({**base.values, "storage": {**base.section("storage"), **storage}})
+def _storage(**storage: str) -> StorageRules:
+    return Settings.packaged().with_overrides({"storage": storage}).storage
 
 
 def test_put_get_exists(location: StorageLocation) -> None:
@@ -144,19 +143,19 @@ def test_file_urls_and_absolute_paths_are_local(tmp_path: Path) -> None:
 
 
 def test_settings_select_locations(home: PlatformHome, tmp_path: Path) -> None:
-    defaults = Settings.load()
+    defaults = Settings.packaged().storage
     assert location_from_settings(home, defaults, "artifacts") == LocalLocation(home.artifacts)
     assert is_home_directory(location_from_settings(home, defaults, "lake"), home.lake)
     assert is_home_directory(location_from_settings(home, defaults, "capture"), home.capture)
-    chosen = _settings(artifacts="memory://mlp-settings/artifacts", capture=f"file://{tmp_path}/capture")
+    chosen = _storage(artifacts="memory://mlp-settings/artifacts", capture=f"file://{tmp_path}/capture")
     assert location_from_settings(home, chosen, "artifacts").url == "memory://mlp-settings/artifacts"
     capture = location_from_settings(home, chosen, "capture")
     assert capture == LocalLocation(tmp_path / "capture")
     assert not is_home_directory(capture, home.capture)
     with pytest.raises(StorageConfigError, match=r"^\[storage\] registry: .*unknown scheme"):
-        location_from_settings(home, _settings(registry="bogus://x/y"), "registry")
-    with pytest.raises(StorageConfigError, match=r"^\[storage\] lake must be a string"):
-        location_from_settings(home, Settings({**defaults.values, "storage": {"lake": 3}}), "lake")
+        location_from_settings(home, _storage(registry="bogus://x/y"), "registry")
+    with pytest.raises(SettingsError, match=r"^\[storage\] lake: must be a string, got 3"):
+        _storage(lake=3)
     with pytest.raises(StorageConfigError, match="unknown storage kind 'models'"):
         location_from_settings(home, defaults, "models")
 

@@ -16,7 +16,6 @@ from mlplatform.core.release.deploy import (
     DeployAction,
     DeployError,
     DeploymentLockTimeout,
-    DeploymentRules,
     DeployState,
     SmokeResult,
     best_model_sha256,
@@ -105,18 +104,18 @@ def test_the_version_is_found_by_the_sha256_of_best_models_own_file():
 
 
 def test_deployment_rules_read_settings_and_refuse_a_bad_url(tmp_path):
-    rules = DeploymentRules.from_settings(Settings.load())
+    rules = Settings.load().deployment
     assert rules.endpoint_url is None and rules.wait_timeout_s > 0
     override = tmp_path / "platform.toml"
     override.write_text('[deployment]\nendpoint_url = "http://127.0.0.1:9/"\n')
-    assert DeploymentRules.from_settings(Settings.load(override)).endpoint_url == "http://127.0.0.1:9"
+    assert Settings.load(override).deployment.endpoint_url == "http://127.0.0.1:9"
     override.write_text('[deployment]\nendpoint_url = "localhost:9"\n')
-    with pytest.raises(SettingsError, match="endpoint_url"):
-        DeploymentRules.from_settings(Settings.load(override))
+    with pytest.raises(SettingsError, match=r"^\[deployment\] endpoint_url: must start with http"):
+        Settings.load(override)
 
     override.write_text("[deployment]\nlock_timeout_s = 0\n")
-    with pytest.raises(SettingsError, match="lock_timeout_s must be > 0"):
-        DeploymentRules.from_settings(Settings.load(override))
+    with pytest.raises(SettingsError, match=r"^\[deployment\] lock_timeout_s: must be positive, got 0"):
+        Settings.load(override)
 
 
 # ---------------------------------------------------------------------------- the deploy section
@@ -126,7 +125,7 @@ PASSED = SmokeResult(True, "", "v2", 1.0, tuple(EXPECTED))
 
 
 def _registry_with_v1_in_production_and_v2_approved(home: PlatformHome) -> ModelRegistry:
-    registry = ModelRegistry.for_home(home)
+    registry = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
     for name in ("v1", "v2"):
         version = registry.register(f"onnx bytes of {name}".encode(), {}, {"macro_f1": 0.7})
         assert version.version == name

@@ -9,17 +9,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mlplatform.core.data.features import FeatureRules
-from mlplatform.core.platform.settings import Settings
+from mlplatform.core.platform.settings import RegistryRules, Settings
 from mlplatform.core.release.registration import (
     GATES_ACTOR,
     Provenance,
     RegistrationRules,
     register_best,
 )
-from mlplatform.core.release.registry import APPROVED, PENDING, REJECTED, ModelRegistry, RegistryRules
+from mlplatform.core.release.registry import APPROVED, PENDING, REJECTED, ModelRegistry
 from mlplatform.core.scoring.model import ScoringModel
-from mlplatform.core.training.evaluation import GateRules
 from mlplatform.core.training.fit import TrainingConfig, train_candidates
 from mlplatform.core.training.selection import MODEL_CARD_FILE, MODEL_FILE, CandidateRecord, candidate_files
 from mlplatform_tests.core.data.generated import TWO_CLASS
@@ -52,15 +50,11 @@ def candidates(splits: pl.DataFrame) -> list[CandidateRecord]:
     return [CandidateRecord.from_files(candidate_files(candidate)) for candidate in trained]
 
 
-def rules(
-    settings: Settings, *, approval: str = "auto", min_macro_f1: float | None = None
-) -> RegistrationRules:
-    gates = GateRules.from_settings(settings)
-    features = FeatureRules.from_settings(settings)
-    gates = dataclasses.replace(gates, max_p99_latency_ms=1e9, max_recall_gap=1.0, max_predicted_rate_gap=1.0)
-    if min_macro_f1 is not None:
-        gates = dataclasses.replace(gates, min_macro_f1=min_macro_f1)
-    features = dataclasses.replace(features, min_facet_rows=1)
+def rules(settings: Settings, *, approval: str = "auto", **gate_changes: float) -> RegistrationRules:
+    gates = settings.gates.replace(
+        max_p99_latency_ms=1e9, max_recall_gap=1.0, max_predicted_rate_gap=1.0, **gate_changes
+    )
+    features = settings.features.replace(min_facet_rows=1)
     return RegistrationRules(gates, features, RegistryRules(approval=approval), RULES, ("division_name",))
 
 
@@ -108,10 +102,14 @@ def test_a_failed_blocking_gate_rejects_and_a_manual_policy_waits(
     tmp_path: Path, settings: Settings, splits: pl.DataFrame, candidates: list[CandidateRecord]
 ) -> None:
     rejected = register_best(
-        ModelRegistry(tmp_path / "strict"), candidates, splits, rules(settings, min_macro_f1=1.01), PROVENANCE
+        ModelRegistry(tmp_path / "strict"),
+        candidates,
+        splits,
+        rules(settings, max_model_size_bytes=1),
+        PROVENANCE,
     )
     assert rejected.version.status == REJECTED
-    assert rejected.version.status_history[-1]["reason"].startswith("quality_bar: ")
+    assert rejected.version.status_history[-1]["reason"].startswith("model_size_budget: ")
 
     waiting = register_best(
         ModelRegistry(tmp_path / "manual"), candidates, splits, rules(settings, approval="manual"), PROVENANCE

@@ -24,7 +24,6 @@ from mlplatform.core.release.registry import (
     IntegrityError,
     ModelRegistry,
     RegistryError,
-    RegistryRules,
 )
 
 METRICS = {"macro_f1": 0.7, "accuracy": 0.8}
@@ -42,7 +41,7 @@ def registry_home(request, tmp_path: Path) -> PlatformHome:
 
 @pytest.fixture
 def registry(registry_home: PlatformHome) -> ModelRegistry:
-    return ModelRegistry.for_home(registry_home)
+    return ModelRegistry.for_home(registry_home, Settings.load(registry_home.settings_file).storage)
 
 
 @pytest.fixture
@@ -122,7 +121,7 @@ def test_register_refuses_bad_card_or_metrics(registry: ModelRegistry, card, met
 
 
 def _register_many(root: str, pg_url: str | None, tags: list[str], barrier, results) -> None:
-    registry = ModelRegistry.for_home(PlatformHome(Path(root), pg_url=pg_url))
+    registry = ModelRegistry.for_home(PlatformHome(Path(root), pg_url=pg_url), Settings.packaged().storage)
     barrier.wait()
     for tag in tags:
         results.put((tag, registry.register(model_bytes(tag), {"name": tag}, METRICS).version))
@@ -453,8 +452,8 @@ def test_a_torn_event_line_is_skipped_and_closed_off(file_registry: ModelRegistr
 
 
 def test_registry_rules_come_from_settings(settings: Settings) -> None:
-    assert RegistryRules.from_settings(settings).auto_approve
-    manual = Settings({**settings.values, "registry": {"approval": "manual"}})
-    assert not RegistryRules.from_settings(manual).auto_approve
-    with pytest.raises(SettingsError, match="approval"):
-        RegistryRules.from_settings(Settings({**settings.values, "registry": {"approval": "sometimes"}}))
+    assert settings.registry.auto_approve
+    manual = settings.with_overrides({"registry": {"approval": "manual"}})
+    assert not manual.registry.auto_approve
+    with pytest.raises(SettingsError, match=r"^\[registry\] approval: must be one of 'auto' or 'manual'"):
+        settings.with_overrides({"registry": {"approval": "sometimes"}})

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.platform.storage import LocalLocation, StorageLocation, is_home_directory, open_location
 from mlplatform.core.release.registry import APPROVED, IntegrityError, ModelRegistry, RegistryError
 
@@ -176,12 +177,12 @@ def test_an_unreadable_meta_is_a_registry_error(registry: ModelRegistry, locatio
 
 def test_for_home_uses_the_registry_setting(tmp_path: Path) -> None:
     home = PlatformHome(tmp_path / "home").ensure()
-    default = ModelRegistry.for_home(home)
+    default = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
     assert isinstance(default.location, LocalLocation) and is_home_directory(default.location, home.registry)
 
     url = f"memory://mlp-registry-{uuid.uuid4().hex}/models"
     home.settings_file.write_text(f'[storage]\nregistry = "{url}"\n', encoding="utf-8")
-    registry = ModelRegistry.for_home(home)
+    registry = ModelRegistry.for_home(home, Settings.load(home.settings_file).storage)
     version = registry.register(model_bytes("a"), {}, METRICS)
 
     assert registry.location.url == url

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings, SettingsError
-from mlplatform.core.release.deploy import DeploymentRules, DeployState, SmokeResult
+from mlplatform.core.release.deploy import DeployState, SmokeResult
 from mlplatform.core.release.registry import PREVIOUS, PRODUCTION, ModelRegistry
 from mlplatform.core.release.rollout import (
     ROLLOUT_POINTER,
@@ -18,7 +17,6 @@ from mlplatform.core.release.rollout import (
     RolloutAction,
     RolloutError,
     RolloutEvent,
-    RolloutRules,
     RolloutStrategy,
     abort_rollout,
     advance_rollout,
@@ -250,17 +248,21 @@ def test_the_record_round_trips_and_a_damaged_one_is_one_line(registry, versions
 
 
 def test_rules_read_the_settings_and_refuse_bad_ones():
-    rules = RolloutRules.from_settings(Settings.load())
+    rules = Settings.packaged().deployment
     assert rules.strategy is DeploymentStrategy.DIRECT and rules.canary_steps == (5, 25, 50, 100)
 
     def with_deployment(**values) -> Settings:
-        base = Settings.load()
-        return Settings({**base.values, "deployment": {**base.section("deployment"), **values}})
+        return Settings.packaged().with_overrides({"deployment": values})
 
-    with pytest.raises(SettingsError, match="strategy must be one of"):
-        RolloutRules.from_settings(with_deployment(strategy="blue-green"))
-    with pytest.raises(SettingsError, match="canary_steps must increase"):
-        RolloutRules.from_settings(with_deployment(canary_steps=[50, 5]))
+    assert with_deployment(strategy="canary").deployment.strategy is DeploymentStrategy.CANARY
+    with pytest.raises(SettingsError, match=r"\[deployment\] strategy: .*direct.*shadow.*canary"):
+        with_deployment(strategy="blue-green")
+    with pytest.raises(SettingsError, match=r"\[deployment\] canary_steps: must increase step by step"):
+        with_deployment(canary_steps=[50, 5])
+    with pytest.raises(SettingsError, match=r"\[deployment\] canary_steps: must be whole percents"):
+        with_deployment(canary_steps=[5, 150])
+    with pytest.raises(SettingsError, match=r"\[rollout\] shadow_nice"):
+        Settings.packaged().with_overrides({"rollout": {"shadow_nice": 40}})
 
 
 # --- sentiment_endpoint's one call: deploy by the strategy ----------------------------------------------
@@ -283,20 +285,16 @@ def smoke(passed: bool, calls: list[str]):
 
 def by_strategy(home: PlatformHome, version: str, strategy: str, *, offline_passes: bool = True):
     registry = ModelRegistry(home.registry)
-    settings = Settings.load()
     live_calls: list[str] = []
     offline_calls: list[str] = []
-    rollout_rules = dataclasses.replace(
-        RolloutRules.from_settings(settings), strategy=DeploymentStrategy(strategy)
-    )
+    rules = Settings.packaged().deployment.replace(strategy=strategy)
     deployment = deploy_by_strategy(
         home,
         registry,
         registry.get(version),
         live_smoke_test=smoke(True, live_calls),
         offline_smoke_test=smoke(offline_passes, offline_calls),
-        rules=DeploymentRules.from_settings(settings),
-        rollout_rules=rollout_rules,
+        rules=rules,
         live=False,
         endpoint_url=None,
         by="sentiment_endpoint",

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from mlplatform.core.data.text import TOKEN_PATTERN, lowercase_for_tokens
-from mlplatform.core.scoring.model import ScoringRules
+from mlplatform.core.platform.settings import ScoringRules
 from mlplatform.core.training.export import to_onnx
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")

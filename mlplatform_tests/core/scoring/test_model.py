@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import numpy as np
@@ -126,7 +125,7 @@ def test_runs_are_bounded_and_their_split_never_changes_an_answer(model: Scoring
         assert end - start == 1 or (end - start) * longest <= RULES.run_max_chars
     assert (50, 51) in bounds  # the huge text runs alone
     one_run = ScoringModel.from_bytes(
-        sparse_model_bytes(), dataclasses.replace(RULES, threads=1, run_max_rows=10_000, run_max_chars=10**9)
+        sparse_model_bytes(), RULES.replace(threads=1, run_max_rows=10_000, run_max_chars=10**9)
     )
     many, single = model.predict(texts, explain_top_k=2), one_run.predict(texts, explain_top_k=2)
     assert len(list(one_run._runs(texts))) == 1

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
-from mlplatform.core.platform.settings import Settings, SettingsError
+from mlplatform.core.platform.settings import ClassFloors, GateRules, Settings, SettingsError
 from mlplatform.core.scoring.model import ScoringModel
 from mlplatform.core.training.evaluation import (
     ERROR,
     WARN,
-    ClassFloors,
     EvaluationError,
-    GateRules,
     blocking_failures,
     card_classes,
     classification_metrics,
@@ -129,7 +126,7 @@ def test_predict_frame_and_latency(onnx_model: ScoringModel) -> None:
 
 @pytest.fixture
 def rules(settings: Settings) -> GateRules:
-    return GateRules.from_settings(settings)
+    return settings.gates
 
 
 def good_inputs() -> dict:
@@ -163,14 +160,16 @@ def test_gate_rules_come_from_settings(rules: GateRules) -> None:
 
 
 def test_class_floors_need_a_default_and_floors_in_0_1(tmp_path) -> None:
-    with pytest.raises(SettingsError, match="needs `default`"):
-        ClassFloors.from_table({"negative": 0.4})
-    with pytest.raises(SettingsError, match=r"great must be in \[0, 1\]"):
-        ClassFloors.from_table({"default": 0.3, "great": 1.5})
+    with pytest.raises(ValidationError, match="needs `default`"):
+        ClassFloors.model_validate({"negative": 0.4})  # a file cannot drop the packaged default
+    with pytest.raises(
+        SettingsError, match=r"^\[gates.min_class_recall\] great: must be between 0 and 1, got 1.5"
+    ):
+        ClassFloors.of(0.3, {"great": 1.5})
     # a deployment names floors for its own classes (keys the packaged settings do not have)
     override = tmp_path / "platform.toml"
     override.write_text("[gates.min_class_recall]\ndefault = 0.2\ngreat = 0.7\n")
-    floors = GateRules.from_settings(Settings.load(override)).min_class_recall
+    floors = Settings.load(override).gates.min_class_recall
     assert floors.for_classes(["awful", "great", "negative"]) == {"awful": 0.2, "great": 0.7, "negative": 0.4}
 
 
@@ -181,7 +180,7 @@ def test_quality_bar_judges_the_classes_the_metrics_hold(rules: GateRules) -> No
     truth = [label for label in FIVE for _ in range(4)]
     predicted = [label if index % 4 else "okay" for index, label in enumerate(truth)]  # recall 0.75, okay 1.0
     metrics = classification_metrics(truth, predicted, FIVE)
-    strict = dataclasses.replace(rules, min_macro_f1=0.0, min_class_recall=ClassFloors(0.5, {"great": 0.8}))
+    strict = rules.replace(min_macro_f1=0.0, min_class_recall=ClassFloors.of(0.5, {"great": 0.8}))
     gate = outcome(evaluate_gates(**{**good_inputs(), "metrics": metrics}, rules=strict), "quality_bar")
     assert not gate.passed and gate.description == "great recall 0.7500 < 0.8"
     assert gate.metadata["min_class_recall"] == {
@@ -224,10 +223,9 @@ def test_quality_bar_fails_on_macro_f1_and_on_a_class_recall(rules: GateRules) -
     assert not gate.passed and gate.severity == ERROR
     assert "macro-F1" in gate.description and "negative recall 0.0000" in gate.description
     floors = rules.min_class_recall
-    strict = dataclasses.replace(
-        rules,
+    strict = rules.replace(
         min_macro_f1=0.0,
-        min_class_recall=dataclasses.replace(floors, by_class={**floors.by_class, "neutral": 1.0}),
+        min_class_recall=ClassFloors.of(floors.default, {**floors.by_class, "neutral": 1.0}),
     )
     decent = classification_metrics(Y_TRUE, Y_PRED, CLASSES)
     gate = outcome(evaluate_gates(**{**good_inputs(), "metrics": decent}, rules=strict), "quality_bar")

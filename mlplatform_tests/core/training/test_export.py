@@ -21,7 +21,8 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
 
 from mlplatform.core.data.text import CASE_MAP, TOKEN_PATTERN, lowercase_for_tokens
-from mlplatform.core.scoring.model import GRAPH_KIND, ScoringRules
+from mlplatform.core.platform.settings import ScoringRules
+from mlplatform.core.scoring.model import GRAPH_KIND
 from mlplatform.core.training.export import ExportError, check_parity, sklearn_answers, to_onnx
 from mlplatform_tests.core.training.training_data import CLASSES as LABELS
 from mlplatform_tests.core.training.training_data import review_frame
@@ -325,7 +326,8 @@ def test_classes_other_than_the_fitted_ones_are_refused() -> None:
 
 BARE_LOCALE_SCRIPT = """
 import json, sys
-from mlplatform.core.scoring.model import ScoringModel, ScoringRules
+from mlplatform.core.scoring.model import ScoringModel
+from mlplatform.core.platform.settings import ScoringRules
 rules = ScoringRules(chunk_rows=1000, threads=1, run_max_rows=512, run_max_chars=1_000_000, legacy_run_rows=64)
 model = ScoringModel.from_bytes(open(sys.argv[1], "rb").read(), rules)
 prediction = model.predict(json.loads(open(sys.argv[2]).read()))

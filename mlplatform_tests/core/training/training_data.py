@@ -8,7 +8,8 @@ import polars as pl
 
 from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.data.features import build_reviews
-from mlplatform.core.data.splits import SplitRules, assign_splits
+from mlplatform.core.data.splits import assign_splits
+from mlplatform.core.platform.settings import Settings
 from mlplatform_tests.core.data.generated import generated_drop
 
 CLASSES = ("negative", "neutral", "positive")
@@ -72,7 +73,9 @@ def review_frame(rows: int = 240, seed: int = 7) -> pl.DataFrame:
     return pl.DataFrame(records)
 
 
-SPLIT_RULES = SplitRules(validation_share=0.2, test_share=0.2, proportion_tolerance=0.05, salt="tests")
+SPLIT_RULES = Settings.packaged().splits.replace(
+    validation_share=0.2, test_share=0.2, proportion_tolerance=0.05, salt="tests"
+)
 
 
 def contract_frame(contract: DatasetContract, rows: int = 300, seed: int = 7) -> pl.DataFrame:
