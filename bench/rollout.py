@@ -55,6 +55,7 @@ from sklearn.base import clone
 
 from mlplatform.core.monitoring.capture import read_capture
 from mlplatform.core.platform.home import PlatformHome
+from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
 from mlplatform.core.release.rollout import RolloutStrategy, advance_rollout, start_rollout
 from mlplatform.core.training.export import to_onnx
@@ -68,7 +69,7 @@ MAX_P99_INCREASE = 0.10
 
 def make_home(root: Path, production: bytes, candidate: bytes) -> ModelRegistry:
     """A home with v1 in production and v2 approved."""
-    registry = ModelRegistry.for_home(PlatformHome.at(root).ensure())
+    registry = ModelRegistry.for_home(PlatformHome.at(root).ensure(), Settings.packaged().storage)
     for onnx_bytes in (production, candidate):
         version = registry.register(onnx_bytes, card={"model": "bench"}, metrics={"macro_f1": 0.0}).version
         registry.approve(version, by="bench")
