@@ -10,9 +10,9 @@ replicates the reviews, as published, to `--rows` rows. Then, side by side in on
   `[scoring] chunk_rows`: scikit-learn `predict_proba`; `ScoringModel.predict` with the packaged
   settings (runs side by side on every core); the same on one thread; and the whole `mlplatform score`
   path (`score_file`: CSV as published in, text preparation, scoring, Parquet out);
-- one review at a time, interleaved call by call over `--calls` real reviews: scikit-learn
-  `predict_proba([text])`, `ScoringModel.predict([text])` (what the endpoint calls) and a bare
-  `InferenceSession.run` on the same bytes (ONNX Runtime alone);
+- one review at a time over `--calls` real reviews, in alternating blocks of 500 calls per way
+  (`BLOCK_CALLS`): scikit-learn `predict_proba([text])`, `ScoringModel.predict([text])` (what the
+  endpoint calls) and a bare `InferenceSession.run` on the same bytes (ONNX Runtime alone);
 - parity with scikit-learn on 5,000 real texts;
 - peak RSS: a subprocess scores `--rss-rows` reviews CSV -> Parquet with `score_file` and reports its own
   peak resident set (VmHWM).
@@ -25,7 +25,6 @@ table and writes bench/results/batch.json (with the machine).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import statistics
@@ -64,6 +63,8 @@ TARGETS = {
     "peak_rss_bytes": RSS_TARGET_BYTES,
 }
 SKLEARN = "scikit-learn predict_proba (in memory)"
+BLOCK_CALLS = 500
+"""Calls of one way in a row in the single-review comparison."""
 PREDICT = "ScoringModel.predict, packaged settings (in memory)"
 ONE_THREAD = "ScoringModel.predict, one thread (in memory)"
 SCORE_FILE = "score_file (CSV in, Parquet out)"
@@ -166,7 +167,7 @@ def throughput(
 def single_review_latency(
     pipeline: Any, model: ScoringModel, model_path: Path, texts: list[str], calls: int
 ) -> dict[str, Any]:
-    """Per-call latency of one review, the three ways interleaved call by call (same texts, same moment)."""
+    """Per-call latency of one review, the three ways on the same texts, in alternating blocks."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -182,12 +183,18 @@ def single_review_latency(
     for warm in texts[:200]:
         for way in ways.values():
             way(warm)
-    for index in range(calls):
-        text = texts[index % len(texts)]
-        for name, way in ways.items():
-            started = time.perf_counter()
-            way(text)
-            timings[name].append((time.perf_counter() - started) * 1000.0)
+    # Blocks of BLOCK_CALLS calls per way, the ways in rotation until each made `calls`: side by side in
+    # time (a load change hits all alike), but each call follows calls of its own kind, as an endpoint's
+    # do. Call-by-call alternation would time each way on caches the other two just evicted.
+    order = list(ways.items())
+    for block, start in enumerate(range(0, calls, BLOCK_CALLS)):
+        shift = block % len(order)
+        for name, way in order[shift:] + order[:shift]:
+            for index in range(start, min(start + BLOCK_CALLS, calls)):
+                text = texts[index % len(texts)]
+                started = time.perf_counter()
+                way(text)
+                timings[name].append((time.perf_counter() - started) * 1000.0)
     return {
         name: {
             "calls": calls,
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline, model_path, sha256 = fit_and_export(reviews, workdir)
         rules = Settings.load().scoring
         model = load_model(model_path, sha256, rules)
-        one_thread = load_model(model_path, sha256, dataclasses.replace(rules, threads=1))
+        one_thread = load_model(model_path, sha256, rules.replace(threads=1))
         source = replicated_csv(reviews, args.rows, workdir / "reviews.csv")
         texts = prepared(pl.read_csv(source, infer_schema=False))
         report["model_bytes"] = model_path.stat().st_size

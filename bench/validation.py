@@ -95,7 +95,6 @@ def measure(mode: str, drop: Path, chunk_rows: int | None, old: Path | None = No
 
 def child(mode: str, drop: Path, chunk_rows: int | None) -> None:
     """The subprocess side of `measure`: validate one drop, print a JSON line."""
-    import dataclasses
 
     from mlplatform.core.data.quality import validate_drop
     from mlplatform.core.platform.settings import Settings
@@ -111,7 +110,7 @@ def child(mode: str, drop: Path, chunk_rows: int | None) -> None:
         from mlplatform.core.data.contract import load_contract
 
         if chunk_rows is not None:
-            rules = dataclasses.replace(rules, chunk_rows=chunk_rows)
+            rules = rules.replace(chunk_rows=chunk_rows)
         validation = validate_drop(
             drop, "csv", load_contract(), rules, keep_frame=mode == "keeping the frame"
         )

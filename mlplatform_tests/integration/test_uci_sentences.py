@@ -37,7 +37,7 @@ from mlplatform.core.platform.fsio import sha256_file
 from mlplatform.core.platform.home import PlatformHome
 from mlplatform.core.platform.settings import Settings
 from mlplatform.core.release.registry import ModelRegistry
-from mlplatform.core.scoring.model import ScoringModel, ScoringRules
+from mlplatform.core.scoring.model import ScoringModel
 from mlplatform.core.training.evaluation import classification_metrics
 from mlplatform.instance import open_instance
 from mlplatform_tests.core.data.contract_fixtures import EXAMPLES
@@ -140,9 +140,7 @@ def test_the_uci_sentences_run_the_whole_life_with_only_a_contract_file(
 
         # the test split's sentences, as a client sends them: its own review ids, the raw sentence
         test = store.load(store.latest("review_splits")).filter(pl.col("split") == "test").sort("review_id")
-        model = ScoringModel.from_bytes(
-            production.onnx_path.read_bytes(), ScoringRules.from_settings(Settings.load())
-        )
+        model = ScoringModel.from_bytes(production.onnx_path.read_bytes(), Settings.packaged().scoring)
         offline = model.predict(test["sentence"].to_list())
         assert test.height == 317 and not offline.no_tokens.any()  # (one the model cannot read is a 400)
         expected = classification_metrics(test["label"].to_list(), list(offline.labels), model.classes)

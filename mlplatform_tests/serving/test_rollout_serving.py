@@ -30,7 +30,7 @@ from mlplatform.core.release.rollout import (
     current_rollout,
     start_rollout,
 )
-from mlplatform.core.scoring.model import ScoringRules, load_model
+from mlplatform.core.scoring.model import load_model
 from mlplatform.serving.app import create_app
 from mlplatform_tests.serving.conftest import damage_model_file, deploy, register, tiny_model_bytes
 from mlplatform_tests.serving.test_health import wait_until
@@ -71,7 +71,7 @@ class Misbehaving:
 def loader_for(registry: ModelRegistry):
     """The real loader; the candidate's model misbehaves (see Misbehaving)."""
     candidate_sha = registry.get(CANDIDATE).sha256
-    real = functools.partial(load_model, rules=ScoringRules.from_settings(Settings.load()))
+    real = functools.partial(load_model, rules=Settings.packaged().scoring)
 
     def load(path: Path, sha256: str) -> Any:
         model = real(path, sha256)
@@ -234,6 +234,37 @@ def test_one_product_sees_one_version(registry, serving):
     for product in ("1078", "862", "1094", "9"):
         seen = {predict(client, "lovely dress", product_id=product).json()["model_version"] for _ in range(5)}
         assert len(seen) == 1
+
+
+def test_a_canary_explains_with_the_version_that_answered(home, registry, serving):
+    start(registry, "canary", percent=50, steps=[50, 100])
+    client = serving()
+    wait_until(lambda: holder(client).candidate is not None)
+    body = {"reviews": [{"text": "lovely dress, awful zipper"}], "explain": True}
+    answers = [
+        client.post("/predict", json=body, headers={"X-Request-ID": f"r-{i}"}).json() for i in range(40)
+    ]
+    close(client)
+
+    by_version: dict[str, list] = {}
+    for answer in answers:
+        by_version.setdefault(answer["model_version"], []).append(answer["predictions"][0]["explanation"])
+    assert set(by_version) == {"v1", CANDIDATE}  # both versions answered some
+    models = {
+        version: load_model(
+            registry.get(version).onnx_path, registry.get(version).sha256, rules=Settings.packaged().scoring
+        )
+        for version in by_version
+    }
+    for version, explanations in by_version.items():
+        expected = models[version].predict(["lovely dress, awful zipper"], explain_top_k=5).explanations[0]
+        assert all(
+            [(item["ngram"], round(item["weight"], 5)) for item in explanation]
+            == [(item.ngram, round(item.weight, 5)) for item in expected]
+            for explanation in explanations
+        )
+    frame = captured(home).filter(pl.col("role") == "answered")
+    assert frame["explanation"].null_count() == 0 and frame.height == 40
 
 
 def test_a_failing_canary_candidate_is_answered_for_by_production(home, registry, serving):

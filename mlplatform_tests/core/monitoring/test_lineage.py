@@ -92,7 +92,7 @@ def test_prediction_lineage_reaches_the_exact_landed_drops(traced, capture):
 def test_a_shadowed_request_is_traced_to_the_version_that_answered_it(traced, capture):
     answered = capture.filter(pl.col("request_id") == REQUEST_ID)
     shadow = answered.with_columns(pl.lit("v99").alias("model_version"), pl.lit("shadow").alias("role"))
-    chain = prediction_lineage(traced.home, REQUEST_ID, pl.concat([capture, shadow]))
+    chain = prediction_lineage(traced.home, STORAGE, REQUEST_ID, pl.concat([capture, shadow]))
     assert chain["model_version"]["version"] == answered["model_version"][0]
     assert chain["request"]["rows"] == answered.height
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -212,7 +211,7 @@ def test_live_quality_aborts_a_candidate_much_worse_on_labelled_rows():
     labels = pl.DataFrame(
         {"review_id": [f"review-{i}" for i in range(150)], "label": [CLASSES[i % 3] for i in range(150)]}
     )
-    lenient = dataclasses.replace(RULES, min_agreement=0.0, max_class_share_gap=1.0)
+    lenient = RULES.replace(min_agreement=0.0, max_class_share_gap=1.0)
     judgement = judge(traffic, labels=labels, rules=lenient)
     assert judgement.action is RolloutAction.ABORT and judgement.reason.startswith(
         "live_quality: live macro-F1"
