@@ -423,7 +423,8 @@ def _verdict(factor: float, linear: bool) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The README table: per size and stage, then the growth factors."""
+    """The summary printed: per size and stage, then the growth factors (docs/operations.md shows them as
+    the `scale` figure, rendered by bench/figures.py)."""
     box = report["machine"]
     lines = [
         f"Scale, {box['nproc']} CPUs ({box['cpu_model']}), {box['memory_gib']} GiB RAM, shared machine "

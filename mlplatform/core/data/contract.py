@@ -40,7 +40,7 @@ of every column whose `identity` is true, in declared order); `timestamp` is whe
 Files: a drop's columns must be exactly the contract's — by name in any order with a header (Parquet:
 source or normalised names), in `column_names` order without — unless `unknown_columns = "ignore"`,
 which drops file columns the contract does not name. Missing contract columns are always refused
-(core/data/schema.py reads drops; README, "The data lake").
+(core/data/schema.py reads drops; docs/lake.md).
 
 A contract's `fingerprint` (a hash of its canonical form) is part of the code version of every asset it
 affects, so changing it makes them stale. Drops already validated keep the contract they were accepted
