@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -502,6 +503,71 @@ def serving_hostile(result: dict[str, Any]) -> str:
     )
 
 
+CONCURRENT_CLIENTS = 16
+
+
+def rollout(result: dict[str, Any]) -> str:
+    """bench/rollout.py: the shadow's cost at concurrency 1 (medians of alternating runs, and each round),
+    a shadow and a canary step under 16 clients, and the canary's share."""
+    cost, shadow, canary, share = (
+        result["shadow_cost_at_concurrency_1"],
+        result["shadow_under_load"],
+        result["canary_step_under_load"],
+        result["canary_share"],
+    )
+    medians = cost["median_p99_ms"]
+    runs = {
+        variant: [row for row in cost["results"] if row["variant"] == variant]
+        for variant in ("no rollout", "shadow of v2")
+    }
+    rows = [
+        [
+            variant,
+            len(found),
+            f"{statistics.median(row['p50_ms'] for row in found):.2f}",
+            f"{medians[variant]:.2f}",
+            f"{statistics.median(row['requests_per_s'] for row in found):,.0f}",
+        ]
+        for variant, found in runs.items()
+    ]
+    increases = " / ".join(f"{value:+.0%}" for value in cost["p99_increase_per_round"])
+    load = [
+        [
+            f"shadow, {CONCURRENT_CLIENTS} clients, {result['duration_s']:g} s",
+            f"{shadow['requests']:,}",
+            shadow["non_2xx"],
+            shadow["acknowledged_missing_from_capture"],
+            f"{shadow['shadow_rows']:,} shadow rows for {shadow['answered_rows']:,} answered",
+        ],
+        [
+            f"canary 25% → 75% halfway, {CONCURRENT_CLIENTS} clients, {result['duration_s']:g} s",
+            f"{canary['requests']:,}",
+            canary["non_2xx"],
+            canary["acknowledged_missing_from_capture"],
+            f"candidate share {canary['candidate_share_first_half_at_25']:.1%} then "
+            f"{canary['candidate_share_second_half_at_75']:.1%}; "
+            f"{canary['capture_names_another_version']} answers captured under another version",
+        ],
+    ]
+    return "\n".join(
+        [
+            _table(
+                ["concurrency 1", "runs", "median p50 ms", "median p99 ms", "median req/s"],
+                rows,
+                ["---", "---:", "---:", "---:", "---:"],
+            ),
+            "",
+            f"The shadow adds {cost['p99_increase_of_medians']:+.1%} to the median p99 (target: at most +10%); "
+            f"round by round ({result['cost_seconds']:g} s runs, {result['load_tool_concurrency_1']}): {increases}.",
+            "",
+            _table(["under load", "requests", "non-2xx", "acknowledged, not captured", "rows"], load),
+            "",
+            f"Canary share over {share['requests']:,} requests at {share['percent']}%: "
+            f"{share['candidate_share']:.1%} (target: within 3 points). " + _measured(result),
+        ]
+    )
+
+
 FIGURES: dict[str, tuple[str, Renderer]] = {
     "model-quality": ("model_quality.json", model_quality),
     "serving-throughput": ("serving.json", serving_throughput),
@@ -515,6 +581,7 @@ FIGURES: dict[str, tuple[str, Renderer]] = {
     "search-options": ("search_options.json", search_options),
     "validation-memory": ("validation.json", validation_memory),
     "e2e": ("e2e.json", e2e),
+    "rollout": ("rollout.json", rollout),
     "e2e-before": ("e2e_before.json", e2e),
     "model-offsets": ("model_quality.json", model_offsets),
     "executors": ("executors.json", executors),
