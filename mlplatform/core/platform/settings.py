@@ -132,9 +132,9 @@ def _canary_percents(values: tuple[int, ...]) -> tuple[int, ...]:
     if not values:
         raise ValueError("must list percents of traffic, e.g. [5, 25, 50, 100]")
     if any(not 1 <= value <= MAX_PERCENT for value in values):
-        raise ValueError(f"must be whole percents from 1 to 100, got {list(values)}")
+        raise ValueError("must be whole percents from 1 to 100")
     if any(later <= earlier for earlier, later in itertools.pairwise(values)):
-        raise ValueError(f"must increase step by step, got {list(values)}")
+        raise ValueError("must increase step by step")
     return values
 
 
