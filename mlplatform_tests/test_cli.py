@@ -493,3 +493,24 @@ def test_dataset_draft_refuses_what_cannot_make_a_contract(capsys, home, tmp_pat
     numbers.write_text("a,b\n1,2\n3,4\n")
     code, out, err = run_cli(capsys, home, "dataset", "draft", str(numbers))
     assert (code, out) == (1, "") and err.count("\n") == 1 and "no column holds text" in err
+
+
+def test_score_refuses_to_replace_an_output_and_explains_on_request(capsys, home, tmp_path):
+    from mlplatform.core.release.registry import ModelRegistry
+    from mlplatform_tests.serving.conftest import deploy, tiny_model_bytes
+
+    version = deploy(ModelRegistry.for_home(home.ensure(), Settings.packaged().storage), tiny_model_bytes())
+    source, target = tmp_path / "in.csv", tmp_path / "out.csv"
+    pl.DataFrame({"text": ["lovely soft dress", "awful fit, ripped seams"]}).write_csv(source)
+    code, out, _ = run_cli(capsys, home, "score", str(source), str(target))
+    assert code == 0 and out == f"2 rows scored by {version} -> {target}\n"
+    first = target.read_bytes()
+
+    code, out, err = run_cli(capsys, home, "score", str(source), str(target), "--explain")
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "--overwrite" in err
+    assert target.read_bytes() == first  # refused: the existing output is untouched
+
+    code, _, _ = run_cli(capsys, home, "score", str(source), str(target), "--explain", "--overwrite")
+    scored = pl.read_csv(target)
+    assert code == 0 and "explanation" in scored.columns and "explanation" not in pl.read_csv(source).columns
+    assert all(json.loads(cell) for cell in scored["explanation"])  # each row names its top n-grams

@@ -691,16 +691,7 @@ def create_app(
     )
     health = HealthSources(holder.status, lambda: holder.alive, capture.status, slots)
     workers = WorkerThreads(config.worker_threads)
-    rollout_rules = settings.rollout
-    shadow = ShadowScorer(
-        home,
-        settings,
-        capture,
-        metrics,
-        queue_max=rollout_rules.shadow_queue_max,
-        batch_s=rollout_rules.shadow_batch_ms / 1000.0,
-        nice=rollout_rules.shadow_nice,
-    )
+    shadow = ShadowScorer(home, settings, capture, metrics)
     state = ServingState(config, holder, capture, metrics, random.Random(), slots, health, workers, shadow)
 
     @contextlib.asynccontextmanager

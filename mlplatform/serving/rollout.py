@@ -171,18 +171,12 @@ class ShadowScorer:
         settings: Settings,
         capture: CaptureWriter,
         metrics: ServingMetrics,
-        *,
-        queue_max: int,
-        batch_s: float,
-        nice: int,
     ) -> None:
         self._home = home
         self._settings = settings
         self._capture = capture
         self._metrics = metrics
-        self._queue_max = queue_max
-        self._batch_s = batch_s
-        self._nice = nice
+        self._queue_max = settings.rollout.shadow_queue_max
         self._socket: socket.socket | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._in_flight: dict[str, ShadowJob] = {}
@@ -245,7 +239,7 @@ class ShadowScorer:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of the endpoint's state
         self._process = context.Process(
             target=run_shadow_worker,
-            args=(worker, str(self._home.root), self._settings, self._batch_s, self._nice),
+            args=(worker, str(self._home.root), self._settings),
             name="mlplatform-shadow",
             daemon=True,
         )
@@ -295,19 +289,17 @@ class ShadowScorer:
 # --- the shadow worker (its own process) -----------------------------------------------------------------
 
 
-def run_shadow_worker(
-    connection: socket.socket, home_root: str, settings: Settings, batch_s: float, nice: int
-) -> None:
+def run_shadow_worker(connection: socket.socket, home_root: str, settings: Settings) -> None:
     """The shadow worker process: score what the endpoint hands over until STOP or the endpoint is gone."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s shadow: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the endpoint says when to stop (a Ctrl-C reaches both)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
-        os.nice(nice)
-    asyncio.run(_serve(connection, PlatformHome.at(Path(home_root)), settings, batch_s))
+        os.nice(settings.rollout.shadow_nice)
+    asyncio.run(_serve(connection, PlatformHome.at(Path(home_root)), settings))
 
 
-async def _serve(connection: socket.socket, home: PlatformHome, settings: Settings, batch_s: float) -> None:
+async def _serve(connection: socket.socket, home: PlatformHome, settings: Settings) -> None:
     connection.setblocking(False)
     loop = asyncio.get_running_loop()
     capture = CaptureWriter(
@@ -317,6 +309,7 @@ async def _serve(connection: socket.socket, home: PlatformHome, settings: Settin
     )
     capture.start()
     models = _Candidates(ModelRegistry.for_home(home, settings.storage), settings.scoring)
+    batch_s = settings.rollout.shadow_batch_ms / 1000.0
     buffer = bytearray(SOCKET_BUFFER_BYTES)
 
     async def receive(timeout_s: float | None) -> bytes | None:

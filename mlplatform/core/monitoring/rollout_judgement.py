@@ -42,7 +42,9 @@ import polars as pl
 from mlplatform.core.data.contract import DatasetContract
 from mlplatform.core.monitoring.capture import SHADOW_DROPPED, CaptureRole
 from mlplatform.core.monitoring.drift import DriftBaseline, MissingBaseline, drift_baseline, drift_report
+from mlplatform.core.monitoring.health import ERROR_RATE_CHECK, LATENCY_CHECK
 from mlplatform.core.monitoring.inputs import MonitoringInputs
+from mlplatform.core.monitoring.live_quality import LIVE_QUALITY_CHECK
 from mlplatform.core.monitoring.prediction_log import prediction_log
 from mlplatform.core.monitoring.rules import ERROR, MonitorOutcome, require_columns
 from mlplatform.core.platform.artifacts import ArtifactStore
@@ -62,9 +64,6 @@ from mlplatform.core.training.evaluation import classification_metrics
 
 AGREEMENT_CHECK = "agreement"
 CLASS_SHARES_CHECK = "class_shares"
-ERROR_RATE_CHECK = "error_rate"
-LATENCY_CHECK = "latency"
-LIVE_QUALITY_CHECK = "live_quality"
 DRIFT_CHECK = "drift"
 ROLLOUT_CHECKS: tuple[str, ...] = (
     AGREEMENT_CHECK,

@@ -30,16 +30,6 @@ OUTPUT_COLUMNS = ("row_id", "label", "p_negative", "p_neutral", "p_positive", "n
 PROBABILITIES = ["p_negative", "p_neutral", "p_positive"]
 
 
-@pytest.fixture(scope="module")
-def pipeline():
-    return fitted_pipeline()
-
-
-@pytest.fixture(scope="module")
-def model(pipeline) -> ScoringModel:
-    return ScoringModel.from_bytes(sparse_model_bytes(pipeline), RULES, "test model")
-
-
 def write_input(frame: pl.DataFrame, path):
     if path.suffix == ".csv":
         frame.write_csv(path)

@@ -31,16 +31,6 @@ from mlplatform_tests.core.scoring.models import (
 )
 
 
-@pytest.fixture(scope="module")
-def pipeline():
-    return fitted_pipeline()
-
-
-@pytest.fixture(scope="module")
-def model(pipeline) -> ScoringModel:
-    return ScoringModel.from_bytes(sparse_model_bytes(pipeline), RULES, "test model")
-
-
 def test_predictions_equal_scikit_learn_row_for_row(model: ScoringModel, pipeline) -> None:
     texts = tricky_texts(300)
     prediction = model.predict(texts)
